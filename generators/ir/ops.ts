@@ -1,0 +1,192 @@
+/**
+ * The workload op table: the one definition of the guest bytecode.
+ *
+ * The TypeScript encoder (harness/bytecode.ts), the record decoder, the reference models and the C
+ * interpreter in the guest (through a header generated from this file, harness/guest/header.ts) all
+ * read these definitions, so they cannot drift apart. The guest also checks at run time that the
+ * program it was given was encoded against the same table (OPS_HASH in the program header).
+ *
+ * Encoding: each op is its one-byte code followed by its operands, little-endian, packed.
+ * Every op with `record: true` appends one record to its vCPU's observation stream:
+ *   an 8-byte header { u8 opcode; u8 faultVector (0xff: none); u16 flags; u32 errorCode }
+ *   then its `result` fields (8-byte aligned), then for string ops a buffer of
+ *   GUARD + count*width + GUARD bytes rounded up to 8, pre-filled with the canary byte pattern.
+ */
+
+export type FieldType = 'u8' | 'u16' | 'u32' | 'u64';
+export type Field = readonly [name: string, type: FieldType];
+
+export interface OpDef {
+  readonly code: number;
+  readonly operands: readonly Field[];
+  /** Fields of the record payload; only meaningful when record is true. */
+  readonly result: readonly Field[];
+  readonly record: boolean;
+  /** Has a trailing buffer of count*width bytes with guards on both sides (string I/O). */
+  readonly stringBuffer?: boolean;
+  readonly doc: string;
+}
+
+function op(
+  code: number,
+  operands: readonly Field[],
+  result: readonly Field[] | null,
+  doc: string,
+  extra: { stringBuffer?: boolean } = {},
+): OpDef {
+  return { code, operands, result: result ?? [], record: result !== null, doc, ...extra };
+}
+
+export const FIELD_BYTES: Record<FieldType, number> = { u8: 1, u16: 2, u32: 4, u64: 8 };
+
+/** Bytes before and after a string op's destination that must keep the canary pattern. */
+export const STRING_GUARD_BYTES = 16;
+export const RECORD_HEADER_BYTES = 8;
+/** faultVector value meaning "no exception while executing this op". */
+export const NO_FAULT = 0xff;
+
+export const OPS = {
+  end: op(0x00, [], null, 'Stop this vCPU thread (also implied by the end of its code).'),
+
+  cpuid: op(
+    0x01,
+    [['leaf', 'u32'], ['subleaf', 'u32']],
+    [['rax', 'u64'], ['rbx', 'u64'], ['rcx', 'u64'], ['rdx', 'u64'], ['clobbered', 'u32'], ['pad', 'u32']],
+    'CPUID with every GPR but RSP holding the canary (RAX/RCX: canary upper half, leaf/subleaf lower half). ' +
+      'Records RAX..RDX as 64-bit values and a bit mask of the other GPRs (bit i = GPR i, x86 encoding order) ' +
+      'that no longer hold the canary.',
+  ),
+
+  pioIn: op(
+    0x10,
+    [['port', 'u16'], ['width', 'u8']],
+    [['rax', 'u64']],
+    'IN AL/AX/EAX, DX with RAX pre-filled with the canary; records all of RAX.',
+  ),
+  pioIns: op(
+    0x11,
+    [['port', 'u16'], ['width', 'u8'], ['count', 'u16']],
+    [['rcx', 'u64'], ['rdiDelta', 'u64']],
+    'REP INSB/W/D into a canary-filled buffer; records RCX and how far RDI moved, then the buffer with its guards.',
+    { stringBuffer: true },
+  ),
+  mmioRead: op(
+    0x12,
+    [['addr', 'u64'], ['width', 'u8']],
+    [['rax', 'u64']],
+    'MOV AL/AX/EAX/RAX, [addr] with RAX pre-filled with the canary; records all of RAX.',
+  ),
+  mmioMovs: op(
+    0x13,
+    [['addr', 'u64'], ['width', 'u8'], ['count', 'u16']],
+    [['rcx', 'u64'], ['rsiDelta', 'u64'], ['rdiDelta', 'u64']],
+    'REP MOVSB/W/D/Q from [addr] into a canary-filled buffer; records RCX, the RSI and RDI moves, then the buffer.',
+    { stringBuffer: true },
+  ),
+  pioOut: op(0x14, [['port', 'u16'], ['width', 'u8'], ['value', 'u32']], [], 'OUT DX, AL/AX/EAX.'),
+  mmioWrite: op(0x15, [['addr', 'u64'], ['width', 'u8'], ['value', 'u64']], [], 'MOV [addr], AL/AX/EAX/RAX.'),
+
+  rdmsr: op(0x20, [['msr', 'u32']], [['value', 'u64']], 'RDMSR; a #GP is caught and recorded in the record header.'),
+  wrmsr: op(0x21, [['msr', 'u32'], ['value', 'u64']], [], 'WRMSR; a #GP is caught and recorded. Tracks IA32_APIC_BASE x2APIC mode for EOIs.'),
+  rdtsc: op(0x22, [], [['tsc', 'u64']], 'RDTSC (serialised with LFENCE).'),
+  delayTsc: op(0x23, [['cycles', 'u64']], null, 'Busy-wait until the TSC has advanced by cycles.'),
+  sti: op(0x24, [], null, 'Enable interrupts.'),
+  cli: op(0x25, [], null, 'Disable interrupts.'),
+  waitIrq: op(
+    0x26,
+    [['vector', 'u8'], ['count', 'u32'], ['timeoutCycles', 'u64']],
+    [['seen', 'u32'], ['pad', 'u32'], ['tscStart', 'u64'], ['tscEnd', 'u64']],
+    'With interrupts enabled, wait until this vCPU has taken count more interrupts of vector (HLT between them) ' +
+      'or the TSC timeout passes. Interrupt timestamps land in the per-vCPU interrupt log.',
+  ),
+  irqCounts: op(0x27, [], [['total', 'u64'], ['logged', 'u64']], 'Snapshot of this vCPU interrupt totals (the per-vector counts live in the interrupt log area).'),
+
+  loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.'),
+  loopEnd: op(0x41, [], null, 'End of a loop body.'),
+  barrier: op(0x42, [['id', 'u32']], null, 'Wait until every thread of the program has reached a barrier with this id.'),
+  mark: op(0x43, [['value', 'u64']], null, "Publish value as this thread's marker in the mailbox (progress the host can watch)."),
+  dirtyPages: op(
+    0x44,
+    [['base', 'u64'], ['pages', 'u32'], ['stride', 'u32']],
+    null,
+    'Increment the first byte of each of pages pages starting at base, stride bytes apart (a dirtying pass).',
+  ),
+} as const satisfies Record<string, OpDef>;
+
+export type OpName = keyof typeof OPS;
+
+type FieldValue<T extends FieldType> = T extends 'u64' ? bigint : number;
+type OperandsOf<F extends readonly Field[]> = { [K in F[number] as K[0]]: FieldValue<K[1]> };
+
+/** One IR op: its name plus its operands, typed from the table (u64 operands are bigint). */
+export type Op = { [N in OpName]: { op: N } & OperandsOf<(typeof OPS)[N]['operands']> }[OpName];
+
+/** The decoded record of one op. */
+export interface OpRecord {
+  /** Position in the thread's dynamic execution order (loops unrolled). */
+  readonly index: number;
+  /** Position of the op in its thread's op list. */
+  readonly opIndex: number;
+  readonly op: OpName;
+  readonly faultVector: number | null;
+  readonly errorCode: number;
+  readonly flags: number;
+  readonly fields: Readonly<Record<string, bigint>>;
+  readonly buffer?: Uint8Array;
+}
+
+export function fieldsBytes(fields: readonly Field[]): number {
+  return fields.reduce((n, [, t]) => n + FIELD_BYTES[t], 0);
+}
+
+export function operandBytes(name: OpName): number {
+  return 1 + fieldsBytes(OPS[name].operands);
+}
+
+function roundUp8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+/** Size of a string op's buffer (guards included, 8-byte rounded). */
+export function stringBufferBytes(width: number, count: number): number {
+  return roundUp8(2 * STRING_GUARD_BYTES + width * count);
+}
+
+/** Record bytes an op appends to the observation stream (0 when it records nothing). */
+export function recordBytes(o: Op): number {
+  const def: OpDef = OPS[o.op];
+  if (!def.record) return 0;
+  let n = RECORD_HEADER_BYTES + roundUp8(fieldsBytes(def.result));
+  if (def.stringBuffer) {
+    const s = o as { width: number; count: number };
+    n += stringBufferBytes(s.width, s.count);
+  }
+  return n;
+}
+
+/** Stable text form of the table; its hash is OPS_HASH, shared by encoder and guest. */
+export function opsTableText(): string {
+  return Object.entries(OPS)
+    .map(([name, d]) => {
+      const def: OpDef = d;
+      const f = (fs: readonly Field[]) => fs.map(([n, t]) => `${n}:${t}`).join(',');
+      return `${name}=${def.code};${f(def.operands)};${def.record ? f(def.result) : '-'};${def.stringBuffer ? 's' : ''}`;
+    })
+    .join('\n');
+}
+
+/** FNV-1a 32-bit: tiny and dependency-free; only used to detect a stale guest or encoder. */
+export function fnv1a32(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i) & 0xff;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+export const OPS_HASH = fnv1a32(opsTableText());
+
+export const OP_BY_CODE: ReadonlyMap<number, OpName> = new Map(
+  (Object.keys(OPS) as OpName[]).map((n) => [OPS[n].code, n]),
+);

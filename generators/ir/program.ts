@@ -1,0 +1,24 @@
+/**
+ * The workload IR: a program is one op list ("thread") per vCPU plus the run-wide knobs the guest
+ * needs. Generators build it, the encoder turns it into guest bytecode, models read it to predict.
+ */
+import type { Op } from './ops.js';
+
+export interface Program {
+  /** threads[i] runs on vCPU i (APIC ID i). */
+  readonly threads: readonly (readonly Op[])[];
+  /** Value the guest puts in registers and buffers before an op, to see what the op changed. */
+  readonly canary: bigint;
+  /** Switch every vCPU to x2APIC mode before its thread starts. */
+  readonly x2apic?: boolean;
+  /** Identity-map guest-physical memory up to this address (default 4 GiB). */
+  readonly mapLimit?: bigint;
+  /** Observation bytes to reserve per thread for loops that run forever. */
+  readonly openLoopRecordBytes?: number;
+}
+
+/**
+ * The canary: distinctive, not a valid pointer or small number, different in every byte and in its
+ * two halves, and deliberately different from the host leak pattern (models/hostPattern.ts).
+ */
+export const DEFAULT_CANARY = 0xc3a5_96e1_5a7d_e8b4n;

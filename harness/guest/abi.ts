@@ -1,0 +1,144 @@
+/**
+ * The guest ABI: where things live in guest-physical memory and the layout of the structures the
+ * host and the guest share. Like the op table, this is the single definition: the C side gets it
+ * through the generated header, the TypeScript side reads structures with `readStruct`.
+ *
+ * The host reads guest RAM directly: RAM is a shared file (memory-backend-file, share=on) in the
+ * VM's private directory, so the file offset of a guest-physical address below 2 GiB is the address
+ * itself. Nothing here depends on the machine type.
+ */
+import { FIELD_BYTES, type Field } from '../../generators/ir/ops.js';
+
+export const GUEST_ABI_VERSION = 1;
+
+export const LAYOUT = {
+  /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
+  apTrampoline: 0x0000_8000,
+  /** Where the ELF is linked; qboot/PVH loads it here. */
+  kernelBase: 0x0010_0000,
+  /** Guest → host status page (state, heartbeat per vCPU, fatal exception). */
+  mailbox: 0x0060_0000,
+  /** Per-vCPU interrupt logs: counts per vector and a ring of (TSC, vector). */
+  irqLog: 0x0070_0000,
+  irqLogStride: 0x0001_0000,
+  /** Host → guest program (header + per-thread bytecode), loaded with -device loader. */
+  program: 0x0080_0000,
+  programMax: 0x0080_0000,
+  /** Observation streams, one region per thread, placed by the host. */
+  observations: 0x0100_0000,
+  /** Guest RAM must be at least this large (observations need room above 16 MiB). */
+  minRamMiB: 32,
+  maxCpus: 16,
+} as const;
+
+export const PROGRAM_MAGIC = 0x504d564b; // 'KVMP'
+export const MAILBOX_MAGIC = 0x424d564b; // 'KVMB'
+
+/** Program header flags. */
+export const PROGRAM_FLAGS = {
+  /** Switch every vCPU's LAPIC to x2APIC mode before running its thread. */
+  x2apic: 1n << 0n,
+  /** Print one TAP line per thread even when it passes (default: on). */
+  quiet: 1n << 1n,
+} as const;
+
+export const MAILBOX_STATE = { booting: 0, running: 1, done: 2, failed: 3 } as const;
+export const THREAD_STATE = { idle: 0, running: 1, done: 2, faulted: 3, overflow: 4, badOp: 5 } as const;
+
+export const STRUCTS = {
+  prog_header: [
+    ['magic', 'u32'],
+    ['abi', 'u32'],
+    ['ops_hash', 'u32'],
+    ['nthreads', 'u32'],
+    ['canary', 'u64'],
+    ['flags', 'u64'],
+    ['map_limit', 'u64'],
+    ['reserved0', 'u64'],
+    ['reserved1', 'u64'],
+    ['reserved2', 'u64'],
+  ],
+  thread_desc: [
+    ['code_off', 'u32'],
+    ['code_len', 'u32'],
+    ['obs_addr', 'u64'],
+    ['obs_len', 'u64'],
+  ],
+  mailbox: [
+    ['magic', 'u32'],
+    ['abi', 'u32'],
+    ['state', 'u32'],
+    ['cpus_online', 'u32'],
+    ['ops_hash', 'u32'],
+    ['fatal_cpu', 'u32'],
+    ['fatal_vector', 'u64'],
+    ['fatal_error', 'u64'],
+    ['fatal_rip', 'u64'],
+    ['fatal_cr2', 'u64'],
+    ['boot_tsc', 'u64'],
+    ['done_tsc', 'u64'],
+    ['pad0', 'u64'],
+  ],
+  thread_status: [
+    ['state', 'u32'],
+    ['apic_id', 'u32'],
+    ['ops_done', 'u64'],
+    ['obs_used', 'u64'],
+    ['marker', 'u64'],
+    ['pc', 'u64'],
+    ['fault_vector', 'u64'],
+    ['fault_error', 'u64'],
+    ['fault_rip', 'u64'],
+    ['fault_cr2', 'u64'],
+    ['irq_total', 'u64'],
+    ['pad0', 'u64'],
+    ['pad1', 'u64'],
+    ['pad2', 'u64'],
+    ['pad3', 'u64'],
+    ['pad4', 'u64'],
+    ['pad5', 'u64'],
+  ],
+  irq_log_head: [
+    ['total', 'u64'],
+    ['next', 'u64'],
+  ],
+} as const satisfies Record<string, readonly Field[]>;
+
+export type StructName = keyof typeof STRUCTS;
+
+export function structBytes(name: StructName): number {
+  return STRUCTS[name].reduce((n, [, t]) => n + FIELD_BYTES[t], 0);
+}
+
+/** The mailbox: header, then thread_status[maxCpus] starting at this offset. */
+export const MAILBOX_THREADS_OFFSET = 128;
+/** irq log: u32 counts[256], then irq_log_head, then the ring of { u64 tsc; u32 vector; u32 pad }. */
+export const IRQ_LOG_COUNTS_BYTES = 256 * 4;
+export const IRQ_LOG_ENTRY_BYTES = 16;
+export const IRQ_LOG_RING_ENTRIES =
+  (LAYOUT.irqLogStride - IRQ_LOG_COUNTS_BYTES - 16) / IRQ_LOG_ENTRY_BYTES;
+
+/** Read a packed little-endian structure; integers come back as bigint. */
+export function readStruct(name: StructName, buf: Uint8Array, offset = 0): Record<string, bigint> {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const out: Record<string, bigint> = {};
+  let at = offset;
+  for (const [field, type] of STRUCTS[name]) {
+    out[field] = readField(view, at, type);
+    at += FIELD_BYTES[type];
+  }
+  return out;
+}
+
+export function readField(view: DataView, at: number, type: keyof typeof FIELD_BYTES): bigint {
+  switch (type) {
+    case 'u8':
+      return BigInt(view.getUint8(at));
+    case 'u16':
+      return BigInt(view.getUint16(at, true));
+    case 'u32':
+      return BigInt(view.getUint32(at, true));
+    case 'u64':
+      return view.getBigUint64(at, true);
+  }
+}

@@ -1,0 +1,382 @@
+/*
+ * Boot, per-CPU set-up, SMP bring-up, interrupt dispatch and the TAP verdict.
+ *
+ * The host talks to the guest through one narrow channel: it loads a program (header + bytecode per
+ * thread) at LAYOUT_PROGRAM; each vCPU runs one thread and appends records to its observation
+ * region; the guest publishes progress in the mailbox and prints TAP 13 verdicts on COM1.
+ */
+#include "runtime.h"
+
+extern char ap_tramp_start[], ap_tramp_end[];
+extern u64 boot_stack_ptr;
+extern u32 booting_index;
+extern u64 gdt[];
+extern char isr_stubs[];
+extern u64 pdpt[];
+
+u8 cpu_blocks[LAYOUT_MAX_CPUS][CPU_BLOCK_BYTES] __attribute__((aligned(CPU_BLOCK_BYTES)));
+static u64 idt[256 * 2] __attribute__((aligned(16)));
+/* Page directories for 4-64 GiB when 1 GiB pages are missing. */
+static u64 high_pd[60][512] __attribute__((aligned(4096)));
+
+volatile u32 nthreads;
+static volatile u32 go;
+static volatile u32 cpus_online;
+
+#define XAPIC_BASE 0xfee00000ul
+#define APIC_ID 0x20
+#define APIC_SVR 0xf0
+#define APIC_ICR_LO 0x300
+#define APIC_ICR_HI 0x310
+#define MSR_APIC_BASE 0x1b
+
+static void set_idt_entry(int vec, u64 handler, int ist)
+{
+	u64 lo = (handler & 0xffff) | ((u64)0x08 << 16) | ((u64)(ist & 7) << 32) | ((u64)0x8e << 40) |
+		 ((handler >> 16 & 0xffff) << 48);
+	idt[vec * 2] = lo;
+	idt[vec * 2 + 1] = handler >> 32;
+}
+
+static void load_idt(void)
+{
+	struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) p = { sizeof(idt) - 1, (u64)idt };
+	asm volatile("lidt %0" ::"m"(p));
+}
+
+static void setup_idt(void)
+{
+	for (int v = 0; v < 256; v++) {
+		/* NMI, #DF and #MC run on the IST stack so a broken RSP still reports. */
+		int ist = (v == 2 || v == 8 || v == 18) ? 1 : 0;
+		set_idt_entry(v, (u64)isr_stubs + 16 * v, ist);
+	}
+}
+
+static void setup_tss(struct cpu *c)
+{
+	u64 base = (u64)&c->tss;
+	u64 limit = sizeof(struct tss) - 1;
+	c->tss.ist[0] = (u64)c + CPU_IST_TOP;
+	c->tss.iomap_base = sizeof(struct tss);
+	int slot = 4 + 2 * c->index;
+	gdt[slot] = (limit & 0xffff) | ((base & 0xffffff) << 16) | ((u64)0x89 << 40) | (((limit >> 16) & 0xf) << 48) |
+		    (((base >> 24) & 0xff) << 56);
+	gdt[slot + 1] = base >> 32;
+	u16 sel = (u16)(slot * 8);
+	asm volatile("ltr %0" ::"r"(sel));
+}
+
+static void lapic_enable(struct cpu *c)
+{
+	/* Software-enable the xAPIC with the spurious vector; read our APIC ID. */
+	mmio_write32(XAPIC_BASE + APIC_SVR, 0x100 | SPURIOUS_VECTOR);
+	c->apic_id = mmio_read32(XAPIC_BASE + APIC_ID) >> 24;
+}
+
+static void lapic_x2apic_on(struct cpu *c)
+{
+	wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1u << 10) | (1u << 11));
+	c->x2apic = 1;
+	wrmsr(0x80f, 0x100 | SPURIOUS_VECTOR); /* SVR */
+}
+
+static void cpu_init(struct cpu *c, u32 index)
+{
+	c->index = index;
+	setup_tss(c);
+	load_idt();
+	lapic_enable(c);
+	c->status = thread_status_of(index);
+	c->irq_log = (u8 *)(LAYOUT_IRQ_LOG + (u64)index * LAYOUT_IRQ_LOG_STRIDE);
+	c->status->apic_id = c->apic_id;
+}
+
+/* ---- faults and interrupts ---- */
+
+static void report_fatal(struct cpu *c, struct frame *f)
+{
+	MAILBOX->fatal_cpu = c->index;
+	MAILBOX->fatal_vector = f->vector;
+	MAILBOX->fatal_error = f->error;
+	MAILBOX->fatal_rip = f->rip;
+	MAILBOX->fatal_cr2 = read_cr2();
+	MAILBOX->state = MAILBOX_FAILED;
+	if (c->index != 0) {
+		/* Only the BSP prints; an AP parks and the host reads the mailbox. */
+		for (;;)
+			asm volatile("cli; hlt");
+	}
+	serial_puts("Bail out! unexpected exception vector ");
+	serial_dec(f->vector);
+	serial_puts(" error ");
+	serial_hex(f->error);
+	serial_puts(" rip ");
+	serial_hex(f->rip);
+	serial_puts(" cr2 ");
+	serial_hex(MAILBOX->fatal_cr2);
+	serial_puts(" outside any workload op\n");
+	guest_exit(1);
+}
+
+static void irq_record(struct cpu *c, u64 vector, u64 tsc)
+{
+	u8 *log = c->irq_log;
+	u32 *counts = (u32 *)log;
+	struct irq_log_head *h = (struct irq_log_head *)(log + IRQ_LOG_COUNTS_BYTES);
+	u8 *ring = log + IRQ_LOG_COUNTS_BYTES + sizeof(struct irq_log_head);
+	u64 n = h->next;
+	u8 *e = ring + (n % IRQ_LOG_RING_ENTRIES) * IRQ_LOG_ENTRY_BYTES;
+	*(u64 *)e = tsc;
+	*(u32 *)(e + 8) = (u32)vector;
+	counts[vector]++;
+	h->next = n + 1;
+	h->total++;
+	c->status->irq_total = h->total;
+}
+
+void isr_dispatch(struct frame *f)
+{
+	u64 tsc = rdtsc();
+	struct cpu *c = this_cpu();
+	if (f->vector < 32 && f->vector != 2) {
+		struct catch_frame *cf = c->catch_op ? c->catch_op : c->catch_thread;
+		if (!cf)
+			report_fatal(c, f);
+		c->fault.vector = f->vector;
+		c->fault.error = f->error;
+		c->fault.rip = f->rip;
+		c->fault.cr2 = read_cr2();
+		if (c->catch_op)
+			c->catch_op = NULL;
+		else
+			c->catch_thread = NULL;
+		/* longjmp through the iret frame: resume in catch_set's caller with RAX = 1. */
+		f->rbx = cf->rbx;
+		f->rbp = cf->rbp;
+		f->r12 = cf->r12;
+		f->r13 = cf->r13;
+		f->r14 = cf->r14;
+		f->r15 = cf->r15;
+		f->rsp = cf->rsp;
+		f->rip = cf->rip;
+		f->rax = 1;
+		return;
+	}
+	irq_record(c, f->vector, tsc);
+	if (f->vector >= 32 && f->vector != SPURIOUS_VECTOR)
+		lapic_eoi(c);
+}
+
+/* ---- memory above 4 GiB ---- */
+
+static void map_high(u64 limit)
+{
+	u64 gib = (limit + (1ul << 30) - 1) >> 30;
+	if (gib > 512)
+		gib = 512;
+	if (gib <= 4)
+		return;
+	u32 a, b, cx, d;
+	cpuid4(0x80000000, 0, &a, &b, &cx, &d);
+	int gbpages = 0;
+	if (a >= 0x80000001) {
+		cpuid4(0x80000001, 0, &a, &b, &cx, &d);
+		gbpages = (d >> 26) & 1;
+	}
+	for (u64 g = 4; g < gib; g++) {
+		if (gbpages) {
+			pdpt[g] = (g << 30) | 0x83 | 0x18;
+		} else if (g - 4 < 60) {
+			for (u64 j = 0; j < 512; j++)
+				high_pd[g - 4][j] = (g << 30) | (j << 21) | 0x83 | 0x18;
+			pdpt[g] = (u64)high_pd[g - 4] | 3;
+		}
+	}
+	u64 cr3;
+	asm volatile("mov %%cr3, %0; mov %0, %%cr3" : "=r"(cr3)::"memory");
+}
+
+/* ---- SMP ---- */
+
+static int start_ap(u32 index, u32 apic_id)
+{
+	boot_stack_ptr = (u64)cpu_blocks[index] + CPU_BLOCK_BYTES;
+	booting_index = index;
+	barrier();
+	u32 before = cpus_online;
+	mmio_write32(XAPIC_BASE + APIC_ICR_HI, apic_id << 24);
+	mmio_write32(XAPIC_BASE + APIC_ICR_LO, 0x00004500); /* INIT */
+	for (int sipi = 0; sipi < 2; sipi++) {
+		mmio_write32(XAPIC_BASE + APIC_ICR_HI, apic_id << 24);
+		mmio_write32(XAPIC_BASE + APIC_ICR_LO, 0x00004600 | (LAYOUT_AP_TRAMPOLINE >> 12));
+		u64 until = rdtsc() + 200000000ul;
+		while (cpus_online == before && rdtsc() < until)
+			cpu_relax();
+		if (cpus_online != before)
+			return 1;
+	}
+	return 0;
+}
+
+static void run_own_thread(struct cpu *c)
+{
+	struct catch_frame cf;
+	struct thread_status *st = c->status;
+	if (PROGRAM->flags & PROGRAM_FLAG_X2APIC)
+		lapic_x2apic_on(c);
+	if (catch_set(&cf) == 0) {
+		c->catch_thread = &cf;
+		run_thread(c, c->index);
+		c->catch_thread = NULL;
+	} else {
+		st->fault_vector = c->fault.vector;
+		st->fault_error = c->fault.error;
+		st->fault_rip = c->fault.rip;
+		st->fault_cr2 = c->fault.cr2;
+		st->state = THREAD_FAULTED;
+	}
+	asm volatile("cli");
+}
+
+void cpu_entry(u32 index);
+static NORETURN void bsp_main(struct cpu *c);
+
+void cpu_entry(u32 index)
+{
+	struct cpu *c = this_cpu();
+	cpu_init(c, index);
+	if (index == 0)
+		bsp_main(c);
+	__atomic_fetch_add(&cpus_online, 1, __ATOMIC_SEQ_CST);
+	while (!go)
+		cpu_relax();
+	run_own_thread(c);
+	for (;;)
+		asm volatile("cli; hlt");
+}
+
+static const char *thread_state_name(u32 s)
+{
+	switch (s) {
+	case THREAD_DONE: return "done";
+	case THREAD_FAULTED: return "unexpected exception";
+	case THREAD_OVERFLOW: return "observation region full";
+	case THREAD_BAD_OP: return "bad op";
+	case THREAD_RUNNING: return "still running";
+	default: return "never started";
+	}
+}
+
+static void tap_thread_line(u32 i)
+{
+	struct thread_status *st = thread_status_of(i);
+	int ok = st->state == THREAD_DONE;
+	serial_puts(ok ? "ok " : "not ok ");
+	serial_dec(i + 1);
+	serial_puts(" - vcpu ");
+	serial_dec(i);
+	serial_puts(": ");
+	serial_puts(thread_state_name(st->state));
+	serial_puts(", ");
+	serial_dec(st->ops_done);
+	serial_puts(" ops, ");
+	serial_dec(st->obs_used);
+	serial_puts(" record bytes");
+	if (st->state == THREAD_FAULTED) {
+		serial_puts(", vector ");
+		serial_dec(st->fault_vector);
+		serial_puts(" error ");
+		serial_hex(st->fault_error);
+		serial_puts(" rip ");
+		serial_hex(st->fault_rip);
+		serial_puts(" cr2 ");
+		serial_hex(st->fault_cr2);
+	}
+	if (!ok) {
+		serial_puts(" at op offset ");
+		serial_dec(st->pc);
+	}
+	serial_putc('\n');
+}
+
+static NORETURN void bsp_main(struct cpu *c)
+{
+	setup_idt();
+	outb(0x21, 0xff); /* mask the legacy PICs: interrupts come through the (IO)APIC */
+	outb(0xa1, 0xff);
+	MAILBOX->magic = MAILBOX_MAGIC;
+	MAILBOX->abi = KVMPROP_ABI_VERSION;
+	MAILBOX->ops_hash = KVMPROP_OPS_HASH;
+	MAILBOX->boot_tsc = rdtsc();
+	MAILBOX->state = MAILBOX_BOOTING;
+	serial_puts("TAP version 13\n");
+
+	const struct prog_header *p = PROGRAM;
+	if (p->magic != PROGRAM_MAGIC || p->abi != KVMPROP_ABI_VERSION) {
+		serial_puts("Bail out! no kvmprop program at ");
+		serial_hex(LAYOUT_PROGRAM);
+		serial_puts(" (magic/abi mismatch)\n");
+		MAILBOX->state = MAILBOX_FAILED;
+		guest_exit(1);
+	}
+	if (p->ops_hash != KVMPROP_OPS_HASH) {
+		serial_puts("Bail out! program encoded for op table ");
+		serial_hex(p->ops_hash);
+		serial_puts(" but this guest was built for ");
+		serial_hex(KVMPROP_OPS_HASH);
+		serial_putc('\n');
+		MAILBOX->state = MAILBOX_FAILED;
+		guest_exit(1);
+	}
+	if (p->nthreads == 0 || p->nthreads > LAYOUT_MAX_CPUS) {
+		serial_puts("Bail out! bad thread count ");
+		serial_dec(p->nthreads);
+		serial_putc('\n');
+		MAILBOX->state = MAILBOX_FAILED;
+		guest_exit(1);
+	}
+	nthreads = p->nthreads;
+	map_high(p->map_limit);
+	c->online = 1;
+	cpus_online = 1;
+
+	memcpy((void *)LAYOUT_AP_TRAMPOLINE, ap_tramp_start, (u64)(ap_tramp_end - ap_tramp_start));
+	for (u32 i = 1; i < nthreads; i++) {
+		if (!start_ap(i, i)) {
+			serial_puts("Bail out! vcpu ");
+			serial_dec(i);
+			serial_puts(" did not start (INIT-SIPI-SIPI to APIC ID ");
+			serial_dec(i);
+			serial_puts(")\n");
+			MAILBOX->state = MAILBOX_FAILED;
+			guest_exit(1);
+		}
+	}
+	MAILBOX->cpus_online = cpus_online;
+	serial_puts("1..");
+	serial_dec(nthreads);
+	serial_putc('\n');
+
+	MAILBOX->state = MAILBOX_RUNNING;
+	barrier();
+	go = 1;
+	run_own_thread(c);
+	for (u32 i = 1; i < nthreads; i++) {
+		struct thread_status *st = thread_status_of(i);
+		/* An AP that took an exception outside any op parks with the mailbox marked failed. */
+		while ((st->state == THREAD_RUNNING || st->state == THREAD_IDLE) && MAILBOX->state != MAILBOX_FAILED)
+			cpu_relax();
+	}
+	int failed = 0;
+	for (u32 i = 0; i < nthreads; i++) {
+		failed |= thread_status_of(i)->state != THREAD_DONE;
+		tap_thread_line(i);
+	}
+	MAILBOX->done_tsc = rdtsc();
+	MAILBOX->state = MAILBOX_DONE;
+	guest_exit(failed);
+}
