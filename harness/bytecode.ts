@@ -63,6 +63,17 @@ export function encodeOps(ops: readonly Op[]): Uint8Array {
   return bytes;
 }
 
+/** Index of the op that starts at byte offset `pc` of a thread's code (the guest reports pc). */
+export function opIndexAtOffset(ops: readonly Op[], pc: number): number {
+  let at = 0;
+  for (let i = 0; i < ops.length; i++) {
+    if (at === pc) return i;
+    at += 1 + fieldBytes(OPS[ops[i]!.op].operands);
+    if (at > pc) return i;
+  }
+  return -1;
+}
+
 function fieldBytes(fields: readonly Field[]): number {
   return fields.reduce((n, [, t]) => n + FIELD_BYTES[t], 0);
 }
@@ -184,7 +195,7 @@ export function decodeRecords(ops: readonly Op[], bytes: Uint8Array, used: numbe
       }
       let buffer: Uint8Array | undefined;
       if (def.stringBuffer) {
-        const s = o as { width: number; count: number };
+        const s = o as unknown as { width: number; count: number };
         const start = at + RECORD_HEADER_BYTES + ((fieldBytes(def.result) + 7) & ~7);
         buffer = bytes.slice(start, start + stringBufferBytes(s.width, s.count));
       }

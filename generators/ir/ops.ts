@@ -27,13 +27,13 @@ export interface OpDef {
   readonly doc: string;
 }
 
-function op(
+function op<const O extends readonly Field[], const R extends readonly Field[] | null>(
   code: number,
-  operands: readonly Field[],
-  result: readonly Field[] | null,
+  operands: O,
+  result: R,
   doc: string,
   extra: { stringBuffer?: boolean } = {},
-): OpDef {
+): OpDef & { readonly operands: O } {
   return { code, operands, result: result ?? [], record: result !== null, doc, ...extra };
 }
 
@@ -101,6 +101,15 @@ export const OPS = {
   ),
   irqCounts: op(0x27, [], [['total', 'u64'], ['logged', 'u64']], 'Snapshot of this vCPU interrupt totals (the per-vector counts live in the interrupt log area).'),
 
+  exec: op(
+    0x28,
+    [['lo', 'u64'], ['hi', 'u64']],
+    [['rax', 'u64'], ['rdx', 'u64'], ['rflags', 'u64']],
+    'Call 16 bytes of x86-64 code (lo then hi, little-endian; pad with NOPs), followed by RET, under a catch. ' +
+      'RAX and RDX start as the canary; the code may change RAX, RCX, RDX, RSI, RDI, R8-R11 and flags. ' +
+      'Records RAX, RDX and RFLAGS afterwards.',
+  ),
+
   loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.'),
   loopEnd: op(0x41, [], null, 'End of a loop body.'),
   barrier: op(0x42, [['id', 'u32']], null, 'Wait until every thread of the program has reached a barrier with this id.'),
@@ -158,7 +167,7 @@ export function recordBytes(o: Op): number {
   if (!def.record) return 0;
   let n = RECORD_HEADER_BYTES + roundUp8(fieldsBytes(def.result));
   if (def.stringBuffer) {
-    const s = o as { width: number; count: number };
+    const s = o as unknown as { width: number; count: number };
     n += stringBufferBytes(s.width, s.count);
   }
   return n;

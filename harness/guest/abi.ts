@@ -16,6 +16,13 @@ export const LAYOUT = {
   apTrampoline: 0x0000_8000,
   /** Where the ELF is linked; qboot/PVH loads it here. */
   kernelBase: 0x0010_0000,
+  /**
+   * The guest's page tables, alone in their own 2 MiB page. A shadow-paging hypervisor
+   * write-protects page-table pages; sharing a large page with stacks and data made every guest
+   * store fault (55 us per op instead of nanoseconds, measured under kvm_pvm).
+   */
+  pageTables: 0x0040_0000,
+  pageTablesBytes: 0x0004_2000,
   /** Guest → host status page (state, heartbeat per vCPU, fatal exception). */
   mailbox: 0x0060_0000,
   /** Per-vCPU interrupt logs: counts per vector and a ring of (TSC, vector). */
@@ -91,7 +98,8 @@ export const STRUCTS = {
     ['fault_rip', 'u64'],
     ['fault_cr2', 'u64'],
     ['irq_total', 'u64'],
-    ['pad0', 'u64'],
+    /** Bumped inside long-running ops (delays, waits, barriers) so the host can tell slow from stuck. */
+    ['heartbeat', 'u64'],
     ['pad1', 'u64'],
     ['pad2', 'u64'],
     ['pad3', 'u64'],

@@ -31,12 +31,15 @@ pvh_start32:
 	cli
 	cld
 	movl %ebx, pvh_start_info
-	/* Zero .bss: page tables, per-CPU blocks, the IDT. */
+	/* Zero .bss (per-CPU blocks, the IDT) and the page-table area. */
 	movl $__bss_start, %edi
 	movl $__bss_end, %ecx
 	subl %edi, %ecx
 	shrl $2, %ecx
 	xorl %eax, %eax
+	rep stosl
+	movl $LAYOUT_PAGE_TABLES, %edi
+	movl $(LAYOUT_PAGE_TABLES_BYTES / 4), %ecx
 	rep stosl
 	lgdt gdt_ptr
 	ljmp $SEL_CODE32, $1f
@@ -301,10 +304,3 @@ boot_stack_ptr:
 	.quad cpu_blocks + CPU_BLOCK_BYTES
 booting_index:
 	.long 0
-
-	.section .bss
-	.align 4096
-	.globl pml4, pdpt, pd
-pml4:	.skip 4096
-pdpt:	.skip 4096
-pd:	.skip 4 * 4096

@@ -164,6 +164,26 @@ static void exec_mmio_movs(struct ctx *x, const void *op, u8 *res)
 	r->rdi_delta = rdi - (u64)dst;
 }
 
+static u8 snippets[LAYOUT_MAX_CPUS][32] __attribute__((aligned(32)));
+
+static void exec_exec(struct ctx *x, const void *op, u8 *res)
+{
+	const struct op_exec *o = op;
+	struct res_exec *r = (struct res_exec *)res;
+	u8 *code = snippets[x->cpu->index];
+	memcpy(code, &o->lo, 8);
+	memcpy(code + 8, &o->hi, 8);
+	code[16] = 0xc3; /* ret */
+	u64 rax = x->canary, rdx = x->canary, flags;
+	asm volatile("call *%3; pushfq; popq %2"
+		     : "+a"(rax), "+d"(rdx), "=r"(flags)
+		     : "r"(code)
+		     : "rcx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
+	r->rax = rax;
+	r->rdx = rdx;
+	r->rflags = flags;
+}
+
 static void exec_rdmsr(struct ctx *x, const void *op, u8 *res)
 {
 	((struct res_rdmsr *)res)->value = rdmsr(((const struct op_rdmsr *)op)->msr);
@@ -196,7 +216,7 @@ static void mmio_write(u64 addr, u8 width, u64 v)
 	}
 }
 
-static void barrier_wait(u32 id)
+static void barrier_wait(struct thread_status *st, u32 id)
 {
 	struct barrier_state *b = &barriers[id & 63];
 	u32 gen = b->generation;
@@ -204,8 +224,10 @@ static void barrier_wait(u32 id)
 		b->count = 0;
 		__atomic_add_fetch(&b->generation, 1, __ATOMIC_SEQ_CST);
 	} else {
-		while (b->generation == gen)
+		while (b->generation == gen) {
+			st->heartbeat++;
 			cpu_relax();
+		}
 	}
 }
 
@@ -308,6 +330,15 @@ void run_thread(struct cpu *c, u32 index)
 			mmio_write(o.addr, o.width, o.value);
 			break;
 		}
+		case OP_EXEC: {
+			DECODE(op_exec, o);
+			u8 *r = record_begin(&x, opcode, PAYLOAD(exec));
+			if (!r)
+				goto overflow;
+			memset(r, 0, PAYLOAD(exec));
+			run_caught(&x, exec_exec, &o, r);
+			break;
+		}
 		case OP_RDMSR: {
 			DECODE(op_rdmsr, o);
 			u8 *r = record_begin(&x, opcode, PAYLOAD(rdmsr));
@@ -337,8 +368,10 @@ void run_thread(struct cpu *c, u32 index)
 		case OP_DELAY_TSC: {
 			DECODE(op_delay_tsc, o);
 			u64 until = rdtsc() + o.cycles;
-			while (rdtsc() < until)
+			while (rdtsc() < until) {
+				st->heartbeat++;
 				cpu_relax();
+			}
 			break;
 		}
 		case OP_STI:
@@ -358,8 +391,10 @@ void run_thread(struct cpu *c, u32 index)
 			u64 t0 = rdtsc(), deadline = t0 + o.timeout_cycles;
 			u64 flags;
 			asm volatile("pushfq; popq %0; sti" : "=r"(flags)::"memory");
-			while (irq_count(c, o.vector) - start < o.count && rdtsc() < deadline)
+			while (irq_count(c, o.vector) - start < o.count && rdtsc() < deadline) {
+				st->heartbeat++;
 				cpu_relax();
+			}
 			if (!(flags & 0x200))
 				asm volatile("cli" ::: "memory");
 			r->seen = irq_count(c, o.vector) - start;
@@ -404,7 +439,7 @@ void run_thread(struct cpu *c, u32 index)
 		}
 		case OP_BARRIER: {
 			DECODE(op_barrier, o);
-			barrier_wait(o.id);
+			barrier_wait(st, o.id);
 			break;
 		}
 		case OP_MARK: {
@@ -414,8 +449,11 @@ void run_thread(struct cpu *c, u32 index)
 		}
 		case OP_DIRTY_PAGES: {
 			DECODE(op_dirty_pages, o);
-			for (u64 i = 0; i < o.pages; i++)
+			for (u64 i = 0; i < o.pages; i++) {
 				(*(volatile u8 *)(o.base + i * (u64)o.stride))++;
+				if ((i & 4095) == 4095)
+					st->heartbeat++;
+			}
 			break;
 		}
 		default:

@@ -16,8 +16,8 @@ extern u64 pdpt[];
 
 u8 cpu_blocks[LAYOUT_MAX_CPUS][CPU_BLOCK_BYTES] __attribute__((aligned(CPU_BLOCK_BYTES)));
 static u64 idt[256 * 2] __attribute__((aligned(16)));
-/* Page directories for 4-64 GiB when 1 GiB pages are missing. */
-static u64 high_pd[60][512] __attribute__((aligned(4096)));
+/* Page directories for 4-64 GiB when 1 GiB pages are missing (placed by guest.ld). */
+extern u64 high_pd[60][512];
 
 volatile u32 nthreads;
 static volatile u32 go;
@@ -84,9 +84,40 @@ static void lapic_x2apic_on(struct cpu *c)
 	wrmsr(0x80f, 0x100 | SPURIOUS_VECTOR); /* SVR */
 }
 
+/* SSE on (CR0.MP, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
+ * never does (-mgeneral-regs-only). */
+static void enable_sse(void)
+{
+	u64 cr0, cr4;
+	asm volatile("mov %%cr0, %0" : "=r"(cr0));
+	cr0 = (cr0 & ~(1ul << 2)) | (1ul << 1);
+	asm volatile("mov %0, %%cr0" ::"r"(cr0));
+	asm volatile("mov %%cr4, %0" : "=r"(cr4));
+	cr4 |= (1ul << 9) | (1ul << 10);
+	asm volatile("mov %0, %%cr4" ::"r"(cr4));
+}
+
+/*
+ * Memory types: nothing programs the MTRRs on a PVH boot, and with MTRRs disabled every access is
+ * uncacheable (SDM Vol. 3A 12.11.2.1: "When the MTRRs are disabled, the UC memory type is applied
+ * to all of physical memory"). A hypervisor that honours guest memory types then runs the guest
+ * ~100x slower. Enable them with write-back as the default type; MMIO is mapped UC in the page
+ * tables (PCD|PWT above 3 GiB), which wins over WB.
+ */
+#define MSR_MTRR_DEF_TYPE 0x2ff
+static void enable_mtrrs(void)
+{
+	u32 a, b, cx, d;
+	cpuid4(1, 0, &a, &b, &cx, &d);
+	if (d & (1u << 12))
+		wrmsr(MSR_MTRR_DEF_TYPE, (1u << 11) | 6);
+}
+
 static void cpu_init(struct cpu *c, u32 index)
 {
 	c->index = index;
+	enable_mtrrs();
+	enable_sse();
 	setup_tss(c);
 	load_idt();
 	lapic_enable(c);

@@ -1,0 +1,96 @@
+/**
+ * The mutant catalog: deliberately broken systems under test. Each one is a QEMU configuration a
+ * property must fail on, with a shrunk counterexample — the proof that its oracle can fail. The
+ * sensitivity tests (suites/<family>/sensitivity.test.ts) run them; `kvmprop run --mutant NAME`
+ * runs any property against one by hand.
+ *
+ * A mutant adds QEMU arguments per VM; `label` says which VM of a case it is ('facts' for the VM
+ * the device map and CPU model are read from, 'cpuid-calibration', 'det-a'/'det-b', 'stable-a'/'stable-b', ...).
+ */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HOST_PATTERN } from '../models/hostPattern.js';
+import type { MachineConfig, MachineType } from '../harness/vm.js';
+
+export interface MutantVm {
+  readonly label: string;
+  /** The VM's private directory, for files the mutant needs. */
+  readonly dir: string;
+  readonly config: MachineConfig;
+}
+
+export interface Mutant {
+  readonly name: string;
+  readonly description: string;
+  /** Properties this mutant must make fail. */
+  readonly breaks: readonly string[];
+  /** A machine type the mutant needs. */
+  readonly machine?: MachineType;
+  qemuArgs(vm: MutantVm): Promise<readonly string[]>;
+}
+
+/** A CPU feature this host's `-cpu host` has and the guest does not depend on. */
+const DROPPED_FEATURE = 'x2apic';
+
+const cpuWithout = (cfg: MachineConfig) => ['-cpu', `${cfg.cpuModel},-${DROPPED_FEATURE}`];
+
+export const MUTANTS: Readonly<Record<string, Mutant>> = {
+  'leaky-dimm': {
+    name: 'leaky-dimm',
+    description:
+      'A 2 MiB host file full of the leak pattern, mapped into the guest as a pc-dimm at 4 GiB: host data outside guest RAM that device reads can see.',
+    breaks: ['leaks.device.no-host-pattern'],
+    machine: 'pc',
+    async qemuArgs({ dir, config }) {
+      const file = join(dir, 'leak.bin');
+      await writeFile(file, Buffer.alloc(2 << 20, Buffer.from(HOST_PATTERN)), { mode: 0o600 });
+      return [
+        '-m', `${config.ramMiB}M,slots=1,maxmem=${config.ramMiB + 1024}M`,
+        '-object', `memory-backend-file,id=leak,size=2M,mem-path=${file},share=on`,
+        '-device', 'pc-dimm,memdev=leak',
+      ];
+    },
+  },
+  'cpuid-drop-feature': {
+    name: 'cpuid-drop-feature',
+    description: `Every VM runs -cpu <model>,-${DROPPED_FEATURE} while the model is told the plain CPU model: CPUID disagrees with query-cpu-model-expansion.`,
+    breaks: ['leaks.cpuid.rules'],
+    async qemuArgs({ config }) {
+      return cpuWithout(config);
+    },
+  },
+  'cpuid-vary-between-vms': {
+    name: 'cpuid-vary-between-vms',
+    description: `The second fresh VM of a determinism case runs -cpu <model>,-${DROPPED_FEATURE}: the same (leaf, subleaf) answers differently in two VMs.`,
+    breaks: ['leaks.cpuid.deterministic'],
+    async qemuArgs({ label, config }) {
+      return label === 'det-b' ? cpuWithout(config) : [];
+    },
+  },
+  'phantom-port': {
+    name: 'phantom-port',
+    description:
+      'Workload VMs (not the one the device map is read from) get a Bochs debug console at port 0x402, which reads back 0xe9: a port the model believes unclaimed answers something else.',
+    breaks: ['leaks.device.unclaimed'],
+    async qemuArgs({ label }) {
+      return label === 'facts' ? [] : ['-device', 'isa-debugcon,iobase=0x402,chardev=phantom', '-chardev', 'null,id=phantom'];
+    },
+  },
+};
+
+export class UnknownMutantError extends Error {
+  override name = 'UnknownMutantError';
+}
+
+export function mutantNamed(name: string): Mutant {
+  const m = MUTANTS[name];
+  if (!m) throw new UnknownMutantError(`unknown mutant '${name}' (known: ${Object.keys(MUTANTS).join(', ')})`);
+  return m;
+}
+
+/** The per-VM prepare hook for a mutant, or undefined. */
+export function mutantPrepare(name: string | undefined, label: string, config: MachineConfig): ((dir: string) => Promise<readonly string[]>) | undefined {
+  if (!name) return undefined;
+  const m = mutantNamed(name);
+  return (dir) => m.qemuArgs({ label, dir, config });
+}

@@ -1,0 +1,121 @@
+/**
+ * Private runtime directories and the cleanup that guarantees nothing outlives a run.
+ *
+ * Layout: one run root (0700) per run, one directory (0700) per VM inside it holding its QMP socket,
+ * its RAM file and its program. The root lives on /dev/shm when there is one, because guest RAM is a
+ * file there and the host reads observations straight out of it.
+ *
+ * Three layers keep QEMU and its files from leaking:
+ *  1. every VM removes its own directory and kills its QEMU when its run ends (harness/vm.ts);
+ *  2. this module kills every QEMU it started and removes its directories on exit, SIGINT, SIGTERM
+ *     and SIGHUP of this process;
+ *  3. QEMU is started under `setpriv --pdeathsig KILL`, so it dies with us even if we are SIGKILLed;
+ *     the owner of the run root (the CLI, or vitest's global setup) removes the root afterwards.
+ */
+import { mkdirSync, mkdtempSync, rmSync, chmodSync, existsSync } from 'node:fs';
+import { mkdtemp, rm, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const RUNTIME_ROOT_ENV = 'KVMPROP_RUNTIME_ROOT';
+
+let processRoot: string | null = null;
+const livePids = new Set<number>();
+const liveDirs = new Set<string>();
+let handlersInstalled = false;
+
+function baseDir(): string {
+  return existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
+}
+
+/** Create a run root (0700) that the caller owns and must remove with removeRunRoot. */
+export function createRunRoot(): string {
+  const root = mkdtempSync(join(baseDir(), 'kvmprop-run-'));
+  chmodSync(root, 0o700);
+  return root;
+}
+
+export function removeRunRoot(root: string): void {
+  rmSync(root, { recursive: true, force: true });
+}
+
+/** The run root for this process: the one named in the environment, or a private one of our own. */
+function runRoot(): string {
+  const fromEnv = process.env[RUNTIME_ROOT_ENV];
+  if (fromEnv && existsSync(fromEnv)) return fromEnv;
+  if (!processRoot) {
+    processRoot = createRunRoot();
+    liveDirs.add(processRoot);
+  }
+  installHandlers();
+  return processRoot;
+}
+
+/** A fresh private (0700) directory for one VM or one tool run. */
+export async function createPrivateDir(label: string): Promise<string> {
+  const root = runRoot();
+  installHandlers();
+  const dir = await mkdtemp(join(root, `${label.replace(/[^a-zA-Z0-9_-]/g, '_').slice(0, 40)}-`));
+  await chmod(dir, 0o700);
+  liveDirs.add(dir);
+  return dir;
+}
+
+export async function removePrivateDir(dir: string): Promise<void> {
+  liveDirs.delete(dir);
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** Remember a child that must not outlive this process. */
+export function trackPid(pid: number): void {
+  installHandlers();
+  livePids.add(pid);
+}
+
+export function untrackPid(pid: number): void {
+  livePids.delete(pid);
+}
+
+/** Synchronous, so it can run from 'exit': kill what we started, remove what we created. */
+export function cleanupNow(): void {
+  for (const pid of livePids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  livePids.clear();
+  for (const dir of [...liveDirs].reverse()) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // best effort: the run root owner sweeps what is left
+    }
+  }
+  liveDirs.clear();
+  processRoot = null;
+}
+
+function installHandlers(): void {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  process.on('exit', cleanupNow);
+  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    process.on(sig, () => {
+      cleanupNow();
+      process.exit(code);
+    });
+  }
+}
+
+/** For tests: what this process still holds. */
+export function liveResources(): { pids: number[]; dirs: string[] } {
+  return { pids: [...livePids], dirs: [...liveDirs] };
+}
+
+/** Make sure a directory exists with mode 0700 (used for output directories' private parts). */
+export function ensurePrivateDirSync(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+}

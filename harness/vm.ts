@@ -1,0 +1,434 @@
+/**
+ * One QEMU VM running our guest: launch (argument arrays only), QMP, watch, collect, clean up.
+ *
+ * What the harness watches, and how it tells the outcomes apart without waiting for a timeout:
+ *  - the guest finishes: it writes MAILBOX_DONE and leaves through isa-debug-exit (exit 33/35);
+ *  - KVM stops the VM with an internal error (emulation failure): QEMU keeps running but emits a
+ *    STOP event and reports status 'internal-error'; we keep the register and code dump it printed;
+ *  - an instruction never returns or a vCPU halts for good: its heartbeat in the mailbox stops
+ *    moving for `stallMs` while its thread is running; we take `info registers` and the serial tail;
+ *  - the guest resets (triple fault): with -no-reboot QEMU shuts down with reason 'guest-reset';
+ *  - QEMU itself exits or crashes: its exit status and stderr;
+ *  - and, last, the overall timeout.
+ * Guest RAM is a shared file in the VM's private directory, read directly by the host.
+ */
+import { open, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { Parser } from 'tap-parser';
+import { QmpClient, listenQmp, type QmpEvent } from './qmp.js';
+import { createPrivateDir, removePrivateDir, trackPid, untrackPid } from './runtime.js';
+import {
+  LAYOUT,
+  MAILBOX_STATE,
+  MAILBOX_THREADS_OFFSET,
+  THREAD_STATE,
+  readStruct,
+  structBytes,
+} from './guest/abi.js';
+import type { ProgramImage } from './bytecode.js';
+
+export type MachineType = 'microvm' | 'pc' | 'q35';
+export type Accel = 'kvm' | 'tcg';
+
+export interface MachineConfig {
+  /** QEMU binary (path or name on PATH). */
+  readonly qemu: string;
+  readonly machine: MachineType;
+  readonly accel: Accel;
+  readonly kernelIrqchip?: 'on' | 'split';
+  readonly cpus: number;
+  readonly ramMiB: number;
+  /** -cpu argument, e.g. 'host' (KVM) or 'max' (TCG), with optional ,+feat/-feat props. */
+  readonly cpuModel: string;
+  /** Appended verbatim after our arguments (--qemu-arg): patched builds, extra devices, mutations. */
+  readonly extraArgs: readonly string[];
+}
+
+export const MACHINE_TYPES: readonly MachineType[] = ['microvm', 'pc', 'q35'];
+
+export function defaultMachineConfig(over: Partial<MachineConfig> = {}): MachineConfig {
+  const accel = over.accel ?? 'kvm';
+  return {
+    qemu: process.env.KVMPROP_QEMU || 'qemu-system-x86_64',
+    machine: 'microvm',
+    accel,
+    cpus: 1,
+    ramMiB: 64,
+    cpuModel: accel === 'kvm' ? 'host' : 'max',
+    extraArgs: [],
+    ...over,
+  };
+}
+
+const DEBUG_EXIT_PORT = 0xf4;
+/** isa-debug-exit turns the guest's byte v into exit status (v << 1) | 1. */
+const EXIT_DONE = (0x10 << 1) | 1;
+const EXIT_DONE_FAILED = (0x11 << 1) | 1;
+
+export function qemuArgs(
+  cfg: MachineConfig,
+  files: { kernel: string; ram: string; qmpSocket: string; program?: string },
+  opts: { incoming?: string } = {},
+): string[] {
+  const accel = cfg.accel === 'kvm' && cfg.kernelIrqchip ? `kvm,kernel-irqchip=${cfg.kernelIrqchip}` : cfg.accel;
+  const args = [
+    '-M', `${cfg.machine},memory-backend=ram0`,
+    '-accel', accel,
+    '-cpu', cfg.cpuModel,
+    '-smp', String(cfg.cpus),
+    '-m', `${cfg.ramMiB}M`,
+    '-object', `memory-backend-file,id=ram0,size=${cfg.ramMiB}M,mem-path=${files.ram},share=on`,
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-S',
+    '-chardev', `socket,id=qmp,path=${files.qmpSocket}`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-chardev', 'stdio,id=com1,signal=off',
+    '-serial', 'chardev:com1',
+    '-device', `isa-debug-exit,iobase=0x${DEBUG_EXIT_PORT.toString(16)},iosize=4`,
+    '-kernel', files.kernel,
+  ];
+  if (cfg.machine !== 'microvm') args.push('-bios', 'qboot.rom');
+  if (files.program) args.push('-device', `loader,file=${files.program},addr=0x${LAYOUT.program.toString(16)},force-raw=on`);
+  if (opts.incoming) args.push('-incoming', opts.incoming);
+  args.push(...cfg.extraArgs);
+  return args;
+}
+
+export type VmOutcome =
+  | { kind: 'completed'; exitCode: number | null }
+  | { kind: 'internal-error'; status: string; dump: string; registers: string | null }
+  | { kind: 'hang'; thread: number; stalledMs: number; registers: string | null }
+  | { kind: 'guest-reset'; reason: string }
+  | { kind: 'qemu-exited'; exitCode: number | null; signal: string | null }
+  | { kind: 'timeout'; afterMs: number; registers: string | null };
+
+export interface TapVerdict {
+  readonly ok: boolean;
+  readonly bailout: string | null;
+  readonly plan: number | null;
+  readonly results: readonly { id: number; ok: boolean; name: string }[];
+}
+
+export interface ThreadResult {
+  readonly status: Record<string, bigint>;
+  /** The thread's observation bytes, [0, obs_used). */
+  readonly records: Uint8Array;
+}
+
+export interface VmRunResult {
+  readonly outcome: VmOutcome;
+  readonly tap: TapVerdict;
+  readonly serial: string;
+  readonly stderr: string;
+  readonly mailbox: Record<string, bigint>;
+  readonly threads: readonly ThreadResult[];
+  readonly durationMs: number;
+  readonly args: readonly string[];
+}
+
+/** Raised for problems of the harness or the host set-up, as opposed to findings about KVM. */
+export class VmSetupError extends Error {
+  override name = 'VmSetupError';
+  constructor(message: string, readonly stderr = '') {
+    super(message);
+  }
+}
+
+const MAX_CAPTURE = 1 << 20;
+const THREAD_STATUS_BYTES = structBytes('thread_status');
+
+export interface StartOptions {
+  readonly guestElf: string;
+  readonly program?: ProgramImage;
+  readonly label?: string;
+  /** Start as an -incoming destination (e.g. 'defer' or 'unix:PATH'); the guest does not run until migration ends. */
+  readonly incoming?: string;
+  /** Leave the VM paused after start (default: run). */
+  readonly paused?: boolean;
+  /** Last-moment extra QEMU arguments, made inside the VM's private directory (mutants use it). */
+  readonly prepare?: (dir: string) => Promise<readonly string[]>;
+}
+
+export class Vm {
+  private stdoutText = '';
+  private stderrText = '';
+  private exited = false;
+  private exitInfo: { exitCode: number | null; signal: string | null } = { exitCode: null, signal: null };
+  private readonly exitPromise: Promise<void>;
+  private ramFd: Awaited<ReturnType<typeof open>> | null = null;
+
+  private constructor(
+    readonly config: MachineConfig,
+    readonly dir: string,
+    readonly ramPath: string,
+    readonly args: readonly string[],
+    private readonly proc: ResultPromise,
+    readonly qmp: QmpClient,
+    readonly startedAt: number,
+  ) {
+    proc.stdout?.on('data', (b: Buffer) => {
+      if (this.stdoutText.length < MAX_CAPTURE) this.stdoutText += b.toString('latin1');
+    });
+    proc.stderr?.on('data', (b: Buffer) => {
+      if (this.stderrText.length < MAX_CAPTURE) this.stderrText += b.toString('latin1');
+    });
+    this.exitPromise = proc.then(
+      (r) => this.markExited(r.exitCode ?? null, r.signal ?? null),
+      (e: { exitCode?: number; signal?: string }) => this.markExited(e.exitCode ?? null, e.signal ?? null),
+    );
+  }
+
+  private markExited(exitCode: number | null, signal: string | null): void {
+    this.exited = true;
+    this.exitInfo = { exitCode, signal };
+    if (this.proc.pid) untrackPid(this.proc.pid);
+  }
+
+  /** Launch QEMU paused, take its QMP connection, then let the guest run (unless asked not to). */
+  static async start(cfg: MachineConfig, opts: StartOptions): Promise<Vm> {
+    const dir = await createPrivateDir(opts.label ?? 'vm');
+    try {
+      const ramPath = join(dir, 'ram');
+      const qmpSocket = join(dir, 'qmp.sock');
+      let program: string | undefined;
+      if (opts.program) {
+        program = join(dir, 'program.bin');
+        await writeFile(program, opts.program.image, { mode: 0o600 });
+      }
+      if (opts.program && cfg.ramMiB < opts.program.minRamMiB) {
+        throw new VmSetupError(`the program needs at least ${opts.program.minRamMiB} MiB of guest RAM; the VM has ${cfg.ramMiB}`);
+      }
+      const args = [
+        ...qemuArgs(cfg, { kernel: opts.guestElf, ram: ramPath, qmpSocket, ...(program ? { program } : {}) }, opts.incoming ? { incoming: opts.incoming } : {}),
+        ...(opts.prepare ? await opts.prepare(dir) : []),
+      ];
+      const listener = await listenQmp(qmpSocket);
+      // setpriv makes the kernel SIGKILL QEMU when we die, however we die.
+      const proc = execa('setpriv', ['--pdeathsig', 'KILL', '--', cfg.qemu, ...args], {
+        stdin: 'ignore',
+        stdout: 'pipe',
+        stderr: 'pipe',
+        buffer: false,
+        reject: false,
+        cleanup: true,
+      });
+      if (proc.pid) trackPid(proc.pid);
+      let stderr = '';
+      proc.stderr?.on('data', (b: Buffer) => (stderr += b.toString('latin1')));
+      const exited = proc.then(() => null);
+      let qmp: QmpClient | null;
+      try {
+        qmp = await Promise.race([listener.accept({ timeoutMs: 30_000 }), exited]);
+      } finally {
+        await listener.close();
+      }
+      if (!qmp) {
+        const r = await proc;
+        const firstLine = stderr.trim().split('\n').find((l) => l.trim()) ?? `exit status ${r.exitCode}`;
+        throw new VmSetupError(`QEMU (${cfg.qemu}) exited before it started: ${firstLine}`, stderr);
+      }
+      const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now());
+      vm.stderrText = stderr;
+      if (!opts.paused && !opts.incoming) await qmp.execute('cont');
+      return vm;
+    } catch (e) {
+      await removePrivateDir(dir);
+      throw e;
+    }
+  }
+
+  get serial(): string {
+    return this.stdoutText;
+  }
+
+  get stderr(): string {
+    return this.stderrText;
+  }
+
+  get hasExited(): boolean {
+    return this.exited;
+  }
+
+  /** Read guest-physical memory (RAM below 2 GiB maps 1:1 onto the RAM file). */
+  async readPhys(addr: number, len: number): Promise<Uint8Array> {
+    if (!this.ramFd) this.ramFd = await open(this.ramPath, 'r');
+    const buf = new Uint8Array(len);
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await this.ramFd.read(buf, got, len - got, addr + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return buf;
+  }
+
+  async readMailbox(): Promise<{ mailbox: Record<string, bigint>; threads: Record<string, bigint>[] }> {
+    const page = await this.readPhys(LAYOUT.mailbox, MAILBOX_THREADS_OFFSET + THREAD_STATUS_BYTES * LAYOUT.maxCpus);
+    const mailbox = readStruct('mailbox', page, 0);
+    const threads: Record<string, bigint>[] = [];
+    for (let i = 0; i < LAYOUT.maxCpus; i++) threads.push(readStruct('thread_status', page, MAILBOX_THREADS_OFFSET + i * THREAD_STATUS_BYTES));
+    return { mailbox, threads };
+  }
+
+  /** HMP `info registers -a`, bounded in time: a wedged vCPU must not wedge us. */
+  async registers(timeoutMs = 2000): Promise<string | null> {
+    if (this.exited || this.qmp.closed) return null;
+    try {
+      return await this.qmp.hmp('info registers -a', { timeoutMs });
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Wait until the guest finishes or something goes wrong, and say which. `nthreads` is how many
+   * threads the program runs (for stall detection); the VM is left as it is (call dispose()).
+   */
+  async waitForOutcome(opts: { nthreads: number; timeoutMs: number; stallMs: number; pollMs?: number }): Promise<VmOutcome> {
+    const pollMs = opts.pollMs ?? 20;
+    const started = Date.now();
+    let stopEvent: QmpEvent | null = null;
+    let shutdownEvent: QmpEvent | null = null;
+    const unsubscribe = this.qmp.onEvent((e) => {
+      if (e.event === 'STOP') stopEvent = e;
+      if (e.event === 'SHUTDOWN') shutdownEvent = e;
+    });
+    const lastProgress: { value: bigint; at: number }[] = Array.from({ length: opts.nthreads }, () => ({ value: -1n, at: started }));
+    try {
+      for (;;) {
+        if (this.exited) break;
+        if (shutdownEvent) break;
+        if (stopEvent) {
+          const status = await this.qmp.execute<{ status: string }>('query-status', {}, { timeoutMs: 2000 }).catch(() => null);
+          if (status && status.status === 'internal-error') {
+            await sleep(30); // let QEMU's stderr dump reach us
+            return { kind: 'internal-error', status: status.status, dump: internalErrorDump(this.stderrText), registers: await this.registers() };
+          }
+          if (status && status.status !== 'running' && status.status !== 'shutdown') {
+            // Paused for another reason (guest-panicked, io-error, ...): report it as an internal stop.
+            return { kind: 'internal-error', status: status.status, dump: this.stderrText.slice(-4000), registers: await this.registers() };
+          }
+          stopEvent = null;
+        }
+        const now = Date.now();
+        const { mailbox, threads } = await this.readMailbox();
+        // Boot takes ~100 ms; a guest that never reaches 'running' is stuck before any thread.
+        if (mailbox.state === BigInt(MAILBOX_STATE.booting) && now - started >= Math.max(2 * opts.stallMs, 5000)) {
+          return { kind: 'hang', thread: -1, stalledMs: now - started, registers: await this.registers() };
+        }
+        if (mailbox.state === BigInt(MAILBOX_STATE.done) || mailbox.state === BigInt(MAILBOX_STATE.failed)) {
+          // The guest is finished; it leaves through isa-debug-exit, or we end it.
+          await Promise.race([this.exitPromise, sleep(200)]);
+          if (!this.exited) await this.kill();
+          break;
+        }
+        for (let i = 0; i < opts.nthreads; i++) {
+          const t = threads[i]!;
+          if (t.state !== BigInt(THREAD_STATE.running)) {
+            lastProgress[i] = { value: -1n, at: now };
+            continue;
+          }
+          const value = (t.ops_done ?? 0n) + (t.heartbeat ?? 0n) * 0x1_0000_0000n;
+          if (value !== lastProgress[i]!.value) lastProgress[i] = { value, at: now };
+          else if (now - lastProgress[i]!.at >= opts.stallMs) {
+            return { kind: 'hang', thread: i, stalledMs: now - lastProgress[i]!.at, registers: await this.registers() };
+          }
+        }
+        if (now - started >= opts.timeoutMs) return { kind: 'timeout', afterMs: now - started, registers: await this.registers() };
+        await Promise.race([this.exitPromise, sleep(pollMs)]);
+      }
+      await this.exitPromise;
+      const se = shutdownEvent as QmpEvent | null;
+      if (se && (se.data?.reason === 'guest-reset' || se.data?.reason === 'guest-shutdown')) {
+        return { kind: 'guest-reset', reason: String(se.data?.reason) };
+      }
+      const { exitCode, signal } = this.exitInfo;
+      if (exitCode === EXIT_DONE || exitCode === EXIT_DONE_FAILED || signal === 'SIGKILL') {
+        const { mailbox } = await this.readMailbox();
+        if (mailbox.state === BigInt(MAILBOX_STATE.done) || mailbox.state === BigInt(MAILBOX_STATE.failed)) {
+          return { kind: 'completed', exitCode };
+        }
+      }
+      return { kind: 'qemu-exited', exitCode, signal };
+    } finally {
+      unsubscribe();
+    }
+  }
+
+  /** Collect the verdict and observations after waitForOutcome. */
+  async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number): Promise<VmRunResult> {
+    const { mailbox, threads } = await this.readMailbox();
+    const results: ThreadResult[] = [];
+    for (let i = 0; i < nthreads; i++) {
+      const status = threads[i]!;
+      const region = program?.regions[i];
+      const used = Math.min(Number(status.obs_used), region?.len ?? 0);
+      results.push({ status, records: region && used > 0 ? await this.readPhys(region.addr, used) : new Uint8Array() });
+    }
+    return {
+      outcome,
+      tap: parseTap(this.stdoutText),
+      serial: this.stdoutText,
+      stderr: this.stderrText,
+      mailbox,
+      threads: results,
+      durationMs: Date.now() - this.startedAt,
+      args: this.args,
+    };
+  }
+
+  async kill(): Promise<void> {
+    if (!this.exited) {
+      this.proc.kill('SIGKILL');
+      await this.exitPromise;
+    }
+  }
+
+  /** Kill QEMU if it still runs and remove the VM's directory. Idempotent. */
+  async dispose(): Promise<void> {
+    this.qmp.close();
+    await this.kill();
+    if (this.ramFd) {
+      await this.ramFd.close().catch(() => undefined);
+      this.ramFd = null;
+    }
+    await removePrivateDir(this.dir);
+  }
+}
+
+/** The part of QEMU's stderr that describes a KVM internal error (registers, code bytes). */
+export function internalErrorDump(stderr: string): string {
+  const at = stderr.indexOf('KVM internal error');
+  return (at >= 0 ? stderr.slice(at) : stderr).slice(0, 8000);
+}
+
+export function parseTap(serial: string): TapVerdict {
+  const results: { id: number; ok: boolean; name: string }[] = [];
+  let verdict: TapVerdict = { ok: false, bailout: null, plan: null, results };
+  const p = new Parser();
+  p.on('assert', (a: { id: number; ok: boolean; name: string }) => results.push({ id: a.id, ok: a.ok, name: a.name }));
+  p.on('complete', (r: { ok: boolean; bailout: string | false; plan: { end: number } | null }) => {
+    verdict = { ok: r.ok, bailout: r.bailout === false ? null : String(r.bailout), plan: r.plan ? r.plan.end : null, results };
+  });
+  p.end(serial.replace(/\r/g, ''));
+  return verdict;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Boot a program, wait for the outcome, collect everything, clean up. */
+export async function runVm(
+  cfg: MachineConfig,
+  opts: Pick<StartOptions, 'prepare'> & { guestElf: string; program: ProgramImage; nthreads: number; label?: string; timeoutMs?: number; stallMs?: number },
+): Promise<VmRunResult> {
+  const vm = await Vm.start(cfg, { guestElf: opts.guestElf, program: opts.program, label: opts.label ?? 'vm', ...(opts.prepare ? { prepare: opts.prepare } : {}) });
+  try {
+    const outcome = await vm.waitForOutcome({ nthreads: opts.nthreads, timeoutMs: opts.timeoutMs ?? 60_000, stallMs: opts.stallMs ?? 2000 });
+    return await vm.collect(outcome, opts.program, opts.nthreads);
+  } finally {
+    await vm.dispose();
+  }
+}

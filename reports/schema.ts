@@ -1,0 +1,99 @@
+/**
+ * results.json: the versioned record of one `kvmprop run`. Readers (the regression gate, report
+ * writers, other tools) check `schema` and `version` before trusting anything else.
+ */
+import type { HostFingerprint } from '../harness/fingerprint.js';
+
+export const RESULTS_SCHEMA = 'kvmprop-results';
+export const RESULTS_VERSION = 1;
+
+export type PropertyStatus = 'pass' | 'fail' | 'known-deviation' | 'skip';
+
+export interface PropertyResult {
+  readonly id: string;
+  readonly suite: string;
+  /** The property in one sentence. */
+  readonly statement: string;
+  readonly status: PropertyStatus;
+  /** Why it was skipped, or the one-line failure. */
+  readonly reason?: string;
+  /** Cases executed, shrinking included. */
+  readonly numRuns: number;
+  readonly seed: number;
+  /** fast-check path of the shrunk counterexample. */
+  readonly path?: string;
+  /** Saved counterexample (workload, expected, observed), relative to results.json. */
+  readonly counterexample?: string;
+  /** One command that reproduces the failure. */
+  readonly replay?: string;
+  /** The known deviation that waived this failure. */
+  readonly deviation?: { readonly id: string; readonly citation: string };
+  readonly durationMs: number;
+  /** What the property exercised, e.g. cpuidQueries, deviceReads, vms. */
+  readonly metrics: Readonly<Record<string, number>>;
+}
+
+export interface RunOptionsRecord {
+  readonly suites: readonly string[];
+  readonly runs: number;
+  readonly seed: number;
+  readonly machine: string;
+  readonly accel: string;
+  readonly cpu: string;
+  readonly qemu: string;
+  readonly qemuArgs: readonly string[];
+}
+
+export interface ResultsFile {
+  readonly schema: typeof RESULTS_SCHEMA;
+  readonly version: typeof RESULTS_VERSION;
+  readonly tool: { readonly name: 'kvmprop'; readonly version: string };
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly options: RunOptionsRecord;
+  readonly host: HostFingerprint;
+  readonly hostId: string;
+  readonly properties: readonly PropertyResult[];
+  readonly totals: Readonly<Record<PropertyStatus, number>>;
+  readonly metrics: Readonly<Record<string, number>>;
+  /** 'fail' exactly when a property failed (known deviations do not fail a run). */
+  readonly status: 'pass' | 'fail';
+  /** Problems of the run itself (a suite file that crashed, a property that never reported). */
+  readonly errors: readonly string[];
+}
+
+const STATUSES: readonly PropertyStatus[] = ['pass', 'fail', 'known-deviation', 'skip'];
+
+/** Structural check of a parsed results file; returns the problems found (empty: valid). */
+export function validateResults(x: unknown): string[] {
+  const errs: string[] = [];
+  if (typeof x !== 'object' || x === null) return ['not a JSON object'];
+  const r = x as Record<string, unknown>;
+  if (r.schema !== RESULTS_SCHEMA) errs.push(`schema is ${JSON.stringify(r.schema)}, expected "${RESULTS_SCHEMA}"`);
+  if (r.version !== RESULTS_VERSION) errs.push(`version is ${JSON.stringify(r.version)}, expected ${RESULTS_VERSION}`);
+  if (!Array.isArray(r.properties)) errs.push('properties is not an array');
+  else {
+    r.properties.forEach((p: unknown, i: number) => {
+      const q = p as Record<string, unknown>;
+      for (const k of ['id', 'suite', 'statement', 'status']) if (typeof q?.[k] !== 'string') errs.push(`properties[${i}].${k} missing`);
+      if (!STATUSES.includes(q?.status as PropertyStatus)) errs.push(`properties[${i}].status ${JSON.stringify(q?.status)} unknown`);
+      for (const k of ['numRuns', 'seed', 'durationMs']) if (typeof q?.[k] !== 'number') errs.push(`properties[${i}].${k} missing`);
+      if (q?.status === 'fail' && typeof q.counterexample !== 'string' && typeof q.reason !== 'string') errs.push(`properties[${i}] failed without a counterexample or reason`);
+      if (q?.status === 'skip' && typeof q.reason !== 'string') errs.push(`properties[${i}] skipped without a reason`);
+    });
+  }
+  if (r.status !== 'pass' && r.status !== 'fail') errs.push('status must be pass or fail');
+  return errs;
+}
+
+export function tally(props: readonly PropertyResult[]): Record<PropertyStatus, number> {
+  const t: Record<PropertyStatus, number> = { pass: 0, fail: 0, 'known-deviation': 0, skip: 0 };
+  for (const p of props) t[p.status]++;
+  return t;
+}
+
+export function sumMetrics(props: readonly PropertyResult[]): Record<string, number> {
+  const m: Record<string, number> = {};
+  for (const p of props) for (const [k, v] of Object.entries(p.metrics)) m[k] = (m[k] ?? 0) + v;
+  return m;
+}

@@ -1,0 +1,209 @@
+/**
+ * Device reads leak nothing: port and MMIO reads of every width and form, aimed at the device map
+ * QEMU reports, change only what their instruction defines, read unclaimed space as the platform's
+ * fixed value, repeat exactly where the register has no read side effects, and never carry the
+ * host's leak pattern.
+ */
+import { deviceReadOps, deviceReadWorkloadArb, MMIO_LIMIT, type DeviceReadWorkload } from '../../generators/deviceReads.js';
+import type { Op, OpRecord } from '../../generators/ir/ops.js';
+import { STRING_GUARD_BYTES } from '../../generators/ir/ops.js';
+import { DEFAULT_CANARY } from '../../generators/ir/program.js';
+import type { MachineFacts } from '../../harness/facts.js';
+import { findHostPattern, valueBytes } from '../../models/hostPattern.js';
+import { firstMaskedMismatch, predictRead, type DeviceRead, type MaskedBytes, type ReadPrediction } from '../../models/deviceReads.js';
+import { defineProperty, fail, PASS, type SuiteEnv, type Verdict } from '../lib/property.js';
+import { factsFor, runProgram } from '../lib/run.js';
+
+type ReadOp = Extract<Op, { op: 'pioIn' | 'pioIns' | 'mmioRead' | 'mmioMovs' }>;
+
+interface ReadObservation {
+  readonly op: ReadOp;
+  readonly record: OpRecord;
+  readonly prediction: ReadPrediction;
+  /** RAX as 8 bytes, or the string buffer. */
+  readonly bytes: Uint8Array;
+}
+
+function facts(env: SuiteEnv): Promise<MachineFacts> {
+  return factsFor(env);
+}
+
+/** Run the reads once (one vCPU: device state must not depend on interleaving) and pair each with its prediction. */
+async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEnv, label: string): Promise<{ ok: true; reads: ReadObservation[] } | { ok: false; verdict: Verdict }> {
+  const ops = deviceReadOps(w) as ReadOp[];
+  const outcome = await runProgram(env, { threads: [ops], canary: DEFAULT_CANARY, mapLimit: MMIO_LIMIT }, { label });
+  if (!outcome.ok) return { ok: false, verdict: outcome.failure };
+  const records = outcome.run.records[0] ?? [];
+  env.metrics.add('deviceReads', records.length);
+  const reads = records.map((record, i): ReadObservation => {
+    const op = ops[i]!;
+    const prediction = predictRead(op as DeviceRead, { map: f.deviceMap, canary: DEFAULT_CANARY, guardBytes: STRING_GUARD_BYTES, ...(record.buffer ? { bufferBytes: record.buffer.length } : {}) });
+    const bytes = record.buffer ?? valueBytes(record.fields.rax ?? 0n, 8);
+    return { op, record, prediction, bytes };
+  });
+  if (reads.length !== ops.length) {
+    return { ok: false, verdict: fail(`the guest recorded ${reads.length} of ${ops.length} reads`, ops.length, reads.length) };
+  }
+  return { ok: true, reads };
+}
+
+export function describeRead(o: ReadOp): string {
+  switch (o.op) {
+    case 'pioIn':
+      return `in${['', 'b', 'w', '', 'l'][o.width]} from port 0x${o.port.toString(16)}`;
+    case 'pioIns':
+      return `rep ins${['', 'b', 'w', '', 'l'][o.width]} x${o.count} from port 0x${o.port.toString(16)}`;
+    case 'mmioRead':
+      return `${o.width}-byte mov from 0x${o.addr.toString(16)}`;
+    case 'mmioMovs':
+      return `rep movs${['', 'b', 'w', '', 'l', '', '', '', 'q'][o.width]} x${o.count} from 0x${o.addr.toString(16)}`;
+  }
+}
+
+/** Hex of little-endian bytes, most significant first, '??' where the model asserts nothing. */
+export function maskedHex(m: MaskedBytes, only?: (i: number) => boolean): string {
+  let s = '';
+  for (let i = m.value.length - 1; i >= 0; i--) {
+    const asserted = m.mask[i] === 0xff && (!only || only(i));
+    s += asserted ? m.value[i]!.toString(16).padStart(2, '0') : '??';
+  }
+  return `0x${s}`;
+}
+
+function hex(bytes: Uint8Array): string {
+  return `0x${[...bytes].reverse().map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+function restrict(m: MaskedBytes, keep: (i: number) => boolean): MaskedBytes {
+  return { value: m.value, mask: m.mask.map((x, i) => (keep(i) ? x : 0)) };
+}
+
+/** Every read whose bytes (limited by `keep`) differ from the prediction, until one is not a known deviation. */
+function firstMismatch(
+  env: SuiteEnv,
+  reads: readonly ReadObservation[],
+  keep: (r: ReadObservation, i: number) => boolean,
+  why: (r: ReadObservation, byte: number) => string,
+): Verdict {
+  for (const r of reads) {
+    const predicted = r.prediction.rax ?? r.prediction.buffer!;
+    const masked = restrict(predicted, (i) => keep(r, i));
+    const at = firstMaskedMismatch(r.bytes, masked);
+    if (at >= 0) {
+      const m = env.mismatch(
+        `${describeRead(r.op)}: byte ${at} of ${r.prediction.rax ? 'RAX' : 'the destination buffer'} is 0x${r.bytes[at]!.toString(16).padStart(2, '0')}, expected 0x${masked.value[at]!.toString(16).padStart(2, '0')} (${why(r, at)})`,
+        { read: r.op, regions: r.prediction.regions, value: maskedHex(masked) },
+        { read: r.op, value: hex(r.bytes) },
+      );
+      if (m) return m;
+    }
+  }
+  return PASS;
+}
+
+const isData = (r: ReadObservation, i: number) => r.prediction.dataOffsets.includes(i);
+
+function definedByteWhy(r: ReadObservation, i: number): string {
+  if (r.prediction.rax) {
+    const w = r.op.width;
+    return w === 4 ? 'a 32-bit load zero-extends into RAX[63:32]' : `RAX[63:${8 * w}] must keep the canary: a ${8 * w}-bit read defines only the low ${w} byte${w > 1 ? 's' : ''}`;
+  }
+  return i < STRING_GUARD_BYTES ? 'a guard byte before the destination was written' : 'a guard byte after the destination was written';
+}
+
+export const deviceReadsDefinedBytes = defineProperty({
+  id: 'leaks.device.defined-bytes',
+  suite: 'leaks',
+  statement:
+    'A port or MMIO read changes only the destination bytes its instruction defines (the canary around them survives), never faults, and a REP string read leaves RCX 0 and moves RSI/RDI by exactly count*width',
+  facts,
+  arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap),
+  async check(w, f, env) {
+    const o = await observeReads(w, f, env, 'reads');
+    if (!o.ok) return o.verdict;
+    for (const r of o.reads) {
+      if (r.record.faultVector !== null) {
+        const m = env.mismatch(`${describeRead(r.op)} raised exception vector ${r.record.faultVector} (error code 0x${r.record.errorCode.toString(16)})`, 'no exception', { vector: r.record.faultVector, errorCode: r.record.errorCode, read: r.op });
+        if (m) return m;
+        continue;
+      }
+      const p = r.prediction;
+      for (const [reg, want] of [['rcx', p.rcx], ['rdiDelta', p.rdiDelta], ['rsiDelta', p.rsiDelta]] as const) {
+        if (want !== undefined && r.record.fields[reg] !== want) {
+          const m = env.mismatch(`${describeRead(r.op)}: ${reg} is ${r.record.fields[reg]}, expected ${want}`, { read: r.op, [reg]: want }, { read: r.op, [reg]: r.record.fields[reg] });
+          if (m) return m;
+        }
+      }
+    }
+    return firstMismatch(env, o.reads.filter((r) => r.record.faultVector === null), (r, i) => !isData(r, i), definedByteWhy);
+  },
+});
+
+export const deviceReadsUnclaimed = defineProperty({
+  id: 'leaks.device.unclaimed',
+  suite: 'leaks',
+  statement: "Reads of port and MMIO space no device claims return the platform's fixed value (QEMU: all-ones for ports, zeros for memory)",
+  facts,
+  arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap),
+  async check(w, f, env) {
+    const o = await observeReads(w, f, env, 'unclaimed');
+    if (!o.ok) return o.verdict;
+    return firstMismatch(env, o.reads, isData, (r) => `${r.op.op.startsWith('pio') ? 'port' : 'guest-physical'} space no device claims (${r.prediction.regions.join(', ')})`);
+  },
+});
+
+export const deviceReadsStable = defineProperty({
+  id: 'leaks.device.stable',
+  suite: 'leaks',
+  statement: 'The same reads in two fresh VMs return the same bytes wherever the register has no time- or host-dependent value',
+  facts,
+  arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap, { maxSweeps: 24 }),
+  async check(w, f, env) {
+    const a = await observeReads(w, f, env, 'stable-a');
+    if (!a.ok) return a.verdict;
+    const b = await observeReads(w, f, env, 'stable-b');
+    if (!b.ok) return b.verdict;
+    for (let k = 0; k < a.reads.length; k++) {
+      const ra = a.reads[k]!;
+      const rb = b.reads[k]!;
+      const offsets = ra.prediction.dataOffsets;
+      for (let j = 0; j < offsets.length; j++) {
+        const off = offsets[j]!;
+        if (!ra.prediction.stableBytes[j] || ra.bytes[off] === rb.bytes[off]) continue;
+        const m = env.mismatch(
+          `${describeRead(ra.op)} (${ra.prediction.regions.join(', ')}): data byte ${j} read 0x${ra.bytes[off]!.toString(16)} in the first VM and 0x${rb.bytes[off]!.toString(16)} in the second`,
+          { read: ra.op, value: hex(ra.bytes) },
+          { read: rb.op, value: hex(rb.bytes) },
+        );
+        if (m) return m;
+        break;
+      }
+    }
+    return PASS;
+  },
+});
+
+export const deviceReadsNoHostPattern = defineProperty({
+  id: 'leaks.device.no-host-pattern',
+  suite: 'leaks',
+  statement: 'No port or MMIO read ever returns the pattern the host filled and freed its memory with',
+  facts,
+  arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap),
+  async check(w, f, env) {
+    const o = await observeReads(w, f, env, 'pattern');
+    if (!o.ok) return o.verdict;
+    for (const r of o.reads) {
+      const data = Uint8Array.from(r.prediction.dataOffsets.map((i) => r.bytes[i]!));
+      const seen = findHostPattern(data);
+      if (seen.length > 0) {
+        const m = env.mismatch(
+          `${describeRead(r.op)} (${r.prediction.regions.join(', ')}) returned ${seen[0]!.length} bytes of the host leak pattern at data offset ${seen[0]!.offset}`,
+          'no host pattern bytes',
+          { read: r.op, data: hex(data), sightings: seen },
+        );
+        if (m) return m;
+      }
+    }
+    return PASS;
+  },
+});
