@@ -9,6 +9,11 @@ export interface Program {
   readonly threads: readonly (readonly Op[])[];
   /** Value the guest puts in registers and buffers before an op, to see what the op changed. */
   readonly canary: bigint;
+  /**
+   * Run the threads in ring 0 instead of ring 3 (harness/guest/abi.ts PROGRAM_FLAGS.ring0 says why
+   * ring 3 is the default). Instructions that only misbehave in supervisor mode need it.
+   */
+  readonly ring0?: boolean;
   /** Switch every vCPU to x2APIC mode before its thread starts. */
   readonly x2apic?: boolean;
   /** Identity-map guest-physical memory up to this address (default 4 GiB). */

@@ -10,9 +10,8 @@
 #include "config.h"
 #include "kvmprop_gen.h"
 
-#define SEL_CODE64 0x08
-#define SEL_DATA   0x10
-#define SEL_CODE32 0x18
+#define SEL_CODE64 SEL_KCODE
+#define SEL_DATA   SEL_KDATA
 
 /* ---- PVH note: XEN_ELFNOTE_PHYS32_ENTRY (18) ---- */
 	.section .note.pvh, "a"
@@ -53,13 +52,14 @@ pvh_start32:
 	call build_page_tables
 	jmp enter_long_mode
 
-/* Identity map 0-4 GiB with 2 MiB pages; 3-4 GiB (MMIO) uncached. */
+/* Identity map 0-4 GiB with 2 MiB pages, user-accessible (threads run in ring 3); 3-4 GiB (MMIO)
+ * uncached. */
 build_page_tables:
 	movl $pdpt, %eax
-	orl $3, %eax
+	orl $7, %eax
 	movl %eax, pml4
 	movl $pd, %eax
-	orl $3, %eax
+	orl $7, %eax
 	movl $pdpt, %edi
 	movl $4, %ecx
 1:	movl %eax, (%edi)
@@ -71,7 +71,7 @@ build_page_tables:
 	xorl %ebx, %ebx
 2:	movl %ebx, %eax
 	shll $21, %eax
-	orl $0x83, %eax
+	orl $0x87, %eax
 	cmpl $1536, %ebx
 	jb 3f
 	orl $0x18, %eax
@@ -222,8 +222,31 @@ catch_set:
 	movq %rax, 48(%rdi)
 	movq (%rsp), %rax
 	movq %rax, 56(%rdi)
+	/* Only the privilege level of CS is trusted: a hypervisor that runs ring 3 natively (kvm_pvm)
+	 * shows the host's own selectors there, so the guest's selectors are chosen, not read. */
+	movq %cs, %rax
+	testb $3, %al
+	jz 1f
+	movq $SEL_UCODE, 64(%rdi)
+	movq $SEL_UDATA, 72(%rdi)
 	xorl %eax, %eax
 	ret
+1:	movq $SEL_KCODE, 64(%rdi)
+	movq $SEL_KDATA, 72(%rdi)
+	xorl %eax, %eax
+	ret
+
+/* void enter_user(u64 entry, u64 arg, u64 user_rsp, u64 rflags): iret to ring 3; never returns
+ * (the thread comes back through a HLT that ring 0 turns into a jump to a catch frame). */
+	.globl enter_user
+enter_user:
+	pushq $SEL_UDATA
+	pushq %rdx
+	pushq %rcx
+	pushq $SEL_UCODE
+	pushq %rdi
+	movq %rsi, %rdi
+	iretq
 
 /*
  * void cpuid_canary(u64 rax_in, u64 rcx_in, u64 canary, u64 out[15])
@@ -289,7 +312,9 @@ gdt:
 	.quad 0x00af9a000000ffff	/* 0x08: 64-bit code */
 	.quad 0x00cf92000000ffff	/* 0x10: data */
 	.quad 0x00cf9a000000ffff	/* 0x18: 32-bit code */
-	.fill LAYOUT_MAX_CPUS * 2, 8, 0	/* 0x20 + 16*cpu: TSS descriptors */
+	.quad 0x00cff2000000ffff	/* 0x20: user data (DPL 3) */
+	.quad 0x00affa000000ffff	/* 0x28: user 64-bit code (DPL 3) */
+	.fill LAYOUT_MAX_CPUS * 2, 8, 0	/* 0x30 + 16*cpu: TSS descriptors */
 gdt_end:
 	.align 8
 gdt_ptr:

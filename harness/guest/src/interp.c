@@ -186,13 +186,13 @@ static void exec_exec(struct ctx *x, const void *op, u8 *res)
 
 static void exec_rdmsr(struct ctx *x, const void *op, u8 *res)
 {
-	((struct res_rdmsr *)res)->value = rdmsr(((const struct op_rdmsr *)op)->msr);
+	((struct res_rdmsr *)res)->value = priv_rdmsr(((const struct op_rdmsr *)op)->msr);
 }
 
 static void exec_wrmsr(struct ctx *x, const void *op, u8 *res)
 {
 	const struct op_wrmsr *o = op;
-	wrmsr(o->msr, o->value);
+	priv_wrmsr(o->msr, o->value);
 	if (o->msr == 0x1b)
 		x->cpu->x2apic = (o->value >> 10) & 1;
 }
@@ -376,11 +376,11 @@ void run_thread(struct cpu *c, u32 index)
 		}
 		case OP_STI:
 			pc++;
-			asm volatile("sti" ::: "memory");
+			irq_enable(c);
 			break;
 		case OP_CLI:
 			pc++;
-			asm volatile("cli" ::: "memory");
+			irq_disable(c);
 			break;
 		case OP_WAIT_IRQ: {
 			DECODE(op_wait_irq, o);
@@ -389,14 +389,15 @@ void run_thread(struct cpu *c, u32 index)
 				goto overflow;
 			u32 start = irq_count(c, o.vector);
 			u64 t0 = rdtsc(), deadline = t0 + o.timeout_cycles;
-			u64 flags;
-			asm volatile("pushfq; popq %0; sti" : "=r"(flags)::"memory");
+			int was_enabled = c->irq_on;
+			if (!was_enabled)
+				irq_enable(c);
 			while (irq_count(c, o.vector) - start < o.count && rdtsc() < deadline) {
 				st->heartbeat++;
 				cpu_relax();
 			}
-			if (!(flags & 0x200))
-				asm volatile("cli" ::: "memory");
+			if (!was_enabled)
+				irq_disable(c);
 			r->seen = irq_count(c, o.vector) - start;
 			r->pad = 0;
 			r->tsc_start = t0;

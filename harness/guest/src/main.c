@@ -32,7 +32,8 @@ static volatile u32 cpus_online;
 
 static void set_idt_entry(int vec, u64 handler, int ist)
 {
-	u64 lo = (handler & 0xffff) | ((u64)0x08 << 16) | ((u64)(ist & 7) << 32) | ((u64)0x8e << 40) |
+	u64 type = 0x8e; /* interrupt gate, DPL 0 */
+	u64 lo = (handler & 0xffff) | ((u64)SEL_KCODE << 16) | ((u64)(ist & 7) << 32) | (type << 40) |
 		 ((handler >> 16 & 0xffff) << 48);
 	idt[vec * 2] = lo;
 	idt[vec * 2 + 1] = handler >> 32;
@@ -61,8 +62,10 @@ static void setup_tss(struct cpu *c)
 	u64 base = (u64)&c->tss;
 	u64 limit = sizeof(struct tss) - 1;
 	c->tss.ist[0] = (u64)c + CPU_IST_TOP;
-	c->tss.iomap_base = sizeof(struct tss);
-	int slot = 4 + 2 * c->index;
+	c->tss.rsp[0] = (u64)c + CPU_RSP0_TOP;
+	c->tss.iomap_base = __builtin_offsetof(struct tss, iomap);
+	c->tss.iomap[8192] = 0xff;
+	int slot = SEL_TSS0 / 8 + 2 * c->index;
 	gdt[slot] = (limit & 0xffff) | ((base & 0xffffff) << 16) | ((u64)0x89 << 40) | (((limit >> 16) & 0xf) << 48) |
 		    (((base >> 24) & 0xff) << 56);
 	gdt[slot + 1] = base >> 32;
@@ -169,10 +172,78 @@ static void irq_record(struct cpu *c, u64 vector, u64 tsc)
 	c->status->irq_total = h->total;
 }
 
+/* Resume at a catch frame: a longjmp through the iret frame, into whichever ring set it. */
+static void resume_at(struct frame *f, struct catch_frame *cf, u64 rax)
+{
+	f->rbx = cf->rbx;
+	f->rbp = cf->rbp;
+	f->r12 = cf->r12;
+	f->r13 = cf->r13;
+	f->r14 = cf->r14;
+	f->r15 = cf->r15;
+	f->rsp = cf->rsp;
+	f->rip = cf->rip;
+	f->cs = cf->cs;
+	f->ss = cf->ss;
+	f->rax = rax;
+}
+
+/*
+ * Ring-3 threads execute privileged instructions themselves; the #GP they raise lands here and
+ * ring 0 performs the instruction for them (trap and emulate). kvm_pvm neither honours IOPL for
+ * CLI/STI nor enters ring 0 on SYSCALL from an unmodified guest, but it does deliver exceptions to
+ * ring 0. Returns 1 when the instruction was performed and skipped.
+ */
+extern const char user_thread_exit_hlt[];
+
+static int emulate_for_user(struct cpu *c, struct frame *f)
+{
+	const u8 *ip = (const u8 *)f->rip;
+	if (ip[0] == 0x0f && ip[1] == 0x32) { /* rdmsr */
+		u64 v = rdmsr((u32)f->rcx);
+		f->rax = (u32)v;
+		f->rdx = v >> 32;
+		f->rip += 2;
+		return 1;
+	}
+	if (ip[0] == 0x0f && ip[1] == 0x30) { /* wrmsr */
+		wrmsr((u32)f->rcx, (f->rdx << 32) | (u32)f->rax);
+		f->rip += 2;
+		return 1;
+	}
+	if (ip[0] == 0xfa || ip[0] == 0xfb) { /* cli / sti: the caller's IF lives in the iret frame */
+		c->irq_on = ip[0] == 0xfb;
+		if (ip[0] == 0xfa)
+			f->rflags &= ~0x200ul;
+		else
+			f->rflags |= 0x200;
+		f->rip += 1;
+		return 1;
+	}
+	if (ip == (const u8 *)user_thread_exit_hlt && c->catch_exit) { /* the thread's last HLT */
+		struct catch_frame *cf = c->catch_exit;
+		c->catch_exit = NULL;
+		resume_at(f, cf, 2);
+		return 1;
+	}
+	if (ip[0] == 0xf4) { /* hlt: wait for an interrupt with the thread's IF; with IF=0 forever */
+		if (c->irq_on)
+			asm volatile("sti; hlt; cli" ::: "memory");
+		else
+			for (;;)
+				asm volatile("hlt");
+		f->rip += 1;
+		return 1;
+	}
+	return 0;
+}
+
 void isr_dispatch(struct frame *f)
 {
 	u64 tsc = rdtsc();
 	struct cpu *c = this_cpu();
+	if (f->vector == 13 && (f->cs & 3) == 3 && emulate_for_user(c, f))
+		return;
 	if (f->vector < 32 && f->vector != 2) {
 		struct catch_frame *cf = c->catch_op ? c->catch_op : c->catch_thread;
 		if (!cf)
@@ -186,15 +257,7 @@ void isr_dispatch(struct frame *f)
 		else
 			c->catch_thread = NULL;
 		/* longjmp through the iret frame: resume in catch_set's caller with RAX = 1. */
-		f->rbx = cf->rbx;
-		f->rbp = cf->rbp;
-		f->r12 = cf->r12;
-		f->r13 = cf->r13;
-		f->r14 = cf->r14;
-		f->r15 = cf->r15;
-		f->rsp = cf->rsp;
-		f->rip = cf->rip;
-		f->rax = 1;
+		resume_at(f, cf, 1);
 		return;
 	}
 	irq_record(c, f->vector, tsc);
@@ -220,11 +283,11 @@ static void map_high(u64 limit)
 	}
 	for (u64 g = 4; g < gib; g++) {
 		if (gbpages) {
-			pdpt[g] = (g << 30) | 0x83 | 0x18;
+			pdpt[g] = (g << 30) | 0x87 | 0x18;
 		} else if (g - 4 < 60) {
 			for (u64 j = 0; j < 512; j++)
-				high_pd[g - 4][j] = (g << 30) | (j << 21) | 0x83 | 0x18;
-			pdpt[g] = (u64)high_pd[g - 4] | 3;
+				high_pd[g - 4][j] = (g << 30) | (j << 21) | 0x87 | 0x18;
+			pdpt[g] = (u64)high_pd[g - 4] | 7;
 		}
 	}
 	u64 cr3;
@@ -253,15 +316,32 @@ static int start_ap(u32 index, u32 apic_id)
 	return 0;
 }
 
+void enter_user(u64 entry, u64 arg, u64 user_rsp, u64 rflags);
+/* Ring 3 starts here. */
+static void user_thread_main(u64 index)
+{
+	run_thread(this_cpu(), (u32)index);
+	/* #GP at CPL 3: ring 0 recognises this HLT and takes the thread back (emulate_for_user). */
+	asm volatile(".globl user_thread_exit_hlt\nuser_thread_exit_hlt: hlt");
+	for (;;)
+		;
+}
+
 static void run_own_thread(struct cpu *c)
 {
-	struct catch_frame cf;
+	struct catch_frame cf, exit_cf;
 	struct thread_status *st = c->status;
 	if (PROGRAM->flags & PROGRAM_FLAG_X2APIC)
 		lapic_x2apic_on(c);
 	if (catch_set(&cf) == 0) {
 		c->catch_thread = &cf;
-		run_thread(c, c->index);
+		if (PROGRAM->flags & PROGRAM_FLAG_RING0) {
+			run_thread(c, c->index);
+		} else if (catch_set(&exit_cf) == 0) {
+			c->catch_exit = &exit_cf;
+			/* IOPL 3: ring-3 threads do port I/O, CLI and STI themselves. */
+			enter_user((u64)user_thread_main, c->index, (u64)c + CPU_USER_STACK_TOP, 0x3002);
+		}
 		c->catch_thread = NULL;
 	} else {
 		st->fault_vector = c->fault.vector;
@@ -372,7 +452,6 @@ static NORETURN void bsp_main(struct cpu *c)
 	}
 	nthreads = p->nthreads;
 	map_high(p->map_limit);
-	c->online = 1;
 	cpus_online = 1;
 
 	memcpy((void *)LAYOUT_AP_TRAMPOLINE, ap_tramp_start, (u64)(ap_tramp_end - ap_tramp_start));

@@ -17,6 +17,13 @@ static inline u64 rdtsc(void)
 	asm volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi)::"memory");
 	return ((u64)hi << 32) | lo;
 }
+static inline u64 cpl(void)
+{
+	u64 cs;
+	asm volatile("mov %%cs, %0" : "=r"(cs));
+	return cs & 3;
+}
+
 static inline u64 rdmsr(u32 msr)
 {
 	u32 lo, hi;
@@ -38,7 +45,7 @@ static inline u64 read_cr2(void) { u64 v; asm volatile("mov %%cr2, %0" : "=r"(v)
 
 /* Saved callee-saved state for catch_set(); layout fixed by entry.S. */
 struct catch_frame {
-	u64 rbx, rbp, r12, r13, r14, r15, rsp, rip;
+	u64 rbx, rbp, r12, r13, r14, r15, rsp, rip, cs, ss;
 };
 int catch_set(struct catch_frame *cf) __attribute__((returns_twice));
 
@@ -62,15 +69,18 @@ struct tss {
 	u64 reserved2;
 	u16 reserved3;
 	u16 iomap_base;
+	/* I/O permission bitmap: every port allowed (0 bits), then the required all-ones byte. */
+	u8 iomap[8192 + 1];
 } __attribute__((packed));
 
 struct cpu {
 	u32 index;
 	u32 apic_id;
 	u32 x2apic;			/* LAPIC mode, for EOIs */
-	u32 online;
+	u32 irq_on;			/* the thread's IF: at native CPL 3 PUSHF shows the host's flags */
 	struct catch_frame *catch_op;	/* armed while one op runs: its fault is recorded, the thread goes on */
 	struct catch_frame *catch_thread;	/* armed while a thread runs: a fault ends the thread */
+	struct catch_frame *catch_exit;	/* where a ring-3 thread's VEC_THREAD_EXIT lands */
 	struct fault fault;		/* the last caught fault */
 	struct thread_status *status;
 	u8 *irq_log;
@@ -105,6 +115,21 @@ void serial_hex(u64 v);
 void serial_dec(u64 v);
 void lapic_eoi(struct cpu *c);
 NORETURN void guest_exit(int failed);
+
+/* Privileged instructions work in either ring: at CPL 3 they trap to ring 0, which performs them
+ * (main.c emulate_for_user). */
+static inline u64 priv_rdmsr(u32 msr) { return rdmsr(msr); }
+static inline void priv_wrmsr(u32 msr, u64 v) { wrmsr(msr, v); }
+static inline void irq_enable(struct cpu *c)
+{
+	asm volatile("sti" ::: "memory");
+	c->irq_on = 1;
+}
+static inline void irq_disable(struct cpu *c)
+{
+	asm volatile("cli" ::: "memory");
+	c->irq_on = 0;
+}
 
 /* interp.c */
 void run_thread(struct cpu *c, u32 index);
