@@ -53,10 +53,10 @@ export const MUTANTS: Readonly<Record<string, Mutant>> = {
   },
   'cpuid-drop-feature': {
     name: 'cpuid-drop-feature',
-    description: `Every VM runs -cpu <model>,-${DROPPED_FEATURE} while the model is told the plain CPU model: CPUID disagrees with query-cpu-model-expansion.`,
+    description: `Workload VMs run -cpu <model>,-${DROPPED_FEATURE}; the VM QEMU's CPU model is read from does not, so CPUID disagrees with query-cpu-model-expansion (which honours -cpu properties).`,
     breaks: ['leaks.cpuid.rules'],
-    async qemuArgs({ config }) {
-      return cpuWithout(config);
+    async qemuArgs({ label, config }) {
+      return label === 'facts' ? [] : cpuWithout(config);
     },
   },
   'cpuid-vary-between-vms': {
@@ -70,10 +70,10 @@ export const MUTANTS: Readonly<Record<string, Mutant>> = {
   'phantom-port': {
     name: 'phantom-port',
     description:
-      'Workload VMs (not the one the device map is read from) get a Bochs debug console at port 0x402, which reads back 0xe9: a port the model believes unclaimed answers something else.',
+      'Workload VMs (not the one the device map is read from) get a second isa-debug-exit claiming ports 0x200-0x27f, which read as 0: ports the model believes unclaimed (all-ones) answer something else.',
     breaks: ['leaks.device.unclaimed'],
     async qemuArgs({ label }) {
-      return label === 'facts' ? [] : ['-device', 'isa-debugcon,iobase=0x402,chardev=phantom', '-chardev', 'null,id=phantom'];
+      return label === 'facts' ? [] : ['-device', 'isa-debug-exit,iobase=0x200,iosize=0x80'];
     },
   },
 };

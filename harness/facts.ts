@@ -23,7 +23,10 @@ export interface MachineFacts {
   readonly qemuVersion: string;
 }
 
-/** 'host,-sse4.2,+x2apic,level=13' → { name: 'host', props: { 'sse4.2': false, x2apic: true, level: '13' } } */
+/** Properties QEMU takes as strings even when they look like numbers. */
+const STRING_PROPS = new Set(['model-id', 'vendor']);
+
+/** 'host,-sse4.2,+x2apic,level=13' → { name: 'host', props: { 'sse4.2': false, x2apic: true, level: 13 } } */
 export function parseCpuModel(spec: string): { name: string; props: Record<string, unknown> } {
   const [name, ...rest] = spec.split(',');
   const props: Record<string, unknown> = {};
@@ -31,8 +34,11 @@ export function parseCpuModel(spec: string): { name: string; props: Record<strin
     if (p.startsWith('+')) props[p.slice(1)] = true;
     else if (p.startsWith('-')) props[p.slice(1)] = false;
     else if (p.includes('=')) {
-      const [k, v] = p.split('=', 2) as [string, string];
-      props[k] = v === 'on' ? true : v === 'off' ? false : /^\d+$/.test(v) ? Number(v) : v;
+      const at = p.indexOf('=');
+      const k = p.slice(0, at);
+      const v = p.slice(at + 1);
+      if (STRING_PROPS.has(k)) props[k] = v;
+      else props[k] = v === 'on' ? true : v === 'off' ? false : /^(\d+|0x[0-9a-f]+)$/i.test(v) ? Number(v) : v;
     } else if (p) props[p] = true;
   }
   return { name: name ?? 'host', props };

@@ -188,6 +188,8 @@ export class Vm {
   /** Launch QEMU paused, take its QMP connection, then let the guest run (unless asked not to). */
   static async start(cfg: MachineConfig, opts: StartOptions): Promise<Vm> {
     const dir = await createPrivateDir(opts.label ?? 'vm');
+    let proc: ResultPromise | undefined;
+    let qmp: QmpClient | null = null;
     try {
       const ramPath = join(dir, 'ram');
       const qmpSocket = join(dir, 'qmp.sock');
@@ -205,7 +207,7 @@ export class Vm {
       ];
       const listener = await listenQmp(qmpSocket);
       // setpriv makes the kernel SIGKILL QEMU when we die, however we die.
-      const proc = execa('setpriv', ['--pdeathsig', 'KILL', '--', cfg.qemu, ...args], {
+      proc = execa('setpriv', ['--pdeathsig', 'KILL', '--', cfg.qemu, ...args], {
         stdin: 'ignore',
         stdout: 'pipe',
         stderr: 'pipe',
@@ -217,7 +219,6 @@ export class Vm {
       let stderr = '';
       proc.stderr?.on('data', (b: Buffer) => (stderr += b.toString('latin1')));
       const exited = proc.then(() => null);
-      let qmp: QmpClient | null;
       try {
         qmp = await Promise.race([listener.accept({ timeoutMs: 30_000 }), exited]);
       } finally {
@@ -233,9 +234,21 @@ export class Vm {
       if (!opts.paused && !opts.incoming) await qmp.execute('cont');
       return vm;
     } catch (e) {
+      // Nothing of a failed start survives: QEMU (if it runs), its pid record, its directory.
+      qmp?.close();
+      if (proc) {
+        proc.kill('SIGKILL');
+        await proc.catch(() => undefined);
+        if (proc.pid) untrackPid(proc.pid);
+      }
       await removePrivateDir(dir);
       throw e;
     }
+  }
+
+  /** QEMU's pid (setpriv execs it, so the child is QEMU itself). */
+  get pid(): number | undefined {
+    return this.proc.pid;
   }
 
   get serial(): string {

@@ -83,6 +83,10 @@ export function guestProblems(run: WorkloadRun): string[] {
   if (run.vm.outcome.kind !== 'completed') out.push(describeOutcome(run.vm.outcome));
   if (run.vm.tap.bailout) out.push(`guest bailed out: ${run.vm.tap.bailout}`);
   for (const r of run.vm.tap.results) if (!r.ok) out.push(`guest: not ok ${r.id} - ${r.name}`);
+  const { plan, results } = run.vm.tap;
+  if (run.vm.outcome.kind === 'completed' && !run.vm.tap.bailout && (plan === null || results.length !== plan)) {
+    out.push(`the guest's TAP output is incomplete (plan ${plan ?? 'missing'}, ${results.length} results)`);
+  }
   if (run.decodeError) out.push(`observations could not be decoded: ${run.decodeError}`);
   return out;
 }

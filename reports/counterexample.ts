@@ -22,6 +22,8 @@ export interface Counterexample {
   readonly hostId: string;
   readonly summary: string;
   readonly workload: unknown;
+  /** When the saved workload is the failure's one-element witness: fast-check's shrunk case, which seed+path replays. */
+  readonly fastCheckCounterexample?: unknown;
   readonly expected: unknown;
   readonly observed: unknown;
   /** Evidence beyond the comparison: QEMU's dump, registers, serial tail. */
@@ -30,7 +32,7 @@ export interface Counterexample {
 }
 
 export function toJsonValue(v: unknown): unknown {
-  if (typeof v === 'bigint') return { $bigint: `0x${v.toString(16)}` };
+  if (typeof v === 'bigint') return { $bigint: v < 0n ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}` };
   if (v instanceof Uint8Array) return { $bytes: Buffer.from(v).toString('hex') };
   if (Array.isArray(v)) return v.map(toJsonValue);
   if (v && typeof v === 'object') {
@@ -45,7 +47,9 @@ export function fromJsonValue(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(fromJsonValue);
   if (v && typeof v === 'object') {
     const o = v as Record<string, unknown>;
-    if (typeof o.$bigint === 'string' && Object.keys(o).length === 1) return BigInt(o.$bigint);
+    if (typeof o.$bigint === 'string' && Object.keys(o).length === 1) {
+      return o.$bigint.startsWith('-') ? -BigInt(o.$bigint.slice(1)) : BigInt(o.$bigint);
+    }
     if (typeof o.$bytes === 'string' && Object.keys(o).length === 1) return Uint8Array.from(Buffer.from(o.$bytes, 'hex'));
     const out: Record<string, unknown> = {};
     for (const [k, x] of Object.entries(o)) out[k] = fromJsonValue(x);

@@ -18,6 +18,8 @@ export interface HostMatch {
   readonly cpuModel?: string;
 }
 
+const HOST_TRAITS: readonly (keyof HostMatch)[] = ['kernelRelease', 'vendorModules', 'qemuVersion', 'cpuModel'];
+
 export interface KnownDeviation {
   readonly id: string;
   /** Property id this deviation applies to. */
@@ -56,6 +58,16 @@ export function parseDeviations(text: string, source = 'known deviations'): Devi
     }
     if (typeof d.host !== 'object' || d.host === null || Object.keys(d.host).length === 0) {
       throw new DeviationsError(`${source}: deviations[${i}].host must name at least one host trait`);
+    }
+    // A misspelled trait would otherwise match every host.
+    for (const k of Object.keys(d.host)) {
+      if (!HOST_TRAITS.includes(k as keyof HostMatch)) {
+        throw new DeviationsError(`${source}: deviations[${i}].host.${k} is not a host trait (known: ${HOST_TRAITS.join(', ')})`);
+      }
+    }
+    const mods = d.host.vendorModules;
+    if (mods !== undefined && (!Array.isArray(mods) || !mods.every((m) => typeof m === 'string'))) {
+      throw new DeviationsError(`${source}: deviations[${i}].host.vendorModules must be an array of module names`);
     }
     for (const re of [d.failure, d.host.kernelRelease, d.host.qemuVersion, d.host.cpuModel]) {
       if (re !== undefined) {

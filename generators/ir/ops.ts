@@ -83,8 +83,8 @@ export const OPS = {
     'REP MOVSB/W/D/Q from [addr] into a canary-filled buffer; records RCX, the RSI and RDI moves, then the buffer.',
     { stringBuffer: true },
   ),
-  pioOut: op(0x14, [['port', 'u16'], ['width', 'u8'], ['value', 'u32']], [], 'OUT DX, AL/AX/EAX.'),
-  mmioWrite: op(0x15, [['addr', 'u64'], ['width', 'u8'], ['value', 'u64']], [], 'MOV [addr], AL/AX/EAX/RAX.'),
+  pioOut: op(0x14, [['port', 'u16'], ['width', 'u8'], ['value', 'u32']], null, 'OUT DX, AL/AX/EAX.'),
+  mmioWrite: op(0x15, [['addr', 'u64'], ['width', 'u8'], ['value', 'u64']], null, 'MOV [addr], AL/AX/EAX/RAX.'),
 
   rdmsr: op(0x20, [['msr', 'u32']], [['value', 'u64']], 'RDMSR; a #GP is caught and recorded in the record header.'),
   wrmsr: op(0x21, [['msr', 'u32'], ['value', 'u64']], [], 'WRMSR; a #GP is caught and recorded. Tracks IA32_APIC_BASE x2APIC mode for EOIs.'),

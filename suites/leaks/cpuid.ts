@@ -22,6 +22,7 @@ import {
   type CpuidFacts,
   type CpuidRegs,
 } from '../../models/cpuid/model.js';
+import { machineConfig } from '../lib/options.js';
 import { defineProperty, fail, PASS, type SuiteEnv, type Verdict } from '../lib/property.js';
 import { factsFor, runProgram } from '../lib/run.js';
 
@@ -35,6 +36,11 @@ interface CpuidSuiteFacts {
 }
 
 const hex = (n: number | bigint) => `0x${n.toString(16)}`;
+
+/** A workload of one query: the witness a failure offers for shrinking. */
+function queryWitness(x: CpuidQuery, repeat: number): CpuidWorkload {
+  return { sweeps: [{ leaf: x.leaf, leafCount: 1, subleaf: x.subleaf, subleafCount: 1 }], repeat };
+}
 const q = (x: CpuidQuery) => `CPUID(${hex(x.leaf)}, ${hex(x.subleaf)})`;
 
 /** The 32-bit low halves of a CPUID record. */
@@ -51,14 +57,17 @@ function regsHex(r: CpuidRegs): Record<string, string> {
   return Object.fromEntries(REGS.map((k) => [k, hex(r[k])]));
 }
 
-let factsPromise: Promise<CpuidSuiteFacts> | null = null;
+const factsCache = new Map<string, Promise<CpuidSuiteFacts>>();
 
 /**
  * Host facts for CPUID: QEMU's expansion of the CPU model, and a calibration table of every
  * in-range leaf read once on vCPU 0 of a VM with the same topology as the property VMs.
  */
 function cpuidFacts(env: SuiteEnv): Promise<CpuidSuiteFacts> {
-  factsPromise ??= (async () => {
+  const cacheKey = JSON.stringify([machineConfig(env.options, { cpus: VCPUS }), env.options.mutant ?? '']);
+  const cached = factsCache.get(cacheKey);
+  if (cached) return cached;
+  const factsPromise = (async () => {
     const machine = await factsFor(env, { cpus: VCPUS });
     const queries = [
       ...calibrationQueries(machine.cpu.props, 0x4000_0010),
@@ -77,7 +86,8 @@ function cpuidFacts(env: SuiteEnv): Promise<CpuidSuiteFacts> {
       cpuid: { expansion: machine.cpu.props, table, apicIds: Array.from({ length: VCPUS }, (_, i) => i), guest: KVMPROP_GUEST_STATE },
     };
   })();
-  factsPromise.catch(() => (factsPromise = null));
+  factsPromise.catch(() => factsCache.delete(cacheKey));
+  factsCache.set(cacheKey, factsPromise);
   return factsPromise;
 }
 
@@ -140,6 +150,7 @@ export const cpuidDeterministic = defineProperty({
                 `${q(query)}.${reg.toUpperCase()} on ${where} is ${hex(regs[reg])}, but ${ref.where} gave ${hex(ref.regs[reg])} (differing bits ${hex(((regs[reg] ^ ref.regs[reg]) & mask) >>> 0)})`,
                 { query, at: ref.where, ...regsHex(ref.regs) },
                 { query, at: where, ...regsHex(regs) },
+                { witness: { cpuid: queryWitness(query, c.cpuid.repeat), ramMiB: c.ramMiB } },
               );
               if (m) return m;
             }
@@ -169,7 +180,7 @@ export const cpuidRules = defineProperty({
         const query = queries[k]!;
         const where = `${q(query)} on vCPU ${t}`;
         if (r.faultVector !== null) {
-          const m = env.mismatch(`${where} raised exception vector ${r.faultVector}`, 'no exception', { vector: r.faultVector, errorCode: r.errorCode });
+          const m = env.mismatch(`${where} raised exception vector ${r.faultVector}`, 'no exception', { vector: r.faultVector, errorCode: r.errorCode }, { witness: queryWitness(query, 1) });
           if (m) return m;
         }
         for (const reg of ['rax', 'rbx', 'rcx', 'rdx'] as const) {
@@ -179,6 +190,7 @@ export const cpuidRules = defineProperty({
               `${where}: ${reg.toUpperCase()}[63:32] is ${hex(v >> 32n)} (canary upper half ${hex(DEFAULT_CANARY >> 32n)}); CPUID must clear bits 63:32`,
               { [reg]: '0x00000000????????' },
               { [reg]: hex(v) },
+              { witness: queryWitness(query, 1) },
             );
             if (m) return m;
           }
@@ -186,7 +198,7 @@ export const cpuidRules = defineProperty({
         const clobbered = Number(r.fields.clobbered ?? 0n);
         if (clobbered !== 0) {
           const names = GPR_NAMES.filter((_, i) => clobbered & (1 << i));
-          const m = env.mismatch(`${where} changed ${names.join(', ')}: CPUID writes only RAX..RDX`, { clobbered: [] }, { clobbered: names });
+          const m = env.mismatch(`${where} changed ${names.join(', ')}: CPUID writes only RAX..RDX`, { clobbered: [] }, { clobbered: names }, { witness: queryWitness(query, 1) });
           if (m) return m;
         }
         const regs = regsOf(r);
@@ -203,6 +215,7 @@ export const cpuidRules = defineProperty({
               : `${where}: ${src.reg.toUpperCase()} is ${hex(regs[src.reg])}, but ${src.what} requires ${hex((qemu.value[src.reg] & src.mask) >>> 0)} under mask ${hex(src.mask)}`,
             { query, [src.reg]: { value: hex((qemu.value[src.reg] & src.mask) >>> 0), mask: hex(src.mask) }, source: src.what },
             { query, vcpu: t, ...regsHex(regs) },
+            { witness: queryWitness(query, 1) },
           );
           if (m) return m;
         }
@@ -215,6 +228,7 @@ export const cpuidRules = defineProperty({
               `${where}: ${reg.toUpperCase()} is ${hex(regs[reg])}, expected ${hex(rule.value[reg])} (${rule.rule})`,
               { query, rule: rule.rule, ...regsHex(rule.value) },
               { query, vcpu: t, ...regsHex(regs) },
+              { witness: queryWitness(query, 1) },
             );
             if (m) return m;
           }
@@ -253,7 +267,7 @@ export const cpuidNoHostPattern = defineProperty({
             rbx: hex(r.fields.rbx ?? 0n),
             rcx: hex(r.fields.rcx ?? 0n),
             rdx: hex(r.fields.rdx ?? 0n),
-          });
+          }, { witness: queryWitness(queries[k]!, 1) });
           if (m) return m;
         }
       }

@@ -47,6 +47,28 @@ async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEn
   return { ok: true, reads };
 }
 
+/** The one-read workload that repeats read r: the witness a failure offers for shrinking. */
+function readWitness(op: ReadOp): DeviceReadWorkload {
+  const space = op.op === 'pioIn' || op.op === 'pioIns' ? 'pio' : 'mmio';
+  const windowStart = 'port' in op ? BigInt(op.port) : op.addr;
+  const string = op.op === 'pioIns' || op.op === 'mmioMovs';
+  return {
+    sweeps: [
+      {
+        space,
+        form: string ? 'string' : 'reg',
+        windowStart,
+        windowSize: 1,
+        offset: 0,
+        width: op.width as 1 | 2 | 4 | 8,
+        count: 1,
+        stride: 1,
+        repCount: string ? (op as { count: number }).count : 1,
+      },
+    ],
+  };
+}
+
 export function describeRead(o: ReadOp): string {
   switch (o.op) {
     case 'pioIn':
@@ -94,6 +116,7 @@ function firstMismatch(
         `${describeRead(r.op)}: byte ${at} of ${r.prediction.rax ? 'RAX' : 'the destination buffer'} is 0x${r.bytes[at]!.toString(16).padStart(2, '0')}, expected 0x${masked.value[at]!.toString(16).padStart(2, '0')} (${why(r, at)})`,
         { read: r.op, regions: r.prediction.regions, value: maskedHex(masked) },
         { read: r.op, value: hex(r.bytes) },
+        { witness: readWitness(r.op) },
       );
       if (m) return m;
     }
@@ -123,14 +146,24 @@ export const deviceReadsDefinedBytes = defineProperty({
     if (!o.ok) return o.verdict;
     for (const r of o.reads) {
       if (r.record.faultVector !== null) {
-        const m = env.mismatch(`${describeRead(r.op)} raised exception vector ${r.record.faultVector} (error code 0x${r.record.errorCode.toString(16)})`, 'no exception', { vector: r.record.faultVector, errorCode: r.record.errorCode, read: r.op });
+        const m = env.mismatch(
+          `${describeRead(r.op)} raised exception vector ${r.record.faultVector} (error code 0x${r.record.errorCode.toString(16)})`,
+          'no exception',
+          { vector: r.record.faultVector, errorCode: r.record.errorCode, read: r.op },
+          { witness: readWitness(r.op) },
+        );
         if (m) return m;
         continue;
       }
       const p = r.prediction;
       for (const [reg, want] of [['rcx', p.rcx], ['rdiDelta', p.rdiDelta], ['rsiDelta', p.rsiDelta]] as const) {
         if (want !== undefined && r.record.fields[reg] !== want) {
-          const m = env.mismatch(`${describeRead(r.op)}: ${reg} is ${r.record.fields[reg]}, expected ${want}`, { read: r.op, [reg]: want }, { read: r.op, [reg]: r.record.fields[reg] });
+          const m = env.mismatch(
+            `${describeRead(r.op)}: ${reg} is ${r.record.fields[reg]}, expected ${want}`,
+            { read: r.op, [reg]: want },
+            { read: r.op, [reg]: r.record.fields[reg] },
+            { witness: readWitness(r.op) },
+          );
           if (m) return m;
         }
       }
@@ -174,6 +207,7 @@ export const deviceReadsStable = defineProperty({
           `${describeRead(ra.op)} (${ra.prediction.regions.join(', ')}): data byte ${j} read 0x${ra.bytes[off]!.toString(16)} in the first VM and 0x${rb.bytes[off]!.toString(16)} in the second`,
           { read: ra.op, value: hex(ra.bytes) },
           { read: rb.op, value: hex(rb.bytes) },
+          { witness: readWitness(ra.op) },
         );
         if (m) return m;
         break;
@@ -200,6 +234,7 @@ export const deviceReadsNoHostPattern = defineProperty({
           `${describeRead(r.op)} (${r.prediction.regions.join(', ')}) returned ${seen[0]!.length} bytes of the host leak pattern at data offset ${seen[0]!.offset}`,
           'no host pattern bytes',
           { read: r.op, data: hex(data), sightings: seen },
+          { witness: readWitness(r.op) },
         );
         if (m) return m;
       }

@@ -23,13 +23,31 @@ export interface Failure {
   readonly observed: unknown;
   /** QEMU's dump, registers, serial output... */
   readonly evidence?: unknown;
+  /**
+   * A smaller workload that should fail the same way (the one read or query that differed).
+   * Greedy shrinking cannot always reach it (a sweep cannot trade its count for its offset), so
+   * the runner re-checks it and, if it fails, saves it as the counterexample.
+   */
+  readonly witness?: unknown;
 }
 export type Verdict = { readonly ok: true } | Failure;
 
 export const PASS: Verdict = { ok: true };
 
-export function fail(summary: string, expected: unknown, observed: unknown, evidence?: unknown): Failure {
-  return { ok: false, summary, expected, observed, ...(evidence === undefined ? {} : { evidence }) };
+export interface FailureExtras {
+  readonly evidence?: unknown;
+  readonly witness?: unknown;
+}
+
+export function fail(summary: string, expected: unknown, observed: unknown, extras: FailureExtras = {}): Failure {
+  return {
+    ok: false,
+    summary,
+    expected,
+    observed,
+    ...(extras.evidence === undefined ? {} : { evidence: extras.evidence }),
+    ...(extras.witness === undefined ? {} : { witness: extras.witness }),
+  };
 }
 
 /** Counters a property bumps as it works (cpuidQueries, deviceReads, vms, ...). */
@@ -52,7 +70,7 @@ export interface SuiteEnv {
    * recorded (the property ends as 'known-deviation', never 'pass') and checking goes on, so any
    * other difference in the same run still fails.
    */
-  mismatch(summary: string, expected: unknown, observed: unknown, evidence?: unknown): Failure | null;
+  mismatch(summary: string, expected: unknown, observed: unknown, extras?: FailureExtras): Failure | null;
 }
 
 interface Waived {
@@ -89,15 +107,17 @@ class PropertyFailed extends Error {
 
 export type BaseEnv = Omit<SuiteEnv, 'metrics' | 'mismatch'>;
 
-let envPromise: Promise<BaseEnv> | null = null;
+const hostCache = new Map<string, Promise<{ guestElf: string; host: HostFingerprint }>>();
 
-/** Build the guest and read the host once per process. */
-export function suiteEnv(options: RunOptions): Promise<BaseEnv> {
-  envPromise ??= (async () => {
-    const [guest, host] = await Promise.all([buildGuest(), collectFingerprint({ qemu: options.qemu })]);
-    return { options, guestElf: guest.elf, host };
-  })();
-  return envPromise;
+/** The environment for a set of options; the guest is built and the host read once per process and QEMU. */
+export async function suiteEnv(options: RunOptions): Promise<BaseEnv> {
+  let p = hostCache.get(options.qemu);
+  if (!p) {
+    p = Promise.all([buildGuest(), collectFingerprint({ qemu: options.qemu })]).then(([guest, host]) => ({ guestElf: guest.elf, host }));
+    p.catch(() => hostCache.delete(options.qemu));
+    hostCache.set(options.qemu, p);
+  }
+  return { options, ...(await p) };
 }
 
 export function replayCommand(file: string): string {
@@ -117,9 +137,9 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
   const env: SuiteEnv = {
     ...base,
     metrics: new Metrics(),
-    mismatch(summary, expected, observed, evidence) {
+    mismatch(summary, expected, observed, extras) {
       const d = matchDeviation(known, def.id, summary, base.host);
-      if (!d) return fail(summary, expected, observed, evidence);
+      if (!d) return fail(summary, expected, observed, extras);
       const w = waived.get(d.id);
       if (w) w.count++;
       else waived.set(d.id, { deviation: d, count: 1, example: summary });
@@ -177,7 +197,17 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     const reason = err instanceof VmSetupError ? `setup error: ${err.message}` : `error while checking: ${describeError(err)}`;
     return record({ status: 'fail', reason, numRuns: executed, ...(details.counterexamplePath ? { path: details.counterexamplePath } : {}) });
   }
-  const v = err.verdict;
+  let v = err.verdict;
+  let workload: unknown = details.counterexample?.[0];
+  let shrunkFrom: unknown;
+  if (v.witness !== undefined) {
+    const again = await def.check(v.witness, facts, env);
+    if (!again.ok) {
+      shrunkFrom = workload;
+      workload = v.witness;
+      v = again;
+    }
+  }
   const path = details.counterexamplePath ?? '';
   const file = join(o.out, 'counterexamples', `${def.id}.json`);
   const replay = replayCommand(file);
@@ -193,7 +223,8 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     options: { ...o, path },
     hostId: fingerprintId(env.host),
     summary: v.summary,
-    workload: details.counterexample?.[0],
+    workload,
+    ...(shrunkFrom === undefined ? {} : { fastCheckCounterexample: shrunkFrom }),
     expected: v.expected,
     observed: v.observed,
     ...(v.evidence === undefined ? {} : { evidence: v.evidence }),

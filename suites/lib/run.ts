@@ -62,11 +62,13 @@ export async function runProgram(
   return {
     ok: false,
     failure: fail(summary, 'the guest runs the workload to completion', problems.join('; '), {
-      outcome: o,
-      threads: where,
-      serialTail: tail(run.vm.serial, 20),
-      stderrTail: tail(run.vm.stderr, 60),
-      qemuArgs: run.vm.args,
+      evidence: {
+        outcome: o,
+        threads: where,
+        serialTail: tail(run.vm.serial, 20),
+        stderrTail: tail(run.vm.stderr, 60),
+        qemuArgs: run.vm.args,
+      },
     }),
   };
 }

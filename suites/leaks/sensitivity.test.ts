@@ -1,0 +1,59 @@
+/**
+ * The leak oracles can fail: each mutant in bench/mutants.ts that targets a leak property must make
+ * it fail on real KVM, with a counterexample shrunk to one read or one query that `kvmprop replay`
+ * reproduces.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MUTANTS } from '../../bench/mutants.js';
+import { expandQueries, type CpuidWorkload } from '../../generators/cpuid.js';
+import { readStats, type DeviceReadWorkload } from '../../generators/deviceReads.js';
+import { readCounterexample } from '../../reports/counterexample.js';
+import { defaultOptions, PROJECT_ROOT } from '../lib/options.js';
+import { runProperty, suiteEnv } from '../lib/property.js';
+import { propertyById } from '../registry.js';
+
+const out = mkdtempSync(join(tmpdir(), 'kvmprop-sensitivity-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+/** How many reads or queries a leak workload holds. */
+function workloadSize(w: unknown): number {
+  const x = w as Partial<CpuidWorkload & DeviceReadWorkload> & { cpuid?: CpuidWorkload };
+  if (x.cpuid) return expandQueries(x.cpuid).length;
+  if (x.sweeps && 'space' in (x.sweeps[0] ?? {})) return readStats(x as DeviceReadWorkload).reads;
+  return expandQueries(x as CpuidWorkload).length;
+}
+
+describe('leak properties fail on deliberately broken systems', () => {
+  for (const mutant of Object.values(MUTANTS)) {
+    for (const id of mutant.breaks.filter((p) => p.startsWith('leaks.'))) {
+      it(`${mutant.name} fails ${id} with a one-element counterexample that replays`, async () => {
+        const options = defaultOptions({
+          runs: 40,
+          seed: 7,
+          mutant: mutant.name,
+          machine: mutant.machine ?? 'microvm',
+          properties: [id],
+          out: join(out, mutant.name),
+        });
+        const result = await runProperty(propertyById(id)!, await suiteEnv(options));
+        expect(result.status, result.reason).toBe('fail');
+        expect(result.counterexample).toBeDefined();
+        expect(result.replay).toMatch(/kvmprop replay /);
+        const file = join(options.out, result.counterexample!);
+        const c = readCounterexample(file);
+        expect(c.summary).toBe(result.reason?.replace(/ \(also: .*\)$/, ''));
+        expect(workloadSize(c.workload)).toBe(1);
+        expect(c.seed).toBe(7);
+        expect(c.path).toMatch(/^\d+(:\d+)*$/);
+
+        const replay = await execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
+        expect(replay.exitCode, replay.stderr).toBe(1);
+        expect(replay.stdout).toContain(`${id} fails again`);
+      }, 600_000);
+    }
+  }
+});
