@@ -91,7 +91,9 @@ export function cpuidWorkloadArb(
   opts: { maxSweeps?: number; maxRepeat?: number; minRepeat?: number } = {},
 ): fc.Arbitrary<CpuidWorkload> {
   return fc.record({
-    sweeps: fc.array(cpuidSweepArb(r), { minLength: 1, maxLength: opts.maxSweeps ?? 48 }),
+    // size 'max': lengths spread over the whole range. A VM boot costs ~100 ms; a case should hold
+    // thousands of queries so the exits, not the boots, dominate (shrinking takes it down anyway).
+    sweeps: fc.array(cpuidSweepArb(r), { minLength: 1, maxLength: opts.maxSweeps ?? 48, size: 'max' }),
     repeat: fc.integer({ min: opts.minRepeat ?? 1, max: opts.maxRepeat ?? 3 }),
   });
 }

@@ -35,11 +35,24 @@ export interface DeviceReadWorkload {
   readonly sweeps: readonly ReadSweep[];
 }
 
-/** Highest guest-physical address sweeps aim at; the guest maps everything below it (Program.mapLimit). */
+/** Upper bound of guest-physical space the generator ever aims at (64 GiB). */
 export const MMIO_LIMIT = 1n << 36n;
 export const PORT_LIMIT = 0x10000n;
+const GIB = 1n << 30n;
+
+/**
+ * The guest-physical space sweeps aim at for a device map: everything below 4 GiB, every claimed
+ * region above it, and one more GiB of unclaimed space. The guest maps all of it (Program.mapLimit);
+ * mapping costs boot time (~3 ms per GiB where supervisor mode is emulated), so not 64 GiB blindly.
+ */
+export function mmioLimit(map: DeviceMap): bigint {
+  const top = map.memory.reduce((m, r) => (r.end + 1n > m ? r.end + 1n : m), 4n * GIB);
+  const limit = ((top + GIB - 1n) / GIB + 1n) * GIB;
+  return limit < MMIO_LIMIT ? limit : MMIO_LIMIT;
+}
 
 export function sweepAddresses(s: ReadSweep): bigint[] {
+  // The generator keeps MMIO windows below mmioLimit(map); MMIO_LIMIT is only the hard ceiling.
   const limit = s.space === 'pio' ? PORT_LIMIT : MMIO_LIMIT;
   const span = BigInt(s.width * (s.form === 'string' ? s.repCount : 1));
   const out: bigint[] = [];
@@ -95,7 +108,7 @@ const PAGE = 4096n;
 
 /** Windows worth reading in one space, built from the device map. */
 function windowArb(space: ReadSpace, map: DeviceMap): fc.Arbitrary<Window> {
-  const limit = space === 'pio' ? PORT_LIMIT : MMIO_LIMIT;
+  const limit = space === 'pio' ? PORT_LIMIT : mmioLimit(map);
   const regions = (space === 'pio' ? map.io : map.memory).filter((r) => r.start < limit);
   const holes = gaps(regions, 0n, limit - 1n);
   const clampStart = (a: bigint) => (a < 0n ? 0n : a >= limit ? limit - 1n : a);
@@ -137,7 +150,7 @@ function windowArb(space: ReadSpace, map: DeviceMap): fc.Arbitrary<Window> {
 }
 
 export function readSweepArb(map: DeviceMap, opts: { maxCount?: number } = {}): fc.Arbitrary<ReadSweep> {
-  const maxCount = opts.maxCount ?? 256;
+  const maxCount = opts.maxCount ?? 384;
   return fc.constantFrom<ReadSpace>('pio', 'mmio').chain((space) =>
     windowArb(space, map).chain((win) =>
       fc.record({
@@ -156,5 +169,6 @@ export function readSweepArb(map: DeviceMap, opts: { maxCount?: number } = {}): 
 }
 
 export function deviceReadWorkloadArb(map: DeviceMap, opts: { maxSweeps?: number; maxCount?: number } = {}): fc.Arbitrary<DeviceReadWorkload> {
-  return fc.record({ sweeps: fc.array(readSweepArb(map, opts), { minLength: 1, maxLength: opts.maxSweeps ?? 40 }) });
+  // size 'max' for the same reason as CPUID workloads: thousands of reads per VM boot.
+  return fc.record({ sweeps: fc.array(readSweepArb(map, opts), { minLength: 1, maxLength: opts.maxSweeps ?? 48, size: 'max' }) });
 }

@@ -143,8 +143,25 @@ function hypervisorBlockExists(facts: CpuidFacts, base: number): boolean {
   return e !== undefined && (e.ebx | e.ecx | e.edx) !== 0;
 }
 
+/** Feature bits by leaf, built once: a workload asks thousands of queries of a handful of leaves. */
+const FEATURES_BY_LEAF = new Map<number, (typeof CPUID_FEATURE_BITS)[number][]>();
+for (const f of CPUID_FEATURE_BITS) FEATURES_BY_LEAF.set(f.leaf, [...(FEATURES_BY_LEAF.get(f.leaf) ?? []), f]);
+
+/** Predictions are pure in (facts, leaf, subleaf, vcpu); remember them per facts object. */
+const memo = new WeakMap<CpuidFacts, Map<string, unknown>>();
+function remember<T>(facts: CpuidFacts, k: string, make: () => T): T {
+  let m = memo.get(facts);
+  if (!m) memo.set(facts, (m = new Map()));
+  if (!m.has(k)) m.set(k, make());
+  return m.get(k) as T;
+}
+
 /** Bits of the output that QEMU's CPU model fixes, for the effective leaf. */
 export function expansionBits(facts: CpuidFacts, leaf: number, subleaf: number, vcpu: number): MaskedRegs {
+  return remember(facts, `x${leaf >>> 0}:${subleaf >>> 0}:${vcpu}`, () => computeExpansionBits(facts, leaf, subleaf, vcpu));
+}
+
+function computeExpansionBits(facts: CpuidFacts, leaf: number, subleaf: number, vcpu: number): MaskedRegs {
   const b = new MaskedBuilder();
   const eff = effectiveLeaf(facts, leaf, subleaf);
   const x = facts.expansion;
@@ -185,9 +202,9 @@ export function expansionBits(facts: CpuidFacts, leaf: number, subleaf: number, 
     b.set('ecx', 0xffffffff, 0x564b4d56, "KVM signature 'KVMKVMKVM'");
     b.set('edx', 0xffffffff, 0x0000004d, "KVM signature 'KVMKVMKVM'");
   }
-  for (const f of CPUID_FEATURE_BITS) {
+  for (const f of FEATURES_BY_LEAF.get(L) ?? []) {
     if (f.dynamic || NOT_QEMU_PROPERTIES.has(f.name)) continue;
-    if (f.leaf !== L || (isIndexedLeaf(L) && f.subleaf !== s)) continue;
+    if (isIndexedLeaf(L) && f.subleaf !== s) continue;
     const v = x[f.name];
     if (typeof v !== 'boolean') continue;
     b.set(f.reg, 1 << f.bit, v ? 1 << f.bit : 0, `feature '${f.name}' = ${v} in query-cpu-model-expansion`);
@@ -197,6 +214,10 @@ export function expansionBits(facts: CpuidFacts, leaf: number, subleaf: number, 
 
 /** The full output KVM's rules derive from the calibration table, with the rule that applied. */
 export function ruleValue(facts: CpuidFacts, leaf: number, subleaf: number, vcpu: number): { value: CpuidRegs; mask: CpuidRegs; rule: string } {
+  return remember(facts, `r${leaf >>> 0}:${subleaf >>> 0}:${vcpu}`, () => computeRuleValue(facts, leaf, subleaf, vcpu));
+}
+
+function computeRuleValue(facts: CpuidFacts, leaf: number, subleaf: number, vcpu: number): { value: CpuidRegs; mask: CpuidRegs; rule: string } {
   leaf >>>= 0;
   const s = subleaf >>> 0;
   const all: CpuidRegs = { eax: 0xffffffff, ebx: 0xffffffff, ecx: 0xffffffff, edx: 0xffffffff };

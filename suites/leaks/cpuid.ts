@@ -177,7 +177,7 @@ export const cpuidRules = defineProperty({
     if (!outcome.ok) return outcome.failure;
     for (const [t, records] of outcome.run.records.entries()) {
       for (const [k, r] of records.entries()) {
-        const query = queries[k]!;
+        const query = queries[k % queries.length]!;
         const where = `${q(query)} on vCPU ${t}`;
         if (r.faultVector !== null) {
           const m = env.mismatch(`${where} raised exception vector ${r.faultVector}`, 'no exception', { vector: r.faultVector, errorCode: r.errorCode }, { witness: queryWitness(query, 1) });
@@ -261,13 +261,13 @@ export const cpuidNoHostPattern = defineProperty({
         });
         const seen = [...findHostPattern(low), ...findHostPattern(full)];
         if (seen.length > 0) {
-          const m = env.mismatch(`${q(queries[k]!)} on vCPU ${t} returned ${seen[0]!.length} bytes of the host leak pattern`, 'no host pattern bytes', {
-            query: queries[k],
+          const m = env.mismatch(`${q(queries[k % queries.length]!)} on vCPU ${t} returned ${seen[0]!.length} bytes of the host leak pattern`, 'no host pattern bytes', {
+            query: queries[k % queries.length],
             rax: hex(r.fields.rax ?? 0n),
             rbx: hex(r.fields.rbx ?? 0n),
             rcx: hex(r.fields.rcx ?? 0n),
             rdx: hex(r.fields.rdx ?? 0n),
-          }, { witness: queryWitness(queries[k]!, 1) });
+          }, { witness: queryWitness(queries[k % queries.length]!, 1) });
           if (m) return m;
         }
       }

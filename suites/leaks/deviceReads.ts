@@ -4,7 +4,7 @@
  * fixed value, repeat exactly where the register has no read side effects, and never carry the
  * host's leak pattern.
  */
-import { deviceReadOps, deviceReadWorkloadArb, MMIO_LIMIT, type DeviceReadWorkload } from '../../generators/deviceReads.js';
+import { deviceReadOps, deviceReadWorkloadArb, mmioLimit, type DeviceReadWorkload } from '../../generators/deviceReads.js';
 import type { Op, OpRecord } from '../../generators/ir/ops.js';
 import { STRING_GUARD_BYTES } from '../../generators/ir/ops.js';
 import { DEFAULT_CANARY } from '../../generators/ir/program.js';
@@ -31,10 +31,12 @@ function facts(env: SuiteEnv): Promise<MachineFacts> {
 /** Run the reads once (one vCPU: device state must not depend on interleaving) and pair each with its prediction. */
 async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEnv, label: string): Promise<{ ok: true; reads: ReadObservation[] } | { ok: false; verdict: Verdict }> {
   const ops = deviceReadOps(w) as ReadOp[];
-  const outcome = await runProgram(env, { threads: [ops], canary: DEFAULT_CANARY, mapLimit: MMIO_LIMIT }, { label });
+  const outcome = await runProgram(env, { threads: [ops], canary: DEFAULT_CANARY, mapLimit: mmioLimit(f.deviceMap) }, { label });
   if (!outcome.ok) return { ok: false, verdict: outcome.failure };
   const records = outcome.run.records[0] ?? [];
-  env.metrics.add('deviceReads', records.length);
+  // A REP string read is one instruction and `count` accesses, each its own exit.
+  env.metrics.add('deviceReads', records.reduce((n, r, i) => n + accessCount(ops[i]!), 0));
+  env.metrics.add('readInstructions', records.length);
   const reads = records.map((record, i): ReadObservation => {
     const op = ops[i]!;
     const prediction = predictRead(op as DeviceRead, { map: f.deviceMap, canary: DEFAULT_CANARY, guardBytes: STRING_GUARD_BYTES, ...(record.buffer ? { bufferBytes: record.buffer.length } : {}) });
@@ -45,6 +47,10 @@ async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEn
     return { ok: false, verdict: fail(`the guest recorded ${reads.length} of ${ops.length} reads`, ops.length, reads.length) };
   }
   return { ok: true, reads };
+}
+
+export function accessCount(op: ReadOp): number {
+  return op.op === 'pioIns' || op.op === 'mmioMovs' ? op.count : 1;
 }
 
 /** The one-read workload that repeats read r: the witness a failure offers for shrinking. */

@@ -1,0 +1,179 @@
+/**
+ * One leak case, side by side with a raw QEMU boot-to-exit of the same guest binary running the same
+ * program: how much the harness (QMP, watching, collecting, decoding, the model's comparison) adds
+ * to the VM itself, and the end-to-end rates of CPUID queries and device reads.
+ *
+ * Rounds alternate harness and raw runs on the same machine in one process; medians are reported
+ * (this host is shared and noisy: only ratios measured together mean anything).
+ *
+ *   npm run bench            (or: node --import tsx bench/leakCase.bench.ts [--rounds N] [--out FILE])
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { execa } from 'execa';
+import { cpuidOps, queryCount, type CpuidWorkload } from '../generators/cpuid.js';
+import { deviceReadOps, mmioLimit, type DeviceReadWorkload } from '../generators/deviceReads.js';
+import { DEFAULT_CANARY, type Program } from '../generators/ir/program.js';
+import { encodeProgram } from '../harness/bytecode.js';
+import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
+import { qemuArgs } from '../harness/vm.js';
+import { cpuidRules } from '../suites/leaks/cpuid.js';
+import { accessCount, deviceReadsDefinedBytes } from '../suites/leaks/deviceReads.js';
+import { defaultOptions, machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
+import { Metrics, suiteEnv, type AnyProperty, type SuiteEnv } from '../suites/lib/property.js';
+
+const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
+const ROUNDS = Number(values.rounds ?? 7);
+const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench.json');
+
+/** A CPUID case across every range: 6,656 queries on each of 2 vCPUs. */
+const CPUID_CASE: CpuidWorkload = {
+  sweeps: [
+    { leaf: 0, leafCount: 40, subleaf: 0, subleafCount: 64 },
+    { leaf: 0x4000_0000, leafCount: 16, subleaf: 0, subleafCount: 8 },
+    { leaf: 0x8000_0000, leafCount: 16, subleaf: 0, subleafCount: 32 },
+    { leaf: 0x1234_5678, leafCount: 8, subleaf: 0xffff_ff00, subleafCount: 16 },
+    { leaf: 0xc000_0000, leafCount: 8, subleaf: 0, subleafCount: 16 },
+  ],
+  repeat: 2,
+};
+
+/** A device-read case over claimed and unclaimed ports and MMIO, every width and form. */
+const DEVICE_CASE: DeviceReadWorkload = {
+  sweeps: [
+    { space: 'pio', form: 'reg', windowStart: 0x3f8n, windowSize: 8, offset: 0, width: 1, count: 384, stride: 1, repCount: 1 },
+    { space: 'pio', form: 'reg', windowStart: 0x20n, windowSize: 2, offset: 0, width: 1, count: 256, stride: 1, repCount: 1 },
+    { space: 'pio', form: 'reg', windowStart: 0x100n, windowSize: 0x200, offset: 0, width: 2, count: 384, stride: 3, repCount: 1 },
+    { space: 'pio', form: 'string', windowStart: 0x500n, windowSize: 0x10, offset: 0, width: 4, count: 64, stride: 4, repCount: 8 },
+    { space: 'pio', form: 'reg', windowStart: 0x40n, windowSize: 4, offset: 0, width: 1, count: 128, stride: 1, repCount: 1 },
+    { space: 'mmio', form: 'reg', windowStart: 0xfee00000n, windowSize: 0x400, offset: 0, width: 4, count: 384, stride: 16, repCount: 1 },
+    { space: 'mmio', form: 'reg', windowStart: 0xfec00000n, windowSize: 0x20, offset: 0, width: 4, count: 256, stride: 4, repCount: 1 },
+    { space: 'mmio', form: 'reg', windowStart: 0xd000_0000n, windowSize: 4096, offset: 0, width: 8, count: 384, stride: 8, repCount: 1 },
+    { space: 'mmio', form: 'string', windowStart: 0xfeb00000n, windowSize: 0x200, offset: 0, width: 4, count: 64, stride: 32, repCount: 8 },
+    { space: 'mmio', form: 'reg', windowStart: 0xffff0000n, windowSize: 4096, offset: 0, width: 8, count: 256, stride: 8, repCount: 1 },
+    { space: 'mmio', form: 'reg', windowStart: 0x1_0000_0000n, windowSize: 4096, offset: 0, width: 4, count: 256, stride: 4, repCount: 1 },
+  ],
+};
+
+interface Case {
+  readonly name: string;
+  readonly property: AnyProperty;
+  readonly workload: unknown;
+  readonly program: Program;
+  /** What the rate counts: CPUID queries or device accesses. */
+  readonly unit: string;
+  readonly units: number;
+  readonly cpus: number;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function timeHarness(c: Case, facts: unknown, env: SuiteEnv): Promise<number> {
+  const t = performance.now();
+  const v = await c.property.check(c.workload, facts, env);
+  const ms = performance.now() - t;
+  if (!v.ok && !/covered by known deviation/.test(v.summary)) throw new Error(`${c.name}: the case failed: ${v.summary}`);
+  return ms;
+}
+
+/** The same VM without the harness: same binary, same program, same RAM file, no QMP, no -S. */
+async function timeRaw(c: Case, env: SuiteEnv): Promise<number> {
+  const image = encodeProgram(c.program);
+  const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: Math.max(64, image.minRamMiB) });
+  const dir = await createPrivateDir('bench-raw');
+  try {
+    const program = join(dir, 'program.bin');
+    writeFileSync(program, image.image);
+    const all = qemuArgs(cfg, { kernel: env.guestElf, ram: join(dir, 'ram'), qmpSocket: join(dir, 'unused.sock'), program });
+    const args: string[] = [];
+    for (let i = 0; i < all.length; i++) {
+      if (all[i] === '-S') continue;
+      if ((all[i] === '-chardev' && all[i + 1]!.startsWith('socket,id=qmp')) || all[i] === '-mon') {
+        i++;
+        continue;
+      }
+      args.push(all[i]!);
+    }
+    const t = performance.now();
+    const r = await execa(cfg.qemu, args, { reject: false, stdin: 'ignore' });
+    const ms = performance.now() - t;
+    if (r.exitCode !== 33) throw new Error(`${c.name}: raw QEMU exited ${r.exitCode}: ${r.stderr.slice(0, 300)}`);
+    return ms;
+  } finally {
+    await removePrivateDir(dir);
+  }
+}
+
+async function main(): Promise<void> {
+  const options = defaultOptions({ out: dirname(OUT) });
+  const base = await suiteEnv(options);
+  const env: SuiteEnv = { ...base, metrics: new Metrics(), mismatch: () => null };
+  const cpuidFacts = await cpuidRules.facts(env);
+  const deviceFacts = await deviceReadsDefinedBytes.facts(env);
+  const cpuidOpsList = cpuidOps({ ...CPUID_CASE });
+  const deviceOps = deviceReadOps(DEVICE_CASE);
+  const cases: { c: Case; facts: unknown }[] = [
+    {
+      facts: cpuidFacts,
+      c: {
+        name: 'cpuid (leaks.cpuid.rules, 2 vCPUs)',
+        property: cpuidRules,
+        workload: CPUID_CASE,
+        program: { threads: [cpuidOpsList, cpuidOpsList], canary: DEFAULT_CANARY },
+        unit: 'CPUID queries',
+        units: 2 * queryCount(CPUID_CASE),
+        cpus: 2,
+      },
+    },
+    {
+      facts: deviceFacts,
+      c: {
+        name: 'device reads (leaks.device.defined-bytes, 1 vCPU)',
+        property: deviceReadsDefinedBytes,
+        workload: DEVICE_CASE,
+        program: { threads: [deviceOps], canary: DEFAULT_CANARY, mapLimit: mmioLimit((deviceFacts as { deviceMap: Parameters<typeof mmioLimit>[0] }).deviceMap) },
+        unit: 'device reads',
+        units: deviceOps.reduce((n, o) => n + accessCount(o as Parameters<typeof accessCount>[0]), 0),
+        cpus: 1,
+      },
+    },
+  ];
+  const report: Record<string, unknown>[] = [];
+  for (const { c, facts } of cases) {
+    // The rules case runs 6,656 queries per vCPU with repeat 2 in the raw program; the property
+    // itself runs the same ops (cpuidOps), so both sides execute the same guest work.
+    const harness: number[] = [];
+    const raw: number[] = [];
+    await timeHarness(c, facts, env); // warm caches (page cache, tsx, JIT)
+    await timeRaw(c, env);
+    for (let r = 0; r < ROUNDS; r++) {
+      harness.push(await timeHarness(c, facts, env));
+      raw.push(await timeRaw(c, env));
+    }
+    const h = median(harness);
+    const w = median(raw);
+    const row = {
+      case: c.name,
+      rounds: ROUNDS,
+      units: c.units,
+      unit: c.unit,
+      harnessMsMedian: Math.round(h),
+      rawMsMedian: Math.round(w),
+      ratio: Number((h / w).toFixed(3)),
+      endToEndPerSecond: Math.round((c.units / h) * 1000),
+      rawPerSecond: Math.round((c.units / w) * 1000),
+      harnessMs: harness.map(Math.round),
+      rawMs: raw.map(Math.round),
+    };
+    report.push(row);
+    process.stdout.write(
+      `${c.name}: ${c.units} ${c.unit}; harness ${row.harnessMsMedian} ms vs raw boot-to-exit ${row.rawMsMedian} ms (median of ${ROUNDS}) → ratio ${row.ratio}; end to end ${row.endToEndPerSecond} ${c.unit}/s (raw ${row.rawPerSecond}/s)\n`,
+    );
+  }
+  mkdirSync(dirname(OUT), { recursive: true });
+  writeFileSync(OUT, JSON.stringify({ host: base.host.kernel.release, qemu: base.host.qemu.version, measuredAt: new Date().toISOString(), cases: report }, null, 2) + '\n');
+  process.stdout.write(`written: ${OUT}\n`);
+}
+
+await main();
