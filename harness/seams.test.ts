@@ -50,8 +50,9 @@ describe('migration seams', () => {
       let before = 0n;
       for (let i = 0; i < 200; i++) {
         const { mailbox, threads } = await vm.readMailbox();
-        if (mailbox.state === BigInt(MAILBOX_STATE.running) && threads[0]!.ops_done > 1000n) {
-          before = threads[0]!.ops_done;
+        const done = threads[0]!.ops_done ?? 0n;
+        if (mailbox.state === BigInt(MAILBOX_STATE.running) && done > 1000n) {
+          before = done;
           expect(threads[0]!.marker).toBe(7n);
           break;
         }

@@ -17,14 +17,21 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-/** Debian package → a file it provides that kvmprop needs. */
+/**
+ * Debian package → what kvmprop needs from it: commands on PATH and files. (apt runs with
+ * --no-install-recommends, so nothing arrives by recommendation: gcc alone brings no C headers.)
+ */
 const PACKAGES = [
-  { pkg: 'qemu-system-x86', needs: ['qemu-system-x86_64'] },
-  { pkg: 'gcc', needs: ['gcc'] },
-  { pkg: 'binutils', needs: ['ld', 'objcopy'] },
-  { pkg: 'util-linux', needs: ['setpriv'] },
+  { pkg: 'qemu-system-x86', commands: ['qemu-system-x86_64'], files: [] },
+  // qboot (pc/q35 firmware) and the PVH/microvm option ROMs.
+  { pkg: 'qemu-system-data', commands: [], files: ['/usr/share/qemu/qboot.rom', '/usr/share/qemu/bios-microvm.bin'] },
+  { pkg: 'gcc', commands: ['gcc'], files: [] },
+  { pkg: 'binutils', commands: ['ld', 'objcopy'], files: [] },
+  // The host probe (harness/probe/kvmcaps.c) includes <linux/kvm.h> and libc headers.
+  { pkg: 'libc6-dev', commands: [], files: ['/usr/include/stdio.h'] },
+  { pkg: 'linux-libc-dev', commands: [], files: ['/usr/include/linux/kvm.h'] },
+  { pkg: 'util-linux', commands: ['setpriv'], files: [] },
 ];
-const FIRMWARE = '/usr/share/qemu/qboot.rom';
 
 function log(msg) {
   process.stderr.write(`setup: ${msg}\n`);
@@ -41,10 +48,9 @@ function onPath(bin) {
 }
 
 function ensureSystemPackages() {
-  const missing = PACKAGES.filter((p) => !p.needs.every(onPath)).map((p) => p.pkg);
-  if (onPath('qemu-system-x86_64') && !existsSync(FIRMWARE)) missing.push('qemu-system-data');
+  const missing = PACKAGES.filter((p) => !p.commands.every(onPath) || !p.files.every((f) => existsSync(f))).map((p) => p.pkg);
   if (missing.length === 0) return;
-  const install = ['apt-get', 'install', '-y', '--no-install-recommends', ...new Set(missing)];
+  const install = ['apt-get', 'install', '-y', '--no-install-recommends', ...missing];
   if (process.getuid?.() !== 0) {
     log(`missing system packages: ${missing.join(', ')}`);
     log(`run: sudo ${install.join(' ')}`);

@@ -23,7 +23,7 @@ import {
   type CpuidRegs,
 } from '../../models/cpuid/model.js';
 import { machineConfig } from '../lib/options.js';
-import { defineProperty, fail, PASS, type SuiteEnv, type Verdict } from '../lib/property.js';
+import { defineProperty, PASS, type SuiteEnv, type Verdict } from '../lib/property.js';
 import { factsFor, runProgram } from '../lib/run.js';
 
 /** vCPUs of every CPUID VM: enough to see per-vCPU fields and cross-vCPU determinism. */
