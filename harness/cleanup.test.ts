@@ -12,7 +12,7 @@ import { pathToFileURL } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT, buildGuest } from './guest/build.js';
-import { RUNTIME_ROOT_ENV, createRunRoot, removeRunRoot } from './runtime.js';
+import { RUNTIME_ROOT_ENV, createRunRoot, processesMatching, removeRunRoot } from './runtime.js';
 
 const harness = (path: string) => JSON.stringify(pathToFileURL(join(PROJECT_ROOT, path)).href);
 
@@ -20,7 +20,7 @@ const harness = (path: string) => JSON.stringify(pathToFileURL(join(PROJECT_ROOT
  * The runner: boots a VM that never finishes, prints {pid, dir} once the guest runs, then waits.
  * A line "throw" on stdin makes it throw from an event handler (an uncaught exception).
  * Vm has no public accessor for QEMU's pid; the runtime tracks exactly one pid in this process,
- * QEMU's (setpriv execs it, so the pid is QEMU's own), and the test checks it with pgrep.
+ * QEMU's (setpriv execs it, so the pid is QEMU's own), and the test checks it against /proc.
  */
 const RUNNER = `
 import { buildGuest } from ${harness('harness/guest/build.js')};
@@ -139,8 +139,7 @@ async function waitUntil(cond: () => boolean, what: string, timeoutMs = 10_000):
 
 /** The runner's reported pid is the QEMU running its VM. */
 async function expectQemuRunning(r: Runner): Promise<void> {
-  const found = await execa('pgrep', ['-f', r.dir], { reject: false });
-  expect(found.stdout.split('\n').filter(Boolean).map(Number)).toEqual([r.pid]);
+  expect(processesMatching(r.dir)).toEqual([r.pid]);
   expect(readFileSync(`/proc/${r.pid}/cmdline`, 'latin1')).toContain('qemu-system');
   expect(existsSync(r.dir)).toBe(true);
 }

@@ -12,7 +12,7 @@
  *  3. QEMU is started under `setpriv --pdeathsig KILL`, so it dies with us even if we are SIGKILLed;
  *     the owner of the run root (the CLI, or vitest's global setup) removes the root afterwards.
  */
-import { mkdirSync, mkdtempSync, rmSync, chmodSync, existsSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -118,4 +118,22 @@ export function liveResources(): { pids: number[]; dirs: string[] } {
 export function ensurePrivateDirSync(dir: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   chmodSync(dir, 0o700);
+}
+
+/**
+ * Pids of processes whose command line contains `text`, read from /proc (no procps needed: a
+ * minimal Debian has no pgrep).
+ */
+export function processesMatching(text: string): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'latin1').replace(/\0/g, ' ');
+      if (cmdline.includes(text)) out.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return out;
 }

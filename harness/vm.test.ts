@@ -9,14 +9,13 @@
  *   lidt of a zero-limit IDT, then ud2 → triple fault → QEMU (-no-reboot) shuts down: 'guest-reset'.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { OPS_HASH, type Op } from '../generators/ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../generators/ir/program.js';
 import { encodeProgram, type ProgramImage } from './bytecode.js';
 import { LAYOUT, MAILBOX_STATE, THREAD_STATE } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
-import { RUNTIME_ROOT_ENV, createRunRoot, liveResources, removeRunRoot } from './runtime.js';
+import { RUNTIME_ROOT_ENV, createRunRoot, liveResources, processesMatching, removeRunRoot } from './runtime.js';
 import { MACHINE_TYPES, Vm, VmSetupError, defaultMachineConfig, parseTap, runVm, type MachineConfig } from './vm.js';
 import { describeOutcome, guestProblems, runWorkload } from './workload.js';
 
@@ -68,8 +67,7 @@ afterAll(() => {
 });
 
 async function qemuPids(): Promise<number[]> {
-  const r = await execa('pgrep', ['-f', 'qemu-system'], { reject: false });
-  return r.stdout.split('\n').filter(Boolean).map(Number);
+  return processesMatching('qemu-system');
 }
 
 function cmdline(pid: number): string {
