@@ -176,11 +176,8 @@ describe.skipIf(!haveQemu || !haveKvm)('names against query-cpu-model-expansion 
     expect(missing, 'table names QEMU does not report').toEqual([]);
     for (const n of NOT_QEMU_PROPERTIES) expect(booleans.has(n), `${n} is not expected to be a QEMU property`).toBe(false);
 
-    const unlisted = [...booleans].filter((n) => !tableNames.has(n)).sort();
-    console.log(
-      `query-cpu-model-expansion: ${booleans.size} booleans, ${booleans.size - unlisted.length} in CPUID_FEATURE_BITS, ` +
-        `${unlisted.length} without a table entry (aliases, MSR-based vmx-*/arch-capabilities bits, hv-*, and other non-CPUID options):\n` +
-        unlisted.join(' '),
-    );
+    // The rest are aliases, MSR-based vmx-*/arch-capabilities bits, hv-* and other non-CPUID options.
+    const unlisted = [...booleans].filter((n) => !tableNames.has(n));
+    expect(booleans.size - unlisted.length).toBeGreaterThan(200);
   });
 });
