@@ -42,19 +42,18 @@ export function removeRunRoot(root: string): void {
 /** The run root for this process: the one named in the environment, or a private one of our own. */
 function runRoot(): string {
   const fromEnv = process.env[RUNTIME_ROOT_ENV];
+  installHandlers();
   if (fromEnv && existsSync(fromEnv)) return fromEnv;
   if (!processRoot) {
     processRoot = createRunRoot();
     liveDirs.add(processRoot);
   }
-  installHandlers();
   return processRoot;
 }
 
 /** A fresh private (0700) directory for one VM or one tool run. */
 export async function createPrivateDir(label: string): Promise<string> {
   const root = runRoot();
-  installHandlers();
   const dir = await mkdtemp(join(root, `${label.replace(/[^a-zA-Z0-9_-]/g, '_').slice(0, 40)}-`));
   await chmod(dir, 0o700);
   liveDirs.add(dir);

@@ -216,8 +216,10 @@ export class Vm {
         cleanup: true,
       });
       if (proc.pid) trackPid(proc.pid);
+      // Until the Vm exists (and captures it), keep what QEMU says: a failed start explains itself.
       let stderr = '';
-      proc.stderr?.on('data', (b: Buffer) => (stderr += b.toString('latin1')));
+      const early = (b: Buffer) => (stderr += b.toString('latin1'));
+      proc.stderr?.on('data', early);
       const exited = proc.then(() => null);
       try {
         qmp = await Promise.race([listener.accept({ timeoutMs: 30_000 }), exited]);
@@ -229,6 +231,7 @@ export class Vm {
         const firstLine = stderr.trim().split('\n').find((l) => l.trim()) ?? `exit status ${r.exitCode}`;
         throw new VmSetupError(`QEMU (${cfg.qemu}) exited before it started: ${firstLine}`, stderr);
       }
+      proc.stderr?.off('data', early);
       const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now());
       vm.stderrText = stderr;
       if (!opts.paused && !opts.incoming) await qmp.execute('cont');

@@ -107,7 +107,8 @@ export const OPS = {
     [['rax', 'u64'], ['rdx', 'u64'], ['rflags', 'u64']],
     'Call 16 bytes of x86-64 code (lo then hi, little-endian; pad with NOPs), followed by RET, under a catch. ' +
       'RAX and RDX start as the canary; the code may change RAX, RCX, RDX, RSI, RDI, R8-R11 and flags. ' +
-      'Records RAX, RDX and RFLAGS afterwards.',
+      'Records RAX, RDX and RFLAGS afterwards (in ring 3 under a hypervisor that runs user mode natively, ' +
+      'RFLAGS.IF/IOPL are what the host CPU holds, not the guest view).',
   ),
 
   loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.'),

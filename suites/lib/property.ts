@@ -91,8 +91,8 @@ export interface PropertyDef<W, F> {
   check(workload: W, facts: F, env: SuiteEnv): Promise<Verdict>;
 }
 
-// Properties are generic in their workload and facts; the registry does not care which.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+/** Properties are generic in their workload and facts; the registry does not care which. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the registry holds every kind
 export type AnyProperty = PropertyDef<any, any>;
 
 export function defineProperty<W, F>(def: PropertyDef<W, F>): PropertyDef<W, F> {
