@@ -53,6 +53,7 @@ describe('kvmprop run', () => {
     expect(failed.status).toBe('fail');
     expect(first.stdout).toContain(`seed 3, path ${failed.path}`);
     expect(first.stdout).toContain('replay: npx kvmprop replay ');
+    expect(first.stdout).toContain(`or: npx kvmprop run --suite leaks --property leaks.cpuid.rules --seed 3 --path ${failed.path} --mutant cpuid-drop-feature`);
     const c = readCounterexample(join(out, failed.counterexample!));
     expect(c.workload).toBeDefined();
     expect(c.expected).toBeDefined();

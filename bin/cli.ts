@@ -193,10 +193,10 @@ function line(r: PropertyResult): string {
   return `${status} ${r.id}  (${r.numRuns} runs, ${(r.durationMs / 1000).toFixed(1)} s${m ? `, ${m}` : ''})${r.status === 'skip' || r.status === 'known-deviation' ? `\n                ${r.reason ?? ''}` : ''}`;
 }
 
-export function summarize(results: ResultsFile, file: string): string {
+export function summarize(results: ResultsFile, file: string, o: RunOptions): string {
   const lines = ['', `kvmprop ${results.tool.version}: ${results.properties.length} properties, seed ${results.options.seed}, host ${results.hostId}`];
   for (const p of results.properties) lines.push(line(p));
-  for (const p of results.properties.filter((x) => x.status === 'fail')) lines.push('', formatFailure(p, resolve(file, '..')));
+  for (const p of results.properties.filter((x) => x.status === 'fail')) lines.push('', formatFailure(p, o));
   for (const e of results.errors) lines.push(`ERROR ${e}`);
   const t = results.totals;
   lines.push('', `pass ${t.pass}, fail ${t.fail}, known-deviation ${t['known-deviation']}, skip ${t.skip}`);
@@ -251,7 +251,17 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
   const results = assembleResults({
     out: o.out,
     expected,
-    options: { suites: o.suites, runs: o.runs, seed: o.seed, machine: o.machine, accel: o.accel, cpu: o.cpu, qemu: o.qemu, qemuArgs: o.qemuArgs },
+    options: {
+      suites: o.suites,
+      runs: o.runs,
+      seed: o.seed,
+      machine: o.machine,
+      accel: o.accel,
+      cpu: o.cpu,
+      qemu: o.qemu,
+      qemuArgs: o.qemuArgs,
+      ...(o.mutant ? { mutant: o.mutant } : {}),
+    },
     host,
     hostId: fingerprintId(host),
     startedAt,
@@ -259,7 +269,7 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
     errors,
   });
   const file = writeResults(o.out, results);
-  process.stdout.write(summarize(results, file) + '\n');
+  process.stdout.write(summarize(results, file, o) + '\n');
   if (interrupted) return interrupted === 'SIGINT' ? 130 : 143;
   return results.status === 'pass' ? 0 : 1;
 }

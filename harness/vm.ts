@@ -136,6 +136,13 @@ export class VmSetupError extends Error {
 }
 
 const MAX_CAPTURE = 1 << 20;
+/** After a stall, how long a kicked vCPU gets to show it was only descheduled. */
+const STALL_GRACE_MS = 500;
+
+/** A thread's progress: ops completed, and the heartbeat long ops bump. */
+function progressOf(t: Record<string, bigint>): bigint {
+  return (t.ops_done ?? 0n) + (t.heartbeat ?? 0n) * 0x1_0000_0000n;
+}
 const THREAD_STATUS_BYTES = structBytes('thread_status');
 
 export interface StartOptions {
@@ -345,10 +352,18 @@ export class Vm {
             lastProgress[i] = { value: -1n, at: now };
             continue;
           }
-          const value = (t.ops_done ?? 0n) + (t.heartbeat ?? 0n) * 0x1_0000_0000n;
+          const value = progressOf(t);
           if (value !== lastProgress[i]!.value) lastProgress[i] = { value, at: now };
           else if (now - lastProgress[i]!.at >= opts.stallMs) {
-            return { kind: 'hang', thread: i, stalledMs: now - lastProgress[i]!.at, registers: await this.registers() };
+            // Confirm before calling it a hang: `info registers` kicks every vCPU out of KVM_RUN, and
+            // a vCPU that was only descheduled on a busy host moves again within the grace period.
+            const registers = await this.registers();
+            await Promise.race([this.exitPromise, sleep(STALL_GRACE_MS)]);
+            const again = (await this.readMailbox()).threads[i]!;
+            if (!this.exited && again.state === t.state && progressOf(again) === value) {
+              return { kind: 'hang', thread: i, stalledMs: Date.now() - lastProgress[i]!.at, registers };
+            }
+            lastProgress[i] = { value: progressOf(again), at: Date.now() };
           }
         }
         if (now - started >= opts.timeoutMs) return { kind: 'timeout', afterMs: now - started, registers: await this.registers() };

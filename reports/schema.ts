@@ -42,6 +42,8 @@ export interface RunOptionsRecord {
   readonly cpu: string;
   readonly qemu: string;
   readonly qemuArgs: readonly string[];
+  /** Set when the run targeted a deliberately broken system (bench/mutants.ts). */
+  readonly mutant?: string;
 }
 
 export interface ResultsFile {

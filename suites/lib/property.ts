@@ -13,7 +13,7 @@ import { VmSetupError } from '../../harness/vm.js';
 import { writeCounterexample } from '../../reports/counterexample.js';
 import { loadDeviations, matchDeviation, type DeviationsFile, type KnownDeviation } from '../../reports/deviations.js';
 import type { PropertyResult } from '../../reports/schema.js';
-import type { RunOptions } from './options.js';
+import { defaultOptions, type RunOptions } from './options.js';
 
 export interface Failure {
   readonly ok: false;
@@ -244,11 +244,26 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
   });
 }
 
+/** The `kvmprop run` line that re-runs exactly the recorded fast-check case, under the same options. */
+export function rerunCommand(r: Pick<PropertyResult, 'suite' | 'id' | 'seed' | 'path'>, o: RunOptions): string {
+  const d = defaultOptions({ accel: o.accel });
+  const args = ['npx kvmprop run', `--suite ${r.suite}`, `--property ${r.id}`, `--seed ${r.seed}`, `--path ${r.path}`];
+  if (o.machine !== d.machine) args.push(`--machine ${o.machine}`);
+  if (o.accel !== d.accel) args.push(`--accel ${o.accel}`);
+  if (o.cpu !== d.cpu) args.push(`--cpu ${o.cpu}`);
+  if (o.kernelIrqchip) args.push(`--kernel-irqchip ${o.kernelIrqchip}`);
+  if (o.qemu !== d.qemu) args.push(`--qemu ${o.qemu}`);
+  for (const a of o.qemuArgs) args.push(`--qemu-arg=${a}`);
+  if (o.mutant) args.push(`--mutant ${o.mutant}`);
+  if (o.deviations !== d.deviations) args.push(`--deviations ${o.deviations}`);
+  return args.join(' ');
+}
+
 /** The message a failed property prints: seed, path, the shrunk counterexample and how to replay it. */
-export function formatFailure(r: PropertyResult, out: string): string {
+export function formatFailure(r: PropertyResult, o: RunOptions): string {
   const lines = [`${r.id} failed: ${r.reason ?? 'no reason given'}`, `  seed ${r.seed}${r.path ? `, path ${r.path}` : ''}`];
-  if (r.counterexample) lines.push(`  counterexample: ${join(out, r.counterexample)}`);
+  if (r.counterexample) lines.push(`  counterexample: ${join(o.out, r.counterexample)}`);
   if (r.replay) lines.push(`  replay: ${r.replay}`);
-  if (r.path) lines.push(`  or: npx kvmprop run --suite ${r.suite} --property ${r.id} --seed ${r.seed} --path ${r.path}`);
+  if (r.path) lines.push(`  or: ${rerunCommand(r, o)}`);
   return lines.join('\n');
 }

@@ -14,7 +14,7 @@ export function propertySuite(suite: string, properties: readonly AnyProperty[])
       test.skipIf(!wanted)(p.id, async (ctx) => {
         const result = await runProperty(p, await suiteEnv(options));
         if (result.status === 'skip') ctx.skip(result.reason);
-        if (result.status === 'fail') throw new Error(formatFailure(result, options.out));
+        if (result.status === 'fail') throw new Error(formatFailure(result, options));
         if (result.status === 'known-deviation') ctx.annotate(`known deviation ${result.deviation?.id}: ${result.reason}`);
       });
     }
