@@ -206,11 +206,11 @@ export function predictRead(
   };
 }
 
-/** First byte where observed differs from a masked prediction, or -1. */
-export function firstMaskedMismatch(observed: Uint8Array, expected: MaskedBytes): number {
+/** First byte (among those `keep` selects, default all) where observed differs from a masked prediction, or -1. */
+export function firstMaskedMismatch(observed: Uint8Array, expected: MaskedBytes, keep?: (i: number) => boolean): number {
   for (let i = 0; i < expected.value.length; i++) {
     const m = expected.mask[i]!;
-    if (((observed[i] ?? 0) & m) !== (expected.value[i]! & m)) return i;
+    if (m !== 0 && ((observed[i] ?? 0) & m) !== (expected.value[i]! & m) && (!keep || keep(i))) return i;
   }
   return -1;
 }

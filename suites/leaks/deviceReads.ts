@@ -37,9 +37,16 @@ async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEn
   // A REP string read is one instruction and `count` accesses, each its own exit.
   env.metrics.add('deviceReads', records.reduce((n, r, i) => n + accessCount(ops[i]!), 0));
   env.metrics.add('readInstructions', records.length);
+  // Sweeps revisit the same registers; a prediction depends only on the read, so make each once.
+  const predictions = new Map<string, ReadPrediction>();
   const reads = records.map((record, i): ReadObservation => {
     const op = ops[i]!;
-    const prediction = predictRead(op as DeviceRead, { map: f.deviceMap, canary: DEFAULT_CANARY, guardBytes: STRING_GUARD_BYTES, ...(record.buffer ? { bufferBytes: record.buffer.length } : {}) });
+    const key = `${op.op}:${'port' in op ? op.port : op.addr}:${op.width}:${'count' in op ? op.count : 1}`;
+    let prediction = predictions.get(key);
+    if (!prediction) {
+      prediction = predictRead(op as DeviceRead, { map: f.deviceMap, canary: DEFAULT_CANARY, guardBytes: STRING_GUARD_BYTES, ...(record.buffer ? { bufferBytes: record.buffer.length } : {}) });
+      predictions.set(key, prediction);
+    }
     const bytes = record.buffer ?? valueBytes(record.fields.rax ?? 0n, 8);
     return { op, record, prediction, bytes };
   });
@@ -102,10 +109,6 @@ function hex(bytes: Uint8Array): string {
   return `0x${[...bytes].reverse().map((b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
-function restrict(m: MaskedBytes, keep: (i: number) => boolean): MaskedBytes {
-  return { value: m.value, mask: m.mask.map((x, i) => (keep(i) ? x : 0)) };
-}
-
 /** Every read whose bytes (limited by `keep`) differ from the prediction, until one is not a known deviation. */
 function firstMismatch(
   env: SuiteEnv,
@@ -115,9 +118,9 @@ function firstMismatch(
 ): Verdict {
   for (const r of reads) {
     const predicted = r.prediction.rax ?? r.prediction.buffer!;
-    const masked = restrict(predicted, (i) => keep(r, i));
-    const at = firstMaskedMismatch(r.bytes, masked);
+    const at = firstMaskedMismatch(r.bytes, predicted, (i) => keep(r, i));
     if (at >= 0) {
+      const masked: MaskedBytes = { value: predicted.value, mask: predicted.mask.map((x, i) => (keep(r, i) ? x : 0)) };
       const m = env.mismatch(
         `${describeRead(r.op)}: byte ${at} of ${r.prediction.rax ? 'RAX' : 'the destination buffer'} is 0x${r.bytes[at]!.toString(16).padStart(2, '0')}, expected 0x${masked.value[at]!.toString(16).padStart(2, '0')} (${why(r, at)})`,
         { read: r.op, regions: r.prediction.regions, value: maskedHex(masked) },

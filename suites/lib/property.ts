@@ -147,7 +147,7 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     },
   };
   const waivedSummary = () =>
-    [...waived.values()].map((w) => `${w.count} difference(s) covered by known deviation ${w.deviation.id} (e.g. ${w.example})`).join('; ');
+    [...waived.values()].map((w) => `${w.count} difference(s) covered by known deviation ${w.deviation.id} (first: ${w.example})`).join('; ');
   const t0 = Date.now();
   const record = (r: Omit<PropertyResult, 'id' | 'suite' | 'statement' | 'durationMs' | 'metrics' | 'seed'> & { seed?: number }): PropertyResult => {
     const result: PropertyResult = {
