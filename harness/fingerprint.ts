@@ -14,9 +14,9 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { PROJECT_ROOT } from './guest/build.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const PROJECT_ROOT = join(HERE, '..');
 const PROBE_SRC = join(HERE, 'probe', 'kvmcaps.c');
 const PROBE_CACHE = join(PROJECT_ROOT, '.cache', 'probe');
 const PROBE_CFLAGS = ['-O2', '-std=gnu11', '-Wall', '-Wextra'];

@@ -45,8 +45,6 @@ export const MAILBOX_MAGIC = 0x424d564b; // 'KVMB'
 export const PROGRAM_FLAGS = {
   /** Switch every vCPU's LAPIC to x2APIC mode before running its thread. */
   x2apic: 1n << 0n,
-  /** Print one TAP line per thread even when it passes (default: on). */
-  quiet: 1n << 1n,
   /**
    * Run the threads in ring 0 instead of ring 3. Ring 3 is the default: a page-table-based
    * hypervisor (kvm_pvm) runs guest user mode natively but emulates an unmodified guest's

@@ -32,7 +32,8 @@ export interface RunOptions {
   readonly stallMs: number;
 }
 
-export const PROJECT_ROOT = resolve(import.meta.dirname, '..', '..');
+export { PROJECT_ROOT } from '../../harness/guest/build.js';
+import { PROJECT_ROOT } from '../../harness/guest/build.js';
 export const DEFAULT_DEVIATIONS = resolve(PROJECT_ROOT, 'reports', 'known-deviations.json');
 
 export function defaultOptions(over: Partial<RunOptions> = {}): RunOptions {
