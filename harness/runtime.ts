@@ -12,7 +12,7 @@
  *  3. QEMU is started under `setpriv --pdeathsig KILL`, so it dies with us even if we are SIGKILLed;
  *     the owner of the run root (the CLI, or vitest's global setup) removes the root afterwards.
  */
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -111,12 +111,6 @@ function installHandlers(): void {
 /** For tests: what this process still holds. */
 export function liveResources(): { pids: number[]; dirs: string[] } {
   return { pids: [...livePids], dirs: [...liveDirs] };
-}
-
-/** Make sure a directory exists with mode 0700 (used for output directories' private parts). */
-export function ensurePrivateDirSync(dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  chmodSync(dir, 0o700);
 }
 
 /**
