@@ -22,9 +22,19 @@ const PROBE_CACHE = join(PROJECT_ROOT, '.cache', 'probe');
 const PROBE_CFLAGS = ['-O2', '-std=gnu11', '-Wall', '-Wextra'];
 const KVM_DEVICE = '/dev/kvm';
 
-/** The /proc/cpuinfo flags that change what KVM can offer a guest; the rest is noise here. */
-const CPU_FLAGS = [
+/**
+ * The /proc/cpuinfo flags that change what KVM can offer a guest; the rest is noise here. Known
+ * deviations may only name these (see reports/deviations.ts).
+ *
+ * `cpuid_fault`: the host can make CPUID fault at CPL > 0, which is what lets a hypervisor that runs
+ * guest user mode natively (kvm_pvm) intercept it. Linux shows Intel's CPUID faulting
+ * (MSR_PLATFORM_INFO bit 31) under this name, and recent kernels also AMD's CpuidUserDis
+ * (CPUID 0x80000021:EAX[17], X86_FEATURE_GP_ON_USER_CPUID, which has no /proc/cpuinfo name of its own;
+ * Zen 3 lacks it).
+ */
+export const CPU_FLAGS = [
   'vmx', 'svm', 'x2apic', 'tsc_deadline_timer', 'constant_tsc', 'nonstop_tsc', 'tsc_scale', 'hypervisor', 'pdpe1gb',
+  'cpuid_fault',
 ] as const;
 
 /** Shown when a module parameter exists but cannot be read (write-only, EACCES, EIO). */
@@ -34,7 +44,22 @@ export interface HostFingerprint {
   schema: 1;
   collectedAt: string;
   kernel: { release: string; version: string };
-  cpu: { model: string; vendor: string; flags: string[] };
+  cpu: {
+    /** /proc/cpuinfo "model name". */
+    model: string;
+    /** /proc/cpuinfo "vendor_id": 'GenuineIntel', 'AuthenticAMD', or 'unknown'. */
+    vendor: string;
+    /**
+     * /proc/cpuinfo "cpu family", "model" and "stepping" (family and model as Linux computes them,
+     * extended fields included: 25/1/1 for an AMD EPYC Milan). null where /proc/cpuinfo has no number;
+     * absent in fingerprints written before kvmprop recorded them.
+     */
+    family?: number | null;
+    modelNumber?: number | null;
+    stepping?: number | null;
+    /** Those of CPU_FLAGS the host has, in CPU_FLAGS order. */
+    flags: string[];
+  };
   kvm: {
     device: 'ok' | 'missing' | 'no-access';
     apiVersion: number | null;
@@ -51,7 +76,26 @@ export interface HostFingerprint {
     probeError?: string;
   };
   qemu: { path: string; found: boolean; version: string | null };
+  /** The -cpu model of the run; absent where nothing was booted (kvmprop doctor) or in older files. */
+  qemuCpu?: QemuCpuChoice;
   tools: { gcc: string | null; ld: string | null };
+}
+
+/** The -cpu model kvmprop asked QEMU for, and the one QEMU ran. */
+export interface QemuCpuChoice {
+  /** The -cpu argument kvmprop chose or was given, e.g. 'host'. */
+  requested: string;
+  /** The -cpu argument QEMU ran, e.g. 'host,-arch-capabilities'; equal to `requested` without a fallback. */
+  used: string;
+  /** Why `requested` was given up: it could not start on this host. */
+  fallback?: {
+    /** One line, e.g. "KVM refuses MSR 0x10a (IA32_ARCH_CAPABILITIES)". */
+    reason: string;
+    /** What QEMU printed when `requested` failed. */
+    qemuMessage: string;
+    /** The QEMU command line that failed. */
+    commandLine: readonly string[];
+  };
 }
 
 export interface Verdict {
@@ -186,7 +230,11 @@ async function readKernel(): Promise<HostFingerprint['kernel']> {
 }
 
 async function readCpu(): Promise<HostFingerprint['cpu']> {
-  const text = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  return parseCpuinfo(await readFile('/proc/cpuinfo', 'utf8').catch(() => ''));
+}
+
+/** The CPU part of the fingerprint from /proc/cpuinfo's text. */
+export function parseCpuinfo(text: string): HostFingerprint['cpu'] {
   // All processors report the same model and flags; the first block is enough.
   const first = text.split(/\n\s*\n/)[0] ?? '';
   const field = (key: string) => first.match(new RegExp(`^${key}\\s*:\\s*(.*)$`, 'm'))?.[1]?.trim() ?? '';
@@ -194,8 +242,16 @@ async function readCpu(): Promise<HostFingerprint['cpu']> {
   return {
     model: field('model name') || 'unknown',
     vendor: field('vendor_id') || 'unknown',
+    family: cpuinfoNumber(field('cpu family')),
+    modelNumber: cpuinfoNumber(field('model')),
+    stepping: cpuinfoNumber(field('stepping')),
     flags: CPU_FLAGS.filter((f) => have.has(f)),
   };
+}
+
+/** A decimal /proc/cpuinfo value ("25"), or null for "", "unknown" and the like. */
+function cpuinfoNumber(text: string): number | null {
+  return /^\d+$/.test(text.trim()) ? Number(text.trim()) : null;
 }
 
 async function readKvmModules(): Promise<HostFingerprint['kvm']['modules']> {
@@ -338,6 +394,14 @@ export function doctorVerdicts(fp: HostFingerprint): Verdict[] {
       // Unknown only matters if the probe ran; a probe failure was already reported above.
       else if (have === null && k.apiVersion !== null) say('warn', item, `unknown whether KVM here offers ${what}`);
     }
+
+    // kvm_pvm runs guest user mode natively, so it sees a CPL-3 CPUID only if the host CPU can make
+    // CPUID fault there (Intel CPUID faulting, AMD CpuidUserDis; Linux calls both cpuid_fault).
+    if (k.vendorModules.includes('kvm_pvm') && !fp.cpu.flags.includes('cpuid_fault')) {
+      say('warn', 'cpl3-cpuid', `kvm_pvm cannot intercept CPUID at CPL 3 on this ${fp.cpu.vendor} CPU (no cpuid_fault flag): ` +
+        'guest user-mode CPUID is answered by the physical CPU, not by the vCPU model; kvmprop reports it as a ' +
+        'known deviation (leaks.cpuid.cpl-invariant)');
+    }
   }
 
   if (!fp.qemu.found) {
@@ -351,12 +415,17 @@ export function doctorVerdicts(fp: HostFingerprint): Verdict[] {
   return v;
 }
 
-/** Short stable id over what decides KVM's behaviour here; not over time or mutable details. */
+/**
+ * Short stable id over what decides KVM's behaviour here; not over time or mutable details, nor over
+ * the run's -cpu model (`qemuCpu`), which is a choice of the run rather than a trait of the host.
+ */
 export function fingerprintId(fp: HostFingerprint): string {
   const modules = [...fp.kvm.modules]
     .sort((a, b) => a.name.localeCompare(b.name))
     .map((m) => [m.name, Object.entries(m.parameters).sort(([a], [b]) => a.localeCompare(b))]);
-  const basis = JSON.stringify([fp.kernel.release, modules, fp.qemu.version, fp.cpu.model]);
+  const c = fp.cpu;
+  const cpu = [c.model, c.vendor, c.family ?? null, c.modelNumber ?? null, c.stepping ?? null];
+  const basis = JSON.stringify([fp.kernel.release, modules, fp.qemu.version, ...cpu]);
   return createHash('sha256').update(basis).digest('hex').slice(0, 12);
 }
 
@@ -366,7 +435,7 @@ export function formatFingerprint(fp: HostFingerprint, verdicts: Verdict[]): str
   const lines = [
     `host ${fingerprintId(fp)} (collected ${fp.collectedAt})`,
     `  kernel    ${fp.kernel.release}`,
-    `  cpu       ${fp.cpu.model} (${fp.cpu.vendor}); flags: ${fp.cpu.flags.join(' ') || 'none of interest'}`,
+    `  cpu       ${fp.cpu.model} (${cpuIdentity(fp.cpu)}); flags: ${fp.cpu.flags.join(' ') || 'none of interest'}`,
     `  kvm       ${KVM_DEVICE} ${k.device}, API ${k.apiVersion ?? '?'}, vendor modules: ${k.vendorModules.join(', ') || 'none'}`,
     `  features  nested=${yn(k.nested)} x2apic=${yn(k.x2apic)} tsc-deadline=${yn(k.tscDeadline)} ` +
       `tsc-scaling=${yn(k.tscScaling)} dirty-ring=${yn(k.dirtyRing)} manual-dirty-log-protect=${yn(k.manualDirtyLogProtect)}`,
@@ -381,12 +450,30 @@ export function formatFingerprint(fp: HostFingerprint, verdicts: Verdict[]): str
   if (!k.modules.length) lines.push('  modules   none loaded');
   lines.push(
     `  qemu      ${fp.qemu.found ? `${fp.qemu.version ?? '?'} at ${fp.qemu.path}` : `not found at ${fp.qemu.path}`}`,
+  );
+  if (fp.qemuCpu) lines.push(`  vcpu      ${formatQemuCpu(fp.qemuCpu)}`);
+  lines.push(
     `  gcc       ${fp.tools.gcc ?? 'not found'}`,
     `  ld        ${fp.tools.ld ?? 'not found'}`,
     '',
   );
   for (const v of verdicts) lines.push(`${`[${v.level}]`.padEnd(8)}${v.item.padEnd(26)}${v.message}`);
   return lines.join('\n');
+}
+
+/** "AuthenticAMD family 25 model 1 stepping 1"; unknown numbers are left out. */
+function cpuIdentity(cpu: HostFingerprint['cpu']): string {
+  const parts = [cpu.vendor];
+  for (const [name, n] of [['family', cpu.family], ['model', cpu.modelNumber], ['stepping', cpu.stepping]] as const) {
+    if (n !== null && n !== undefined) parts.push(`${name} ${n}`);
+  }
+  return parts.join(' ');
+}
+
+/** "host,-arch-capabilities (requested host: <reason>)", or just the model when nothing fell back. */
+export function formatQemuCpu(q: QemuCpuChoice): string {
+  if (q.fallback) return `${q.used} (requested ${q.requested}: ${q.fallback.reason})`;
+  return q.used === q.requested ? q.used : `${q.used} (requested ${q.requested})`;
 }
 
 /** Joins words after a label, continuing under it so long parameter lists stay readable. */

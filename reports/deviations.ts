@@ -5,7 +5,7 @@
  * same property on the same host still fails.
  */
 import { readFileSync } from 'node:fs';
-import type { HostFingerprint } from '../harness/fingerprint.js';
+import { CPU_FLAGS, type HostFingerprint } from '../harness/fingerprint.js';
 
 export interface HostMatch {
   /** Regular expression over the kernel release. */
@@ -16,9 +16,26 @@ export interface HostMatch {
   readonly qemuVersion?: string;
   /** Regular expression over the CPU model name. */
   readonly cpuModel?: string;
+  /** The CPU vendor, exactly: 'GenuineIntel', 'AuthenticAMD'. */
+  readonly cpuVendor?: string;
+  /** The CPU family as /proc/cpuinfo gives it (extended family included: 25 for AMD Zen 3/4). */
+  readonly cpuFamily?: number;
+  /** The CPU model number as /proc/cpuinfo gives it ("model"; extended model included). */
+  readonly cpuModelNumber?: number;
+  /** All of these CPU flags are present (names as in /proc/cpuinfo; only those the fingerprint records). */
+  readonly cpuFlagsPresent?: readonly string[];
+  /** None of these CPU flags is present. */
+  readonly cpuFlagsAbsent?: readonly string[];
+  /** Regular expression over the -cpu model QEMU ran (the fingerprint's qemuCpu.used); no match when unknown. */
+  readonly qemuCpuModel?: string;
 }
 
-const HOST_TRAITS: readonly (keyof HostMatch)[] = ['kernelRelease', 'vendorModules', 'qemuVersion', 'cpuModel'];
+const HOST_TRAITS: readonly (keyof HostMatch)[] = [
+  'kernelRelease', 'vendorModules', 'qemuVersion', 'cpuModel',
+  'cpuVendor', 'cpuFamily', 'cpuModelNumber', 'cpuFlagsPresent', 'cpuFlagsAbsent', 'qemuCpuModel',
+];
+const REGEX_TRAITS = ['kernelRelease', 'qemuVersion', 'cpuModel', 'qemuCpuModel'] as const;
+const RECORDED_FLAGS: readonly string[] = CPU_FLAGS;
 
 export interface KnownDeviation {
   readonly id: string;
@@ -65,11 +82,33 @@ export function parseDeviations(text: string, source = 'known deviations'): Devi
         throw new DeviationsError(`${source}: deviations[${i}].host.${k} is not a host trait (known: ${HOST_TRAITS.join(', ')})`);
       }
     }
-    const mods = d.host.vendorModules;
-    if (mods !== undefined && (!Array.isArray(mods) || !mods.every((m) => typeof m === 'string'))) {
-      throw new DeviationsError(`${source}: deviations[${i}].host.vendorModules must be an array of module names`);
+    const host = d.host as Record<keyof HostMatch, unknown>;
+    const bad = (k: keyof HostMatch, what: string) => new DeviationsError(`${source}: deviations[${i}].host.${k} must be ${what}`);
+    const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((m) => typeof m === 'string' && m.length > 0);
+    if (host.vendorModules !== undefined && !isStrings(host.vendorModules)) throw bad('vendorModules', 'an array of module names');
+    for (const k of REGEX_TRAITS) {
+      if (host[k] !== undefined && (typeof host[k] !== 'string' || host[k] === '')) throw bad(k, 'a regular expression (a non-empty string)');
     }
-    for (const re of [d.failure, d.host.kernelRelease, d.host.qemuVersion, d.host.cpuModel]) {
+    if (host.cpuVendor !== undefined && (typeof host.cpuVendor !== 'string' || host.cpuVendor === '')) {
+      throw bad('cpuVendor', "a vendor string such as 'GenuineIntel' or 'AuthenticAMD'");
+    }
+    for (const k of ['cpuFamily', 'cpuModelNumber'] as const) {
+      const n = host[k];
+      if (n !== undefined && !(typeof n === 'number' && Number.isInteger(n) && n >= 0)) throw bad(k, 'a non-negative integer');
+    }
+    for (const k of ['cpuFlagsPresent', 'cpuFlagsAbsent'] as const) {
+      const flags = host[k];
+      if (flags === undefined) continue;
+      if (!isStrings(flags)) throw bad(k, 'an array of CPU flag names');
+      // A flag the fingerprint does not record always reads absent: it would match every host.
+      for (const f of flags) {
+        if (!RECORDED_FLAGS.includes(f)) {
+          throw new DeviationsError(`${source}: deviations[${i}].host.${k}: ${JSON.stringify(f)} is not a CPU flag the ` +
+            `fingerprint records (known: ${RECORDED_FLAGS.join(', ')})`);
+        }
+      }
+    }
+    for (const re of [d.failure, ...REGEX_TRAITS.map((k) => d.host[k])]) {
       if (re !== undefined) {
         try {
           new RegExp(re);
@@ -97,6 +136,14 @@ export function hostMatches(m: HostMatch, fp: HostFingerprint): boolean {
   if (m.qemuVersion && !new RegExp(m.qemuVersion).test(fp.qemu.version ?? '')) return false;
   if (m.cpuModel && !new RegExp(m.cpuModel).test(fp.cpu.model)) return false;
   if (m.vendorModules && !m.vendorModules.every((v) => fp.kvm.vendorModules.includes(v))) return false;
+  const cpu = fp.cpu;
+  if (m.cpuVendor !== undefined && cpu.vendor !== m.cpuVendor) return false;
+  // Older fingerprints lack family and model numbers: unknown never matches.
+  if (m.cpuFamily !== undefined && (cpu.family ?? null) !== m.cpuFamily) return false;
+  if (m.cpuModelNumber !== undefined && (cpu.modelNumber ?? null) !== m.cpuModelNumber) return false;
+  if (m.cpuFlagsPresent && !m.cpuFlagsPresent.every((f) => cpu.flags.includes(f))) return false;
+  if (m.cpuFlagsAbsent && m.cpuFlagsAbsent.some((f) => cpu.flags.includes(f))) return false;
+  if (m.qemuCpuModel !== undefined && (fp.qemuCpu === undefined || !new RegExp(m.qemuCpuModel).test(fp.qemuCpu.used))) return false;
   return true;
 }
 
