@@ -109,7 +109,7 @@ afterEach(async () => {
 describe('a VM that runs its program to the end', () => {
   it.each(MACHINE_TYPES)('completes a 2-vCPU program on %s, with TAP, records and mailbox', async (machine) => {
     const prog = program([
-      [{ op: 'cpuid', leaf: 0, subleaf: 0 }, { op: 'mark', value: 7n }],
+      [{ op: 'cpuid', leaf: 0, subleaf: 0, cpl: 3 }, { op: 'mark', value: 7n }],
       [{ op: 'rdtsc' }, execOp(UD2)],
     ]);
     const run = await runWorkload(defaultMachineConfig({ machine }), prog, { guestElf, label: `complete-${machine}` });
@@ -192,8 +192,9 @@ describe('a VM that cannot start', () => {
     expect(err).toBeInstanceOf(VmSetupError);
     const e = err as VmSetupError;
     expect(e.stderr).toMatch(words);
-    const firstLine = e.stderr.split('\n').find((l) => l.trim())!;
-    expect(e.message).toContain(firstLine);
+    expect(e.qemuMessage).toMatch(words);
+    expect(e.message).toContain(e.qemuMessage);
+    expect(e.commandLine[0]).toBe('qemu-system-x86_64');
   });
 
   it('rejects clearly when the QEMU binary does not exist', async () => {

@@ -16,7 +16,7 @@ import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { Parser } from 'tap-parser';
-import { QmpClient, listenQmp, type QmpEvent } from './qmp.js';
+import { QmpClient, QmpClosedError, listenQmp, type QmpEvent } from './qmp.js';
 import { createPrivateDir, removePrivateDir, trackPid, untrackPid } from './runtime.js';
 import {
   LAYOUT,
@@ -29,7 +29,8 @@ import {
 import type { ProgramImage } from './bytecode.js';
 
 export type MachineType = 'microvm' | 'pc' | 'q35';
-export type Accel = 'kvm' | 'tcg';
+export type { Accel } from './vcpuChoice.js';
+import { defaultVcpuModel, publishedChoice, type Accel } from './vcpuChoice.js';
 
 export interface MachineConfig {
   /** QEMU binary (path or name on PATH). */
@@ -47,15 +48,20 @@ export interface MachineConfig {
 
 export const MACHINE_TYPES: readonly MachineType[] = ['microvm', 'pc', 'q35'];
 
+/**
+ * The default machine. Its vCPU model is the one the run chose for this QEMU and accelerator
+ * (harness/vcpuModel.ts: `host` minus what the host refuses), else plain `host` (`max` under TCG).
+ */
 export function defaultMachineConfig(over: Partial<MachineConfig> = {}): MachineConfig {
   const accel = over.accel ?? 'kvm';
+  const qemu = over.qemu ?? (process.env.KVMPROP_QEMU || 'qemu-system-x86_64');
   return {
-    qemu: process.env.KVMPROP_QEMU || 'qemu-system-x86_64',
+    qemu,
     machine: 'microvm',
     accel,
     cpus: 1,
     ramMiB: 64,
-    cpuModel: accel === 'kvm' ? 'host' : 'max',
+    cpuModel: publishedChoice(qemu, accel)?.used ?? defaultVcpuModel(accel),
     extraArgs: [],
     ...over,
   };
@@ -100,7 +106,8 @@ export type VmOutcome =
   | { kind: 'internal-error'; status: string; dump: string; registers: string | null }
   | { kind: 'hang'; thread: number; stalledMs: number; registers: string | null }
   | { kind: 'guest-reset'; reason: string }
-  | { kind: 'qemu-exited'; exitCode: number | null; signal: string | null }
+  /** QEMU itself ended while the guest ran: an abort, a crash, an exit; `message` is QEMU's own words. */
+  | { kind: 'vmm-crash'; exitCode: number | null; signal: string | null; message: string }
   | { kind: 'timeout'; afterMs: number; registers: string | null };
 
 export interface TapVerdict {
@@ -127,12 +134,38 @@ export interface VmRunResult {
   readonly args: readonly string[];
 }
 
-/** Raised for problems of the harness or the host set-up, as opposed to findings about KVM. */
+/** Raised when a VM cannot be started: QEMU refused its arguments, aborted, or never connected. */
 export class VmSetupError extends Error {
   override name = 'VmSetupError';
-  constructor(message: string, readonly stderr = '') {
+  constructor(
+    message: string,
+    readonly stderr = '',
+    /** The command line that was run (QEMU and its arguments), when it got that far. */
+    readonly commandLine: readonly string[] = [],
+  ) {
     super(message);
   }
+  /** QEMU's own words: the meaningful lines of what it printed. */
+  get qemuMessage(): string {
+    return qemuWords(this.stderr);
+  }
+}
+
+/**
+ * The lines of QEMU's stderr that say what went wrong (its `error:` lines, failed assertions,
+ * "unable to ..."), without the program-name prefix, at most `max` of them joined by " / ".
+ * Falls back to the first non-empty lines when none of them looks like an error.
+ */
+export function qemuWords(stderr: string, max = 3): string {
+  const lines = stderr
+    .replace(/\r/g, '')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  const strip = (l: string) => l.replace(/^[^\s:]*qemu-system-[\w-]+:\s*/, '');
+  const meaningful = lines.filter((l) => /\berror\b|assert|failed|unable|invalid|not found|cannot|can't|unsupported|terminating|abort/i.test(l));
+  const chosen = (meaningful.length ? meaningful : lines).map(strip);
+  return [...new Set(chosen)].slice(0, max).join(' / ');
 }
 
 const MAX_CAPTURE = 1 << 20;
@@ -228,20 +261,35 @@ export class Vm {
       const early = (b: Buffer) => (stderr += b.toString('latin1'));
       proc.stderr?.on('data', early);
       const exited = proc.then(() => null);
+      const commandLine = [cfg.qemu, ...args];
+      /** QEMU went away while we were still setting it up: say so in its own words. */
+      const refused = async (cause?: unknown): Promise<VmSetupError> => {
+        const r = await Promise.race([proc!, sleep(3000).then(() => null)]);
+        const status = r ? (r.signal ? `signal ${r.signal}` : `exit status ${r.exitCode}`) : 'still running';
+        const words = qemuWords(stderr) || (cause instanceof Error ? cause.message : status);
+        return new VmSetupError(`QEMU (${cfg.qemu}) could not start the VM (${status}): ${words}`, stderr, commandLine);
+      };
       try {
         qmp = await Promise.race([listener.accept({ timeoutMs: 30_000 }), exited]);
+      } catch (e) {
+        if (e instanceof QmpClosedError) throw await refused(e);
+        throw e;
       } finally {
         await listener.close();
       }
-      if (!qmp) {
-        const r = await proc;
-        const firstLine = stderr.trim().split('\n').find((l) => l.trim()) ?? `exit status ${r.exitCode}`;
-        throw new VmSetupError(`QEMU (${cfg.qemu}) exited before it started: ${firstLine}`, stderr);
+      if (!qmp) throw await refused();
+      try {
+        // QEMU connects to QMP early; it can still abort while it sets the vCPUs up (a KVM that
+        // refuses an MSR), before or after the greeting. Either way the VM never ran.
+        if (!opts.paused && !opts.incoming) await qmp.execute('cont');
+        else await qmp.execute('query-status');
+      } catch (e) {
+        if (e instanceof QmpClosedError) throw await refused(e);
+        throw e;
       }
       proc.stderr?.off('data', early);
       const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now());
       vm.stderrText = stderr;
-      if (!opts.paused && !opts.incoming) await qmp.execute('cont');
       return vm;
     } catch (e) {
       // Nothing of a failed start survives: QEMU (if it runs), its pid record, its directory.
@@ -381,7 +429,7 @@ export class Vm {
           return { kind: 'completed', exitCode };
         }
       }
-      return { kind: 'qemu-exited', exitCode, signal };
+      return { kind: 'vmm-crash', exitCode, signal, message: qemuWords(this.stderrText) };
     } finally {
       unsubscribe();
     }

@@ -66,8 +66,8 @@ export function describeOutcome(o: VmOutcome): string {
         : `vCPU ${o.thread} made no progress for ${o.stalledMs} ms (an instruction that never returns, or a halted vCPU)`;
     case 'guest-reset':
       return `the guest reset (${o.reason}; a triple fault ends this way)`;
-    case 'qemu-exited':
-      return `QEMU exited unexpectedly (status ${o.exitCode ?? '-'}, signal ${o.signal ?? '-'})`;
+    case 'vmm-crash':
+      return `QEMU itself died while the guest ran (${o.signal ? `signal ${o.signal}` : `exit status ${o.exitCode ?? '-'}`}): ${o.message || 'it printed nothing'}`;
     case 'timeout':
       return `the VM did not finish within ${o.afterMs} ms`;
   }
