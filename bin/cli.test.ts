@@ -3,7 +3,7 @@
  * failure found under a mutant replays from its seed and path; bad input gets one line and a
  * non-zero exit.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -23,43 +23,63 @@ function runRoots(): string[] {
 }
 
 describe('kvmprop run', () => {
-  it('runs the leak family with a fixed seed and writes a valid results.json', async () => {
+  it('runs the leak family with a fixed seed: every property classified, every failure replays', async () => {
     const before = runRoots();
     const out = join(work, 'leaks');
     const r = await kvmprop(['run', '--suite', 'leaks', '--runs', '5', '--seed', '1', '--out', out]);
-    expect(r.exitCode, r.stderr + r.stdout).toBe(0);
+    // The suite is under test, not the host: 0 (nothing failed) and 1 (the host deviates) are both results.
+    expect([0, 1], r.stderr + r.stdout).toContain(r.exitCode);
     const results = readResults(join(out, 'results.json'));
-    expect(results.status).toBe('pass');
+    expect(results.status).toBe(r.exitCode === 0 ? 'pass' : 'fail');
+    expect(results.errors).toEqual([]);
     expect(results.options.seed).toBe(1);
+    expect(results.options.cpu).toBe(results.host.qemuCpu?.used);
     expect(results.properties.map((p) => p.id).sort()).toEqual(SUITES.leaks!.map((p) => p.id).sort());
     for (const p of results.properties) {
-      expect(['pass', 'known-deviation']).toContain(p.status);
+      expect(['pass', 'known-deviation', 'fail'], `${p.id}: ${p.reason}`).toContain(p.status);
+      // A harness problem is never a finding: no property fails on a setup or checking error.
+      expect(p.reason ?? '', p.id).not.toMatch(/^(setup error|error while checking|could not gather host facts)/);
       expect(p.numRuns).toBeGreaterThanOrEqual(5);
       expect(p.seed).toBe(1);
+    }
+    for (const f of results.findings) {
+      expect(f.qemuMessage.length).toBeGreaterThan(0);
+      expect(f.commandLine.length).toBeGreaterThan(0);
     }
     expect(results.metrics.cpuidQueries).toBeGreaterThan(1000);
     expect(results.metrics.deviceReads).toBeGreaterThan(1000);
     expect(results.host.kvm.device).toBe('ok');
     expect(r.stdout).toMatch(/exercised: \d+ CPUID queries, \d+ device reads/);
+    // Every failure on this host carries a counterexample that kvmprop replay reproduces.
+    for (const p of results.properties.filter((x) => x.status === 'fail')) {
+      expect(p.counterexample, p.id).toBeDefined();
+      const replay = await kvmprop(['replay', join(out, p.counterexample!)]);
+      expect(replay.exitCode, `${p.id}: ${replay.stdout}${replay.stderr}`).toBe(1);
+      expect(replay.stdout).toContain(`${p.id} fails again`);
+    }
     // The run's private root is gone with it.
     expect(runRoots().filter((n) => !before.includes(n))).toEqual([]);
   }, 600_000);
 
   it('replays a failure from its seed and path', async () => {
     const out = join(work, 'mutant');
-    const first = await kvmprop(['run', '--property', 'leaks.cpuid.rules', '--mutant', 'cpuid-drop-feature', '--runs', '20', '--seed', '3', '--out', out]);
+    // TCG with a fixed CPU model: QEMU's own CPUID is the reference, whatever this host deviates in.
+    const tcg = ['--accel', 'tcg', '--cpu', 'Skylake-Client-v3'];
+    const first = await kvmprop(['run', '--property', 'leaks.cpuid.rules', '--mutant', 'cpuid-drop-feature', ...tcg, '--runs', '20', '--seed', '3', '--out', out]);
     expect(first.exitCode).toBe(1);
     const failed = readResults(join(out, 'results.json')).properties[0]!;
     expect(failed.status).toBe('fail');
     expect(first.stdout).toContain(`seed 3, path ${failed.path}`);
     expect(first.stdout).toContain('replay: npx kvmprop replay ');
-    expect(first.stdout).toContain(`or: npx kvmprop run --suite leaks --property leaks.cpuid.rules --seed 3 --path ${failed.path} --mutant cpuid-drop-feature`);
+    expect(first.stdout).toContain(
+      `or: npx kvmprop run --suite leaks --property leaks.cpuid.rules --seed 3 --path ${failed.path} --accel tcg --cpu Skylake-Client-v3 --mutant cpuid-drop-feature`,
+    );
     const c = readCounterexample(join(out, failed.counterexample!));
     expect(c.workload).toBeDefined();
     expect(c.expected).toBeDefined();
     expect(c.observed).toBeDefined();
 
-    const again = await kvmprop(['run', '--property', 'leaks.cpuid.rules', '--mutant', 'cpuid-drop-feature', '--seed', '3', '--path', failed.path!, '--out', join(work, 'again')]);
+    const again = await kvmprop(['run', '--property', 'leaks.cpuid.rules', '--mutant', 'cpuid-drop-feature', ...tcg, '--seed', '3', '--path', failed.path!, '--out', join(work, 'again')]);
     expect(again.exitCode).toBe(1);
     const replayed = readResults(join(work, 'again', 'results.json')).properties[0]!;
     expect(replayed.reason?.split(' (also:')[0]).toBe(failed.reason?.split(' (also:')[0]);
@@ -89,6 +109,28 @@ describe('bad input gets one clear line and a non-zero exit', () => {
     });
   }
 
+  it('an --out that is a file, that cannot be created, or that holds files kvmprop did not write', async () => {
+    const file = join(work, 'a-file');
+    writeFileSync(file, 'mine');
+    const user = join(work, 'thesis');
+    mkdirSync(join(user, 'properties'), { recursive: true });
+    writeFileSync(join(user, 'properties', 'thesis.txt'), 'years of work');
+    for (const [out, words] of [
+      [file, /is a file/],
+      [join(file, 'below'), /below .*a-file, which is a file/],
+      ['/proc/x', /cannot create the directory/],
+      [user, /holds files kvmprop did not write \(properties\/thesis.txt\)/],
+    ] as const) {
+      const r = await kvmprop(['run', '--suite', 'leaks', '--runs', '1', '--out', out]);
+      expect(r.exitCode, out).toBe(2);
+      expect(r.stderr.trim().split('\n'), out).toHaveLength(1);
+      expect(r.stderr).toMatch(/^kvmprop: --out /);
+      expect(r.stderr).toMatch(words);
+    }
+    expect(readFileSync(join(user, 'properties', 'thesis.txt'), 'utf8')).toBe('years of work');
+    expect(readFileSync(file, 'utf8')).toBe('mine');
+  });
+
   it('a corrupt counterexample or deviations file', async () => {
     const bad = join(work, 'bad.json');
     writeFileSync(bad, '{ not json');
@@ -100,9 +142,41 @@ describe('bad input gets one clear line and a non-zero exit', () => {
     expect(dev.stderr).toMatch(/not valid JSON/);
   });
 
-  it('doctor reports this host without errors', async () => {
+  it('doctor reports this host without errors, and the vCPU model a VM of the default configuration boots with', async () => {
     const r = await kvmprop(['doctor']);
-    expect(r.exitCode).toBe(0);
+    expect(r.exitCode, r.stdout).toBe(0);
     expect(r.stdout).toMatch(/kvm_pvm/);
+    expect(r.stdout).toMatch(/^\[(ok|warn)\]\s+vcpu-model\s+(a microvm VM boots with -cpu host|-cpu host cannot start on this host)/m);
   });
+});
+
+describe('a machine that does not start is one host-level finding in QEMU\'s own words', () => {
+  const abortingQemu = () => join(PROJECT_ROOT, 'bin', 'fixtures', 'qemu-that-aborts.mjs');
+
+  const startFails: [string, string[], RegExp][] = [
+    ['a QEMU that aborts after connecting QMP', ['--qemu', abortingQemu(), '--cpu', 'host'], /error: failed to set MSR 0x10a to 0x69 \/ .*Assertion/],
+    ['an unknown CPU model', ['--cpu', 'nosuchcpu'], /unable to find CPU model 'nosuchcpu'/],
+    ['an unknown QEMU option', ['--qemu-arg', '-nosuchflag'], /-nosuchflag: invalid option/],
+  ];
+  for (const [what, args, words] of startFails) {
+    it(what, async () => {
+      const out = join(work, `start-${what.replace(/\W+/g, '-')}`);
+      const r = await kvmprop(['run', '--suite', 'leaks', '--runs', '1', '--seed', '1', '--out', out, ...args]);
+      expect(r.exitCode, r.stderr).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/^kvmprop: the configured machine does not start: /);
+      expect(r.stderr).toMatch(words);
+      const results = readResults(join(out, 'results.json'));
+      expect(results.findings).toHaveLength(1);
+      expect(results.findings[0]).toMatchObject({ check: 'host.machine-starts', status: 'fail' });
+      expect(results.findings[0]!.qemuMessage).toMatch(words);
+      expect(results.findings[0]!.commandLine.length).toBeGreaterThan(10);
+      expect(results.properties).toHaveLength(SUITES.leaks!.length);
+      for (const p of results.properties) {
+        expect(p.status).toBe('skip');
+        expect(p.reason).toMatch(/host finding host.machine-starts/);
+        expect(p.reason).not.toMatch(/QMP/);
+      }
+    }, 120_000);
+  }
 });

@@ -9,7 +9,7 @@
  *
  * Bad input gets one line on stderr and exit status 2; a run exits 0 exactly when nothing failed.
  */
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,10 +21,13 @@ import { fillAndFreeHostMemory } from '../harness/hostPattern.js';
 import { createRunRoot, removeRunRoot, RUNTIME_ROOT_ENV } from '../harness/runtime.js';
 import { MACHINE_TYPES, type Accel, type MachineType } from '../harness/vm.js';
 import { readCounterexample, CounterexampleError } from '../reports/counterexample.js';
+import { OutDirError, prepareOutDir } from '../reports/outdir.js';
+import { VCPU_CHOICE_ENV, type VcpuModelChoice } from '../harness/vcpuChoice.js';
+import { HOST_CHECKS, hostFindings, MachineStartError, settleVcpuModel } from '../suites/lib/machine.js';
 import { DeviationsError, loadDeviations } from '../reports/deviations.js';
 import { assembleResults, writeResults } from '../reports/results.js';
 import { validateResults, type PropertyResult, type ResultsFile } from '../reports/schema.js';
-import { defaultOptions, optionsToEnv, PROJECT_ROOT, type RunOptions } from '../suites/lib/options.js';
+import { defaultOptions, optionsToEnv, PROJECT_ROOT, vcpuModel, type RunOptions } from '../suites/lib/options.js';
 import { fail, formatFailure, Metrics, suiteEnv, type SuiteEnv } from '../suites/lib/property.js';
 import { propertyById, selectedProperties, SUITE_NAMES, SUITES } from '../suites/registry.js';
 
@@ -145,7 +148,7 @@ export function parseRunOptions(argv: readonly string[], cwd = process.cwd()): R
     ...(seed !== undefined ? { seed } : {}),
     ...(values.path ? { path: values.path } : {}),
     ...(machine ? { machine } : {}),
-    ...(accel ? { accel, cpu: values.cpu ?? (accel === 'kvm' ? 'host' : 'max') } : {}),
+    ...(accel ? { accel } : {}),
     ...(values.cpu ? { cpu: values.cpu } : {}),
     ...(kernelIrqchip ? { kernelIrqchip } : {}),
     ...(values.qemu ? { qemu: values.qemu } : {}),
@@ -195,6 +198,9 @@ function line(r: PropertyResult): string {
 
 export function summarize(results: ResultsFile, file: string, o: RunOptions): string {
   const lines = ['', `kvmprop ${results.tool.version}: ${results.properties.length} properties, seed ${results.options.seed}, host ${results.hostId}`];
+  for (const f of results.findings) {
+    lines.push(`${(f.status === 'fail' ? 'FAIL' : 'KNOWN-DEVIATION').padEnd(15)} ${f.check}  ${f.summary}`, `                QEMU: ${f.qemuMessage}`);
+  }
   for (const p of results.properties) lines.push(line(p));
   for (const p of results.properties.filter((x) => x.status === 'fail')) lines.push('', formatFailure(p, o));
   for (const e of results.errors) lines.push(`ERROR ${e}`);
@@ -210,44 +216,66 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
   const o = parseRunOptions(argv);
   const problems = await preflight(o);
   if (problems.length) throw new UsageError(problems.join('\n'));
+  const known = loadDeviations(o.deviations);
   const startedAt = new Date();
-  // A fresh run replaces the previous one's per-property records; results.json is rewritten at the end.
-  rmSync(join(o.out, 'properties'), { recursive: true, force: true });
-  rmSync(join(o.out, 'counterexamples'), { recursive: true, force: true });
-  mkdirSync(o.out, { recursive: true });
+  // Refuses (one line) a directory holding anything kvmprop did not write; clears an earlier result.
+  prepareOutDir(o.out);
   const [guest, host] = await Promise.all([buildGuest(), collectFingerprint({ qemu: o.qemu })]);
+  // The machine is settled once for the whole run: which vCPU model, and whether it starts at all.
+  let choice: VcpuModelChoice | undefined;
+  let startError: MachineStartError | undefined;
+  try {
+    choice = await settleVcpuModel(o, guest.elf, { fresh: true });
+  } catch (e) {
+    if (!(e instanceof MachineStartError)) throw e;
+    startError = e;
+  }
+  if (choice) host.qemuCpu = { requested: choice.requested, used: choice.used, ...(choice.fallback ? { fallback: choice.fallback } : {}) };
   writeFileSync(join(o.out, 'host.json'), JSON.stringify(host, null, 2) + '\n');
-  const fill = await fillAndFreeHostMemory();
-  process.stderr.write(
-    `kvmprop: guest ${guest.hash}${guest.cached ? ' (cached)' : ''}; host pattern: ${fill.anonymousMiB} MiB anonymous + ${fill.pageCacheMiB} MiB page cache filled and freed; seed ${o.seed}\n`,
-  );
-  const root = createRunRoot();
+  const findings = hostFindings({ ...(choice ? { choice } : {}), ...(startError ? { startError } : {}) }, known, host);
+  if (!startError) for (const f of findings) process.stderr.write(`kvmprop: host finding ${f.check} (${f.status}): ${f.summary}\n  QEMU: ${f.qemuMessage}\n`);
   const expected = selectedProperties(o.suites, o.properties);
   const errors: string[] = [];
   let interrupted: NodeJS.Signals | null = null;
-  const child = execa(process.execPath, [vitestEntry(), 'run', '--project', 'properties', '--config', join(PROJECT_ROOT, 'vitest.config.ts')], {
-    cwd: PROJECT_ROOT,
-    env: { ...optionsToEnv(o), [RUNTIME_ROOT_ENV]: root },
-    stdio: ['ignore', 'inherit', 'inherit'],
-    reject: false,
-  });
-  const forward = (sig: NodeJS.Signals) => {
-    interrupted = sig;
-    child.kill(sig);
-  };
-  process.on('SIGINT', forward);
-  process.on('SIGTERM', forward);
-  try {
-    const r = await child;
-    if (interrupted) errors.push(`run interrupted by ${interrupted}`);
-    else if (r.exitCode !== 0 && r.exitCode !== 1) errors.push(`vitest exited with status ${r.exitCode ?? r.signal}`);
-  } finally {
-    process.off('SIGINT', forward);
-    process.off('SIGTERM', forward);
-    // Whatever a worker could not clean up (it was killed) goes with the run root; its QEMUs died
-    // with it (setpriv --pdeathsig).
-    removeRunRoot(root);
+  if (startError) {
+    // One root cause, reported once: no property runs on a machine that does not start.
+    const reason = `not run: the configured machine does not start (host finding ${HOST_CHECKS.machine})`;
+    mkdirSync(join(o.out, 'properties'), { recursive: true });
+    for (const p of expected) {
+      const r: PropertyResult = { id: p.id, suite: p.suite, statement: p.statement, status: 'skip', reason, numRuns: 0, seed: o.seed, durationMs: 0, metrics: {} };
+      writeFileSync(join(o.out, 'properties', `${p.id}.json`), JSON.stringify(r, null, 2) + '\n');
+    }
+  } else {
+    const fill = await fillAndFreeHostMemory();
+    process.stderr.write(
+      `kvmprop: guest ${guest.hash}${guest.cached ? ' (cached)' : ''}; vCPU model ${choice!.used}; host pattern: ${fill.anonymousMiB} MiB anonymous + ${fill.pageCacheMiB} MiB page cache filled and freed; seed ${o.seed}\n`,
+    );
+    const root = createRunRoot();
+    const child = execa(process.execPath, [vitestEntry(), 'run', '--project', 'properties', '--config', join(PROJECT_ROOT, 'vitest.config.ts')], {
+      cwd: PROJECT_ROOT,
+      env: { ...optionsToEnv(o), [RUNTIME_ROOT_ENV]: root, [VCPU_CHOICE_ENV]: JSON.stringify(choice) },
+      stdio: ['ignore', 'inherit', 'inherit'],
+      reject: false,
+    });
+    const forward = (sig: NodeJS.Signals) => {
+      interrupted = sig;
+      child.kill(sig);
+    };
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    try {
+      const r = await child;
+      if (interrupted) errors.push(`run interrupted by ${interrupted}`);
+      else if (r.exitCode !== 0 && r.exitCode !== 1) errors.push(`vitest exited with status ${r.exitCode ?? r.signal}`);
+    } finally {
+      process.off('SIGINT', forward);
+      process.off('SIGTERM', forward);
+      // Whatever a worker could not clean up (it was killed) goes with the run root; its QEMUs died
+      // with it (setpriv --pdeathsig).
+      removeRunRoot(root);
+    }
   }
+  const used = choice?.used ?? vcpuModel(o);
   const results = assembleResults({
     out: o.out,
     expected,
@@ -257,7 +285,9 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
       seed: o.seed,
       machine: o.machine,
       accel: o.accel,
-      cpu: o.cpu,
+      cpu: used,
+      ...(choice && choice.requested !== used ? { cpuRequested: choice.requested } : {}),
+      ...(o.kernelIrqchip ? { kernelIrqchip: o.kernelIrqchip } : {}),
       qemu: o.qemu,
       qemuArgs: o.qemuArgs,
       ...(o.mutant ? { mutant: o.mutant } : {}),
@@ -267,9 +297,11 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
     startedAt,
     toolVersion: toolVersion(),
     errors,
+    findings,
   });
   const file = writeResults(o.out, results);
   process.stdout.write(summarize(results, file, o) + '\n');
+  if (startError) process.stderr.write(`kvmprop: the configured machine does not start: ${startError.qemuMessage}\n`);
   if (interrupted) return interrupted === 'SIGINT' ? 130 : 143;
   return results.status === 'pass' ? 0 : 1;
 }
@@ -317,8 +349,23 @@ async function cmdReplay(argv: readonly string[]): Promise<number> {
 
 async function cmdDoctor(argv: readonly string[]): Promise<number> {
   const { values } = parseArgs({ args: [...argv], strict: true, options: { qemu: { type: 'string' } } });
-  const fp: HostFingerprint = await collectFingerprint({ qemu: values.qemu ?? defaultOptions().qemu });
+  const o = defaultOptions({ ...(values.qemu ? { qemu: values.qemu } : {}) });
+  const fp: HostFingerprint = await collectFingerprint({ qemu: o.qemu });
   const verdicts = doctorVerdicts(fp);
+  // Does a VM of the default configuration boot here, and with which vCPU model?
+  if (fp.kvm.device === 'ok' && fp.qemu.found && fp.tools.gcc !== null && fp.tools.ld !== null) {
+    try {
+      const guest = await buildGuest();
+      const choice = await settleVcpuModel(o, guest.elf, { fresh: true });
+      fp.qemuCpu = { requested: choice.requested, used: choice.used, ...(choice.fallback ? { fallback: choice.fallback } : {}) };
+      if (choice.fallback) {
+        verdicts.push({ level: 'warn', item: 'vcpu-model', message: `${choice.fallback.reason} (QEMU: ${choice.fallback.qemuMessage})` });
+      } else verdicts.push({ level: 'ok', item: 'vcpu-model', message: `a ${o.machine} VM boots with -cpu ${choice.used}` });
+    } catch (e) {
+      if (!(e instanceof MachineStartError)) throw e;
+      verdicts.push({ level: 'error', item: 'vcpu-model', message: `no VM of the default configuration boots: ${e.qemuMessage || e.message}` });
+    }
+  }
   process.stdout.write(formatFingerprint(fp, verdicts) + '\n');
   return verdicts.some((v) => v.level === 'error') ? 1 : 0;
 }
@@ -372,7 +419,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         throw new UsageError(`unknown command '${cmd}' (kvmprop --help)`);
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof GuestBuildError || e instanceof DeviationsError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (e instanceof UsageError || e instanceof OutDirError || e instanceof GuestBuildError || e instanceof DeviationsError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`kvmprop: ${(e as Error).message}\n`);
       return 2;
     }

@@ -6,7 +6,7 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HostFingerprint } from '../harness/fingerprint.js';
-import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, type PropertyResult, type ResultsFile, type RunOptionsRecord } from './schema.js';
+import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, type HostFinding, type PropertyResult, type ResultsFile, type RunOptionsRecord } from './schema.js';
 
 export function readPropertyRecords(out: string): PropertyResult[] {
   const dir = join(out, 'properties');
@@ -26,6 +26,7 @@ export function assembleResults(args: {
   startedAt: Date;
   toolVersion: string;
   errors: readonly string[];
+  findings: readonly HostFinding[];
 }): ResultsFile {
   const got = new Map(readPropertyRecords(args.out).map((r) => [r.id, r]));
   const errors = [...args.errors];
@@ -45,10 +46,11 @@ export function assembleResults(args: {
     options: args.options,
     host: args.host,
     hostId: args.hostId,
+    findings: args.findings,
     properties,
     totals,
     metrics: sumMetrics(properties),
-    status: totals.fail > 0 || errors.length > 0 ? 'fail' : 'pass',
+    status: totals.fail > 0 || errors.length > 0 || args.findings.some((f) => f.status === 'fail') ? 'fail' : 'pass',
     errors,
   };
 }

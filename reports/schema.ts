@@ -33,13 +33,32 @@ export interface PropertyResult {
   readonly metrics: Readonly<Record<string, number>>;
 }
 
+/**
+ * A finding about the host as a whole, made before any property ran: the default vCPU model does
+ * not start (and which one ran instead), or the configured machine does not start at all. Each is
+ * reported once, with QEMU's own words and the exact command line.
+ */
+export interface HostFinding {
+  /** The host check, as known deviations name it (suites/lib/machine.ts HOST_CHECKS). */
+  readonly check: string;
+  readonly status: 'fail' | 'known-deviation';
+  readonly summary: string;
+  readonly qemuMessage: string;
+  readonly commandLine: readonly string[];
+  readonly deviation?: { readonly id: string; readonly citation: string };
+}
+
 export interface RunOptionsRecord {
   readonly suites: readonly string[];
   readonly runs: number;
   readonly seed: number;
   readonly machine: string;
   readonly accel: string;
+  /** The -cpu model every VM ran. */
   readonly cpu: string;
+  /** The -cpu model asked for, when it differs from the one that ran (a fallback). */
+  readonly cpuRequested?: string;
+  readonly kernelIrqchip?: string;
   readonly qemu: string;
   readonly qemuArgs: readonly string[];
   /** Set when the run targeted a deliberately broken system (bench/mutants.ts). */
@@ -55,6 +74,8 @@ export interface ResultsFile {
   readonly options: RunOptionsRecord;
   readonly host: HostFingerprint;
   readonly hostId: string;
+  /** Host-level findings (the vCPU model, a machine that does not start); see HostFinding. */
+  readonly findings: readonly HostFinding[];
   readonly properties: readonly PropertyResult[];
   readonly totals: Readonly<Record<PropertyStatus, number>>;
   readonly metrics: Readonly<Record<string, number>>;
@@ -82,6 +103,15 @@ export function validateResults(x: unknown): string[] {
       for (const k of ['numRuns', 'seed', 'durationMs']) if (typeof q?.[k] !== 'number') errs.push(`properties[${i}].${k} missing`);
       if (q?.status === 'fail' && typeof q.counterexample !== 'string' && typeof q.reason !== 'string') errs.push(`properties[${i}] failed without a counterexample or reason`);
       if (q?.status === 'skip' && typeof q.reason !== 'string') errs.push(`properties[${i}] skipped without a reason`);
+    });
+  }
+  if (!Array.isArray(r.findings)) errs.push('findings is not an array');
+  else {
+    r.findings.forEach((f: unknown, i: number) => {
+      const q = f as Record<string, unknown>;
+      for (const k of ['check', 'summary', 'qemuMessage']) if (typeof q?.[k] !== 'string') errs.push(`findings[${i}].${k} missing`);
+      if (q?.status !== 'fail' && q?.status !== 'known-deviation') errs.push(`findings[${i}].status ${JSON.stringify(q?.status)} unknown`);
+      if (!Array.isArray(q?.commandLine)) errs.push(`findings[${i}].commandLine missing`);
     });
   }
   if (r.status !== 'pass' && r.status !== 'fail') errs.push('status must be pass or fail');

@@ -4,6 +4,7 @@
  */
 import { resolve } from 'node:path';
 import { defaultMachineConfig, type Accel, type MachineConfig, type MachineType } from '../../harness/vm.js';
+import { defaultVcpuModel, publishedChoice } from '../../harness/vcpuChoice.js';
 
 export const OPTIONS_ENV = 'KVMPROP_OPTIONS';
 
@@ -17,7 +18,11 @@ export interface RunOptions {
   readonly path?: string;
   readonly machine: MachineType;
   readonly accel: Accel;
-  readonly cpu: string;
+  /**
+   * The -cpu model the user gave (used as given, never changed). Absent: the default, `host`
+   * (`max` under TCG) or the nearest model that starts on this host (harness/vcpuModel.ts).
+   */
+  readonly cpu?: string;
   readonly kernelIrqchip?: 'on' | 'split';
   readonly qemu: string;
   readonly qemuArgs: readonly string[];
@@ -45,7 +50,6 @@ export function defaultOptions(over: Partial<RunOptions> = {}): RunOptions {
     seed: Date.now() % 2 ** 31,
     machine: 'microvm',
     accel,
-    cpu: accel === 'kvm' ? 'host' : 'max',
     qemu: process.env.KVMPROP_QEMU || 'qemu-system-x86_64',
     qemuArgs: [],
     out: resolve(PROJECT_ROOT, 'results'),
@@ -72,9 +76,14 @@ export function machineConfig(o: RunOptions, over: Partial<MachineConfig> = {}):
     qemu: o.qemu,
     machine: o.machine,
     accel: o.accel,
-    cpuModel: o.cpu,
+    cpuModel: vcpuModel(o),
     extraArgs: o.qemuArgs,
     ...(o.kernelIrqchip ? { kernelIrqchip: o.kernelIrqchip } : {}),
     ...over,
   });
+}
+
+/** The -cpu model the run's VMs get: the user's, or the one the run chose for this host. */
+export function vcpuModel(o: RunOptions): string {
+  return o.cpu ?? publishedChoice(o.qemu, o.accel)?.used ?? defaultVcpuModel(o.accel);
 }

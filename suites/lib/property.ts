@@ -14,6 +14,7 @@ import { writeCounterexample } from '../../reports/counterexample.js';
 import { loadDeviations, matchDeviation, type DeviationsFile, type KnownDeviation } from '../../reports/deviations.js';
 import type { PropertyResult } from '../../reports/schema.js';
 import { defaultOptions, type RunOptions } from './options.js';
+import { HOST_CHECKS, MachineStartError, settleVcpuModel } from './machine.js';
 
 export interface Failure {
   readonly ok: false;
@@ -105,11 +106,18 @@ class PropertyFailed extends Error {
   }
 }
 
-export type BaseEnv = Omit<SuiteEnv, 'metrics' | 'mismatch'>;
+export type BaseEnv = Omit<SuiteEnv, 'metrics' | 'mismatch'> & {
+  /** Set when the configured machine does not start: every property then skips, pointing at it. */
+  readonly startFailure?: MachineStartError;
+};
 
 const hostCache = new Map<string, Promise<{ guestElf: string; host: HostFingerprint }>>();
+const machineCache = new Map<string, Promise<MachineStartError | undefined>>();
 
-/** The environment for a set of options; the guest is built and the host read once per process and QEMU. */
+/**
+ * The environment for a set of options; the guest is built and the host read once per process and
+ * QEMU, and the vCPU model settled once per configuration (suites/lib/machine.ts).
+ */
 export async function suiteEnv(options: RunOptions): Promise<BaseEnv> {
   let p = hostCache.get(options.qemu);
   if (!p) {
@@ -117,7 +125,21 @@ export async function suiteEnv(options: RunOptions): Promise<BaseEnv> {
     p.catch(() => hostCache.delete(options.qemu));
     hostCache.set(options.qemu, p);
   }
-  return { options, ...(await p) };
+  const { guestElf, host } = await p;
+  const key = JSON.stringify([options.qemu, options.accel, options.cpu ?? null]);
+  let m = machineCache.get(key);
+  if (!m) {
+    m = settleVcpuModel(options, guestElf).then(
+      () => undefined,
+      (e: unknown) => {
+        if (e instanceof MachineStartError) return e;
+        throw e;
+      },
+    );
+    machineCache.set(key, m);
+  }
+  const startFailure = await m;
+  return { options, guestElf, host, ...(startFailure ? { startFailure } : {}) };
 }
 
 export function replayCommand(file: string): string {
@@ -164,6 +186,9 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     return result;
   };
 
+  if (base.startFailure) {
+    return record({ status: 'skip', reason: `not run: the configured machine does not start (host finding ${HOST_CHECKS.machine}: ${base.startFailure.qemuMessage})`, numRuns: 0 });
+  }
   const skip = def.skip?.(env);
   if (skip) return record({ status: 'skip', reason: skip, numRuns: 0 });
 
@@ -246,11 +271,11 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
 
 /** The `kvmprop run` line that re-runs exactly the recorded fast-check case, under the same options. */
 export function rerunCommand(r: Pick<PropertyResult, 'suite' | 'id' | 'seed' | 'path'>, o: RunOptions): string {
-  const d = defaultOptions({ accel: o.accel });
+  const d = defaultOptions();
   const args = ['npx kvmprop run', `--suite ${r.suite}`, `--property ${r.id}`, `--seed ${r.seed}`, `--path ${r.path}`];
   if (o.machine !== d.machine) args.push(`--machine ${o.machine}`);
   if (o.accel !== d.accel) args.push(`--accel ${o.accel}`);
-  if (o.cpu !== d.cpu) args.push(`--cpu ${o.cpu}`);
+  if (o.cpu) args.push(`--cpu ${o.cpu}`);
   if (o.kernelIrqchip) args.push(`--kernel-irqchip ${o.kernelIrqchip}`);
   if (o.qemu !== d.qemu) args.push(`--qemu ${o.qemu}`);
   for (const a of o.qemuArgs) args.push(`--qemu-arg=${a}`);
