@@ -27,14 +27,14 @@ const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { typ
 const ROUNDS = Number(values.rounds ?? 7);
 const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench.json');
 
-/** A CPUID case across every range: 6,656 queries on each of 2 vCPUs. */
+/** A CPUID case across every range: 6,656 queries on each of 2 vCPUs, at CPL 0 as leaks.cpuid.rules asks them. */
 const CPUID_CASE: CpuidWorkload = {
   sweeps: [
-    { leaf: 0, leafCount: 40, subleaf: 0, subleafCount: 64 },
-    { leaf: 0x4000_0000, leafCount: 16, subleaf: 0, subleafCount: 8 },
-    { leaf: 0x8000_0000, leafCount: 16, subleaf: 0, subleafCount: 32 },
-    { leaf: 0x1234_5678, leafCount: 8, subleaf: 0xffff_ff00, subleafCount: 16 },
-    { leaf: 0xc000_0000, leafCount: 8, subleaf: 0, subleafCount: 16 },
+    { leaf: 0, leafCount: 40, subleaf: 0, subleafCount: 64, cpl: 0 },
+    { leaf: 0x4000_0000, leafCount: 16, subleaf: 0, subleafCount: 8, cpl: 0 },
+    { leaf: 0x8000_0000, leafCount: 16, subleaf: 0, subleafCount: 32, cpl: 0 },
+    { leaf: 0x1234_5678, leafCount: 8, subleaf: 0xffff_ff00, subleafCount: 16, cpl: 0 },
+    { leaf: 0xc000_0000, leafCount: 8, subleaf: 0, subleafCount: 16, cpl: 0 },
   ],
   repeat: 2,
 };

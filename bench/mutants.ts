@@ -26,6 +26,12 @@ export interface Mutant {
   readonly breaks: readonly string[];
   /** A machine type the mutant needs. */
   readonly machine?: MachineType;
+  /**
+   * The configuration its sensitivity test runs in, chosen so that no deviation of the host under
+   * test can mask the mutant: CPUID mutants run under TCG with a fixed CPU model, where QEMU's own
+   * CPUID is the reference on any host, whatever its vendor or its KVM.
+   */
+  readonly sensitivity?: { readonly accel: 'kvm' | 'tcg'; readonly cpu?: string };
   qemuArgs(vm: MutantVm): Promise<readonly string[]>;
 }
 
@@ -55,6 +61,7 @@ export const MUTANTS: Readonly<Record<string, Mutant>> = {
     name: 'cpuid-drop-feature',
     description: `Workload VMs run -cpu <model>,-${DROPPED_FEATURE}; the VM QEMU's CPU model is read from does not, so CPUID disagrees with query-cpu-model-expansion (which honours -cpu properties).`,
     breaks: ['leaks.cpuid.rules'],
+    sensitivity: { accel: 'tcg', cpu: 'Skylake-Client-v3' },
     async qemuArgs({ label, config }) {
       return label === 'facts' ? [] : cpuWithout(config);
     },
@@ -63,6 +70,7 @@ export const MUTANTS: Readonly<Record<string, Mutant>> = {
     name: 'cpuid-vary-between-vms',
     description: `The second fresh VM of a determinism case runs -cpu <model>,-${DROPPED_FEATURE}: the same (leaf, subleaf) answers differently in two VMs.`,
     breaks: ['leaks.cpuid.deterministic'],
+    sensitivity: { accel: 'tcg', cpu: 'Skylake-Client-v3' },
     async qemuArgs({ label, config }) {
       return label === 'det-b' ? cpuWithout(config) : [];
     },

@@ -10,9 +10,13 @@
 import fc from 'fast-check';
 import type { Op } from './ir/ops.js';
 
+/** The privilege level a CPUID executes at: the hypervisor must answer both alike. */
+export type Cpl = 0 | 3;
+
 export interface CpuidQuery {
   readonly leaf: number;
   readonly subleaf: number;
+  readonly cpl: Cpl;
 }
 
 /** leaf..leaf+leafCount-1 × subleaf..subleaf+subleafCount-1, wrapping at 2^32. */
@@ -21,6 +25,8 @@ export interface CpuidSweep {
   readonly leafCount: number;
   readonly subleaf: number;
   readonly subleafCount: number;
+  /** Every query of the sweep executes at this CPL. */
+  readonly cpl: Cpl;
 }
 
 export interface CpuidWorkload {
@@ -42,7 +48,7 @@ export function expandQueries(w: Pick<CpuidWorkload, 'sweeps'>): CpuidQuery[] {
   const out: CpuidQuery[] = [];
   for (const s of w.sweeps) {
     for (let l = 0; l < s.leafCount; l++) {
-      for (let k = 0; k < s.subleafCount; k++) out.push({ leaf: u32(s.leaf + l), subleaf: u32(s.subleaf + k) });
+      for (let k = 0; k < s.subleafCount; k++) out.push({ leaf: u32(s.leaf + l), subleaf: u32(s.subleaf + k), cpl: s.cpl });
     }
   }
   return out;
@@ -54,8 +60,12 @@ export function queryCount(w: CpuidWorkload): number {
 
 /** One thread's ops: the query list, run `repeat` times. */
 export function cpuidOps(w: CpuidWorkload): Op[] {
-  const body: Op[] = expandQueries(w).map((q) => ({ op: 'cpuid', leaf: q.leaf, subleaf: q.subleaf }));
+  const body: Op[] = expandQueries(w).map(cpuidOp);
   return w.repeat > 1 ? [{ op: 'loopBegin', count: w.repeat }, ...body, { op: 'loopEnd' }] : body;
+}
+
+export function cpuidOp(q: CpuidQuery): Op {
+  return { op: 'cpuid', leaf: q.leaf, subleaf: q.subleaf, cpl: q.cpl };
 }
 
 function leafArb(r: CpuidRanges): fc.Arbitrary<number> {
@@ -77,23 +87,24 @@ const subleafArb: fc.Arbitrary<number> = fc.oneof(
   { weight: 2, arbitrary: fc.integer({ min: 0, max: 0xffff_ffff }) },
 );
 
-export function cpuidSweepArb(r: CpuidRanges): fc.Arbitrary<CpuidSweep> {
+export function cpuidSweepArb(r: CpuidRanges, cpls: readonly Cpl[] = [0, 3]): fc.Arbitrary<CpuidSweep> {
   return fc.record({
     leaf: leafArb(r),
     leafCount: fc.integer({ min: 1, max: 24 }),
     subleaf: subleafArb,
     subleafCount: fc.integer({ min: 1, max: 12 }),
+    cpl: fc.constantFrom(...cpls),
   });
 }
 
 export function cpuidWorkloadArb(
   r: CpuidRanges,
-  opts: { maxSweeps?: number; maxRepeat?: number; minRepeat?: number } = {},
+  opts: { maxSweeps?: number; maxRepeat?: number; minRepeat?: number; cpls?: readonly Cpl[] } = {},
 ): fc.Arbitrary<CpuidWorkload> {
   return fc.record({
     // size 'max': lengths spread over the whole range. A VM boot costs ~100 ms; a case should hold
     // thousands of queries so the exits, not the boots, dominate (shrinking takes it down anyway).
-    sweeps: fc.array(cpuidSweepArb(r), { minLength: 1, maxLength: opts.maxSweeps ?? 48, size: 'max' }),
+    sweeps: fc.array(cpuidSweepArb(r, opts.cpls), { minLength: 1, maxLength: opts.maxSweeps ?? 48, size: 'max' }),
     repeat: fc.integer({ min: opts.minRepeat ?? 1, max: opts.maxRepeat ?? 3 }),
   });
 }

@@ -21,24 +21,24 @@ const isU32 = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffff_ffff;
 describe('CPUID workloads', () => {
   const w: CpuidWorkload = {
     sweeps: [
-      { leaf: 0xffff_fffe, leafCount: 3, subleaf: 0xffff_ffff, subleafCount: 2 },
-      { leaf: 7, leafCount: 1, subleaf: 0, subleafCount: 4 },
+      { leaf: 0xffff_fffe, leafCount: 3, subleaf: 0xffff_ffff, subleafCount: 2, cpl: 3 },
+      { leaf: 7, leafCount: 1, subleaf: 0, subleafCount: 4, cpl: 0 },
     ],
     repeat: 2,
   };
 
   it('expands sweeps leaf-major, in order, wrapping at 2^32', () => {
     expect(expandQueries(w)).toEqual([
-      { leaf: 0xffff_fffe, subleaf: 0xffff_ffff },
-      { leaf: 0xffff_fffe, subleaf: 0 },
-      { leaf: 0xffff_ffff, subleaf: 0xffff_ffff },
-      { leaf: 0xffff_ffff, subleaf: 0 },
-      { leaf: 0, subleaf: 0xffff_ffff },
-      { leaf: 0, subleaf: 0 },
-      { leaf: 7, subleaf: 0 },
-      { leaf: 7, subleaf: 1 },
-      { leaf: 7, subleaf: 2 },
-      { leaf: 7, subleaf: 3 },
+      { leaf: 0xffff_fffe, subleaf: 0xffff_ffff, cpl: 3 },
+      { leaf: 0xffff_fffe, subleaf: 0, cpl: 3 },
+      { leaf: 0xffff_ffff, subleaf: 0xffff_ffff, cpl: 3 },
+      { leaf: 0xffff_ffff, subleaf: 0, cpl: 3 },
+      { leaf: 0, subleaf: 0xffff_ffff, cpl: 3 },
+      { leaf: 0, subleaf: 0, cpl: 3 },
+      { leaf: 7, subleaf: 0, cpl: 0 },
+      { leaf: 7, subleaf: 1, cpl: 0 },
+      { leaf: 7, subleaf: 2, cpl: 0 },
+      { leaf: 7, subleaf: 3, cpl: 0 },
     ]);
   });
 
@@ -51,7 +51,7 @@ describe('CPUID workloads', () => {
   it('emits one cpuid op per query, and wraps them in a loop when repeated', () => {
     const once = cpuidOps({ ...w, repeat: 1 });
     expect(once).toHaveLength(10);
-    expect(once[0]).toEqual({ op: 'cpuid', leaf: 0xffff_fffe, subleaf: 0xffff_ffff });
+    expect(once[0]).toEqual({ op: 'cpuid', leaf: 0xffff_fffe, subleaf: 0xffff_ffff, cpl: 3 });
     expect(once.every((o) => o.op === 'cpuid')).toBe(true);
     const twice = cpuidOps(w);
     expect(twice[0]).toEqual({ op: 'loopBegin', count: 2 });

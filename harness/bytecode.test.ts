@@ -22,8 +22,8 @@ const untyped = (o: Record<string, unknown>) => o as unknown as Op;
 
 describe('encodeOps', () => {
   it('writes the opcode, then the operands little-endian and packed', () => {
-    expect(encodeOps([{ op: 'cpuid', leaf: 0x12345678, subleaf: 0xd }])).toEqual(
-      bytes(0x01, 0x78, 0x56, 0x34, 0x12, 0x0d, 0, 0, 0),
+    expect(encodeOps([{ op: 'cpuid', leaf: 0x12345678, subleaf: 0xd, cpl: 3 }])).toEqual(
+      bytes(0x01, 0x78, 0x56, 0x34, 0x12, 0x0d, 0, 0, 0, 0x03),
     );
     expect(encodeOps([{ op: 'pioIn', port: 0x3f8, width: 1 }])).toEqual(bytes(0x10, 0xf8, 0x03, 0x01));
     expect(encodeOps([{ op: 'mmioRead', addr: 0xfee00030n, width: 4 }])).toEqual(
@@ -48,14 +48,14 @@ describe('encodeOps', () => {
   it('rejects u8/u16/u32 operands out of range, negative or not integers', () => {
     expect(() => encodeOps([{ op: 'pioIn', port: 0x3f8, width: 256 }])).toThrow(/pioIn\.width: expected a u8/);
     expect(() => encodeOps([{ op: 'pioIn', port: 0x10000, width: 1 }])).toThrow(/pioIn\.port: expected a u16/);
-    expect(() => encodeOps([{ op: 'cpuid', leaf: 2 ** 32, subleaf: 0 }])).toThrow(/cpuid\.leaf: expected a u32/);
-    expect(() => encodeOps([{ op: 'cpuid', leaf: -1, subleaf: 0 }])).toThrow(RangeError);
-    expect(() => encodeOps([{ op: 'cpuid', leaf: 1.5, subleaf: 0 }])).toThrow(RangeError);
-    expect(() => encodeOps([untyped({ op: 'cpuid', leaf: 1n, subleaf: 0 })])).toThrow(/cpuid\.leaf/);
+    expect(() => encodeOps([{ op: 'cpuid', leaf: 2 ** 32, subleaf: 0, cpl: 3 }])).toThrow(/cpuid\.leaf: expected a u32/);
+    expect(() => encodeOps([{ op: 'cpuid', leaf: -1, subleaf: 0, cpl: 3 }])).toThrow(RangeError);
+    expect(() => encodeOps([{ op: 'cpuid', leaf: 1.5, subleaf: 0, cpl: 3 }])).toThrow(RangeError);
+    expect(() => encodeOps([untyped({ op: 'cpuid', leaf: 1n, subleaf: 0, cpl: 3 })])).toThrow(/cpuid\.leaf/);
     expect(() => encodeOps([untyped({ op: 'cpuid', leaf: 1 })])).toThrow(/cpuid\.subleaf: expected a u32, got undefined/);
     // The largest values of each type are fine.
     expect(() => encodeOps([{ op: 'pioIns', port: 0xffff, width: 0xff, count: 0xffff }])).not.toThrow();
-    expect(() => encodeOps([{ op: 'cpuid', leaf: 0xffff_ffff, subleaf: 0xffff_ffff }])).not.toThrow();
+    expect(() => encodeOps([{ op: 'cpuid', leaf: 0xffff_ffff, subleaf: 0xffff_ffff, cpl: 3 }])).not.toThrow();
   });
 
   it('requires u64 operands to be non-negative bigints below 2^64', () => {
@@ -66,23 +66,23 @@ describe('encodeOps', () => {
 });
 
 describe('opIndexAtOffset', () => {
-  // cpuid (9 bytes) @0, sti (1) @9, pioIn (4) @10, end (1) @14; 15 bytes in all.
-  const ops: Op[] = [{ op: 'cpuid', leaf: 0, subleaf: 0 }, { op: 'sti' }, { op: 'pioIn', port: 0x80, width: 1 }, { op: 'end' }];
+  // cpuid (10 bytes) @0, sti (1) @10, pioIn (4) @11, end (1) @15; 16 bytes in all.
+  const ops: Op[] = [{ op: 'cpuid', leaf: 0, subleaf: 0, cpl: 3 }, { op: 'sti' }, { op: 'pioIn', port: 0x80, width: 1 }, { op: 'end' }];
 
   it('maps the start of each op to its index', () => {
-    expect([0, 9, 10, 14].map((pc) => opIndexAtOffset(ops, pc))).toEqual([0, 1, 2, 3]);
+    expect([0, 10, 11, 15].map((pc) => opIndexAtOffset(ops, pc))).toEqual([0, 1, 2, 3]);
   });
 
   it('maps an offset inside an op to that op, and one past the code to -1', () => {
     expect(opIndexAtOffset(ops, 5)).toBe(0);
-    expect(opIndexAtOffset(ops, 12)).toBe(2);
-    expect(opIndexAtOffset(ops, 15)).toBe(-1);
+    expect(opIndexAtOffset(ops, 13)).toBe(2);
+    expect(opIndexAtOffset(ops, 16)).toBe(-1);
     expect(opIndexAtOffset([], 0)).toBe(-1);
   });
 });
 
 describe('threadRecordBytes', () => {
-  const cpuid: Op = { op: 'cpuid', leaf: 1, subleaf: 0 }; // 8 + 40
+  const cpuid: Op = { op: 'cpuid', leaf: 1, subleaf: 0, cpl: 3 }; // 8 + 40
   const rdtsc: Op = { op: 'rdtsc' }; // 8 + 8
 
   it('adds up the records of straight-line code, skipping ops that record nothing', () => {
@@ -123,8 +123,8 @@ describe('threadRecordBytes', () => {
 describe('encodeProgram', () => {
   const HEADER = structBytes('prog_header');
   const DESC = structBytes('thread_desc');
-  const t0: Op[] = [{ op: 'cpuid', leaf: 0, subleaf: 0 }, { op: 'rdtsc' }];
-  const t1: Op[] = [{ op: 'loopBegin', count: 100 }, { op: 'cpuid', leaf: 7, subleaf: 0 }, { op: 'loopEnd' }];
+  const t0: Op[] = [{ op: 'cpuid', leaf: 0, subleaf: 0, cpl: 3 }, { op: 'rdtsc' }];
+  const t1: Op[] = [{ op: 'loopBegin', count: 100 }, { op: 'cpuid', leaf: 7, subleaf: 0, cpl: 3 }, { op: 'loopEnd' }];
   const program: Program = { threads: [t0, t1], canary: DEFAULT_CANARY, x2apic: true, ring0: true, mapLimit: 1n << 36n };
 
   it('writes the header fields', () => {
@@ -232,7 +232,7 @@ class Stream {
 
 describe('decodeRecords', () => {
   const ops: Op[] = [
-    { op: 'cpuid', leaf: 1, subleaf: 0 }, // 0
+    { op: 'cpuid', leaf: 1, subleaf: 0, cpl: 3 }, // 0
     { op: 'mark', value: 7n }, // 1: no record
     { op: 'pioIn', port: 0x60, width: 1 }, // 2
     { op: 'pioIns', port: 0x3f8, width: 1, count: 3 }, // 3

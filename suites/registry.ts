@@ -3,13 +3,14 @@
  * the vitest property files share.
  */
 import type { AnyProperty } from './lib/property.js';
-import { cpuidDeterministic, cpuidNoHostPattern, cpuidRules } from './leaks/cpuid.js';
+import { cpuidCplInvariant, cpuidDeterministic, cpuidNoHostPattern, cpuidRules } from './leaks/cpuid.js';
 import { deviceReadsDefinedBytes, deviceReadsNoHostPattern, deviceReadsStable, deviceReadsUnclaimed } from './leaks/deviceReads.js';
 
 export const SUITES: Readonly<Record<string, readonly AnyProperty[]>> = {
   leaks: [
     cpuidDeterministic,
     cpuidRules,
+    cpuidCplInvariant,
     cpuidNoHostPattern,
     deviceReadsDefinedBytes,
     deviceReadsUnclaimed,

@@ -50,11 +50,13 @@ export const OPS = {
 
   cpuid: op(
     0x01,
-    [['leaf', 'u32'], ['subleaf', 'u32']],
+    [['leaf', 'u32'], ['subleaf', 'u32'], ['cpl', 'u8']],
     [['rax', 'u64'], ['rbx', 'u64'], ['rcx', 'u64'], ['rdx', 'u64'], ['clobbered', 'u32'], ['pad', 'u32']],
     'CPUID with every GPR but RSP holding the canary (RAX/RCX: canary upper half, leaf/subleaf lower half). ' +
       'Records RAX..RDX as 64-bit values and a bit mask of the other GPRs (bit i = GPR i, x86 encoding order) ' +
-      'that no longer hold the canary.',
+      'that no longer hold the canary. `cpl` (0 or 3) is the privilege level CPUID executes at: a ring-3 thread asks ring 0 ' +
+      'for a CPL-0 query through a #UD trap (ud2 at a known address; the handler runs CPUID on the trapped registers); ' +
+      'a ring-0 thread takes CPL-3 queries as a bad op.',
   ),
 
   pioIn: op(

@@ -5,7 +5,7 @@
  * Before each CPUID the guest fills every GPR but RSP with a canary.
  */
 import fc from 'fast-check';
-import { cpuidOps, cpuidWorkloadArb, expandQueries, type CpuidQuery, type CpuidWorkload } from '../../generators/cpuid.js';
+import { cpuidOp, cpuidOps, cpuidWorkloadArb, expandQueries, type CpuidQuery, type CpuidWorkload } from '../../generators/cpuid.js';
 import type { OpRecord } from '../../generators/ir/ops.js';
 import { DEFAULT_CANARY } from '../../generators/ir/program.js';
 import type { MachineFacts } from '../../harness/facts.js';
@@ -39,9 +39,17 @@ const hex = (n: number | bigint) => `0x${n.toString(16)}`;
 
 /** A workload of one query: the witness a failure offers for shrinking. */
 function queryWitness(x: CpuidQuery, repeat: number): CpuidWorkload {
-  return { sweeps: [{ leaf: x.leaf, leafCount: 1, subleaf: x.subleaf, subleafCount: 1 }], repeat };
+  return { sweeps: [{ leaf: x.leaf, leafCount: 1, subleaf: x.subleaf, subleafCount: 1, cpl: x.cpl }], repeat };
 }
-const q = (x: CpuidQuery) => `CPUID(${hex(x.leaf)}, ${hex(x.subleaf)})`;
+const q = (x: CpuidQuery) => `CPUID(${hex(x.leaf)}, ${hex(x.subleaf)})${x.cpl === 3 ? ' at CPL 3' : ''}`;
+
+/**
+ * The CPLs the properties judge the hypervisor's answers at. CPL 0 always traps to the hypervisor;
+ * CPL 3 does only where the host can intercept user-mode CPUID (leaks.cpuid.cpl-invariant checks
+ * that it answers both alike), so the rule and determinism properties judge CPL-0 answers and an
+ * unrelated CPUID bug still fails them on a host whose CPL-3 CPUID is not intercepted.
+ */
+const HYPERVISOR_CPL = [0] as const;
 
 /** The 32-bit low halves of a CPUID record. */
 function regsOf(r: OpRecord): CpuidRegs {
@@ -69,13 +77,14 @@ function cpuidFacts(env: SuiteEnv): Promise<CpuidSuiteFacts> {
   if (cached) return cached;
   const factsPromise = (async () => {
     const machine = await factsFor(env, { cpus: VCPUS });
-    const queries = [
+    // Calibrated at CPL 0: always the hypervisor's answer.
+    const queries: CpuidQuery[] = [
       ...calibrationQueries(machine.cpu.props, 0x4000_0010),
       ...Array.from({ length: 0x11 }, (_, i) => ({ leaf: 0x4000_0100 + i, subleaf: 0 })),
-    ];
+    ].map((x) => ({ ...x, cpl: 0 }));
     const outcome = await runProgram(
       env,
-      { threads: [queries.map((x) => ({ op: 'cpuid' as const, leaf: x.leaf, subleaf: x.subleaf }))], canary: DEFAULT_CANARY },
+      { threads: [queries.map(cpuidOp)], canary: DEFAULT_CANARY },
       { label: 'cpuid-calibration', config: { cpus: VCPUS } },
     );
     if (!outcome.ok) throw new Error(`CPUID calibration run failed: ${outcome.failure.summary}`);
@@ -122,7 +131,7 @@ export const cpuidDeterministic = defineProperty({
   facts: cpuidFacts,
   arbitrary: (f: CpuidSuiteFacts) =>
     fc.record({
-      cpuid: cpuidWorkloadArb(rangesOf(f), { minRepeat: 2, maxRepeat: 3, maxSweeps: 32 }),
+      cpuid: cpuidWorkloadArb(rangesOf(f), { minRepeat: 2, maxRepeat: 3, maxSweeps: 32, cpls: HYPERVISOR_CPL }),
       ramMiB: fc.constantFrom<[number, number]>([64, 96], [96, 64], [48, 128], [128, 48]),
     }),
   async check(c: DeterminismCase, f, env): Promise<Verdict> {
@@ -170,7 +179,7 @@ export const cpuidRules = defineProperty({
   statement:
     "Every CPUID output follows the rule model: RAX..RDX[63:32] are zero and no other GPR changes; vendor, max leaves, brand, signature and feature bits agree with QEMU's query-cpu-model-expansion; ECX is ignored by non-indexed leaves; missing subleaves of indexed leaves read zero (0xB/0x1F echo the subleaf and the x2APIC ID); out-of-range leaves follow the vendor's rule",
   facts: cpuidFacts,
-  arbitrary: (f: CpuidSuiteFacts) => cpuidWorkloadArb(rangesOf(f), { maxRepeat: 1 }),
+  arbitrary: (f: CpuidSuiteFacts) => cpuidWorkloadArb(rangesOf(f), { maxRepeat: 1, cpls: HYPERVISOR_CPL }),
   async check(w: CpuidWorkload, f, env): Promise<Verdict> {
     const queries = expandQueries(w);
     const outcome = await runQueries(env, w, 'rules');
@@ -249,9 +258,9 @@ export const cpuidRules = defineProperty({
 export const cpuidNoHostPattern = defineProperty({
   id: 'leaks.cpuid.no-host-pattern',
   suite: 'leaks',
-  statement: 'No CPUID output, in any register half, ever contains the pattern the host filled and freed its memory with',
+  statement: 'No CPUID output, at CPL 0 or CPL 3, in any register half, ever contains the pattern the host filled and freed its memory with',
   facts: cpuidFacts,
-  arbitrary: (f: CpuidSuiteFacts) => cpuidWorkloadArb(rangesOf(f), { maxRepeat: 1 }),
+  arbitrary: (f: CpuidSuiteFacts) => cpuidWorkloadArb(rangesOf(f), { maxRepeat: 1, cpls: [0, 3] }),
   async check(w: CpuidWorkload, _f, env): Promise<Verdict> {
     const queries = expandQueries(w);
     const outcome = await runQueries(env, w, 'cpuid-pattern');
@@ -275,6 +284,41 @@ export const cpuidNoHostPattern = defineProperty({
             rcx: hex(r.fields.rcx ?? 0n),
             rdx: hex(r.fields.rdx ?? 0n),
           }, { witness: queryWitness(queries[k % queries.length]!, 1) });
+          if (m) return m;
+        }
+      }
+    }
+    return PASS;
+  },
+});
+
+export const cpuidCplInvariant = defineProperty({
+  id: 'leaks.cpuid.cpl-invariant',
+  suite: 'leaks',
+  statement:
+    'CPUID answers identically at CPL 0 and CPL 3: the hypervisor answers both (a host that lets CPL-3 CPUID run natively shows its own CPU to guest user space)',
+  facts: cpuidFacts,
+  // Each query runs twice on the same vCPU, first at CPL 0 then at CPL 3; the sweep's own CPL is not used.
+  arbitrary: (f: CpuidSuiteFacts) => cpuidWorkloadArb(rangesOf(f), { maxRepeat: 1, maxSweeps: 24, cpls: HYPERVISOR_CPL }),
+  async check(w: CpuidWorkload, _f, env): Promise<Verdict> {
+    const queries = expandQueries(w);
+    const ops = queries.flatMap((x) => [cpuidOp({ ...x, cpl: 0 }), cpuidOp({ ...x, cpl: 3 })]);
+    const outcome = await runProgram(env, { threads: Array.from({ length: VCPUS }, () => ops), canary: DEFAULT_CANARY }, { label: 'cpl', config: { cpus: VCPUS } });
+    if (!outcome.ok) return outcome.failure;
+    env.metrics.add('cpuidQueries', outcome.run.records.reduce((n, t) => n + t.length, 0));
+    for (const [t, records] of outcome.run.records.entries()) {
+      for (let k = 0; k + 1 < records.length; k += 2) {
+        const query = { ...queries[k / 2]!, cpl: 0 as const };
+        const at0 = regsOf(records[k]!);
+        const at3 = regsOf(records[k + 1]!);
+        for (const reg of REGS) {
+          if (at0[reg] === at3[reg]) continue;
+          const m = env.mismatch(
+            `${q(query)}.${reg.toUpperCase()} on vCPU ${t} is ${hex(at0[reg])} at CPL 0 but ${hex(at3[reg])} at CPL 3 (differing bits ${hex((at0[reg] ^ at3[reg]) >>> 0)})`,
+            { query, vcpu: t, cpl: 0, ...regsHex(at0) },
+            { query, vcpu: t, cpl: 3, ...regsHex(at3) },
+            { witness: queryWitness(query, 1) },
+          );
           if (m) return m;
         }
       }

@@ -1,7 +1,8 @@
 /**
  * The leak oracles can fail: each mutant in bench/mutants.ts that targets a leak property must make
- * it fail on real KVM, with a counterexample shrunk to one read or one query that `kvmprop replay`
- * reproduces.
+ * it fail, with a counterexample shrunk to one read or one query that `kvmprop replay` reproduces.
+ * Each runs in the configuration its catalog entry names (CPUID mutants: TCG with a fixed CPU
+ * model), so a deviation of the host under test cannot mask it or shrink it to another difference.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -36,6 +37,7 @@ describe('leak properties fail on deliberately broken systems', () => {
           seed: 7,
           mutant: mutant.name,
           machine: mutant.machine ?? 'microvm',
+          ...(mutant.sensitivity ? { accel: mutant.sensitivity.accel, ...(mutant.sensitivity.cpu ? { cpu: mutant.sensitivity.cpu } : {}) } : {}),
           properties: [id],
           out: join(out, mutant.name),
         });

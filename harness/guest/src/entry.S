@@ -251,9 +251,13 @@ enter_user:
 /*
  * void cpuid_canary(u64 rax_in, u64 rcx_in, u64 canary, u64 out[15])
  * out: rax rbx rcx rdx rsi rdi rbp r8 r9 r10 r11 r12 r13 r14 r15 after CPUID.
+ * cpuid_canary_cpl0 is the same from ring 3, except that CPUID runs in ring 0: in its place stands
+ * a ud2 at cpl0_cpuid_ud2, and the #UD entry (ud_entry) executes CPUID on the trapped registers and
+ * returns past the ud2. Nothing but RFLAGS is touched on the way, so the canary survives.
  */
-	.globl cpuid_canary
-cpuid_canary:
+	.macro CPUID_CANARY name, cpl0
+	.globl \name
+\name:
 	pushq %rbx
 	pushq %rbp
 	pushq %r12
@@ -275,7 +279,13 @@ cpuid_canary:
 	movq %rdx, %r13
 	movq %rdx, %r14
 	movq %rdx, %r15
+	.if \cpl0
+	.globl cpl0_cpuid_ud2
+cpl0_cpuid_ud2:
+	ud2
+	.else
 	cpuid
+	.endif
 	pushq %rax
 	movq 8(%rsp), %rax		/* out */
 	movq %rbx, 8(%rax)
@@ -302,6 +312,20 @@ cpuid_canary:
 	popq %rbp
 	popq %rbx
 	ret
+	.endm
+
+	CPUID_CANARY cpuid_canary, 0
+	CPUID_CANARY cpuid_canary_cpl0, 1
+
+/* #UD entry: the CPL-0 CPUID service for ring-3 threads, else the ordinary stub for vector 6. */
+	.globl ud_entry
+ud_entry:
+	cmpq $cpl0_cpuid_ud2, (%rsp)	/* the faulting RIP (no error code for #UD) */
+	jne 1f
+	cpuid
+	addq $2, (%rsp)			/* past the ud2 */
+	iretq
+1:	jmp isr_stubs + 16 * 6
 
 /* ---- Data: GDT (TSS descriptors filled per CPU), boot variables, page tables ---- */
 	.section .data

@@ -77,6 +77,7 @@ static __attribute__((noinline)) int run_caught(struct ctx *x, exec_fn fn, const
 }
 
 void cpuid_canary(u64 rax_in, u64 rcx_in, u64 canary, u64 out[15]);
+void cpuid_canary_cpl0(u64 rax_in, u64 rcx_in, u64 canary, u64 out[15]);
 
 static void exec_cpuid(struct ctx *x, const void *op, u8 *res)
 {
@@ -84,7 +85,12 @@ static void exec_cpuid(struct ctx *x, const void *op, u8 *res)
 	struct res_cpuid *r = (struct res_cpuid *)res;
 	u64 regs[15];
 	u64 hi = x->canary & 0xffffffff00000000ul;
-	cpuid_canary(hi | o->leaf, hi | o->subleaf, x->canary, regs);
+	/* A CPL-0 query from a ring-3 thread goes through ring 0's #UD service; otherwise CPUID runs
+	 * right here (the interpreter refused a CPL-3 query in a ring-0 thread). */
+	if (o->cpl == 0 && cpl() == 3)
+		cpuid_canary_cpl0(hi | o->leaf, hi | o->subleaf, x->canary, regs);
+	else
+		cpuid_canary(hi | o->leaf, hi | o->subleaf, x->canary, regs);
 	r->rax = regs[0];
 	r->rbx = regs[1];
 	r->rcx = regs[2];
@@ -266,6 +272,10 @@ void run_thread(struct cpu *c, u32 index)
 			continue;
 		case OP_CPUID: {
 			DECODE(op_cpuid, o);
+			if (o.cpl != 0 && o.cpl != 3)
+				goto bad_op;
+			if (o.cpl == 3 && cpl() == 0)
+				goto bad_op;
 			u8 *r = record_begin(&x, opcode, PAYLOAD(cpuid));
 			if (!r)
 				goto overflow;

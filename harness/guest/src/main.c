@@ -48,6 +48,8 @@ static void load_idt(void)
 	asm volatile("lidt %0" ::"m"(p));
 }
 
+extern char ud_entry[];
+
 static void setup_idt(void)
 {
 	for (int v = 0; v < 256; v++) {
@@ -55,6 +57,8 @@ static void setup_idt(void)
 		int ist = (v == 2 || v == 8 || v == 18) ? 1 : 0;
 		set_idt_entry(v, (u64)isr_stubs + 16 * v, ist);
 	}
+	/* #UD first checks for the CPL-0 CPUID service (entry.S ud_entry). */
+	set_idt_entry(6, (u64)ud_entry, 0);
 }
 
 static void setup_tss(struct cpu *c)
