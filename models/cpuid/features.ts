@@ -271,3 +271,50 @@ export const DYNAMIC_FEATURE_NAMES: readonly string[] = Object.keys(DYNAMIC);
 export function featureBitsNamed(name: string): CpuidFeatureBit[] {
   return CPUID_FEATURE_BITS.filter((b) => b.name === name);
 }
+
+/**
+ * One entry of an x86 vCPU's QOM property 'filtered-features' (QAPI X86CPUFeatureWordInfo): the
+ * bits of one CPUID feature word that the CPU model asked for but QEMU removed when it realized the
+ * vCPU, because the accelerator cannot provide them (QEMU 7.2 target/i386/cpu.c
+ * x86_cpu_filter_features(): TCG keeps only the TCG_*_FEATURES masks; KVM only what
+ * KVM_GET_SUPPORTED_CPUID reports; each removal prints "TCG doesn't support requested feature" /
+ * "host doesn't support requested feature"). query-cpu-model-expansion does NOT apply this
+ * filtering: it describes the model, not the realized vCPU ([T] -cpu EPYC-v3 under TCG: the
+ * expansion says rdseed, sha-ni, xsavec, xsaves, topoext, clzero, ... = true; the guest reads 0, and
+ * qom-get of those properties on the realized vCPU says false). Read it with
+ * `qom-get {path: <query-cpus-fast qom-path>, property: 'filtered-features'}`.
+ */
+export interface FeatureWordInfo {
+  readonly 'cpuid-input-eax': number;
+  readonly 'cpuid-input-ecx'?: number;
+  readonly 'cpuid-register': string;
+  readonly features: number;
+}
+
+/** The bits of (leaf, subleaf, reg) that QEMU filtered out ('filtered-features'); subleaf counts only for words that carry one. */
+export function filteredBits(words: readonly FeatureWordInfo[] | undefined, leaf: number, subleaf: number, reg: CpuidReg): number {
+  let m = 0;
+  for (const w of words ?? []) {
+    if (w['cpuid-input-eax'] >>> 0 !== leaf >>> 0 || w['cpuid-register'].toLowerCase() !== reg) continue;
+    const ecx = w['cpuid-input-ecx'];
+    if (ecx !== undefined && ecx >>> 0 !== subleaf >>> 0) continue;
+    m |= w.features >>> 0;
+  }
+  return m >>> 0;
+}
+
+/** The table names of the filtered bits (for messages); bits the table does not name are given as leaf.reg[bit]. */
+export function filteredFeatureNames(words: readonly FeatureWordInfo[]): string[] {
+  const out: string[] = [];
+  for (const w of words) {
+    for (let bit = 0; bit < 32; bit++) {
+      if (!((w.features >>> bit) & 1)) continue;
+      const reg = w['cpuid-register'].toLowerCase();
+      const hit = CPUID_FEATURE_BITS.find(
+        (b) => b.leaf === w['cpuid-input-eax'] >>> 0 && b.reg === reg && b.bit === bit && (w['cpuid-input-ecx'] === undefined || b.subleaf === w['cpuid-input-ecx']),
+      );
+      out.push(hit ? hit.name : `0x${(w['cpuid-input-eax'] >>> 0).toString(16)}.${reg}[${bit}]`);
+    }
+  }
+  return out;
+}

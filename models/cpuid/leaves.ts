@@ -16,6 +16,12 @@
  *      strace of the KVM_SET_CPUID2 ioctl (`strace -f -v -e trace=ioctl qemu-system-x86_64 -M pc
  *      -accel kvm -cpu host -smp 2 -S ...`). The per-leaf subleaf sets below match it.
  *  [D] /work/shared/reference/kvm-rules-and-peers.md §D.4, which agrees with this file.
+ *  [T] Checked on this machine under -accel tcg: QEMU 7.2.22, -M microvm -smp 2, kvmprop's guest
+ *      at CPL 3, -cpu EPYC-v3 (AuthenticAMD, level 0xD, xlevel 0x8000001E, xlevel2 0),
+ *      Skylake-Client-v3 (GenuineIntel, level 0xD, xlevel 0x80000008), max, and variants with
+ *      xlevel2=0xc0000002, tcg-cpuid=off, -apic, vendor=… . [S] runs with ring0 give KVM's answer.
+ *  [I] Intel SDM Vol. 2A, CPUID (Table 3-8 and the "INPUT EAX = …" notes); [A] AMD APM Vol. 3,
+ *      Appendix E (CPUID). KVM's own comment in get_out_of_range_cpuid_entry() summarises both.
  *
  * ─── What KVM does on a CPUID exit (Linux 6.18: kvm_emulate_cpuid → kvm_cpuid) ─────────────
  *  0. CPUID faulting: if the guest enabled it (MSR_MISC_FEATURES_ENABLES bit 0) and CPL > 0,
@@ -75,6 +81,27 @@
  *   - KVM clears KVM_FEATURE_PV_UNHALT when HLT exits are disabled. Newer kernels do this once
  *     at KVM_SET_CPUID2 (kvm_apply_cpuid_pv_features_quirk), older ones at each runtime update.
  *     The result is the same.
+ *
+ * ─── What QEMU 7.2 does under TCG (answerer 'qemu-tcg') ────────────────────────────────────
+ *  target/i386/tcg/misc_helper.c helper_cpuid() → target/i386/cpu.c cpu_x86_cpuid(EAX, ECX) on
+ *  every CPUID; the 32-bit results are zero-extended into RAX..RDX. No table, so:
+ *   a. LIMIT (QEMU_TCG_CLASSES): F >= 0xC0000000 → xlevel2; F >= 0x80000000 → xlevel;
+ *      F >= 0x40000000 → the constant 0x40000001; else level. F > limit → F := level, ECX kept,
+ *      for EVERY vendor: no AMD zero rule, no per-0x100 hypervisor blocks, no "class exists" test.
+ *      With xlevel2 = 0 (every built-in 7.2 model) all of 0xC0000000..0xFFFFFFFF is out of range.
+ *      [T] EPYC-v3: CPUID(0xC0000000,1) = CPUID(0x80000023,1) = CPUID(0x40000002,1) = CPUID(0xD,1).
+ *   b. The switch computes F; functions it does not list read zeros ("reserved values: zero"),
+ *      which matches KVM's "in range but missing reads zero". ECX can matter only for
+ *      INDEXED_LEAVES' functions (cases 4, 7, 0xB, 0xD, 0x12, 0x14, 0x1D, 0x1E, 0x1F, 0x8000001D);
+ *      each returns zeros for subleaves it does not define, and 0xB/0x1F echo ECX[7:0] with
+ *      EDX = APIC ID for undefined subleaves (the same values as KVM's step-5 rule).
+ *   c. 0x40000000 = {0x40000001, "TCGT", "CGTC", "GTCG"} while tcg-cpuid=on (default), else zeros;
+ *      0x40000001 = zeros. The FEAT_KVM bits and the KVM signature exist only in KVM's table.
+ *   d. Dynamic bits are computed at each CPUID from QEMU's own state: OSXSAVE = XSAVE && CR4.OSXSAVE,
+ *      OSPKE = PKU && CR4.PKE, APIC = FEAT_1_EDX (cleared by apic_set_base() on disable),
+ *      0xD.0:EBX = xsave_area_size(XCR0). See DYNAMIC_FIELDS.qemuTcg.
+ *   e. Feature words are those of the REALIZED vCPU: x86_cpu_filter_features() drops what TCG
+ *      cannot do, which query-cpu-model-expansion does not show (features.ts FeatureWordInfo).
  *
  * ─── How QEMU 7.2 builds the table (kvm_arch_init_vcpu) ────────────────────────────────────
  *  Order: hypervisor leaves first, then basic 0..level, then extended 0x80000000..xlevel, then
@@ -222,6 +249,13 @@ export interface PerCpuField {
   mask: number;
   what: string;
   citation: string;
+  /**
+   * Which vendors' manuals define the field (Intel SDM Vol. 2A CPUID; AMD APM Vol. 3 Appendix E).
+   * Documentation only: QEMU 7.2 fills every field below for every guest vendor whenever the leaf is
+   * in range (cpu_x86_cpuid() has no vendor test in cases 1, 0xB, 0x1F, 0x8000001E), under KVM and
+   * under TCG alike, so perCpuFields() selects the same set for both vendors.
+   */
+  definedBy: readonly ('intel' | 'amd')[];
 }
 
 export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
@@ -232,6 +266,7 @@ export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
     mask: 0xff000000,
     what: 'initial APIC ID (bits 31:24); bits 23:16 (logical CPUs per package) and 15:8 (CLFLUSH size) are the same on all vCPUs',
     citation: 'QEMU 7.2 cpu_x86_cpuid() case 1: EBX = apic_id << 24 | …; [S] vCPU0 0x00020800 vs vCPU1 0x01020800',
+    definedBy: ['intel', 'amd'],
   },
   {
     leaf: 0xb,
@@ -241,6 +276,7 @@ export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
     what: 'x2APIC ID, in every subleaf including undefined ones (KVM copies it from subleaf 1)',
     citation:
       'QEMU 7.2 cpu_x86_cpuid() case 0xB: EDX = apic_id; Linux kvm_cpuid() 0xB/0x1F miss path; [S] EDX = 0 vs 1 across vCPUs',
+    definedBy: ['intel', 'amd'],
   },
   {
     leaf: 0x1f,
@@ -249,6 +285,7 @@ export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
     mask: 0xffffffff,
     what: 'x2APIC ID, in every subleaf including undefined ones, when QEMU exposes 0x1F (dies > 1)',
     citation: 'QEMU 7.2 cpu_x86_cpuid() case 0x1F: EDX = apic_id; Linux kvm_cpuid() 0xB/0x1F miss path; [S] dies=2 run',
+    definedBy: ['intel'],
   },
   {
     leaf: 0x8000001e,
@@ -256,7 +293,10 @@ export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
     reg: 'eax',
     mask: 0xffffffff,
     what: 'extended APIC ID (AMD topology leaf; present only when xlevel >= 0x8000001E)',
-    citation: 'QEMU 7.2 cpu.c encode_topo_cpuid8000001e(): EAX = apic_id; [S] -cpu EPYC,topoext=on vCPU3 EAX = 3',
+    citation:
+      'QEMU 7.2 cpu.c encode_topo_cpuid8000001e(): EAX = apic_id (no vendor test in cpu_x86_cpuid() case 0x8000001E); ' +
+      '[S] -cpu EPYC,topoext=on vCPU3 EAX = 3; [T] EPYC-v3 vCPU1 EAX = 1; [S] host,vendor=GenuineIntel vCPU1 EAX = 1',
+    definedBy: ['amd'],
   },
   {
     leaf: 0x8000001e,
@@ -265,6 +305,7 @@ export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
     mask: 0x000000ff,
     what: 'compute-unit / core ID (bits 7:0); bits 15:8 (threads per core − 1) are the same on all vCPUs',
     citation: 'QEMU 7.2 cpu.c encode_topo_cpuid8000001e(): EBX = (threads_per_core-1) << 8 | core_id; [S] vCPU3 EBX = 0x101',
+    definedBy: ['amd'],
   },
   {
     leaf: 0x8000001e,
@@ -273,6 +314,7 @@ export const PER_CPU_FIELDS: readonly PerCpuField[] = Object.freeze([
     mask: 0x000000ff,
     what: 'node ID (bits 7:0, = APIC ID >> die offset); bits 10:8 (nodes per package − 1) are the same on all vCPUs',
     citation: 'QEMU 7.2 cpu.c encode_topo_cpuid8000001e(): ECX = (dies_per_pkg-1) << 8 | (apic_id >> die_offset) & 0xff',
+    definedBy: ['amd'],
   },
 ]);
 
@@ -284,6 +326,8 @@ export interface DynamicField {
   mask: number;
   dependsOn: string;
   citation: string;
+  /** What QEMU 7.2 cpu_x86_cpuid() does with the field when it answers itself (-accel tcg). */
+  qemuTcg: string;
 }
 
 const K_RUNTIME = 'Linux 6.18 arch/x86/kvm/cpuid.c kvm_update_cpuid_runtime()';
@@ -296,6 +340,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
     mask: 1 << 27,
     dependsOn: 'CR4.OSXSAVE (CR4 bit 18): OSXSAVE = CR4.OSXSAVE',
     citation: `${K_RUNTIME} (X86_FEATURE_OSXSAVE)`,
+    qemuTcg: 'case 1: set iff FEAT_1_ECX has XSAVE and env->cr[4] has CR4.OSXSAVE',
   },
   {
     leaf: 0x1,
@@ -304,6 +349,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
     mask: 1 << 9,
     dependsOn: 'IA32_APIC_BASE.EN (MSR 0x1B bit 11): APIC = APIC_BASE.EN',
     citation: `${K_RUNTIME} (X86_FEATURE_APIC)`,
+    qemuTcg: 'case 1: EDX = FEAT_1_EDX, i.e. the apic property; hw/intel/apic.c apic_set_base() clears it (cpu_clear_apic_feature()) when the guest disables the APIC. [T] -apic: EDX[9] = 0 with the APIC enabled',
   },
   {
     leaf: 0x1,
@@ -314,6 +360,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
       'IA32_MISC_ENABLE bit 18 (ENABLE_MONITOR_FSM), but only if the VMM disabled KVM_X86_QUIRK_MISC_ENABLE_NO_MWAIT; ' +
       'QEMU 7.2 does not, so under QEMU 7.2 the bit is fixed',
     citation: `${K_RUNTIME} (X86_FEATURE_MWAIT, quirk-gated)`,
+    qemuTcg: 'case 1: FEAT_1_ECX as realized; fixed',
   },
   {
     leaf: 0x7,
@@ -322,6 +369,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
     mask: 1 << 4,
     dependsOn: 'CR4.PKE (CR4 bit 22): OSPKE = CR4.PKE',
     citation: `${K_RUNTIME} (X86_FEATURE_OSPKE)`,
+    qemuTcg: 'case 7: set iff FEAT_7_0_ECX has PKU and env->cr[4] has CR4.PKE',
   },
   {
     leaf: 0x7,
@@ -332,6 +380,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
       'IA32_TSX_CTRL (MSR 0x122) bit 1 TSX_CPUID_CLEAR: while set, HLE (bit 4) and RTM (bit 11) read 0 ' +
       '(needs tsx-ctrl in ARCH_CAPABILITIES for the guest to be able to write the MSR)',
     citation: 'Linux 6.18 arch/x86/kvm/cpuid.c kvm_cpuid(), function == 7 && index == 0 fix-up',
+    qemuTcg: 'case 7: FEAT_7_0_EBX as realized, no IA32_TSX_CTRL test; fixed',
   },
   {
     leaf: 0xd,
@@ -340,6 +389,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
     mask: 0xffffffff,
     dependsOn: 'XCR0: size in bytes of the standard-format XSAVE area for the components enabled in XCR0',
     citation: `${K_RUNTIME}: EBX = xstate_required_size(xcr0, false)`,
+    qemuTcg: 'case 0xD: EBX = xsave_area_size(env->xcr0, false) (KVM-built tables start with EBX = ECX)',
   },
   {
     leaf: 0xd,
@@ -350,6 +400,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
       'XCR0 | IA32_XSS: size of the compacted XSAVE area (Linux ≥ 6.18; XCR0 only in older kernels); only when ' +
       '0xD.1:EAX has XSAVEC or XSAVES and QEMU passed subleaf 1',
     citation: `${K_RUNTIME}: EBX = xstate_required_size(xcr0 | ia32_xss, true)`,
+    qemuTcg: 'case 0xD: EBX = xsave_area_size(the model\'s XCR0|XSS components, true); fixed for the VM',
   },
   {
     leaf: 0x80000007,
@@ -360,6 +411,7 @@ export const DYNAMIC_FIELDS: readonly DynamicField[] = Object.freeze([
       'HV_X64_MSR_TSC_INVARIANT_CONTROL (0x40000118) bit 0, only when Hyper-V TSC-invariant control is exposed; ' +
       'QEMU 7.2 never exposes it, so the bit is fixed there',
     citation: 'Linux 6.18 arch/x86/kvm/cpuid.c kvm_cpuid(), function == 0x80000007 fix-up (kvm_hv_invtsc_suppressed)',
+    qemuTcg: 'case 0x80000007: EDX = FEAT_8000_0007_EDX; fixed',
   },
 ]);
 
@@ -388,7 +440,207 @@ export function cpuidClassBase(leaf: number): number {
 /** Vendor strings (CPUID.0 EBX‖EDX‖ECX) for which KVM never redirects out-of-range leaves. */
 const ZERO_RULE_VENDORS: ReadonlySet<string> = new Set(['AuthenticAMD', 'AMDisbetter!', 'HygonGenuine']);
 
-/** Out-of-range rule (get_out_of_range_cpuid_entry) for each guest vendor: 'max-basic' (Intel and others: the max basic leaf's entry, keeping the requested ECX) or 'zero' (AMD, Hygon). */
-export function outOfRangeRule(vendor: string): 'max-basic' | 'zero' {
-  return ZERO_RULE_VENDORS.has(vendor) ? 'zero' : 'max-basic';
+/** The two vendor families KVM's out-of-range rule tells apart, plus the rest. */
+export type VendorClass = 'intel' | 'amd' | 'other';
+
+/**
+ * 'amd' = the vendors KVM treats with AMD semantics: AuthenticAMD, AMDisbetter! (is_guest_vendor_amd())
+ * and HygonGenuine (is_guest_vendor_hygon()), Linux arch/x86/include/asm/kvm_emulate.h. 'intel' =
+ * GenuineIntel. 'other' (CentaurHauls, "  Shanghai  ", anything else) gets Intel semantics from KVM.
+ */
+export function vendorClass(vendor: string): VendorClass {
+  if (vendor === 'GenuineIntel') return 'intel';
+  return ZERO_RULE_VENDORS.has(vendor) ? 'amd' : 'other';
 }
+
+/**
+ * Who answers the guest's CPUID instruction.
+ *  - 'kvm': Linux arch/x86/kvm/cpuid.c kvm_emulate_cpuid() → kvm_cpuid(), looking the function up in
+ *    the table QEMU passed with KVM_SET_CPUID2 (steps 0–6 in the header). QEMU's cpu_x86_cpuid()
+ *    only built that table.
+ *  - 'qemu-tcg': under -accel tcg QEMU answers by itself. QEMU 7.2 target/i386/tcg/misc_helper.c
+ *    helper_cpuid() calls cpu_x86_cpuid(env, (uint32_t)EAX, (uint32_t)ECX, …) for every CPUID and
+ *    writes the four 32-bit results into RAX..RDX (bits 63:32 zero). Nothing filters them: no table,
+ *    no first-match lookup, no AMD zero rule. target/i386/cpu.c cpu_x86_cpuid() first clamps the
+ *    function (QEMU_TCG_CLASSES), then a switch computes the output from QEMU's own state (CPU
+ *    model, -smp topology, the vCPU's CR4 and XCR0); a function the switch does not know reads zeros.
+ */
+export type CpuidAnswerer = 'kvm' | 'qemu-tcg';
+
+export const ANSWERERS: Readonly<Record<CpuidAnswerer, { what: string; citation: string }>> = Object.freeze({
+  kvm: {
+    what: 'KVM answers from the KVM_SET_CPUID2 table QEMU built (exact lookup, then get_out_of_range_cpuid_entry())',
+    citation: 'Linux arch/x86/kvm/cpuid.c kvm_emulate_cpuid(), kvm_cpuid(), get_out_of_range_cpuid_entry() (v5.16 … v6.18)',
+  },
+  'qemu-tcg': {
+    what: 'QEMU answers every CPUID itself with cpu_x86_cpuid(EAX, ECX) (clamp to the class limit, then compute)',
+    citation: 'QEMU 7.2 target/i386/tcg/misc_helper.c helper_cpuid(); target/i386/cpu.c cpu_x86_cpuid()',
+  },
+});
+
+/** What -accel gives which answerer: kvm → 'kvm', tcg → 'qemu-tcg'. */
+export function answererForAccel(accel: 'kvm' | 'tcg'): CpuidAnswerer {
+  return accel === 'tcg' ? 'qemu-tcg' : 'kvm';
+}
+
+/** How each answerer treats a function outside its class's range, per guest vendor. */
+export interface OutOfRangeRuleEntry {
+  answerer: CpuidAnswerer;
+  vendors: readonly VendorClass[];
+  rule: 'max-basic' | 'zero';
+  /** When a function is out of range for this answerer. */
+  outOfRange: string;
+  citation: string;
+}
+
+export const OUT_OF_RANGE_RULES: readonly OutOfRangeRuleEntry[] = Object.freeze([
+  {
+    answerer: 'kvm',
+    vendors: ['intel', 'other'],
+    rule: 'max-basic',
+    outOfRange:
+      'no exact entry, and the class (CPUID_CLASSES) has no base entry or F > base.EAX. Each 0x100 block of 0x4000_0000 ' +
+      'is its own class; the Centaur class (F >= 0xC000_0000) exists only if QEMU passed 0xC000_0000, i.e. xlevel2 > 0. ' +
+      'Answer: the entry (CPUID.0:EAX, ECX as requested), zeros if QEMU left that entry out',
+    citation:
+      'Linux arch/x86/kvm/cpuid.c get_out_of_range_cpuid_entry(): "Intel CPUID semantics treats any query for an ' +
+      'out-of-range leaf as if the highest basic leaf (i.e. CPUID.0H:EAX) were requested ... Centaur/VIA follows Intel ' +
+      'semantics"; Intel SDM Vol. 2A CPUID: "the data for the highest basic information leaf is returned"; ' +
+      '[S] host,vendor=GenuineIntel,level=13 ring 0: CPUID(0xC0000000,1) = CPUID(0x40000100,0)… = CPUID(0xD,·)',
+  },
+  {
+    answerer: 'kvm',
+    vendors: ['amd'],
+    rule: 'zero',
+    outOfRange:
+      'no exact entry: get_out_of_range_cpuid_entry() returns NULL for an AMD/Hygon vendor before it looks at any class, ' +
+      'so every missing function reads zeros: above a class max, in a hypervisor block with no base entry, and at ' +
+      '0xC000_0000.. when QEMU passed no Centaur entry (xlevel2 = 0)',
+    citation:
+      'Linux arch/x86/kvm/cpuid.c get_out_of_range_cpuid_entry(): is_guest_vendor_amd() || is_guest_vendor_hygon() → ' +
+      'return NULL; "AMD CPUID semantics returns all zeroes for any undefined leaf, whether or not the leaf is in range"; ' +
+      '[S] host (AuthenticAMD) ring 0: CPUID(0xC0000000), (0x80000023), (0x40000002), (0x30) all zero',
+  },
+  {
+    answerer: 'qemu-tcg',
+    vendors: ['intel', 'amd', 'other'],
+    rule: 'max-basic',
+    outOfRange:
+      'F above its QEMU_TCG_CLASSES limit (level, 0x40000001, xlevel or xlevel2; the table plays no part): ' +
+      'F := cpuid_level with ECX kept, for every vendor. With xlevel2 = 0 every F >= 0xC000_0000 is out of range',
+    citation:
+      'QEMU 7.2 target/i386/cpu.c cpu_x86_cpuid(): "Calculate & apply limits for different index ranges" then ' +
+      '"if (index > limit) { /* Intel documentation states that invalid EAX input will return the same information as ' +
+      'EAX=cpuid_level */ index = env->cpuid_level; }" (no vendor test); [T] EPYC-v3 (AuthenticAMD): ' +
+      'CPUID(0xC0000000,1) = CPUID(0x80000023,1)… = CPUID(0xD,1) = {5, 0x340, 0, 0}',
+  },
+]);
+
+/**
+ * The out-of-range rule for a guest vendor: 'max-basic' (the max basic leaf's output, keeping the
+ * requested ECX) or 'zero'. `answerer` defaults to 'kvm', the rule this function had before answerers.
+ */
+export function outOfRangeRule(vendor: string, answerer: CpuidAnswerer = 'kvm'): 'max-basic' | 'zero' {
+  const v = vendorClass(vendor);
+  const e = OUT_OF_RANGE_RULES.find((r) => r.answerer === answerer && r.vendors.includes(v));
+  if (!e) throw new Error(`no out-of-range rule for answerer ${answerer}, vendor ${vendor}`);
+  return e.rule;
+}
+
+/** QEMU 7.2 TCG's classes: cpu_x86_cpuid()'s limit for each range of functions. */
+export const QEMU_TCG_CLASSES: readonly {
+  name: 'basic' | 'hypervisor' | 'extended' | 'centaur';
+  from: number;
+  to: number;
+  limitOf: string;
+}[] = Object.freeze([
+  { name: 'basic', from: 0x00000000, to: 0x3fffffff, limitOf: "env->cpuid_level (expansion 'level')" },
+  {
+    name: 'hypervisor',
+    from: 0x40000000,
+    to: 0x7fffffff,
+    limitOf: 'the constant 0x40000001 ("else if (index >= 0x40000000) limit = 0x40000001"); so 0x5000_0000–0x7fff_ffff are out of range too',
+  },
+  { name: 'extended', from: 0x80000000, to: 0xbfffffff, limitOf: "env->cpuid_xlevel (expansion 'xlevel')" },
+  { name: 'centaur', from: 0xc0000000, to: 0xffffffff, limitOf: "env->cpuid_xlevel2 (expansion 'xlevel2'; 0 for every built-in 7.2 model)" },
+]);
+
+/** The limit QEMU 7.2 TCG compares `leaf` with (cpu_x86_cpuid()), given level/xlevel/xlevel2. */
+export function qemuTcgLimit(leaf: number, max: { basic: number; extended: number; centaur: number }): number {
+  const f = leaf >>> 0;
+  if (f >= 0xc0000000) return max.centaur >>> 0;
+  if (f >= 0x80000000) return max.extended >>> 0;
+  if (f >= 0x40000000) return 0x40000001;
+  return max.basic >>> 0;
+}
+
+/** QEMU 7.2 cpu_x86_cpuid() case 0x40000000 under TCG with tcg-cpuid=on (the default): EAX = 0x40000001, "TCGTCGTCGTCG". */
+export const QEMU_TCG_SIGNATURE = Object.freeze({ eax: 0x40000001, ebx: 0x54474354, ecx: 0x43544743, edx: 0x47435447 });
+
+/**
+ * The per-vCPU fields for a guest vendor and answerer. QEMU 7.2 fills all of PER_CPU_FIELDS for every
+ * vendor, and both answerers take their values from cpu_x86_cpuid(), so the set is the same for all
+ * four combinations; only the leaves' ranges differ (an Intel model's xlevel is normally below
+ * 0x8000001E, making that leaf out of range). [T]/[S]: an Intel vendor with xlevel 0x80000022 (host,
+ * vendor=GenuineIntel under KVM) shows CPUID.8000001E:EAX = 0 / 1 on vCPU 0 / 1.
+ */
+export function perCpuFields(vendor: string, answerer: CpuidAnswerer = 'kvm'): readonly PerCpuField[] {
+  // A function of (vendor, answerer) so that a VMM or kernel that differs can be told apart here;
+  // for QEMU 7.2 under KVM or TCG the answer does not depend on either.
+  void vendor;
+  void answerer;
+  return PER_CPU_FIELDS;
+}
+
+/**
+ * Topology-derived fields that are the SAME on every vCPU (from -smp, not from the vCPU): the
+ * calibration table's vCPU-0 value holds for all vCPUs. `vendors` says for which guest vendors
+ * QEMU 7.2 fills the field; `definedBy` which vendors' manuals define it.
+ */
+export interface TopologyField {
+  leaf: number;
+  subleaf: number | 'any';
+  reg: CpuidReg;
+  mask: number;
+  what: string;
+  vendors: readonly VendorClass[];
+  definedBy: readonly ('intel' | 'amd')[];
+  citation: string;
+}
+
+const Q_CPUID = 'QEMU 7.2 target/i386/cpu.c cpu_x86_cpuid()';
+
+export const TOPOLOGY_FIELDS: readonly TopologyField[] = Object.freeze([
+  {
+    leaf: 0x1, subleaf: 'any', reg: 'ebx', mask: 0x00ff0000,
+    what: 'logical processors per package (cores × threads) when > 1; CPUID.1:EDX[28] (HT) is set with it',
+    vendors: ['intel', 'amd', 'other'], definedBy: ['intel', 'amd'],
+    citation: `${Q_CPUID} case 1: if (nr_cores * nr_threads > 1) EBX |= … << 16, EDX |= CPUID_HT; [T] -smp 2: EBX[23:16] = 2 for EPYC-v3 and Skylake-Client-v3`,
+  },
+  {
+    leaf: 0xb, subleaf: 'any', reg: 'eax', mask: 0x1f,
+    what: 'subleaf 0: APIC-ID shift to the core level (SMT width); subleaf 1: shift to the package level; EBX = logical processors at that level, ECX[15:8] = level type',
+    vendors: ['intel', 'amd', 'other'], definedBy: ['intel', 'amd'],
+    citation: `${Q_CPUID} case 0xB (no vendor test; cpuid-0xb=off gives zeros): [T] EPYC-v3 and Skylake-Client-v3 -smp 2: 0xB.0 = {0, 1, 0x100}, 0xB.1 = {1, 2, 0x201}`,
+  },
+  {
+    leaf: 0x80000001, subleaf: 'any', reg: 'ecx', mask: 1 << 1,
+    what: 'CmpLegacy: set for every non-Intel vendor when cores × threads > 1, whatever the cmp-legacy property says',
+    vendors: ['amd', 'other'], definedBy: ['amd'],
+    citation: `${Q_CPUID} case 0x80000001: "don't set it here for Intel to make Linux guests happy"`,
+  },
+  {
+    leaf: 0x80000008, subleaf: 'any', reg: 'ecx', mask: 0x0000f0ff,
+    what: 'NC (bits 7:0, threads per package − 1) and ApicIdSize (bits 15:12, apicid_pkg_offset) when cores × threads > 1, else 0',
+    vendors: ['intel', 'amd', 'other'], definedBy: ['amd'],
+    citation:
+      `${Q_CPUID} case 0x80000008: ECX = (apicid_pkg_offset << 12) | (nr_cores * nr_threads - 1) (no vendor test; the SDM ` +
+      'calls ECX reserved); [T] EPYC-v3 and Skylake-Client-v3 -smp 2: 0x1001; [S] KVM host -smp 2: 0x1001',
+  },
+  {
+    leaf: 0x8000001e, subleaf: 'any', reg: 'ebx', mask: 0x0000ff00,
+    what: 'threads per compute unit − 1 (bits 15:8); ECX bits 10:8 likewise carry nodes per package − 1',
+    vendors: ['intel', 'amd', 'other'], definedBy: ['amd'],
+    citation: 'QEMU 7.2 cpu.c encode_topo_cpuid8000001e(), reached for any vendor whenever xlevel >= 0x8000001E',
+  },
+]);

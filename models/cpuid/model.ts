@@ -6,12 +6,21 @@
  *  - `expansionBits`: bits fixed by QEMU's description of the CPU model — vendor and max leaves,
  *    the model-id brand string, family/model/stepping, every feature flag (features.ts), the KVM
  *    signature. These come from QEMU, not from the guest.
- *  - `ruleValue`: the full output, derived by KVM's lookup rules (leaves.ts header) from the
- *    calibration table: ECX ignored for non-indexed leaves, missing subleaves of indexed leaves
+ *  - `ruleValue`: the full output, derived by the answerer's lookup rules (leaves.ts header) from
+ *    the calibration table: ECX ignored for non-indexed leaves, missing subleaves of indexed leaves
  *    read zero, the 0xB/0x1F invalid-subleaf rule, out-of-range leaves redirected to the max basic
- *    leaf (Intel) or zeroed (AMD/Hygon), per-vCPU topology IDs.
+ *    leaf or zeroed, per-vCPU topology IDs.
  * The table only holds leaves within range and subleaves 0..63 of indexed leaves, gathered once on
  * vCPU 0; everything else a workload asks is predicted from it by the rules.
+ *
+ * Who answers (CpuidFacts.answerer, leaves.ts ANSWERERS) decides the range rules:
+ *  - 'kvm' (Linux arch/x86/kvm/cpuid.c kvm_cpuid()): a function is in range when its class's base
+ *    entry exists and F <= base.EAX; each 0x100 hypervisor block and the Centaur range are classes
+ *    only when their base entry exists. Out of range: the max basic leaf for Intel and other vendors,
+ *    zeros for AMD/Hygon (get_out_of_range_cpuid_entry()).
+ *  - 'qemu-tcg' (QEMU 7.2 target/i386/cpu.c cpu_x86_cpuid(), called by helper_cpuid()): fixed
+ *    limits level / 0x40000001 / xlevel / xlevel2, and anything above is answered as the max basic
+ *    leaf, whatever the vendor (no zero rule). 0x40000000 carries "TCGTCGTCGTCG", not "KVMKVMKVM".
  *
  * Architectural facts used (Intel SDM Vol. 2A, CPUID):
  *  - "If a value entered for CPUID.EAX is higher than the maximum input value for basic or extended
@@ -22,9 +31,26 @@
  *    modes." Only RAX..RDX change.
  *  - CPUID.1:ECX.OSXSAVE[bit 27] reflects CR4.OSXSAVE; CPUID.7.0:ECX.OSPKE[bit 4] reflects CR4.PKE;
  *    CPUID.1:EDX.APIC[bit 9] is cleared while the APIC is globally disabled (IA32_APIC_BASE.EN).
+ *    (Vol. 2A Table 3-10 "Feature Information Returned in the ECX Register": OSXSAVE "A value of 1
+ *    indicates that the OS has set CR4.OSXSAVE[bit 18]"; Table 3-8, leaf 07H ECX bit 04 OSPKE "If 1,
+ *    OS has set CR4.PKE to enable protection keys".) A guest can set those CR4 bits only when
+ *    XSAVE / PKU is enumerated (SDM Vol. 3A 2.5 "Control Registers"; KVM kvm_is_valid_cr4(), QEMU
+ *    TCG cr4 reserved bits), and both answerers compute the bits as feature AND CR4 bit.
  */
-import { CPUID_FEATURE_BITS, NOT_QEMU_PROPERTIES, type CpuidReg } from './features.js';
-import { cpuidClassBase, isIndexedLeaf, outOfRangeRule, PER_CPU_FIELDS } from './leaves.js';
+import { CPUID_FEATURE_BITS, filteredBits, NOT_QEMU_PROPERTIES, type CpuidReg, type FeatureWordInfo } from './features.js';
+
+export type { FeatureWordInfo } from './features.js';
+import {
+  cpuidClassBase,
+  isIndexedLeaf,
+  outOfRangeRule,
+  perCpuFields,
+  qemuTcgLimit,
+  QEMU_TCG_SIGNATURE,
+  type CpuidAnswerer,
+} from './leaves.js';
+
+export type { CpuidAnswerer } from './leaves.js';
 
 export const REGS: readonly CpuidReg[] = ['eax', 'ebx', 'ecx', 'edx'];
 
@@ -55,9 +81,35 @@ export interface CpuidFacts {
   /** APIC ID of each vCPU (QEMU numbers them 0..n-1 for -smp n). */
   readonly apicIds: readonly number[];
   readonly guest: GuestCpuState;
+  /**
+   * Who answers the guest's CPUID (leaves.ts ANSWERERS; answererForAccel() maps -accel to it):
+   *  - 'kvm': Linux arch/x86/kvm/cpuid.c kvm_emulate_cpuid() → kvm_cpuid() over the KVM_SET_CPUID2
+   *    table that QEMU 7.2 target/i386/kvm/kvm.c kvm_arch_init_vcpu() built (-accel kvm);
+   *  - 'qemu-tcg': QEMU 7.2 target/i386/tcg/misc_helper.c helper_cpuid() → target/i386/cpu.c
+   *    cpu_x86_cpuid() on every CPUID (-accel tcg): QEMU's own CPUID is the reference there.
+   * Optional: when absent, answererOf() infers 'qemu-tcg' from a calibrated 0x40000000 that carries
+   * QEMU's TCG signature "TCGTCGTCGTCG" (only cpu_x86_cpuid() under TCG returns it), else 'kvm'.
+   * Set it explicitly when running TCG with tcg-cpuid=off.
+   */
+  readonly answerer?: CpuidAnswerer;
+  /**
+   * The realized vCPU's QOM 'filtered-features' (features.ts FeatureWordInfo): bits the model asks
+   * for that the accelerator cannot give. query-cpu-model-expansion still reports them as true, but
+   * the guest reads 0 (QEMU 7.2 x86_cpu_filter_features() runs at realize). Optional; without it a
+   * filtered feature is asserted as the expansion says, which fails under TCG for most named models.
+   */
+  readonly filteredFeatures?: readonly FeatureWordInfo[];
 }
 
 export const key = (leaf: number, subleaf: number) => `${leaf >>> 0}:${subleaf >>> 0}`;
+
+/** CpuidFacts.answerer, or what the calibration shows: QEMU's TCG signature at 0x40000000 means 'qemu-tcg'. */
+export function answererOf(facts: CpuidFacts): CpuidAnswerer {
+  if (facts.answerer) return facts.answerer;
+  const h = facts.table.get(key(0x4000_0000, 0));
+  const tcg = h !== undefined && h.ebx === QEMU_TCG_SIGNATURE.ebx && h.ecx === QEMU_TCG_SIGNATURE.ecx && h.edx === QEMU_TCG_SIGNATURE.edx;
+  return tcg ? 'qemu-tcg' : 'kvm';
+}
 
 function num(v: unknown, what: string): number {
   const n = typeof v === 'number' ? v : typeof v === 'string' ? Number(v) : NaN;
@@ -125,16 +177,47 @@ class MaskedBuilder {
   }
 }
 
-/** The effective (function, subleaf) KVM answers a query with, and whether it was redirected. */
-export function effectiveLeaf(facts: CpuidFacts, leaf: number, subleaf: number): { leaf: number; redirected: boolean; zeroed: boolean } {
+/**
+ * The effective function the answerer computes a query with: the function itself (in range), the
+ * max basic leaf (`redirected`), or nothing (`zeroed`: all four registers read zero). `rule` says
+ * which rule applied, with its source.
+ */
+export function effectiveLeaf(facts: CpuidFacts, leaf: number, subleaf: number): { leaf: number; redirected: boolean; zeroed: boolean; rule: string } {
   leaf >>>= 0;
   const vendor = vendorOf(facts.expansion);
+  const h = (n: number) => `0x${n.toString(16)}`;
+  if (answererOf(facts) === 'qemu-tcg') {
+    // QEMU 7.2 cpu_x86_cpuid(): limit by range, "if (index > limit) index = env->cpuid_level". No table, no vendor test.
+    const max = maxLeaves(facts.expansion);
+    const limit = qemuTcgLimit(leaf, max);
+    if (leaf <= limit) return { leaf, redirected: false, zeroed: false, rule: `leaf ${h(leaf)} is within QEMU's limit ${h(limit)}` };
+    return {
+      leaf: max.basic,
+      redirected: true,
+      zeroed: false,
+      rule: `leaf ${h(leaf)} is out of range (above QEMU's limit ${h(limit)}), so QEMU TCG answers with the max basic leaf ${h(max.basic)} for any vendor (QEMU 7.2 cpu_x86_cpuid(): index > limit → index = env->cpuid_level)`,
+    };
+  }
   const base = cpuidClassBase(leaf);
   const baseEntry = facts.table.get(key(base, 0));
   const inRange = baseEntry !== undefined && leaf <= baseEntry.eax && (base !== 0x4000_0000 || hypervisorBlockExists(facts, base));
-  if (inRange) return { leaf, redirected: false, zeroed: false };
-  if (outOfRangeRule(vendor) === 'zero') return { leaf, redirected: false, zeroed: true };
-  return { leaf: maxLeaves(facts.expansion).basic, redirected: true, zeroed: false };
+  if (inRange) return { leaf, redirected: false, zeroed: false, rule: `leaf ${h(leaf)} is within its class (base ${h(base)})` };
+  if (outOfRangeRule(vendor, 'kvm') === 'zero') {
+    return {
+      leaf,
+      redirected: false,
+      zeroed: true,
+      rule: `leaf ${h(leaf)} is out of range and the guest vendor is ${vendor.trim()}: all zeros (Linux kvm_cpuid(): get_out_of_range_cpuid_entry() returns NULL for AMD/Hygon)`,
+    };
+  }
+  const why = baseEntry === undefined || (base === 0x4000_0000 && !hypervisorBlockExists(facts, base)) ? `its class base ${h(base)} does not exist` : `above the class max ${h(baseEntry.eax)}`;
+  const top = maxLeaves(facts.expansion).basic;
+  return {
+    leaf: top,
+    redirected: true,
+    zeroed: false,
+    rule: `leaf ${h(leaf)} is out of range (${why}), so KVM answers with the max basic leaf ${h(top)} (Linux get_out_of_range_cpuid_entry(), Intel SDM Vol. 2A CPUID)`,
+  };
 }
 
 function hypervisorBlockExists(facts: CpuidFacts, base: number): boolean {
@@ -166,20 +249,33 @@ function computeExpansionBits(facts: CpuidFacts, leaf: number, subleaf: number, 
   const eff = effectiveLeaf(facts, leaf, subleaf);
   const x = facts.expansion;
   if (eff.zeroed) {
-    for (const r of REGS) b.set(r, 0xffffffff, 0, `out-of-range leaf reads zero for a ${vendorOf(x).trim()} guest`);
+    for (const r of REGS) b.set(r, 0xffffffff, 0, `out-of-range leaf reads zero for a ${vendorOf(x).trim()} guest under KVM`);
     return b.done();
   }
   const L = eff.leaf;
   const s = subleaf >>> 0;
   const vendor = vendorOf(x);
   const max = maxLeaves(x);
+  const tcg = answererOf(facts) === 'qemu-tcg';
   if (L === 0) {
     b.set('eax', 0xffffffff, max.basic, `max basic leaf = expansion 'level' (${max.basic})`);
     b.set('ebx', 0xffffffff, leU32(vendor, 0), `vendor '${vendor}'`);
     b.set('edx', 0xffffffff, leU32(vendor, 4), `vendor '${vendor}'`);
     b.set('ecx', 0xffffffff, leU32(vendor, 8), `vendor '${vendor}'`);
   }
-  if (L === 0x8000_0000) b.set('eax', 0xffffffff, max.extended, `max extended leaf = expansion 'xlevel' (0x${max.extended.toString(16)})`);
+  if (L === 0x8000_0000) {
+    b.set('eax', 0xffffffff, max.extended, `max extended leaf = expansion 'xlevel' (0x${max.extended.toString(16)})`);
+    // QEMU 7.2 cpu_x86_cpuid() case 0x80000000 repeats the vendor words for every vendor (an Intel
+    // CPU reports zeros there; QEMU does not), and kvm_arch_init_vcpu() passes them to KVM unchanged.
+    const what = `vendor '${vendor}' repeated in 0x80000000 (QEMU 7.2 cpu_x86_cpuid() case 0x80000000)`;
+    b.set('ebx', 0xffffffff, leU32(vendor, 0), what);
+    b.set('edx', 0xffffffff, leU32(vendor, 4), what);
+    b.set('ecx', 0xffffffff, leU32(vendor, 8), what);
+  }
+  if (L === 0xc000_0000 && max.centaur >= 0xc000_0000) {
+    // Reached only in range, i.e. xlevel2 >= 0xC0000000 (else 0xC0000000 is out of range for both answerers).
+    b.set('eax', 0xffffffff, max.centaur, `max Centaur leaf = expansion 'xlevel2' (0x${max.centaur.toString(16)}; QEMU 7.2 cpu_x86_cpuid() case 0xC0000000)`);
+  }
   if (L >= 0x8000_0002 && L <= 0x8000_0004 && typeof x['model-id'] === 'string') {
     const id = (x['model-id'] as string).padEnd(48, '\0').slice(0, 48);
     const at = (L - 0x8000_0002) * 16;
@@ -193,26 +289,89 @@ function computeExpansionBits(facts: CpuidFacts, leaf: number, subleaf: number, 
     b.set('eax', 0x0fff3fff, sig, `family ${family} model ${model} stepping ${stepping}`);
     const apic = facts.apicIds[vcpu] ?? vcpu;
     b.set('ebx', 0xff000000, apic << 24, `initial APIC ID of vCPU ${vcpu}`);
-    b.set('ecx', 1 << 27, facts.guest.osxsave ? 1 << 27 : 0, 'OSXSAVE follows CR4.OSXSAVE');
-    b.set('edx', 1 << 9, facts.guest.apicEnabled ? 1 << 9 : 0, 'APIC follows IA32_APIC_BASE.EN');
+    const osxsave = osxsaveBit(facts);
+    b.set('ecx', 1 << 27, osxsave.on ? 1 << 27 : 0, osxsave.what);
+    const apicBit = apicFeatureBit(facts);
+    b.set('edx', 1 << 9, apicBit.on ? 1 << 9 : 0, apicBit.what);
   }
-  if (L === 7 && s === 0) b.set('ecx', 1 << 4, facts.guest.pke ? 1 << 4 : 0, 'OSPKE follows CR4.PKE');
-  if (L === 0x4000_0000 && hypervisorBlockExists(facts, 0x4000_0000) && x.kvm !== false) {
+  if (L === 7 && s === 0) {
+    const ospke = ospkeBit(facts);
+    b.set('ecx', 1 << 4, ospke.on ? 1 << 4 : 0, ospke.what);
+  }
+  if (L === 0x4000_0000 && tcg) {
+    // QEMU 7.2 cpu_x86_cpuid() case 0x40000000: "if (tcg_enabled() && cpu->expose_tcg)" (property
+    // tcg-cpuid, default on) EAX = 0x40000001 and "TCGTCGTCGTCG", else zeros.
+    const on = x['tcg-cpuid'] !== false;
+    const what = on ? "QEMU TCG signature 'TCGTCGTCGTCG', EAX = 0x40000001 (QEMU 7.2 cpu_x86_cpuid() case 0x40000000)" : 'tcg-cpuid=off: 0x40000000 reads zeros (QEMU 7.2 cpu_x86_cpuid() case 0x40000000)';
+    for (const r of REGS) b.set(r, 0xffffffff, on ? QEMU_TCG_SIGNATURE[r] : 0, what);
+  } else if (L === 0x4000_0000 && hypervisorBlockExists(facts, 0x4000_0000) && x.kvm !== false) {
     b.set('ebx', 0xffffffff, 0x4b4d564b, "KVM signature 'KVMKVMKVM'");
     b.set('ecx', 0xffffffff, 0x564b4d56, "KVM signature 'KVMKVMKVM'");
     b.set('edx', 0xffffffff, 0x0000004d, "KVM signature 'KVMKVMKVM'");
   }
+  if (L === 0x4000_0001 && tcg) {
+    // QEMU 7.2 cpu_x86_cpuid() case 0x40000001: all zeros (the FEAT_KVM bits reach only KVM's table).
+    for (const r of REGS) b.set(r, 0xffffffff, 0, 'QEMU TCG answers 0x40000001 with zeros (QEMU 7.2 cpu_x86_cpuid() case 0x40000001)');
+    return b.done();
+  }
+  const filteredSub = isIndexedLeaf(L) ? s : 0;
   for (const f of FEATURES_BY_LEAF.get(L) ?? []) {
     if (f.dynamic || NOT_QEMU_PROPERTIES.has(f.name)) continue;
     if (isIndexedLeaf(L) && f.subleaf !== s) continue;
     const v = x[f.name];
     if (typeof v !== 'boolean') continue;
+    if (v && (filteredBits(facts.filteredFeatures, L, filteredSub, f.reg) >>> f.bit) & 1) {
+      b.set(f.reg, 1 << f.bit, 0, `feature '${f.name}' is true in query-cpu-model-expansion but QEMU filtered it out at realize (the vCPU's 'filtered-features'; QEMU 7.2 x86_cpu_filter_features())`);
+      continue;
+    }
     b.set(f.reg, 1 << f.bit, v ? 1 << f.bit : 0, `feature '${f.name}' = ${v} in query-cpu-model-expansion`);
   }
   return b.done();
 }
 
-/** The full output KVM's rules derive from the calibration table, with the rule that applied. */
+/** A feature the expansion does not mention is taken as on: the guest could not have set the CR4 bit otherwise. */
+const featureOn = (x: Readonly<Record<string, unknown>>, name: string) => x[name] !== false;
+
+/**
+ * CPUID.1:ECX[27] OSXSAVE: XSAVE enumerated AND CR4.OSXSAVE, for both answerers.
+ *  - KVM: Linux arch/x86/kvm/cpuid.c kvm_update_cpuid_runtime() sets it to CR4.OSXSAVE (when the host
+ *    has XSAVE); kvm_is_valid_cr4() refuses CR4.OSXSAVE unless the guest's CPUID has XSAVE.
+ *  - QEMU TCG: QEMU 7.2 cpu_x86_cpuid() case 1: "if ((*ecx & CPUID_EXT_XSAVE) && (env->cr[4] &
+ *    CR4_OSXSAVE_MASK)) *ecx |= CPUID_EXT_OSXSAVE".
+ */
+function osxsaveBit(facts: CpuidFacts): { on: boolean; what: string } {
+  const xsave = featureOn(facts.expansion, 'xsave');
+  const src = answererOf(facts) === 'qemu-tcg' ? 'QEMU 7.2 cpu_x86_cpuid() case 1' : 'KVM kvm_update_cpuid_runtime()';
+  return { on: facts.guest.osxsave && xsave, what: `OSXSAVE = CR4.OSXSAVE (${facts.guest.osxsave ? 1 : 0}) AND xsave (${xsave}) (${src})` };
+}
+
+/**
+ * CPUID.7.0:ECX[4] OSPKE: PKU enumerated AND CR4.PKE, for both answerers.
+ *  - KVM: kvm_update_cpuid_runtime() sets it to CR4.PKE (host has PKU); kvm_is_valid_cr4() refuses CR4.PKE without PKU.
+ *  - QEMU TCG: QEMU 7.2 cpu_x86_cpuid() case 7: "if ((*ecx & CPUID_7_0_ECX_PKU) && env->cr[4] & CR4_PKE_MASK) *ecx |= CPUID_7_0_ECX_OSPKE".
+ */
+function ospkeBit(facts: CpuidFacts): { on: boolean; what: string } {
+  const pku = featureOn(facts.expansion, 'pku');
+  const src = answererOf(facts) === 'qemu-tcg' ? 'QEMU 7.2 cpu_x86_cpuid() case 7' : 'KVM kvm_update_cpuid_runtime()';
+  return { on: facts.guest.pke && pku, what: `OSPKE = CR4.PKE (${facts.guest.pke ? 1 : 0}) AND pku (${pku}) (${src})` };
+}
+
+/**
+ * CPUID.1:EDX[9] APIC.
+ *  - KVM: kvm_update_cpuid_runtime() sets it to IA32_APIC_BASE.EN, whatever QEMU's apic property said.
+ *  - QEMU TCG: cpu_x86_cpuid() case 1 returns FEAT_1_EDX (the apic property); hw/intel/apic.c
+ *    apic_set_base() clears it (cpu_clear_apic_feature()) when the guest disables the APIC and never
+ *    sets it again. [T] EPYC-v3,-apic -smp 2: EDX[9] = 0 with the APIC enabled.
+ */
+function apicFeatureBit(facts: CpuidFacts): { on: boolean; what: string } {
+  if (answererOf(facts) === 'qemu-tcg') {
+    const prop = facts.expansion.apic !== false;
+    return { on: prop && facts.guest.apicEnabled, what: `APIC = apic property (${prop}) AND IA32_APIC_BASE.EN (QEMU 7.2 cpu_x86_cpuid() case 1, apic_set_base())` };
+  }
+  return { on: facts.guest.apicEnabled, what: 'APIC follows IA32_APIC_BASE.EN (KVM kvm_update_cpuid_runtime())' };
+}
+
+/** The full output the answerer's rules derive from the calibration table, with the rule that applied. */
 export function ruleValue(facts: CpuidFacts, leaf: number, subleaf: number, vcpu: number): { value: CpuidRegs; mask: CpuidRegs; rule: string } {
   return remember(facts, `r${leaf >>> 0}:${subleaf >>> 0}:${vcpu}`, () => computeRuleValue(facts, leaf, subleaf, vcpu));
 }
@@ -222,11 +381,9 @@ function computeRuleValue(facts: CpuidFacts, leaf: number, subleaf: number, vcpu
   const s = subleaf >>> 0;
   const all: CpuidRegs = { eax: 0xffffffff, ebx: 0xffffffff, ecx: 0xffffffff, edx: 0xffffffff };
   const eff = effectiveLeaf(facts, leaf, s);
-  if (eff.zeroed) {
-    return { value: { ...ZERO_REGS }, mask: all, rule: `leaf 0x${leaf.toString(16)} is out of range and the guest vendor is ${vendorOf(facts.expansion).trim()}: all zeros` };
-  }
+  if (eff.zeroed) return { value: { ...ZERO_REGS }, mask: all, rule: eff.rule };
   const L = eff.leaf;
-  const via = eff.redirected ? `leaf 0x${leaf.toString(16)} is out of range, so KVM answers with the max basic leaf 0x${L.toString(16)}; ` : '';
+  const via = eff.redirected ? `${eff.rule}; ` : '';
   let value: CpuidRegs;
   let rule: string;
   if (!isIndexedLeaf(L)) {
@@ -246,11 +403,15 @@ function computeRuleValue(facts: CpuidFacts, leaf: number, subleaf: number, vcpu
   // formula, leave the others unasserted.
   const mask = { ...all };
   const apic = facts.apicIds[vcpu] ?? vcpu;
-  for (const f of PER_CPU_FIELDS) {
+  for (const f of perCpuFields(vendorOf(facts.expansion), answererOf(facts))) {
     if (f.leaf !== L) continue;
     if (L === 1 && f.reg === 'ebx') value.ebx = ((value.ebx & ~f.mask) | ((apic << 24) & f.mask)) >>> 0;
     else if ((L === 0xb || L === 0x1f) && f.reg === 'edx') {
       if (hasLevels(facts, L)) value.edx = apic >>> 0;
+    } else if (L === 0x8000_001e && f.reg === 'eax' && f.mask === 0xffffffff) {
+      // Extended APIC ID: QEMU 7.2 cpu_x86_cpuid() case 0x8000001E → encode_topo_cpuid8000001e(): EAX =
+      // apic_id, for any vendor and whether or not topoext is on ([T] EPYC-v3, [S] host with topoext=off: vCPU1 EAX = 1).
+      value.eax = apic >>> 0;
     } else if (vcpu !== 0) mask[f.reg] = (mask[f.reg] & ~f.mask) >>> 0;
   }
   return { value, mask, rule };
@@ -264,8 +425,9 @@ function hasLevels(facts: CpuidFacts, leaf: number): boolean {
 
 /** Masks of the fields that may differ between vCPUs of one VM, for the effective leaf of a query. */
 export function perCpuMask(facts: CpuidFacts, leaf: number, subleaf: number): CpuidRegs {
-  const L = effectiveLeaf(facts, leaf, subleaf).leaf;
+  const eff = effectiveLeaf(facts, leaf, subleaf);
   const m: CpuidRegs = { ...ZERO_REGS };
-  for (const f of PER_CPU_FIELDS) if (f.leaf === L) m[f.reg] = (m[f.reg] | f.mask) >>> 0;
+  if (eff.zeroed) return m;
+  for (const f of perCpuFields(vendorOf(facts.expansion), answererOf(facts))) if (f.leaf === eff.leaf) m[f.reg] = (m[f.reg] | f.mask) >>> 0;
   return m;
 }

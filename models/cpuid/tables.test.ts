@@ -7,15 +7,27 @@ import {
   MULTI_BIT_PROPERTIES,
   NOT_QEMU_PROPERTIES,
   featureBitsNamed,
+  filteredBits,
+  filteredFeatureNames,
 } from './features.js';
 import {
+  ANSWERERS,
   CPUID_CLASSES,
   DYNAMIC_FIELDS,
   INDEXED_LEAVES,
+  OUT_OF_RANGE_RULES,
   PER_CPU_FIELDS,
+  QEMU_TCG_CLASSES,
+  QEMU_TCG_SIGNATURE,
+  TOPOLOGY_FIELDS,
+  answererForAccel,
   cpuidClassBase,
   isIndexedLeaf,
   outOfRangeRule,
+  perCpuFields,
+  qemuTcgLimit,
+  vendorClass,
+  type CpuidAnswerer,
 } from './leaves.js';
 
 const REGS = ['eax', 'ebx', 'ecx', 'edx'];
@@ -134,6 +146,97 @@ describe('leaf tables', () => {
     expect(outOfRangeRule('AuthenticAMD')).toBe('zero');
     expect(outOfRangeRule('HygonGenuine')).toBe('zero');
   });
+
+  it('outOfRangeRule by answerer: QEMU TCG clamps for every vendor, KVM zeroes for AMD/Hygon', () => {
+    for (const v of ['GenuineIntel', 'AuthenticAMD', 'AMDisbetter!', 'HygonGenuine', 'CentaurHauls', '  Shanghai  ']) {
+      expect(outOfRangeRule(v, 'qemu-tcg'), v).toBe('max-basic');
+      expect(outOfRangeRule(v, 'kvm'), v).toBe(outOfRangeRule(v));
+    }
+    expect(outOfRangeRule('AMDisbetter!', 'kvm')).toBe('zero');
+  });
+
+  it('vendorClass', () => {
+    expect(vendorClass('GenuineIntel')).toBe('intel');
+    for (const v of ['AuthenticAMD', 'AMDisbetter!', 'HygonGenuine']) expect(vendorClass(v), v).toBe('amd');
+    expect(vendorClass('CentaurHauls')).toBe('other');
+  });
+
+  it('OUT_OF_RANGE_RULES: exactly one rule per answerer and vendor class, each cited', () => {
+    for (const a of Object.keys(ANSWERERS) as CpuidAnswerer[]) {
+      for (const v of ['intel', 'amd', 'other'] as const) {
+        expect(OUT_OF_RANGE_RULES.filter((r) => r.answerer === a && r.vendors.includes(v)), `${a} ${v}`).toHaveLength(1);
+      }
+      expect(ANSWERERS[a].citation.length).toBeGreaterThan(10);
+    }
+    for (const r of OUT_OF_RANGE_RULES) {
+      expect(r.citation).toMatch(r.answerer === 'kvm' ? /get_out_of_range_cpuid_entry/ : /cpu_x86_cpuid/);
+      expect(r.outOfRange.length).toBeGreaterThan(20);
+    }
+    expect(answererForAccel('kvm')).toBe('kvm');
+    expect(answererForAccel('tcg')).toBe('qemu-tcg');
+  });
+
+  it('QEMU_TCG_CLASSES cover the 32-bit space once and agree with qemuTcgLimit', () => {
+    const sorted = [...QEMU_TCG_CLASSES].sort((a, b) => a.from - b.from);
+    let next = 0;
+    for (const c of sorted) {
+      expect(c.from, c.name).toBe(next);
+      next = c.to + 1;
+    }
+    expect(next).toBe(0x1_0000_0000);
+    const max = { basic: 0xd, extended: 0x8000001e, centaur: 0 };
+    expect(qemuTcgLimit(0x5, max)).toBe(0xd);
+    expect(qemuTcgLimit(0x3fff_ffff, max)).toBe(0xd);
+    for (const l of [0x4000_0000, 0x4000_0100, 0x4fff_ffff, 0x5000_0000, 0x7fff_ffff]) expect(qemuTcgLimit(l, max), l.toString(16)).toBe(0x4000_0001);
+    expect(qemuTcgLimit(0x8000_0021, max)).toBe(0x8000001e);
+    expect(qemuTcgLimit(0xc000_0000, max)).toBe(0);
+    expect(qemuTcgLimit(0xffff_ffff, { ...max, centaur: 0xc000_0002 })).toBe(0xc000_0002);
+  });
+
+  it("QEMU_TCG_SIGNATURE spells 'TCGTCGTCGTCG' in EBX, ECX, EDX", () => {
+    const s = [QEMU_TCG_SIGNATURE.ebx, QEMU_TCG_SIGNATURE.ecx, QEMU_TCG_SIGNATURE.edx].map((w) => String.fromCharCode(w & 0xff, (w >> 8) & 0xff, (w >> 16) & 0xff, w >>> 24)).join('');
+    expect(s).toBe('TCGTCGTCGTCG');
+    expect(QEMU_TCG_SIGNATURE.eax).toBe(0x40000001);
+  });
+
+  it('perCpuFields: the same set for every vendor and answerer under QEMU 7.2, each field with its manuals', () => {
+    for (const v of ['GenuineIntel', 'AuthenticAMD', 'HygonGenuine']) {
+      for (const a of ['kvm', 'qemu-tcg'] as const) expect(perCpuFields(v, a), `${v} ${a}`).toEqual(PER_CPU_FIELDS);
+    }
+    for (const f of PER_CPU_FIELDS) expect(f.definedBy.length, f.leaf.toString(16)).toBeGreaterThan(0);
+    expect(PER_CPU_FIELDS).toContainEqual(expect.objectContaining({ leaf: 0x8000001e, reg: 'eax', mask: 0xffffffff, definedBy: ['amd'] }));
+    expect(PER_CPU_FIELDS).toContainEqual(expect.objectContaining({ leaf: 0x1f, reg: 'edx', definedBy: ['intel'] }));
+  });
+
+  it('TOPOLOGY_FIELDS are cited, and none of them is per-vCPU', () => {
+    for (const t of TOPOLOGY_FIELDS) {
+      expect(t.citation.length, t.leaf.toString(16)).toBeGreaterThan(10);
+      expect(t.vendors.length).toBeGreaterThan(0);
+      for (const p of PER_CPU_FIELDS) if (p.leaf === t.leaf && p.reg === t.reg) expect(p.mask & t.mask, t.leaf.toString(16)).toBe(0);
+    }
+    expect(TOPOLOGY_FIELDS).toContainEqual(expect.objectContaining({ leaf: 0x80000008, reg: 'ecx', mask: 0xf0ff }));
+  });
+
+  it('every dynamic field says what QEMU TCG does with it', () => {
+    for (const f of DYNAMIC_FIELDS) expect(f.qemuTcg.length, `${f.leaf.toString(16)} ${f.reg}`).toBeGreaterThan(10);
+  });
+});
+
+describe('filtered-features', () => {
+  const words = [
+    { 'cpuid-input-eax': 7, 'cpuid-input-ecx': 0, 'cpuid-register': 'EBX', features: 537133056 }, // [T] EPYC-v3
+    { 'cpuid-input-eax': 0x80000008, 'cpuid-register': 'EBX', features: 4101 },
+  ];
+  it('filteredBits selects by leaf, register and (when the word has one) subleaf', () => {
+    expect(filteredBits(words, 7, 0, 'ebx')).toBe(537133056);
+    expect(filteredBits(words, 7, 1, 'ebx')).toBe(0);
+    expect(filteredBits(words, 7, 0, 'ecx')).toBe(0);
+    expect(filteredBits(words, 0x80000008, 0, 'ebx')).toBe(4101);
+    expect(filteredBits(undefined, 7, 0, 'ebx')).toBe(0);
+  });
+  it('filteredFeatureNames names them', () => {
+    expect(filteredFeatureNames(words).sort()).toEqual(['clzero', 'ibpb', 'rdseed', 'sha-ni', 'xsaveerptr'].sort());
+  });
 });
 
 // ── One real check: the names match what this machine's QEMU reports. ───────────────────────────
@@ -179,5 +282,37 @@ describe.skipIf(!haveQemu || !haveKvm)('names against query-cpu-model-expansion 
     // The rest are aliases, MSR-based vmx-*/arch-capabilities bits, hv-* and other non-CPUID options.
     const unlisted = [...booleans].filter((n) => !tableNames.has(n));
     expect(booleans.size - unlisted.length).toBeGreaterThan(200);
+  });
+});
+
+// ── Real QEMU under TCG: what query-cpu-model-expansion says for the models the model was checked on. ──
+async function qmpTcg(commands: object[]): Promise<unknown[]> {
+  const input = [{ execute: 'qmp_capabilities' }, ...commands, { execute: 'quit' }].map((c) => JSON.stringify(c)).join('\n') + '\n';
+  const r = await execa(QEMU, ['-M', 'none', '-accel', 'tcg', '-nodefaults', '-no-user-config', '-display', 'none', '-qmp', 'stdio'], {
+    input,
+    reject: false,
+    timeout: 60_000,
+  });
+  return r.stdout
+    .split('\n')
+    .filter((l) => l.includes('"return"'))
+    .map((l) => (JSON.parse(l) as { return: unknown }).return)
+    .slice(1, 1 + commands.length);
+}
+
+describe.skipIf(!haveQemu)('CPU models under TCG (real QEMU, no guest)', () => {
+  it('EPYC-v3 and Skylake-Client-v3 report vendor and max leaves; the expansion does not show TCG filtering', async () => {
+    const expand = (name: string) => ({ execute: 'query-cpu-model-expansion', arguments: { type: 'full', model: { name } } });
+    const [epyc, sky, defs] = (await qmpTcg([expand('EPYC-v3'), expand('Skylake-Client-v3'), { execute: 'query-cpu-definitions' }])) as [
+      { model: { props: Record<string, unknown> } },
+      { model: { props: Record<string, unknown> } },
+      { name: string; 'unavailable-features': string[] }[],
+    ];
+    expect(epyc.model.props).toMatchObject({ vendor: 'AuthenticAMD', level: 0xd, xlevel: 0x8000001e, xlevel2: 0, 'tcg-cpuid': true });
+    expect(sky.model.props).toMatchObject({ vendor: 'GenuineIntel', level: 0xd, xlevel: 0x80000008, xlevel2: 0, 'tcg-cpuid': true });
+    // The expansion describes the model: rdseed is on although TCG cannot provide it (QEMU drops it
+    // at realize, so the guest reads 0). CpuidFacts.filteredFeatures carries that.
+    expect(epyc.model.props.rdseed).toBe(true);
+    expect(defs.find((d) => d.name === 'EPYC-v3')?.['unavailable-features']).toContain('rdseed');
   });
 });
