@@ -16,10 +16,25 @@ export interface CpuModelExpansion {
   readonly props: Readonly<Record<string, unknown>>;
 }
 
+/** One word of the vCPU's `filtered-features` (QEMU X86CPUFeatureWordInfo). */
+export interface FilteredFeatureWord {
+  readonly 'cpuid-input-eax': number;
+  readonly 'cpuid-input-ecx'?: number;
+  readonly 'cpuid-register': 'EAX' | 'EBX' | 'ECX' | 'EDX';
+  readonly features: number;
+}
+
 export interface MachineFacts {
   readonly deviceMap: DeviceMap;
   readonly mtreeText: string;
+  /** QEMU's expansion of the configured CPU model: the model, before the accelerator had its say. */
   readonly cpu: CpuModelExpansion;
+  /**
+   * Features the model asks for that the accelerator could not give the running vCPU (its
+   * `filtered-features` property; TCG drops pcid, x2apic, rdseed, xsavec, ... of Skylake-Client):
+   * the guest reads them as 0 although the expansion says they are on. Only non-empty words.
+   */
+  readonly filteredFeatures: readonly FilteredFeatureWord[];
   readonly qemuVersion: string;
 }
 
@@ -89,11 +104,16 @@ export async function probeMachineFacts(
       type: 'full',
       model: { name: model.name, ...(Object.keys(model.props).length ? { props: model.props } : {}) },
     });
+    const cpus = await vm.qmp.execute<{ 'qom-path': string }[]>('query-cpus-fast');
+    const filtered = cpus[0]
+      ? await vm.qmp.execute<FilteredFeatureWord[]>('qom-get', { path: cpus[0]['qom-path'], property: 'filtered-features' })
+      : [];
     const version = await vm.qmp.execute<{ qemu: { major: number; minor: number; micro: number }; package: string }>('query-version');
     return {
       deviceMap: deviceMapFromMtree(mtreeText),
       mtreeText,
       cpu: { name: expansion.model.name, props: expansion.model.props ?? {} },
+      filteredFeatures: filtered.filter((w) => w.features !== 0),
       qemuVersion: `${version.qemu.major}.${version.qemu.minor}.${version.qemu.micro}${version.package ? ` (${version.package.trim()})` : ''}`,
     };
   } finally {

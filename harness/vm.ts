@@ -278,18 +278,22 @@ export class Vm {
         await listener.close();
       }
       if (!qmp) throw await refused();
+      // The Vm captures QEMU's output from here on; the guest runs only after `cont`.
+      proc.stderr?.off('data', early);
+      const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now());
+      vm.stderrText = stderr;
       try {
         // QEMU connects to QMP early; it can still abort while it sets the vCPUs up (a KVM that
         // refuses an MSR), before or after the greeting. Either way the VM never ran.
         if (!opts.paused && !opts.incoming) await qmp.execute('cont');
         else await qmp.execute('query-status');
       } catch (e) {
-        if (e instanceof QmpClosedError) throw await refused(e);
+        if (e instanceof QmpClosedError) {
+          stderr = vm.stderrText;
+          throw await refused(e);
+        }
         throw e;
       }
-      proc.stderr?.off('data', early);
-      const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now());
-      vm.stderrText = stderr;
       return vm;
     } catch (e) {
       // Nothing of a failed start survives: QEMU (if it runs), its pid record, its directory.

@@ -237,3 +237,32 @@ describe('matchDeviation with CPU traits', () => {
     expect(matchDeviation(file, 'leaks.cpuid.cpl-invariant', failure, amdWithFault)).toBeUndefined();
   });
 });
+
+describe('deviations of one run configuration, and of a family of properties', () => {
+  const entry = {
+    id: 'qemu-tcg-quirk',
+    property: 'leaks.device.*',
+    when: { accel: 'tcg' },
+    host: { qemuVersion: '^7\\.2\\.' },
+    failure: '^QEMU itself died',
+    evidence: 'e',
+    citation: 'c',
+    recorded: '2026-12-01',
+  };
+  const file = parseDeviations(JSON.stringify({ version: 1, deviations: [entry] }));
+  const fp = { ...amdHost(), qemu: { path: 'q', found: true, version: '7.2.22' } };
+
+  it('matches every property of the family, only under the configuration it names', () => {
+    expect(matchDeviation(file, 'leaks.device.stable', 'QEMU itself died x', fp, { accel: 'tcg', machine: 'microvm' })?.id).toBe('qemu-tcg-quirk');
+    expect(matchDeviation(file, 'leaks.device.unclaimed', 'QEMU itself died x', fp, { accel: 'tcg' })?.id).toBe('qemu-tcg-quirk');
+    expect(matchDeviation(file, 'leaks.cpuid.rules', 'QEMU itself died x', fp, { accel: 'tcg' })).toBeUndefined();
+    expect(matchDeviation(file, 'leaks.device.stable', 'QEMU itself died x', fp, { accel: 'kvm' })).toBeUndefined();
+    expect(matchDeviation(file, 'leaks.device.stable', 'QEMU itself died x', fp)).toBeUndefined();
+  });
+
+  it('rejects an unknown or empty configuration trait', () => {
+    expect(() => parseDeviations(JSON.stringify({ version: 1, deviations: [{ ...entry, when: { acel: 'tcg' } }] }))).toThrow(/when.acel is not a run configuration trait/);
+    expect(() => parseDeviations(JSON.stringify({ version: 1, deviations: [{ ...entry, when: {} }] }))).toThrow(/when must name/);
+    expect(() => parseDeviations(JSON.stringify({ version: 1, deviations: [{ ...entry, when: { accel: 'hvf' } }] }))).toThrow(/kvm or tcg/);
+  });
+});

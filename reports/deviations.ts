@@ -40,7 +40,13 @@ const RECORDED_FLAGS: readonly string[] = CPU_FLAGS;
 export interface KnownDeviation {
   readonly id: string;
   /** Property id this deviation applies to. */
+  /** Property id this deviation applies to, or a family prefix ending in `.*` (e.g. `leaks.device.*`). */
   readonly property: string;
+  /**
+   * The run configuration it applies under, when it is a property of one configuration rather than
+   * of the host alone (e.g. a QEMU TCG quirk: `{ "accel": "tcg" }`). Absent: every configuration.
+   */
+  readonly when?: RunConfigMatch;
   readonly host: HostMatch;
   /** Regular expression the failure's one-line summary must match. */
   readonly failure: string;
@@ -50,6 +56,15 @@ export interface KnownDeviation {
   readonly citation: string;
   readonly recorded: string;
 }
+
+/** The parts of a run's configuration a deviation can be limited to. */
+export interface RunConfigMatch {
+  readonly accel?: 'kvm' | 'tcg';
+  /** Machine type: microvm, pc or q35. */
+  readonly machine?: string;
+}
+
+const CONFIG_TRAITS: readonly (keyof RunConfigMatch)[] = ['accel', 'machine'];
 
 export interface DeviationsFile {
   readonly version: 1;
@@ -80,6 +95,19 @@ export function parseDeviations(text: string, source = 'known deviations'): Devi
     for (const k of Object.keys(d.host)) {
       if (!HOST_TRAITS.includes(k as keyof HostMatch)) {
         throw new DeviationsError(`${source}: deviations[${i}].host.${k} is not a host trait (known: ${HOST_TRAITS.join(', ')})`);
+      }
+    }
+    if (d.when !== undefined) {
+      if (typeof d.when !== 'object' || d.when === null || Object.keys(d.when).length === 0) {
+        throw new DeviationsError(`${source}: deviations[${i}].when must name at least one of ${CONFIG_TRAITS.join(', ')}`);
+      }
+      for (const k of Object.keys(d.when)) {
+        if (!CONFIG_TRAITS.includes(k as keyof RunConfigMatch)) {
+          throw new DeviationsError(`${source}: deviations[${i}].when.${k} is not a run configuration trait (known: ${CONFIG_TRAITS.join(', ')})`);
+        }
+      }
+      if (d.when.accel !== undefined && d.when.accel !== 'kvm' && d.when.accel !== 'tcg') {
+        throw new DeviationsError(`${source}: deviations[${i}].when.accel must be kvm or tcg`);
       }
     }
     const host = d.host as Record<keyof HostMatch, unknown>;
@@ -148,11 +176,24 @@ export function hostMatches(m: HostMatch, fp: HostFingerprint): boolean {
 }
 
 /** The deviation that covers this failure on this host, if any. */
+export function propertyMatches(pattern: string, property: string): boolean {
+  return pattern.endsWith('.*') ? property.startsWith(pattern.slice(0, -1)) : pattern === property;
+}
+
+export function configMatches(when: RunConfigMatch | undefined, config: RunConfigMatch | undefined): boolean {
+  if (!when) return true;
+  if (!config) return false;
+  return CONFIG_TRAITS.every((k) => when[k] === undefined || when[k] === config[k]);
+}
+
 export function matchDeviation(
   file: DeviationsFile,
   property: string,
   failureSummary: string,
   fp: HostFingerprint,
+  config?: RunConfigMatch,
 ): KnownDeviation | undefined {
-  return file.deviations.find((d) => d.property === property && hostMatches(d.host, fp) && new RegExp(d.failure).test(failureSummary));
+  return file.deviations.find(
+    (d) => propertyMatches(d.property, property) && configMatches(d.when, config) && hostMatches(d.host, fp) && new RegExp(d.failure).test(failureSummary),
+  );
 }

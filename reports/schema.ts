@@ -5,7 +5,8 @@
 import type { HostFingerprint } from '../harness/fingerprint.js';
 
 export const RESULTS_SCHEMA = 'kvmprop-results';
-export const RESULTS_VERSION = 1;
+/** 2: host-level findings (`findings`) and the vCPU model that ran; version 1 had neither. */
+export const RESULTS_VERSION = 2;
 
 export type PropertyStatus = 'pass' | 'fail' | 'known-deviation' | 'skip';
 

@@ -11,9 +11,16 @@ import { machineFacts, type MachineFacts } from '../../harness/facts.js';
 import { mutantPrepare } from '../../bench/mutants.js';
 import { describeOutcome, guestProblems, runWorkload, type WorkloadRun } from '../../harness/workload.js';
 import { machineConfig } from './options.js';
-import { fail, type Failure, type SuiteEnv } from './property.js';
+import { fail, PASS, type Failure, type SuiteEnv, type Verdict } from './property.js';
 
-export type RunOutcome = { readonly ok: true; readonly run: WorkloadRun } | { readonly ok: false; readonly failure: Failure };
+/**
+ * A run that produced no observations: `failure` says why; `verdict` is what a property returns
+ * for it: the failure, or PASS when a known deviation covers exactly it (a QEMU that this host's
+ * configuration is known to crash), so the property goes on with its next case.
+ */
+export type RunOutcome =
+  | { readonly ok: true; readonly run: WorkloadRun }
+  | { readonly ok: false; readonly failure: Failure; readonly verdict: Verdict };
 
 function describeOp(o: Op | undefined): string {
   if (!o) return '(no op)';
@@ -59,18 +66,18 @@ export async function runProgram(
   const stuck = o.kind === 'hang' && o.thread >= 0 ? where[o.thread] : where.find((w) => w.state === 1) ?? where[0];
   const at = stuck && o.kind !== 'completed' ? ` while vCPU ${stuck.thread} executed op #${stuck.op} ${stuck.what}` : '';
   const summary = o.kind !== 'completed' ? `${describeOutcome(o)}${at}` : problems[0]!;
-  return {
-    ok: false,
-    failure: fail(summary, 'the guest runs the workload to completion', problems.join('; '), {
-      evidence: {
-        outcome: o,
-        threads: where,
-        serialTail: tail(run.vm.serial, 20),
-        stderrTail: tail(run.vm.stderr, 60),
-        qemuArgs: run.vm.args,
-      },
-    }),
+  const expected = 'the guest runs the workload to completion';
+  const observed = problems.join('; ');
+  const extras = {
+    evidence: {
+      outcome: o,
+      threads: where,
+      serialTail: tail(run.vm.serial, 20),
+      stderrTail: tail(run.vm.stderr, 60),
+      qemuArgs: run.vm.args,
+    },
   };
+  return { ok: false, failure: fail(summary, expected, observed, extras), verdict: env.mismatch(summary, expected, observed, extras) ?? PASS };
 }
 
 /** QEMU's own facts (device map, CPU model) for the machine the property runs on, mutant included. */
