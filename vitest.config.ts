@@ -16,7 +16,7 @@ export default defineConfig({
         test: {
           name: 'unit',
           globalSetup: ['harness/globalSetup.ts'],
-          include: ['{bin,harness,generators,models,reports,suites,bench,scripts}/**/*.test.ts'],
+          include: ['{ir,bin,harness,generators,models,reports,suites,bench,scripts}/**/*.test.ts'],
           testTimeout: 120_000,
           hookTimeout: 120_000,
           pool: 'forks',

@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { execa } from 'execa';
 import { cpuidOps, queryCount, type CpuidWorkload } from '../generators/cpuid.js';
 import { deviceReadOps, mmioLimit, type DeviceReadWorkload } from '../generators/deviceReads.js';
-import { DEFAULT_CANARY, type Program } from '../generators/ir/program.js';
+import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { encodeProgram } from '../harness/bytecode.js';
 import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
 import { qemuArgs } from '../harness/vm.js';

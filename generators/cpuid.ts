@@ -8,7 +8,7 @@
  * one down to a single (leaf, subleaf).
  */
 import fc from 'fast-check';
-import type { Op } from './ir/ops.js';
+import type { Op } from '../ir/ops.js';
 
 /** The privilege level a CPUID executes at: the hypervisor must answer both alike. */
 export type Cpl = 0 | 3;

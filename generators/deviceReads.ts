@@ -7,8 +7,8 @@
  * thousands of bytes and still shrinks to one read.
  */
 import fc from 'fast-check';
-import type { Op } from './ir/ops.js';
-import { gaps, type DeviceMap } from './ir/deviceMap.js';
+import type { Op } from '../ir/ops.js';
+import { gaps, type DeviceMap } from '../ir/deviceMap.js';
 
 export type ReadSpace = 'pio' | 'mmio';
 

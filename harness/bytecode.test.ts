@@ -11,8 +11,8 @@ import {
   type Op,
   type OpDef,
   type OpName,
-} from '../generators/ir/ops.js';
-import { DEFAULT_CANARY, type Program } from '../generators/ir/program.js';
+} from '../ir/ops.js';
+import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { decodeRecords, encodeOps, encodeProgram, opIndexAtOffset, threadRecordBytes } from './bytecode.js';
 import { GUEST_ABI_VERSION, LAYOUT, PROGRAM_FLAGS, PROGRAM_MAGIC, readStruct, structBytes } from './guest/abi.js';
 

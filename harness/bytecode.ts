@@ -1,6 +1,6 @@
 /**
  * Encoder (IR → guest program image) and record decoder (observation bytes → records), both driven
- * by the op table in generators/ir/ops.ts.
+ * by the op table in ir/ops.ts.
  */
 import {
   FIELD_BYTES,
@@ -15,8 +15,8 @@ import {
   type Op,
   type OpDef,
   type OpRecord,
-} from '../generators/ir/ops.js';
-import type { Program } from '../generators/ir/program.js';
+} from '../ir/ops.js';
+import type { Program } from '../ir/program.js';
 import { GUEST_ABI_VERSION, LAYOUT, PROGRAM_FLAGS, PROGRAM_MAGIC, structBytes } from './guest/abi.js';
 
 function writeField(view: DataView, at: number, type: Field[1], value: bigint | number): void {

@@ -28,7 +28,7 @@ import { Vm, defaultMachineConfig } from ${harness('harness/vm.js')};
 import { encodeProgram } from ${harness('harness/bytecode.js')};
 import { liveResources } from ${harness('harness/runtime.js')};
 import { MAILBOX_STATE } from ${harness('harness/guest/abi.js')};
-import { DEFAULT_CANARY } from ${harness('generators/ir/program.js')};
+import { DEFAULT_CANARY } from ${harness('ir/program.js')};
 
 const { elf } = await buildGuest();
 const program = encodeProgram({

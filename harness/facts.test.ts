@@ -3,7 +3,7 @@
  * CPU model (with the model's own +feat/-feat/key=value properties passed through).
  */
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { regionAt } from '../generators/ir/deviceMap.js';
+import { regionAt } from '../ir/deviceMap.js';
 import { parseCpuModel, probeMachineFacts } from './facts.js';
 import { buildGuest } from './guest/build.js';
 import { liveResources } from './runtime.js';

@@ -3,8 +3,8 @@
  * test: the device map (`info mtree -f`, after the firmware has set the machine up) and QEMU's
  * expansion of the CPU model (`query-cpu-model-expansion`).
  */
-import { DEFAULT_CANARY } from '../generators/ir/program.js';
-import type { DeviceMap } from '../generators/ir/deviceMap.js';
+import { DEFAULT_CANARY } from '../ir/program.js';
+import type { DeviceMap } from '../ir/deviceMap.js';
 import { encodeProgram } from './bytecode.js';
 import { MAILBOX_STATE } from './guest/abi.js';
 import { deviceMapFromMtree } from './mtree.js';

@@ -8,10 +8,10 @@
  * memory view simply leaves holes. Both become `unassigned` here, so the rest of kvmprop never
  * needs to know that quirk.
  */
-import type { DeviceMap, Region } from '../generators/ir/deviceMap.js';
+import type { DeviceMap, Region } from '../ir/deviceMap.js';
 
-export type { DeviceMap, Region } from '../generators/ir/deviceMap.js';
-export { gaps, regionAt, regionsTouched } from '../generators/ir/deviceMap.js';
+export type { DeviceMap, Region } from '../ir/deviceMap.js';
+export { gaps, regionAt, regionsTouched } from '../ir/deviceMap.js';
 
 
 export interface FlatView {

@@ -4,8 +4,8 @@
  * an open-ended loop reports progress without stopping.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { Op } from '../generators/ir/ops.js';
-import { DEFAULT_CANARY } from '../generators/ir/program.js';
+import type { Op } from '../ir/ops.js';
+import { DEFAULT_CANARY } from '../ir/program.js';
 import { encodeProgram } from './bytecode.js';
 import { IRQ_LOG_COUNTS_BYTES, LAYOUT, MAILBOX_STATE, readStruct } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';

@@ -12,7 +12,7 @@
  * The choice is made once per run (the CLI, or the test runner's global set-up) and handed to
  * every worker through the environment, so a VM never has to fail first to learn it.
  */
-import { DEFAULT_CANARY } from '../generators/ir/program.js';
+import { DEFAULT_CANARY } from '../ir/program.js';
 import { encodeProgram } from './bytecode.js';
 import { runVm, VmSetupError, type MachineConfig } from './vm.js';
 import type { VcpuModelChoice } from './vcpuChoice.js';

@@ -10,8 +10,8 @@
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { OPS_HASH, type Op } from '../generators/ir/ops.js';
-import { DEFAULT_CANARY, type Program } from '../generators/ir/program.js';
+import { OPS_HASH, type Op } from '../ir/ops.js';
+import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { encodeProgram, type ProgramImage } from './bytecode.js';
 import { LAYOUT, MAILBOX_STATE, THREAD_STATE } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';

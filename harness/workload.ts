@@ -2,8 +2,8 @@
  * Run one IR program in a fresh VM and hand back its records, decoded against the same op table
  * the guest ran. This is the harness's whole contract with suites: Program in, observations out.
  */
-import type { OpRecord } from '../generators/ir/ops.js';
-import type { Program } from '../generators/ir/program.js';
+import type { OpRecord } from '../ir/ops.js';
+import type { Program } from '../ir/program.js';
 import { decodeRecords, encodeProgram, type ProgramImage } from './bytecode.js';
 import { runVm, type MachineConfig, type VmOutcome, type VmRunResult } from './vm.js';
 

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { DeviceMap, Region } from '../generators/ir/deviceMap.js';
-import { STRING_GUARD_BYTES, stringBufferBytes } from '../generators/ir/ops.js';
-import { DEFAULT_CANARY } from '../generators/ir/program.js';
+import type { DeviceMap, Region } from '../ir/deviceMap.js';
+import { STRING_GUARD_BYTES, stringBufferBytes } from '../ir/ops.js';
+import { DEFAULT_CANARY } from '../ir/program.js';
 import { deviceMapFromMtree } from '../harness/mtree.js';
 import {
   QEMU_DEVICE_READS,

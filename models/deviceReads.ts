@@ -25,7 +25,7 @@
  * ends in a PCI master abort, which the PCI Local Bus Specification 3.0 §6.6 ("Master-Abort ...
  * returns all 1s") makes all-ones for both.
  */
-import { regionAt, type DeviceMap, type Region } from '../generators/ir/deviceMap.js';
+import { regionAt, type DeviceMap, type Region } from '../ir/deviceMap.js';
 
 export type UnclaimedRead = 'zeros' | 'ones';
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_CANARY } from '../generators/ir/program.js';
+import { DEFAULT_CANARY } from '../ir/program.js';
 import { HOST_PATTERN, MIN_SIGHTING_BYTES, findHostPattern, valueBytes } from './hostPattern.js';
 
 const N = HOST_PATTERN.length;

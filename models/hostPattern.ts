@@ -5,7 +5,7 @@
  * ever contain it.
  *
  * The bytes are chosen to be unlike anything a guest legitimately sees: not ASCII, not a canonical
- * pointer, no 00/ff bytes, and no 4-byte window shared with the guest canary (generators/ir/program.ts).
+ * pointer, no 00/ff bytes, and no 4-byte window shared with the guest canary (ir/program.ts).
  */
 export const HOST_PATTERN = Uint8Array.from([0xe7, 0x9a, 0xc3, 0x5d, 0xb1, 0x0f, 0x6e, 0xa4]);
 

@@ -7,7 +7,7 @@
  * VM's private directory, so the file offset of a guest-physical address below 2 GiB is the address
  * itself. Nothing here depends on the machine type.
  */
-import { FIELD_BYTES, type Field } from '../../generators/ir/ops.js';
+import { FIELD_BYTES, type Field } from '../../ir/ops.js';
 
 export const GUEST_ABI_VERSION = 1;
 

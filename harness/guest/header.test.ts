@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OPS, OPS_HASH, fieldsBytes, operandBytes, type OpDef, type OpName } from '../../generators/ir/ops.js';
+import { OPS, OPS_HASH, fieldsBytes, operandBytes, type OpDef, type OpName } from '../../ir/ops.js';
 import { LAYOUT, STRUCTS } from './abi.js';
 import { renderGuestHeader } from './header.js';
 

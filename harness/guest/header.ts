@@ -3,7 +3,7 @@
  * of the op table and the guest ABI. It is generated at build time, never edited or committed, so
  * the C interpreter cannot disagree with the encoder and the models.
  */
-import { OPS, OPS_HASH, NO_FAULT, RECORD_HEADER_BYTES, STRING_GUARD_BYTES, type Field, type OpDef } from '../../generators/ir/ops.js';
+import { OPS, OPS_HASH, NO_FAULT, RECORD_HEADER_BYTES, STRING_GUARD_BYTES, type Field, type OpDef } from '../../ir/ops.js';
 import {
   GUEST_ABI_VERSION,
   IRQ_LOG_COUNTS_BYTES,
@@ -39,7 +39,7 @@ function cStruct(tag: string, fields: readonly Field[], lead: readonly Field[] =
 
 export function renderGuestHeader(): string {
   const out: string[] = [];
-  out.push('/* Generated from generators/ir/ops.ts and harness/guest/abi.ts by harness/guest/header.ts.');
+  out.push('/* Generated from ir/ops.ts and harness/guest/abi.ts by harness/guest/header.ts.');
   out.push(' * Do not edit: change the TypeScript definitions instead. */');
   out.push('#pragma once');
   out.push('#include "types.h"');

@@ -6,8 +6,8 @@
  */
 import fc from 'fast-check';
 import { cpuidOp, cpuidOps, cpuidWorkloadArb, expandQueries, type CpuidQuery, type CpuidWorkload } from '../../generators/cpuid.js';
-import type { OpRecord } from '../../generators/ir/ops.js';
-import { DEFAULT_CANARY } from '../../generators/ir/program.js';
+import type { OpRecord } from '../../ir/ops.js';
+import { DEFAULT_CANARY } from '../../ir/program.js';
 import type { MachineFacts } from '../../harness/facts.js';
 import { findHostPattern, valueBytes } from '../../models/hostPattern.js';
 import {

@@ -5,9 +5,9 @@
  * host's leak pattern.
  */
 import { deviceReadOps, deviceReadWorkloadArb, mmioLimit, type DeviceReadWorkload } from '../../generators/deviceReads.js';
-import type { Op, OpRecord } from '../../generators/ir/ops.js';
-import { STRING_GUARD_BYTES } from '../../generators/ir/ops.js';
-import { DEFAULT_CANARY } from '../../generators/ir/program.js';
+import type { Op, OpRecord } from '../../ir/ops.js';
+import { STRING_GUARD_BYTES } from '../../ir/ops.js';
+import { DEFAULT_CANARY } from '../../ir/program.js';
 import type { MachineFacts } from '../../harness/facts.js';
 import { findHostPattern, valueBytes } from '../../models/hostPattern.js';
 import { firstMaskedMismatch, predictRead, type DeviceRead, type MaskedBytes, type ReadPrediction } from '../../models/deviceReads.js';
@@ -32,7 +32,7 @@ function facts(env: SuiteEnv): Promise<MachineFacts> {
 async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEnv, label: string): Promise<{ ok: true; reads: ReadObservation[] } | { ok: false; verdict: Verdict }> {
   const ops = deviceReadOps(w) as ReadOp[];
   const outcome = await runProgram(env, { threads: [ops], canary: DEFAULT_CANARY, mapLimit: mmioLimit(f.deviceMap) }, { label });
-  if (!outcome.ok) return { ok: false, verdict: outcome.failure };
+  if (!outcome.ok) return { ok: false, verdict: outcome.verdict };
   const records = outcome.run.records[0] ?? [];
   // A REP string read is one instruction and `count` accesses, each its own exit.
   env.metrics.add('deviceReads', records.reduce((n, r, i) => n + accessCount(ops[i]!), 0));

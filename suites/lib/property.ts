@@ -160,7 +160,7 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     ...base,
     metrics: new Metrics(),
     mismatch(summary, expected, observed, extras) {
-      const d = matchDeviation(known, def.id, summary, base.host);
+      const d = matchDeviation(known, def.id, summary, base.host, o);
       if (!d) return fail(summary, expected, observed, extras);
       const w = waived.get(d.id);
       if (w) w.count++;
@@ -256,7 +256,7 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     createdAt: new Date().toISOString(),
   });
   // A failure that ends the run (KVM stopped the VM, ...) can itself be a documented deviation.
-  const deviation = matchDeviation(known, def.id, v.summary, env.host);
+  const deviation = matchDeviation(known, def.id, v.summary, env.host, o);
   return record({
     status: deviation ? 'known-deviation' : 'fail',
     reason: waived.size ? `${v.summary} (also: ${waivedSummary()})` : v.summary,

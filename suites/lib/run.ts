@@ -3,8 +3,8 @@
  * stopped the VM, a vCPU never came back, the guest bailed out), that is itself the finding: it
  * comes back as a Failure naming the op that was executing, with QEMU's own evidence attached.
  */
-import type { Op } from '../../generators/ir/ops.js';
-import type { Program } from '../../generators/ir/program.js';
+import type { Op } from '../../ir/ops.js';
+import type { Program } from '../../ir/program.js';
 import { opIndexAtOffset } from '../../harness/bytecode.js';
 import type { MachineConfig } from '../../harness/vm.js';
 import { machineFacts, type MachineFacts } from '../../harness/facts.js';
