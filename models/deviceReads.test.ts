@@ -65,6 +65,20 @@ describe('predictRead: IN', () => {
     expect(arr(p4.rax?.value).slice(4)).toEqual([0, 0, 0, 0]);
   });
 
+  it('treats any IN from the VMware backdoor as a 32-bit one: EAX the device reply, RAX[63:32] zero', () => {
+    const map: DeviceMap = { ...MAP, io: [...MAP.io, region(0x5658n, 0x5658n, 'vmport')] };
+    for (const width of [1, 2, 4]) {
+      const p = predict({ op: 'pioIn', port: 0x5658, width }, map);
+      expect(arr(p.rax?.mask)).toEqual([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+      expect(arr(p.rax?.value).slice(4)).toEqual([0, 0, 0, 0]);
+      expect(p.dataOffsets).toEqual([0, 1, 2, 3]);
+      expect(p.stableBytes).toHaveLength(4);
+    }
+    // An access that only reaches into the port is answered the same way (the device rewrites EAX).
+    expect(arr(predict({ op: 'pioIn', port: 0x5657, width: 2 }, map).rax?.mask)).toEqual([0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    expect(arr(predict({ op: 'pioIn', port: 0x5656, width: 2 }, map).rax?.mask)).toEqual([0xff, 0xff, ...Array(6).fill(0xff)]);
+  });
+
   it('leaves an access that touches a device and unclaimed space to the device (microvm 0x4d1: elcr, then nothing)', () => {
     const p = predict({ op: 'pioIn', port: 0x4d1, width: 2 }, MICROVM);
     expect(arr(p.rax?.mask)).toEqual([0, 0, ...Array(6).fill(0xff)]);

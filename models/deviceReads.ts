@@ -53,6 +53,19 @@ export const VOLATILE_REGIONS: Readonly<Record<string, string>> = {
   serial: 'line/modem status reflect when the host side drained the transmit buffer',
 };
 
+/**
+ * Ports whose device answers every IN through all of EAX, whatever the instruction's width: the
+ * VMware backdoor (QEMU hw/i386/vmport.c, on pc and q35 at port 0x5658). Its protocol returns the
+ * reply in EAX (and EBX/ECX/EDX for a command with the magic in EAX); QEMU's vmport_ioport_read()
+ * syncs the vCPU's registers and writes the reply into EAX itself, so an `inb` from it leaves
+ * RAX = zero-extended 32-bit reply (0x00000000ffffffff for a non-magic EAX, measured under KVM at
+ * CPL 0 and 3 and under TCG). A documented device exception to the SDM's operand-size rule, not a
+ * leak: the model treats such a read as a 32-bit one (EAX the device's, RAX[63:32] zero).
+ */
+export const FULL_EAX_PORT_REGIONS: Readonly<Record<string, string>> = {
+  vmport: 'VMware backdoor: QEMU hw/i386/vmport.c vmport_ioport_read() answers in all of EAX',
+};
+
 /** Region kinds that are memory (RAM/ROM) rather than device registers. */
 const MEMORY_KINDS = new Set(['ram', 'rom', 'romd', 'ramd']);
 
@@ -161,6 +174,13 @@ export function predictRead(
   if (read.op === 'pioIn' || read.op === 'mmioRead') {
     const value = new Uint8Array(8);
     const mask = new Uint8Array(8);
+    const fullEax =
+      read.op === 'pioIn' && allClasses.some((c) => c.kind === 'device' && c.region.name in FULL_EAX_PORT_REGIONS);
+    if (fullEax) {
+      // EAX is the device's reply (asserted nothing), RAX[63:32] zero as after any 32-bit write.
+      for (let i = 4; i < 8; i++) mask[i] = 0xff;
+      return { fault: null, rax: { value, mask }, stableBytes: [...stableBytes, ...Array(4 - read.width).fill(stableBytes[0] ?? true)].slice(0, 4), dataOffsets: [0, 1, 2, 3], regions };
+    }
     for (let i = 0; i < 8; i++) {
       if (i < read.width) {
         const f = fixed[i];
