@@ -7,6 +7,7 @@ import {
   fnv1a32,
   opsTableText,
   recordBytes,
+  recordsOf,
   stringBufferBytes,
   type Op,
   type OpDef,
@@ -255,7 +256,7 @@ describe('decodeRecords', () => {
     const s = stream();
     expect(s.at).toBe(threadRecordBytes(ops, 0));
     const recs = decodeRecords(ops, s.bytes, s.at);
-    expect(recs.map((r) => [r.index, r.opIndex, r.op])).toEqual([
+    expect(recs.map((r) => [r.index, r.opIndex, r.op.op])).toEqual([
       [0, 0, 'cpuid'],
       [2, 2, 'pioIn'],
       [3, 3, 'pioIns'],
@@ -273,12 +274,15 @@ describe('decodeRecords', () => {
     expect(recs[1]).toMatchObject({ faultVector: 13, flags: 1, errorCode: 0x1234, fields: { rax: 0xc3a596e15a7de8aan } });
     expect(recs[2]!.fields).toEqual({ rcx: 0n, rdiDelta: 3n });
     expect(recs[2]!.buffer).toEqual(pioInsBuffer);
-    expect(recs.slice(3).map((r) => r.fields.tsc)).toEqual([1000n, 2000n, 3000n]);
+    expect(recordsOf(recs, 'rdtsc').map((r) => r.fields.tsc)).toEqual([1000n, 2000n, 3000n]);
+    // Each record carries the op that produced it.
+    expect(recs[0]!.op).toBe(ops[0]);
+    expect(recs[5]!.op).toBe(ops[5]);
   });
 
   it('stops at the bytes used', () => {
     const s = stream();
-    expect(decodeRecords(ops, s.bytes, 48 + 16 + 64).map((r) => r.op)).toEqual(['cpuid', 'pioIn', 'pioIns']);
+    expect(decodeRecords(ops, s.bytes, 48 + 16 + 64).map((r) => r.op.op)).toEqual(['cpuid', 'pioIn', 'pioIns']);
     expect(decodeRecords(ops, s.bytes, 0)).toEqual([]);
   });
 
@@ -286,7 +290,7 @@ describe('decodeRecords', () => {
     const s = new Stream();
     for (let i = 0; i < 5; i++) s.header(OPS.rdtsc.code).u64(BigInt(i));
     const recs = decodeRecords([{ op: 'loopBegin', count: 0 }, { op: 'rdtsc' }, { op: 'loopEnd' }], s.bytes, s.at);
-    expect(recs.map((r) => [r.index, r.fields.tsc])).toEqual([0, 1, 2, 3, 4].map((i) => [i, BigInt(i)]));
+    expect(recordsOf(recs, 'rdtsc').map((r) => [r.index, r.fields.tsc])).toEqual([0, 1, 2, 3, 4].map((i) => [i, BigInt(i)]));
   });
 
   it('works on a view into a larger buffer', () => {

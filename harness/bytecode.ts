@@ -9,6 +9,7 @@ import {
   OPS_HASH,
   OP_BY_CODE,
   RECORD_HEADER_BYTES,
+  fieldsBytes,
   recordBytes,
   stringBufferBytes,
   type Field,
@@ -17,6 +18,7 @@ import {
   type OpRecord,
 } from '../ir/ops.js';
 import type { Program } from '../ir/program.js';
+import { execution, layoutOps, opIndexAt, placeOps, totalOver } from '../ir/layout.js';
 import { GUEST_ABI_VERSION, LAYOUT, PROGRAM_FLAGS, PROGRAM_MAGIC, structBytes } from './guest/abi.js';
 
 function writeField(view: DataView, at: number, type: Field[1], value: bigint | number): void {
@@ -48,13 +50,14 @@ function checkOperand(op: string, name: string, type: Field[1], v: unknown): big
 }
 
 export function encodeOps(ops: readonly Op[]): Uint8Array {
-  const size = ops.reduce((n, o) => n + 1 + fieldBytes(OPS[o.op].operands), 0);
-  const bytes = new Uint8Array(size);
+  // Bytes only: a fragment with unbalanced loops encodes as it is (the guest refuses it as a bad op).
+  const layout = placeOps(ops);
+  const bytes = new Uint8Array(layout.codeBytes);
   const view = new DataView(bytes.buffer);
-  let at = 0;
-  for (const o of ops) {
+  for (const { op: o, offset } of layout.placed) {
     const def: OpDef = OPS[o.op];
-    view.setUint8(at++, def.code);
+    view.setUint8(offset, def.code);
+    let at = offset + 1;
     for (const [name, type] of def.operands) {
       writeField(view, at, type, checkOperand(o.op, name, type, (o as unknown as Record<string, unknown>)[name]));
       at += FIELD_BYTES[type];
@@ -65,33 +68,12 @@ export function encodeOps(ops: readonly Op[]): Uint8Array {
 
 /** Index of the op that starts at byte offset `pc` of a thread's code (the guest reports pc). */
 export function opIndexAtOffset(ops: readonly Op[], pc: number): number {
-  let at = 0;
-  for (let i = 0; i < ops.length; i++) {
-    if (at === pc) return i;
-    at += 1 + fieldBytes(OPS[ops[i]!.op].operands);
-    if (at > pc) return i;
-  }
-  return -1;
-}
-
-function fieldBytes(fields: readonly Field[]): number {
-  return fields.reduce((n, [, t]) => n + FIELD_BYTES[t], 0);
+  return opIndexAt(placeOps(ops), pc);
 }
 
 /** Record bytes a thread produces; loops multiply their bodies, open loops get the program's budget. */
 export function threadRecordBytes(ops: readonly Op[], openLoopBytes: number): number {
-  const stack: { count: number; bytes: number }[] = [{ count: 1, bytes: 0 }];
-  for (const o of ops) {
-    if (o.op === 'loopBegin') stack.push({ count: o.count, bytes: 0 });
-    else if (o.op === 'loopEnd') {
-      const body = stack.pop();
-      if (!body || stack.length === 0) throw new Error('loopEnd without loopBegin');
-      const top = stack[stack.length - 1]!;
-      top.bytes += body.count === 0 ? (body.bytes > 0 ? openLoopBytes : 0) : body.bytes * body.count;
-    } else stack[stack.length - 1]!.bytes += recordBytes(o);
-  }
-  if (stack.length !== 1) throw new Error('loopBegin without loopEnd');
-  return stack[0]!.bytes;
+  return totalOver(layoutOps(ops), recordBytes, (body) => (body > 0 ? openLoopBytes : 0));
 }
 
 export interface ProgramImage {
@@ -147,36 +129,16 @@ export function encodeProgram(p: Program): ProgramImage {
 }
 
 /**
- * Decode a thread's records by replaying its op list the way the interpreter walks it (loops
- * included) and reading one record per recording op. Stops at `used` bytes.
+ * Decode a thread's records by walking its ops in the order the interpreter executes them (ir/layout.ts)
+ * and reading one record per recording op. Stops at `used` bytes.
  */
 export function decodeRecords(ops: readonly Op[], bytes: Uint8Array, used: number): OpRecord[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out: OpRecord[] = [];
   let at = 0;
   let index = 0;
-  const loops: { start: number; remaining: number; forever: boolean }[] = [];
-  let pc = 0;
-  while (pc < ops.length && at < used) {
-    const o = ops[pc]!;
-    if (o.op === 'end') break;
-    if (o.op === 'loopBegin') {
-      loops.push({ start: pc + 1, remaining: o.count ? o.count - 1 : 0, forever: o.count === 0 });
-      pc++;
-      continue;
-    }
-    if (o.op === 'loopEnd') {
-      const l = loops[loops.length - 1];
-      if (!l) throw new Error('loopEnd without loopBegin');
-      if (l.forever || l.remaining > 0) {
-        if (!l.forever) l.remaining--;
-        pc = l.start;
-      } else {
-        loops.pop();
-        pc++;
-      }
-      continue;
-    }
+  for (const { op: o, opIndex } of execution(layoutOps(ops))) {
+    if (at >= used) break;
     const def: OpDef = OPS[o.op];
     if (def.record) {
       const size = recordBytes(o);
@@ -197,23 +159,23 @@ export function decodeRecords(ops: readonly Op[], bytes: Uint8Array, used: numbe
       let buffer: Uint8Array | undefined;
       if (def.stringBuffer) {
         const s = o as unknown as { width: number; count: number };
-        const start = at + RECORD_HEADER_BYTES + ((fieldBytes(def.result) + 7) & ~7);
+        const start = at + RECORD_HEADER_BYTES + ((fieldsBytes(def.result) + 7) & ~7);
         buffer = bytes.slice(start, start + stringBufferBytes(s.width, s.count));
       }
+      // The shape is the table's: decoded from the op's own result fields.
       out.push({
         index,
-        opIndex: pc,
-        op: o.op,
+        opIndex,
+        op: o,
         faultVector: faultVector === NO_FAULT ? null : faultVector,
         errorCode,
         flags,
         fields,
         ...(buffer ? { buffer } : {}),
-      });
+      } as OpRecord);
       at += size;
     }
     index++;
-    pc++;
   }
   return out;
 }

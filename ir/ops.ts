@@ -25,6 +25,23 @@ export interface OpDef {
   /** Has a trailing buffer of count*width bytes with guards on both sides (string I/O). */
   readonly stringBuffer?: boolean;
   readonly doc: string;
+  /*
+   * How the guest runs the op. Its interpreter's dispatch (decode, operand checks, record, pre-fill,
+   * catch) is generated from these (harness/guest/header.ts); interp.c only writes exec_<op>.
+   */
+  /** Operand values the guest accepts, by operand name; any other value makes the op a bad op. */
+  readonly allowed?: Readonly<Record<string, readonly number[]>>;
+  /** What the result fields hold before the op runs: 0 (the default) or the program's canary. */
+  readonly prefill?: 'zero' | 'canary';
+  /**
+   * Where an exception raised by the op goes: into its record header, the thread going on (the
+   * default for recording ops), or to the thread, which ends faulted (always so for the others).
+   */
+  readonly faults?: 'record' | 'thread';
+  /** What the guest checks beyond `allowed` before it runs the op (interp.c check_<op>); failing is a bad op. */
+  readonly guestCheck?: string;
+  /** Moves the interpreter itself (end, loops): interp.c decodes it by hand. */
+  readonly control?: boolean;
 }
 
 function op<const O extends readonly Field[], const R extends readonly Field[] | null>(
@@ -32,9 +49,9 @@ function op<const O extends readonly Field[], const R extends readonly Field[] |
   operands: O,
   result: R,
   doc: string,
-  extra: { stringBuffer?: boolean } = {},
-): OpDef & { readonly operands: O } {
-  return { code, operands, result: result ?? [], record: result !== null, doc, ...extra };
+  extra: Pick<OpDef, 'stringBuffer' | 'allowed' | 'prefill' | 'faults' | 'guestCheck' | 'control'> = {},
+): OpDef & { readonly operands: O; readonly result: R extends readonly Field[] ? R : readonly []; readonly record: R extends null ? false : true } {
+  return { code, operands, result: (result ?? []) as never, record: (result !== null) as never, doc, ...extra };
 }
 
 export const FIELD_BYTES: Record<FieldType, number> = { u8: 1, u16: 2, u32: 4, u64: 8 };
@@ -46,7 +63,7 @@ export const RECORD_HEADER_BYTES = 8;
 export const NO_FAULT = 0xff;
 
 export const OPS = {
-  end: op(0x00, [], null, 'Stop this vCPU thread (also implied by the end of its code).'),
+  end: op(0x00, [], null, 'Stop this vCPU thread (also implied by the end of its code).', { control: true }),
 
   cpuid: op(
     0x01,
@@ -57,6 +74,7 @@ export const OPS = {
       'that no longer hold the canary. `cpl` (0 or 3) is the privilege level CPUID executes at: a ring-3 thread asks ring 0 ' +
       'for a CPL-0 query through a #UD trap (ud2 at a known address; the handler runs CPUID on the trapped registers); ' +
       'a ring-0 thread takes CPL-3 queries as a bad op.',
+    { allowed: { cpl: [0, 3] }, guestCheck: 'a ring-0 thread refuses a CPL-3 query' },
   ),
 
   pioIn: op(
@@ -64,33 +82,35 @@ export const OPS = {
     [['port', 'u16'], ['width', 'u8']],
     [['rax', 'u64']],
     'IN AL/AX/EAX, DX with RAX pre-filled with the canary; records all of RAX.',
+    { allowed: { width: [1, 2, 4] }, prefill: 'canary' },
   ),
   pioIns: op(
     0x11,
     [['port', 'u16'], ['width', 'u8'], ['count', 'u16']],
     [['rcx', 'u64'], ['rdiDelta', 'u64']],
     'REP INSB/W/D into a canary-filled buffer; records RCX and how far RDI moved, then the buffer with its guards.',
-    { stringBuffer: true },
+    { stringBuffer: true, allowed: { width: [1, 2, 4] } },
   ),
   mmioRead: op(
     0x12,
     [['addr', 'u64'], ['width', 'u8']],
     [['rax', 'u64']],
     'MOV AL/AX/EAX/RAX, [addr] with RAX pre-filled with the canary; records all of RAX.',
+    { allowed: { width: [1, 2, 4, 8] }, prefill: 'canary' },
   ),
   mmioMovs: op(
     0x13,
     [['addr', 'u64'], ['width', 'u8'], ['count', 'u16']],
     [['rcx', 'u64'], ['rsiDelta', 'u64'], ['rdiDelta', 'u64']],
     'REP MOVSB/W/D/Q from [addr] into a canary-filled buffer; records RCX, the RSI and RDI moves, then the buffer.',
-    { stringBuffer: true },
+    { stringBuffer: true, allowed: { width: [1, 2, 4, 8] } },
   ),
-  pioOut: op(0x14, [['port', 'u16'], ['width', 'u8'], ['value', 'u32']], null, 'OUT DX, AL/AX/EAX.'),
-  mmioWrite: op(0x15, [['addr', 'u64'], ['width', 'u8'], ['value', 'u64']], null, 'MOV [addr], AL/AX/EAX/RAX.'),
+  pioOut: op(0x14, [['port', 'u16'], ['width', 'u8'], ['value', 'u32']], null, 'OUT DX, AL/AX/EAX.', { allowed: { width: [1, 2, 4] } }),
+  mmioWrite: op(0x15, [['addr', 'u64'], ['width', 'u8'], ['value', 'u64']], null, 'MOV [addr], AL/AX/EAX/RAX.', { allowed: { width: [1, 2, 4, 8] } }),
 
   rdmsr: op(0x20, [['msr', 'u32']], [['value', 'u64']], 'RDMSR; a #GP is caught and recorded in the record header.'),
-  wrmsr: op(0x21, [['msr', 'u32'], ['value', 'u64']], [], 'WRMSR; a #GP is caught and recorded. Tracks IA32_APIC_BASE x2APIC mode for EOIs.'),
-  rdtsc: op(0x22, [], [['tsc', 'u64']], 'RDTSC (serialised with LFENCE).'),
+  wrmsr: op(0x21, [['msr', 'u32'], ['value', 'u64']], [], 'WRMSR; a #GP is caught and recorded. A write to IA32_APIC_BASE (0x1b) that succeeds sets the mode (bit 10, x2APIC) every later APIC access of the guest uses: EOIs, apicRead, apicWrite.'),
+  rdtsc: op(0x22, [], [['tsc', 'u64']], 'RDTSC (serialised with LFENCE).', { faults: 'thread' }),
   delayTsc: op(0x23, [['cycles', 'u64']], null, 'Busy-wait until the TSC has advanced by cycles.'),
   sti: op(0x24, [], null, 'Enable interrupts.'),
   cli: op(0x25, [], null, 'Disable interrupts.'),
@@ -100,8 +120,9 @@ export const OPS = {
     [['seen', 'u32'], ['pad', 'u32'], ['tscStart', 'u64'], ['tscEnd', 'u64']],
     'With interrupts enabled, wait until this vCPU has taken count more interrupts of vector (HLT between them) ' +
       'or the TSC timeout passes. Interrupt timestamps land in the per-vCPU interrupt log.',
+    { faults: 'thread' },
   ),
-  irqCounts: op(0x27, [], [['total', 'u64'], ['logged', 'u64']], 'Snapshot of this vCPU interrupt totals (the per-vector counts live in the interrupt log area).'),
+  irqCounts: op(0x27, [], [['total', 'u64'], ['logged', 'u64']], 'Snapshot of this vCPU interrupt totals (the per-vector counts live in the interrupt log area).', { faults: 'thread' }),
 
   exec: op(
     0x28,
@@ -113,8 +134,28 @@ export const OPS = {
       'RFLAGS.IF/IOPL are what the host CPU holds, not the guest view).',
   ),
 
-  loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.'),
-  loopEnd: op(0x41, [], null, 'End of a loop body.'),
+  apicRead: op(
+    0x30,
+    [['reg', 'u16']],
+    [['value', 'u64']],
+    'Read local APIC register reg (an xAPIC offset: 0x20 ID, 0x30 version, 0x390 timer current count, ...) in the mode ' +
+      "the vCPU's APIC is in: xAPIC, a 32-bit MMIO read at 0xfee00000+reg (reg 0x300, the ICR, also reads 0x310 into bits 63:32); " +
+      'x2APIC, RDMSR 0x800+reg/16 (the whole 64-bit ICR). A #GP (a register x2APIC does not have) is recorded in the header, value 0.',
+    { guestCheck: 'reg is 16-byte aligned and below 0x1000' },
+  ),
+  apicWrite: op(
+    0x31,
+    [['reg', 'u16'], ['value', 'u64']],
+    [['tscBefore', 'u64'], ['tscAfter', 'u64']],
+    'Write local APIC register reg in the current mode: xAPIC, a 32-bit MMIO write of the low half (for the ICR, 0x310 ' +
+      'gets bits 63:32 first, then 0x300 the low half, which sends); x2APIC, WRMSR 0x800+reg/16 with all 64 bits (a #GP ' +
+      'for reserved registers or bits is recorded). Records the TSC just before and just after the write (LFENCE-serialised; ' +
+      'tscAfter stays 0 when the write faulted), so timer properties can bound when a count started.',
+    { guestCheck: 'reg is 16-byte aligned and below 0x1000' },
+  ),
+
+  loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.', { control: true }),
+  loopEnd: op(0x41, [], null, 'End of a loop body.', { control: true }),
   barrier: op(0x42, [['id', 'u32']], null, 'Wait until every thread of the program has reached a barrier with this id.'),
   mark: op(0x43, [['value', 'u64']], null, "Publish value as this thread's marker in the mailbox (progress the host can watch)."),
   dirtyPages: op(
@@ -133,18 +174,41 @@ type OperandsOf<F extends readonly Field[]> = { [K in F[number] as K[0]]: FieldV
 /** One IR op: its name plus its operands, typed from the table (u64 operands are bigint). */
 export type Op = { [N in OpName]: { op: N } & OperandsOf<(typeof OPS)[N]['operands']> }[OpName];
 
-/** The decoded record of one op. */
-export interface OpRecord {
+/** The op of a given name, typed from the table. */
+export type OpOf<N extends OpName> = Extract<Op, { op: N }>;
+
+/** Ops that append a record to their vCPU's observation stream. */
+export type RecordingOpName = { [N in OpName]: (typeof OPS)[N]['record'] extends true ? N : never }[OpName];
+
+type ResultFields<F extends readonly Field[]> = { readonly [K in F[number] as K[0]]: bigint };
+
+/** The decoded record of one op of kind N: its result fields typed from the table, and the op itself. */
+export interface RecordOf<N extends RecordingOpName> {
   /** Position in the thread's dynamic execution order (loops unrolled). */
   readonly index: number;
   /** Position of the op in its thread's op list. */
   readonly opIndex: number;
-  readonly op: OpName;
+  /** The op that produced the record. */
+  readonly op: OpOf<N>;
   readonly faultVector: number | null;
   readonly errorCode: number;
   readonly flags: number;
-  readonly fields: Readonly<Record<string, bigint>>;
+  readonly fields: ResultFields<(typeof OPS)[N]['result']>;
+  /** String ops: the destination buffer with its guards. */
   readonly buffer?: Uint8Array;
+}
+
+/** The decoded record of any op. */
+export type OpRecord = { [N in RecordingOpName]: RecordOf<N> }[RecordingOpName];
+
+/** Narrow a record to the op kind that produced it. */
+export function isRecordOf<N extends RecordingOpName>(r: OpRecord, name: N): r is Extract<OpRecord, RecordOf<N>> {
+  return r.op.op === name;
+}
+
+/** The records of one op kind (in order); the others are dropped. */
+export function recordsOf<N extends RecordingOpName>(records: readonly OpRecord[], name: N): RecordOf<N>[] {
+  return records.filter((r) => r.op.op === name) as unknown as RecordOf<N>[];
 }
 
 export function fieldsBytes(fields: readonly Field[]): number {
@@ -182,7 +246,11 @@ export function opsTableText(): string {
     .map(([name, d]) => {
       const def: OpDef = d;
       const f = (fs: readonly Field[]) => fs.map(([n, t]) => `${n}:${t}`).join(',');
-      return `${name}=${def.code};${f(def.operands)};${def.record ? f(def.result) : '-'};${def.stringBuffer ? 's' : ''}`;
+      // How the guest runs the op is part of the table too: a guest built with other operand checks
+      // or pre-fills would record something else for the same program.
+      const allowed = Object.entries(def.allowed ?? {}).map(([n, vs]) => `${n}=${vs.join('|')}`).join(',');
+      const guest = [allowed, def.prefill ?? '', def.faults ?? '', def.guestCheck ? 'c' : '', def.control ? 'k' : ''].join('/');
+      return `${name}=${def.code};${f(def.operands)};${def.record ? f(def.result) : '-'};${def.stringBuffer ? 's' : ''};${guest}`;
     })
     .join('\n');
 }

@@ -9,7 +9,11 @@
  */
 import { FIELD_BYTES, type Field } from '../../ir/ops.js';
 
-export const GUEST_ABI_VERSION = 1;
+/**
+ * 2: the mailbox carries the guest's whole verdict (bail_reason and its arguments, nthreads) and a
+ * thread's status says why an op was bad (bad_opcode, bad_reason).
+ */
+export const GUEST_ABI_VERSION = 2;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -54,8 +58,88 @@ export const PROGRAM_FLAGS = {
   ring0: 1n << 2n,
 } as const;
 
+/**
+ * The verdict the host judges (harness/workload.ts guestProblems) is the mailbox and the thread
+ * statuses; the TAP lines on COM1 say the same for people. Every set below is closed: a value outside
+ * it is itself a problem.
+ *
+ * Mailbox states: `booting` until every vCPU is up; `running` while threads run; `done` when the BSP
+ * has seen every thread end (each thread's own state says how); `failed` when the guest gave up
+ * (`bail_reason` says why).
+ */
 export const MAILBOX_STATE = { booting: 0, running: 1, done: 2, failed: 3 } as const;
+/**
+ * Thread states: `faulted`: an exception outside any op's catch ended the thread (fault_* fields);
+ * `overflow`: its observation region was full; `badOp`: an op the guest refuses (bad_opcode,
+ * bad_reason).
+ */
 export const THREAD_STATE = { idle: 0, running: 1, done: 2, faulted: 3, overflow: 4, badOp: 5 } as const;
+
+/** Why the guest gave up (mailbox.bail_reason, with mailbox.state = failed). */
+export const BAIL_REASON = {
+  none: 0,
+  /** No program at LAYOUT.program: bail_arg0 = the magic found, bail_arg1 = the ABI version found. */
+  badProgram: 1,
+  /** The program was encoded for another op table: bail_arg0 = its OPS_HASH, bail_arg1 = the guest's. */
+  opsHash: 2,
+  /** nthreads is 0 or above LAYOUT.maxCpus: bail_arg0 = the count. */
+  threadCount: 3,
+  /** An application processor did not come up: bail_arg0 = its vCPU index, bail_arg1 = the APIC ID sent INIT-SIPI-SIPI. */
+  apStart: 4,
+  /** An exception outside any thread or op (fatal_cpu, fatal_vector, fatal_error, fatal_rip, fatal_cr2). */
+  exception: 5,
+} as const;
+
+/** Why an op was refused (thread_status.bad_reason, with state = badOp and bad_opcode = its code). */
+export const BAD_OP_REASON = {
+  none: 0,
+  /** The byte at pc is no op of this guest's table. */
+  unknownOp: 1,
+  /** An operand outside the values the op table allows (OpDef.allowed), or refused by the op's guest check. */
+  badOperand: 2,
+  /** The op's operands run past the end of the thread's code. */
+  truncated: 3,
+  /** loopBegin nested deeper than 8. */
+  loopTooDeep: 4,
+  /** loopEnd without a loopBegin. */
+  loopUnmatched: 5,
+} as const;
+
+/**
+ * Local APIC register offsets (xAPIC MMIO offset from 0xfee00000; the x2APIC MSR is 0x800 + reg/16).
+ * The guest reaches every one of them through apic_read/apic_write (runtime.h), as do the apicRead
+ * and apicWrite ops. SDM Vol. 3A, Table 11-1 and Table 11-6.
+ */
+export const APIC_REGS = {
+  id: 0x20,
+  version: 0x30,
+  tpr: 0x80,
+  ppr: 0xa0,
+  eoi: 0xb0,
+  ldr: 0xd0,
+  svr: 0xf0,
+  isr0: 0x100,
+  tmr0: 0x180,
+  irr0: 0x200,
+  esr: 0x280,
+  /** Interrupt command: one 64-bit register in x2APIC mode (destination in bits 63:32). */
+  icr: 0x300,
+  /** xAPIC only: ICR bits 63:32 (destination in bits 63:56); reserved in x2APIC mode (#GP). */
+  icr2: 0x310,
+  lvtTimer: 0x320,
+  lvtThermal: 0x330,
+  lvtPerf: 0x340,
+  lvtLint0: 0x350,
+  lvtLint1: 0x360,
+  lvtError: 0x370,
+  timerInitialCount: 0x380,
+  timerCurrentCount: 0x390,
+  timerDivide: 0x3e0,
+  /** x2APIC only: self IPI. */
+  selfIpi: 0x3f0,
+} as const;
+export const APIC_MMIO_BASE = 0xfee0_0000;
+export const X2APIC_MSR_BASE = 0x800;
 
 export const STRUCTS = {
   prog_header: [
@@ -89,7 +173,12 @@ export const STRUCTS = {
     ['fatal_cr2', 'u64'],
     ['boot_tsc', 'u64'],
     ['done_tsc', 'u64'],
-    ['pad0', 'u64'],
+    /** BAIL_REASON; its arguments below. */
+    ['bail_reason', 'u32'],
+    /** Threads the guest ran (the program's count, once checked). */
+    ['nthreads', 'u32'],
+    ['bail_arg0', 'u64'],
+    ['bail_arg1', 'u64'],
   ],
   thread_status: [
     ['state', 'u32'],
@@ -105,7 +194,9 @@ export const STRUCTS = {
     ['irq_total', 'u64'],
     /** Bumped inside long-running ops (delays, waits, barriers) so the host can tell slow from stuck. */
     ['heartbeat', 'u64'],
-    ['pad1', 'u64'],
+    /** With state badOp: the opcode byte at pc and BAD_OP_REASON. */
+    ['bad_opcode', 'u32'],
+    ['bad_reason', 'u32'],
     ['pad2', 'u64'],
     ['pad3', 'u64'],
     ['pad4', 'u64'],
@@ -128,6 +219,8 @@ export const MAILBOX_THREADS_OFFSET = 128;
 /** irq log: u32 counts[256], then irq_log_head, then the ring of { u64 tsc; u32 vector; u32 pad }. */
 export const IRQ_LOG_COUNTS_BYTES = 256 * 4;
 export const IRQ_LOG_ENTRY_BYTES = 16;
+/** Offset of the ring in one vCPU's log. */
+export const IRQ_LOG_RING_OFFSET = IRQ_LOG_COUNTS_BYTES + 16;
 export const IRQ_LOG_RING_ENTRIES =
   (LAYOUT.irqLogStride - IRQ_LOG_COUNTS_BYTES - 16) / IRQ_LOG_ENTRY_BYTES;
 

@@ -1,10 +1,15 @@
 /*
  * The workload interpreter: one loop over a thread's bytecode. Ops and their record layouts come
- * from the generated header, so this file only says how each op touches the machine.
+ * from the generated header, and so does the dispatch of every op but the control ops (end,
+ * loopBegin, loopEnd): decode, operand checks, record, result pre-fill and the op-level catch
+ * (kvmprop_gen.h dispatch_op, rendered by harness/guest/header.ts from ir/ops.ts). This file says
+ * how each op touches the machine (exec_<op>) and walks loops.
  *
- * Every recording op runs under an op-level catch: an exception it raises is written into its
- * record header (the models decide whether that was expected) and the thread goes on.
+ * Every recording op whose faults go to its record runs under an op-level catch: an exception it
+ * raises is written into its record header (the models decide whether that was expected) and the
+ * thread goes on.
  */
+#define KVMPROP_INTERP 1
 #include "runtime.h"
 
 struct loop {
@@ -45,10 +50,6 @@ static u8 *record_begin(struct ctx *x, u8 opcode, u64 payload)
 	return p;
 }
 
-static u64 round8(u64 n) { return (n + 7) & ~7ul; }
-
-#define PAYLOAD(tag) round8(sizeof(struct res_##tag))
-
 static void record_fault(u8 *payload, struct cpu *c)
 {
 	struct record_header *h = (struct record_header *)(payload - RECORD_HEADER_BYTES);
@@ -56,13 +57,8 @@ static void record_fault(u8 *payload, struct cpu *c)
 	h->error_code = (u32)c->fault.error;
 }
 
-/*
- * Exec functions: one per recording op that touches the machine, each writing its result fields.
- * run_caught() runs one under an op-level catch, so the interpreter's own state never lives across
- * a longjmp.
- */
-typedef void (*exec_fn)(struct ctx *x, const void *op, u8 *res);
-
+/* Run one exec function under an op-level catch, so the interpreter's own state never lives across
+ * a longjmp; a fault lands in the record header. (The generated dispatch calls it.) */
 static __attribute__((noinline)) int run_caught(struct ctx *x, exec_fn fn, const void *op, u8 *res)
 {
 	struct catch_frame cf;
@@ -76,17 +72,29 @@ static __attribute__((noinline)) int run_caught(struct ctx *x, exec_fn fn, const
 	return 1;
 }
 
+static void fill_canary(struct ctx *x, u8 *buf, u64 n)
+{
+	for (u64 i = 0; i < n; i++)
+		buf[i] = canary_byte(x->canary, i);
+}
+
+/* ---- exec functions: signatures from kvmprop_gen.h; result fields arrive pre-filled ---- */
+
 void cpuid_canary(u64 rax_in, u64 rcx_in, u64 canary, u64 out[15]);
 void cpuid_canary_cpl0(u64 rax_in, u64 rcx_in, u64 canary, u64 out[15]);
 
-static void exec_cpuid(struct ctx *x, const void *op, u8 *res)
+static inline int check_cpuid(struct ctx *x, const struct op_cpuid *o)
 {
-	const struct op_cpuid *o = op;
-	struct res_cpuid *r = (struct res_cpuid *)res;
+	/* A ring-0 thread cannot run CPUID at CPL 3. */
+	return !(o->cpl == 3 && cpl() == 0);
+}
+
+static inline void exec_cpuid(struct ctx *x, const struct op_cpuid *o, struct res_cpuid *r)
+{
 	u64 regs[15];
 	u64 hi = x->canary & 0xffffffff00000000ul;
 	/* A CPL-0 query from a ring-3 thread goes through ring 0's #UD service; otherwise CPUID runs
-	 * right here (the interpreter refused a CPL-3 query in a ring-0 thread). */
+	 * right here (check_cpuid refused a CPL-3 query in a ring-0 thread). */
 	if (o->cpl == 0 && cpl() == 3)
 		cpuid_canary_cpl0(hi | o->leaf, hi | o->subleaf, x->canary, regs);
 	else
@@ -102,14 +110,11 @@ static void exec_cpuid(struct ctx *x, const void *op, u8 *res)
 		if (regs[i] != x->canary)
 			clobbered |= 1u << gpr_no[i];
 	r->clobbered = clobbered;
-	r->pad = 0;
 }
 
-static void exec_pio_in(struct ctx *x, const void *op, u8 *res)
+static inline void exec_pio_in(struct ctx *x, const struct op_pio_in *o, struct res_pio_in *r)
 {
-	const struct op_pio_in *o = op;
-	struct res_pio_in *r = (struct res_pio_in *)res;
-	u64 v = x->canary;
+	u64 v = r->rax; /* the canary */
 	switch (o->width) {
 	case 1: asm volatile("inb %%dx, %%al" : "+a"(v) : "d"(o->port) : "memory"); break;
 	case 2: asm volatile("inw %%dx, %%ax" : "+a"(v) : "d"(o->port) : "memory"); break;
@@ -118,11 +123,9 @@ static void exec_pio_in(struct ctx *x, const void *op, u8 *res)
 	r->rax = v;
 }
 
-static void exec_mmio_read(struct ctx *x, const void *op, u8 *res)
+static inline void exec_mmio_read(struct ctx *x, const struct op_mmio_read *o, struct res_mmio_read *r)
 {
-	const struct op_mmio_read *o = op;
-	struct res_mmio_read *r = (struct res_mmio_read *)res;
-	u64 v = x->canary;
+	u64 v = r->rax; /* the canary */
 	switch (o->width) {
 	case 1: asm volatile("movb (%1), %%al" : "+a"(v) : "r"(o->addr) : "memory"); break;
 	case 2: asm volatile("movw (%1), %%ax" : "+a"(v) : "r"(o->addr) : "memory"); break;
@@ -132,17 +135,8 @@ static void exec_mmio_read(struct ctx *x, const void *op, u8 *res)
 	r->rax = v;
 }
 
-static void fill_canary(struct ctx *x, u8 *buf, u64 n)
+static inline void exec_pio_ins(struct ctx *x, const struct op_pio_ins *o, struct res_pio_ins *r, u8 *dst)
 {
-	for (u64 i = 0; i < n; i++)
-		buf[i] = canary_byte(x->canary, i);
-}
-
-static void exec_pio_ins(struct ctx *x, const void *op, u8 *res)
-{
-	const struct op_pio_ins *o = op;
-	struct res_pio_ins *r = (struct res_pio_ins *)res;
-	u8 *dst = res + PAYLOAD(pio_ins) + STRING_GUARD_BYTES;
 	u64 rcx = o->count, rdi = (u64)dst;
 	switch (o->width) {
 	case 1: asm volatile("rep insb" : "+c"(rcx), "+D"(rdi) : "d"(o->port) : "memory"); break;
@@ -153,11 +147,8 @@ static void exec_pio_ins(struct ctx *x, const void *op, u8 *res)
 	r->rdi_delta = rdi - (u64)dst;
 }
 
-static void exec_mmio_movs(struct ctx *x, const void *op, u8 *res)
+static inline void exec_mmio_movs(struct ctx *x, const struct op_mmio_movs *o, struct res_mmio_movs *r, u8 *dst)
 {
-	const struct op_mmio_movs *o = op;
-	struct res_mmio_movs *r = (struct res_mmio_movs *)res;
-	u8 *dst = res + PAYLOAD(mmio_movs) + STRING_GUARD_BYTES;
 	u64 rcx = o->count, rdi = (u64)dst, rsi = o->addr;
 	switch (o->width) {
 	case 1: asm volatile("rep movsb" : "+c"(rcx), "+D"(rdi), "+S"(rsi) : : "memory"); break;
@@ -170,12 +161,29 @@ static void exec_mmio_movs(struct ctx *x, const void *op, u8 *res)
 	r->rdi_delta = rdi - (u64)dst;
 }
 
+static inline void exec_pio_out(struct ctx *x, const struct op_pio_out *o)
+{
+	switch (o->width) {
+	case 1: outb(o->port, (u8)o->value); break;
+	case 2: outw(o->port, (u16)o->value); break;
+	default: outl(o->port, o->value); break;
+	}
+}
+
+static inline void exec_mmio_write(struct ctx *x, const struct op_mmio_write *o)
+{
+	switch (o->width) {
+	case 1: *(volatile u8 *)o->addr = (u8)o->value; break;
+	case 2: *(volatile u16 *)o->addr = (u16)o->value; break;
+	case 4: *(volatile u32 *)o->addr = (u32)o->value; break;
+	default: *(volatile u64 *)o->addr = o->value; break;
+	}
+}
+
 static u8 snippets[LAYOUT_MAX_CPUS][32] __attribute__((aligned(32)));
 
-static void exec_exec(struct ctx *x, const void *op, u8 *res)
+static inline void exec_exec(struct ctx *x, const struct op_exec *o, struct res_exec *r)
 {
-	const struct op_exec *o = op;
-	struct res_exec *r = (struct res_exec *)res;
 	u8 *code = snippets[x->cpu->index];
 	memcpy(code, &o->lo, 8);
 	memcpy(code + 8, &o->hi, 8);
@@ -190,36 +198,79 @@ static void exec_exec(struct ctx *x, const void *op, u8 *res)
 	r->rflags = flags;
 }
 
-static void exec_rdmsr(struct ctx *x, const void *op, u8 *res)
+static inline void exec_rdmsr(struct ctx *x, const struct op_rdmsr *o, struct res_rdmsr *r)
 {
-	((struct res_rdmsr *)res)->value = priv_rdmsr(((const struct op_rdmsr *)op)->msr);
+	r->value = priv_rdmsr(o->msr);
 }
 
-static void exec_wrmsr(struct ctx *x, const void *op, u8 *res)
+static inline void exec_wrmsr(struct ctx *x, const struct op_wrmsr *o, struct res_wrmsr *r)
 {
-	const struct op_wrmsr *o = op;
 	priv_wrmsr(o->msr, o->value);
-	if (o->msr == 0x1b)
+	/* Only a write that did not fault gets here: the LAPIC mode every APIC access uses follows it. */
+	if (o->msr == MSR_APIC_BASE)
 		x->cpu->x2apic = (o->value >> 10) & 1;
 }
 
-static void pio_out(u16 port, u8 width, u32 v)
+static inline void exec_rdtsc(struct ctx *x, const struct op_rdtsc *o, struct res_rdtsc *r)
 {
-	switch (width) {
-	case 1: outb(port, (u8)v); break;
-	case 2: outw(port, (u16)v); break;
-	default: outl(port, v); break;
+	r->tsc = rdtsc();
+}
+
+static inline void exec_delay_tsc(struct ctx *x, const struct op_delay_tsc *o)
+{
+	u64 until = rdtsc() + o->cycles;
+	while (rdtsc() < until) {
+		x->st->heartbeat++;
+		cpu_relax();
 	}
 }
 
-static void mmio_write(u64 addr, u8 width, u64 v)
+static inline void exec_sti(struct ctx *x, const struct op_sti *o) { irq_enable(x->cpu); }
+static inline void exec_cli(struct ctx *x, const struct op_cli *o) { irq_disable(x->cpu); }
+
+static u32 irq_count(struct cpu *c, u8 vector) { return ((volatile u32 *)c->irq_log)[vector]; }
+
+static inline void exec_wait_irq(struct ctx *x, const struct op_wait_irq *o, struct res_wait_irq *r)
 {
-	switch (width) {
-	case 1: *(volatile u8 *)addr = (u8)v; break;
-	case 2: *(volatile u16 *)addr = (u16)v; break;
-	case 4: *(volatile u32 *)addr = (u32)v; break;
-	default: *(volatile u64 *)addr = v; break;
+	struct cpu *c = x->cpu;
+	u32 start = irq_count(c, o->vector);
+	u64 t0 = rdtsc(), deadline = t0 + o->timeout_cycles;
+	int was_enabled = c->irq_on;
+	if (!was_enabled)
+		irq_enable(c);
+	while (irq_count(c, o->vector) - start < o->count && rdtsc() < deadline) {
+		x->st->heartbeat++;
+		cpu_relax();
 	}
+	if (!was_enabled)
+		irq_disable(c);
+	r->seen = irq_count(c, o->vector) - start;
+	r->tsc_start = t0;
+	r->tsc_end = rdtsc();
+}
+
+static inline void exec_irq_counts(struct ctx *x, const struct op_irq_counts *o, struct res_irq_counts *r)
+{
+	struct irq_log_head *h = (struct irq_log_head *)(x->cpu->irq_log + IRQ_LOG_COUNTS_BYTES);
+	r->total = h->total;
+	r->logged = h->next;
+}
+
+/* APIC registers are 16-byte aligned in a 4 KiB page (x2APIC: MSRs 0x800-0x8ff). */
+static inline int apic_reg_ok(u16 reg) { return (reg & 0xf) == 0 && reg < 0x1000; }
+static inline int check_apic_read(struct ctx *x, const struct op_apic_read *o) { return apic_reg_ok(o->reg); }
+static inline int check_apic_write(struct ctx *x, const struct op_apic_write *o) { return apic_reg_ok(o->reg); }
+
+static inline void exec_apic_read(struct ctx *x, const struct op_apic_read *o, struct res_apic_read *r)
+{
+	r->value = apic_read(x->cpu, o->reg);
+}
+
+static inline void exec_apic_write(struct ctx *x, const struct op_apic_write *o, struct res_apic_write *r)
+{
+	r->tsc_before = rdtsc();
+	apic_write(x->cpu, o->reg, o->value);
+	r->tsc_after = rdtsc();
 }
 
 static void barrier_wait(struct thread_status *st, u32 id)
@@ -237,14 +288,20 @@ static void barrier_wait(struct thread_status *st, u32 id)
 	}
 }
 
-static u32 irq_count(struct cpu *c, u8 vector) { return ((volatile u32 *)c->irq_log)[vector]; }
+static inline void exec_barrier(struct ctx *x, const struct op_barrier *o) { barrier_wait(x->st, o->id); }
+static inline void exec_mark(struct ctx *x, const struct op_mark *o) { x->st->marker = o->value; }
 
-#define DECODE(type, var)                     \
-	struct type var;                      \
-	memcpy(&var, code + pc, sizeof(var)); \
-	pc += sizeof(var)
+static inline void exec_dirty_pages(struct ctx *x, const struct op_dirty_pages *o)
+{
+	for (u64 i = 0; i < o->pages; i++) {
+		(*(volatile u8 *)(o->base + i * (u64)o->stride))++;
+		if ((i & 4095) == 4095)
+			x->st->heartbeat++;
+	}
+}
 
-/* Run an op that records under an op-level catch; a fault lands in the record header. */
+/* ---- the loop: control ops by hand, every other op through the generated dispatch ---- */
+
 void run_thread(struct cpu *c, u32 index)
 {
 	const struct thread_desc *td = thread_desc_of(index);
@@ -261,6 +318,7 @@ void run_thread(struct cpu *c, u32 index)
 	struct loop loops[8];
 	int depth = 0;
 	u32 pc = 0;
+	int why;
 
 	st->state = THREAD_RUNNING;
 	while (pc < len) {
@@ -270,164 +328,18 @@ void run_thread(struct cpu *c, u32 index)
 		case OP_END:
 			pc = len;
 			continue;
-		case OP_CPUID: {
-			DECODE(op_cpuid, o);
-			if (o.cpl != 0 && o.cpl != 3)
-				goto bad_op;
-			if (o.cpl == 3 && cpl() == 0)
-				goto bad_op;
-			u8 *r = record_begin(&x, opcode, PAYLOAD(cpuid));
-			if (!r)
-				goto overflow;
-			run_caught(&x, exec_cpuid, &o, r);
-			break;
-		}
-		case OP_PIO_IN: {
-			DECODE(op_pio_in, o);
-			if (o.width != 1 && o.width != 2 && o.width != 4)
-				goto bad_op;
-			u8 *r = record_begin(&x, opcode, PAYLOAD(pio_in));
-			if (!r)
-				goto overflow;
-			((struct res_pio_in *)r)->rax = x.canary;
-			run_caught(&x, exec_pio_in, &o, r);
-			break;
-		}
-		case OP_MMIO_READ: {
-			DECODE(op_mmio_read, o);
-			if (o.width != 1 && o.width != 2 && o.width != 4 && o.width != 8)
-				goto bad_op;
-			u8 *r = record_begin(&x, opcode, PAYLOAD(mmio_read));
-			if (!r)
-				goto overflow;
-			((struct res_mmio_read *)r)->rax = x.canary;
-			run_caught(&x, exec_mmio_read, &o, r);
-			break;
-		}
-		case OP_PIO_INS: {
-			DECODE(op_pio_ins, o);
-			if (o.width != 1 && o.width != 2 && o.width != 4)
-				goto bad_op;
-			u64 buf_bytes = round8(2 * STRING_GUARD_BYTES + (u64)o.width * o.count);
-			u8 *r = record_begin(&x, opcode, PAYLOAD(pio_ins) + buf_bytes);
-			if (!r)
-				goto overflow;
-			memset(r, 0, PAYLOAD(pio_ins));
-			fill_canary(&x, r + PAYLOAD(pio_ins), buf_bytes);
-			run_caught(&x, exec_pio_ins, &o, r);
-			break;
-		}
-		case OP_MMIO_MOVS: {
-			DECODE(op_mmio_movs, o);
-			if (o.width != 1 && o.width != 2 && o.width != 4 && o.width != 8)
-				goto bad_op;
-			u64 buf_bytes = round8(2 * STRING_GUARD_BYTES + (u64)o.width * o.count);
-			u8 *r = record_begin(&x, opcode, PAYLOAD(mmio_movs) + buf_bytes);
-			if (!r)
-				goto overflow;
-			memset(r, 0, PAYLOAD(mmio_movs));
-			fill_canary(&x, r + PAYLOAD(mmio_movs), buf_bytes);
-			run_caught(&x, exec_mmio_movs, &o, r);
-			break;
-		}
-		case OP_PIO_OUT: {
-			DECODE(op_pio_out, o);
-			pio_out(o.port, o.width, o.value);
-			break;
-		}
-		case OP_MMIO_WRITE: {
-			DECODE(op_mmio_write, o);
-			mmio_write(o.addr, o.width, o.value);
-			break;
-		}
-		case OP_EXEC: {
-			DECODE(op_exec, o);
-			u8 *r = record_begin(&x, opcode, PAYLOAD(exec));
-			if (!r)
-				goto overflow;
-			memset(r, 0, PAYLOAD(exec));
-			run_caught(&x, exec_exec, &o, r);
-			break;
-		}
-		case OP_RDMSR: {
-			DECODE(op_rdmsr, o);
-			u8 *r = record_begin(&x, opcode, PAYLOAD(rdmsr));
-			if (!r)
-				goto overflow;
-			((struct res_rdmsr *)r)->value = 0;
-			run_caught(&x, exec_rdmsr, &o, r);
-			break;
-		}
-		case OP_WRMSR: {
-			DECODE(op_wrmsr, o);
-			u8 *r = record_begin(&x, opcode, 0);
-			if (!r)
-				goto overflow;
-			run_caught(&x, exec_wrmsr, &o, r);
-			break;
-		}
-		case OP_RDTSC: {
-			DECODE(op_rdtsc, o);
-			(void)o;
-			struct res_rdtsc *r = (struct res_rdtsc *)record_begin(&x, opcode, PAYLOAD(rdtsc));
-			if (!r)
-				goto overflow;
-			r->tsc = rdtsc();
-			break;
-		}
-		case OP_DELAY_TSC: {
-			DECODE(op_delay_tsc, o);
-			u64 until = rdtsc() + o.cycles;
-			while (rdtsc() < until) {
-				st->heartbeat++;
-				cpu_relax();
-			}
-			break;
-		}
-		case OP_STI:
-			pc++;
-			irq_enable(c);
-			break;
-		case OP_CLI:
-			pc++;
-			irq_disable(c);
-			break;
-		case OP_WAIT_IRQ: {
-			DECODE(op_wait_irq, o);
-			struct res_wait_irq *r = (struct res_wait_irq *)record_begin(&x, opcode, PAYLOAD(wait_irq));
-			if (!r)
-				goto overflow;
-			u32 start = irq_count(c, o.vector);
-			u64 t0 = rdtsc(), deadline = t0 + o.timeout_cycles;
-			int was_enabled = c->irq_on;
-			if (!was_enabled)
-				irq_enable(c);
-			while (irq_count(c, o.vector) - start < o.count && rdtsc() < deadline) {
-				st->heartbeat++;
-				cpu_relax();
-			}
-			if (!was_enabled)
-				irq_disable(c);
-			r->seen = irq_count(c, o.vector) - start;
-			r->pad = 0;
-			r->tsc_start = t0;
-			r->tsc_end = rdtsc();
-			break;
-		}
-		case OP_IRQ_COUNTS: {
-			pc++;
-			struct res_irq_counts *r = (struct res_irq_counts *)record_begin(&x, opcode, PAYLOAD(irq_counts));
-			if (!r)
-				goto overflow;
-			struct irq_log_head *h = (struct irq_log_head *)(c->irq_log + IRQ_LOG_COUNTS_BYTES);
-			r->total = h->total;
-			r->logged = h->next;
-			break;
-		}
 		case OP_LOOP_BEGIN: {
-			DECODE(op_loop_begin, o);
-			if (depth == 8)
+			struct op_loop_begin o;
+			if (len - pc < sizeof(o)) {
+				why = BAD_OP_TRUNCATED;
 				goto bad_op;
+			}
+			__builtin_memcpy(&o, code + pc, sizeof(o));
+			pc += sizeof(o);
+			if (depth == 8) {
+				why = BAD_OP_LOOP_TOO_DEEP;
+				goto bad_op;
+			}
 			loops[depth].start = pc;
 			loops[depth].forever = o.count == 0;
 			loops[depth].remaining = o.count ? o.count - 1 : 0;
@@ -436,8 +348,10 @@ void run_thread(struct cpu *c, u32 index)
 		}
 		case OP_LOOP_END: {
 			pc++;
-			if (depth == 0)
+			if (depth == 0) {
+				why = BAD_OP_LOOP_UNMATCHED;
 				goto bad_op;
+			}
 			struct loop *l = &loops[depth - 1];
 			if (l->forever || l->remaining) {
 				if (!l->forever)
@@ -448,27 +362,13 @@ void run_thread(struct cpu *c, u32 index)
 			}
 			break;
 		}
-		case OP_BARRIER: {
-			DECODE(op_barrier, o);
-			barrier_wait(st, o.id);
-			break;
-		}
-		case OP_MARK: {
-			DECODE(op_mark, o);
-			st->marker = o.value;
-			break;
-		}
-		case OP_DIRTY_PAGES: {
-			DECODE(op_dirty_pages, o);
-			for (u64 i = 0; i < o.pages; i++) {
-				(*(volatile u8 *)(o.base + i * (u64)o.stride))++;
-				if ((i & 4095) == 4095)
-					st->heartbeat++;
-			}
-			break;
-		}
 		default:
-			goto bad_op;
+			why = dispatch_op(&x, x.canary, code, len, &pc);
+			if (why < 0)
+				goto overflow;
+			if (why > 0)
+				goto bad_op;
+			break;
 		}
 		st->ops_done++;
 	}
@@ -478,5 +378,7 @@ overflow:
 	st->state = THREAD_OVERFLOW;
 	return;
 bad_op:
+	st->bad_opcode = code[st->pc];
+	st->bad_reason = (u32)why;
 	st->state = THREAD_BAD_OP;
 }

@@ -1,4 +1,4 @@
-/* Freestanding helpers: memory, serial console, LAPIC EOI, exit. */
+/* Freestanding helpers: memory, serial console, LAPIC EOI (through apic_write), exit. */
 #include "runtime.h"
 
 void *memset(void *d, int c, u64 n)
@@ -54,15 +54,7 @@ void serial_dec(u64 v)
 	serial_puts(&buf[i]);
 }
 
-#define X2APIC_EOI_MSR 0x80b
-#define XAPIC_EOI 0xfee000b0ul
-void lapic_eoi(struct cpu *c)
-{
-	if (c->x2apic)
-		wrmsr(X2APIC_EOI_MSR, 0);
-	else
-		mmio_write32(XAPIC_EOI, 0);
-}
+void lapic_eoi(struct cpu *c) { apic_write(c, APIC_REG_EOI, 0); }
 
 /* isa-debug-exit at 0xf4: QEMU exits with (value << 1) | 1, i.e. 33 done / 35 done with failures.
  * Without that device the harness sees MAILBOX_DONE and quits QEMU itself. */

@@ -1,9 +1,11 @@
 /*
- * Boot, per-CPU set-up, SMP bring-up, interrupt dispatch and the TAP verdict.
+ * Boot, per-CPU set-up, SMP bring-up, interrupt dispatch and the verdict.
  *
  * The host talks to the guest through one narrow channel: it loads a program (header + bytecode per
  * thread) at LAYOUT_PROGRAM; each vCPU runs one thread and appends records to its observation
- * region; the guest publishes progress in the mailbox and prints TAP 13 verdicts on COM1.
+ * region. The verdict is the mailbox: its state, why the guest gave up (bail_reason and its
+ * arguments) and every thread's status; the host judges that alone (harness/workload.ts
+ * guestProblems). The same verdict goes to COM1 as TAP 13, for people.
  */
 #include "runtime.h"
 
@@ -22,13 +24,6 @@ extern u64 high_pd[60][512];
 volatile u32 nthreads;
 static volatile u32 go;
 static volatile u32 cpus_online;
-
-#define XAPIC_BASE 0xfee00000ul
-#define APIC_ID 0x20
-#define APIC_SVR 0xf0
-#define APIC_ICR_LO 0x300
-#define APIC_ICR_HI 0x310
-#define MSR_APIC_BASE 0x1b
 
 static void set_idt_entry(int vec, u64 handler, int ist)
 {
@@ -79,16 +74,16 @@ static void setup_tss(struct cpu *c)
 
 static void lapic_enable(struct cpu *c)
 {
-	/* Software-enable the xAPIC with the spurious vector; read our APIC ID. */
-	mmio_write32(XAPIC_BASE + APIC_SVR, 0x100 | SPURIOUS_VECTOR);
-	c->apic_id = mmio_read32(XAPIC_BASE + APIC_ID) >> 24;
+	/* Software-enable the APIC (xAPIC mode after reset) with the spurious vector; read our APIC ID. */
+	apic_write(c, APIC_REG_SVR, 0x100 | SPURIOUS_VECTOR);
+	c->apic_id = apic_id(c);
 }
 
 static void lapic_x2apic_on(struct cpu *c)
 {
 	wrmsr(MSR_APIC_BASE, rdmsr(MSR_APIC_BASE) | (1u << 10) | (1u << 11));
 	c->x2apic = 1;
-	wrmsr(0x80f, 0x100 | SPURIOUS_VECTOR); /* SVR */
+	apic_write(c, APIC_REG_SVR, 0x100 | SPURIOUS_VECTOR);
 }
 
 /* SSE on (CR0.MP, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
@@ -135,13 +130,34 @@ static void cpu_init(struct cpu *c, u32 index)
 
 /* ---- faults and interrupts ---- */
 
+/* The guest gives up: the mailbox says why (the first reason wins), TAP says it for people. */
+static int bail(u32 reason, u64 arg0, u64 arg1)
+{
+	u32 none = BAIL_NONE;
+	if (!__atomic_compare_exchange_n(&MAILBOX->bail_reason, &none, reason, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+		return 0;
+	MAILBOX->bail_arg0 = arg0;
+	MAILBOX->bail_arg1 = arg1;
+	return 1;
+}
+
+static NORETURN void bail_exit(void)
+{
+	barrier();
+	MAILBOX->state = MAILBOX_FAILED;
+	guest_exit(1);
+}
+
 static void report_fatal(struct cpu *c, struct frame *f)
 {
-	MAILBOX->fatal_cpu = c->index;
-	MAILBOX->fatal_vector = f->vector;
-	MAILBOX->fatal_error = f->error;
-	MAILBOX->fatal_rip = f->rip;
-	MAILBOX->fatal_cr2 = read_cr2();
+	if (bail(BAIL_EXCEPTION, 0, 0)) {
+		MAILBOX->fatal_cpu = c->index;
+		MAILBOX->fatal_vector = f->vector;
+		MAILBOX->fatal_error = f->error;
+		MAILBOX->fatal_rip = f->rip;
+		MAILBOX->fatal_cr2 = read_cr2();
+	}
+	barrier();
 	MAILBOX->state = MAILBOX_FAILED;
 	if (c->index != 0) {
 		/* Only the BSP prints; an AP parks and the host reads the mailbox. */
@@ -165,7 +181,7 @@ static void irq_record(struct cpu *c, u64 vector, u64 tsc)
 	u8 *log = c->irq_log;
 	u32 *counts = (u32 *)log;
 	struct irq_log_head *h = (struct irq_log_head *)(log + IRQ_LOG_COUNTS_BYTES);
-	u8 *ring = log + IRQ_LOG_COUNTS_BYTES + sizeof(struct irq_log_head);
+	u8 *ring = log + IRQ_LOG_RING_OFFSET;
 	u64 n = h->next;
 	u8 *e = ring + (n % IRQ_LOG_RING_ENTRIES) * IRQ_LOG_ENTRY_BYTES;
 	*(u64 *)e = tsc;
@@ -300,17 +316,15 @@ static void map_high(u64 limit)
 
 /* ---- SMP ---- */
 
-static int start_ap(u32 index, u32 apic_id)
+static int start_ap(struct cpu *c, u32 index, u32 dest)
 {
 	boot_stack_ptr = (u64)cpu_blocks[index] + CPU_BLOCK_BYTES;
 	booting_index = index;
 	barrier();
 	u32 before = cpus_online;
-	mmio_write32(XAPIC_BASE + APIC_ICR_HI, apic_id << 24);
-	mmio_write32(XAPIC_BASE + APIC_ICR_LO, 0x00004500); /* INIT */
+	apic_send_ipi(c, dest, 0x00004500); /* INIT, assert */
 	for (int sipi = 0; sipi < 2; sipi++) {
-		mmio_write32(XAPIC_BASE + APIC_ICR_HI, apic_id << 24);
-		mmio_write32(XAPIC_BASE + APIC_ICR_LO, 0x00004600 | (LAYOUT_AP_TRAMPOLINE >> 12));
+		apic_send_ipi(c, dest, 0x00004600 | (LAYOUT_AP_TRAMPOLINE >> 12)); /* STARTUP */
 		u64 until = rdtsc() + 200000000ul;
 		while (cpus_online == before && rdtsc() < until)
 			cpu_relax();
@@ -386,6 +400,18 @@ static const char *thread_state_name(u32 s)
 	}
 }
 
+static const char *bad_op_reason_name(u32 r)
+{
+	switch (r) {
+	case BAD_OP_UNKNOWN_OP: return "unknown opcode";
+	case BAD_OP_BAD_OPERAND: return "operand out of range";
+	case BAD_OP_TRUNCATED: return "operands past the end of the code";
+	case BAD_OP_LOOP_TOO_DEEP: return "loops nested too deep";
+	case BAD_OP_LOOP_UNMATCHED: return "loopEnd without loopBegin";
+	default: return "?";
+	}
+}
+
 static void tap_thread_line(u32 i)
 {
 	struct thread_status *st = thread_status_of(i);
@@ -411,6 +437,13 @@ static void tap_thread_line(u32 i)
 		serial_puts(" cr2 ");
 		serial_hex(st->fault_cr2);
 	}
+	if (st->state == THREAD_BAD_OP) {
+		serial_puts(", opcode ");
+		serial_hex(st->bad_opcode);
+		serial_puts(" (");
+		serial_puts(bad_op_reason_name(st->bad_reason));
+		serial_puts(")");
+	}
 	if (!ok) {
 		serial_puts(" at op offset ");
 		serial_dec(st->pc);
@@ -432,42 +465,47 @@ static NORETURN void bsp_main(struct cpu *c)
 
 	const struct prog_header *p = PROGRAM;
 	if (p->magic != PROGRAM_MAGIC || p->abi != KVMPROP_ABI_VERSION) {
+		bail(BAIL_BAD_PROGRAM, p->magic, p->abi);
 		serial_puts("Bail out! no kvmprop program at ");
 		serial_hex(LAYOUT_PROGRAM);
-		serial_puts(" (magic/abi mismatch)\n");
-		MAILBOX->state = MAILBOX_FAILED;
-		guest_exit(1);
+		serial_puts(" (magic ");
+		serial_hex(p->magic);
+		serial_puts(", ABI ");
+		serial_dec(p->abi);
+		serial_puts(")\n");
+		bail_exit();
 	}
 	if (p->ops_hash != KVMPROP_OPS_HASH) {
+		bail(BAIL_OPS_HASH, p->ops_hash, KVMPROP_OPS_HASH);
 		serial_puts("Bail out! program encoded for op table ");
 		serial_hex(p->ops_hash);
 		serial_puts(" but this guest was built for ");
 		serial_hex(KVMPROP_OPS_HASH);
 		serial_putc('\n');
-		MAILBOX->state = MAILBOX_FAILED;
-		guest_exit(1);
+		bail_exit();
 	}
 	if (p->nthreads == 0 || p->nthreads > LAYOUT_MAX_CPUS) {
+		bail(BAIL_THREAD_COUNT, p->nthreads, 0);
 		serial_puts("Bail out! bad thread count ");
 		serial_dec(p->nthreads);
 		serial_putc('\n');
-		MAILBOX->state = MAILBOX_FAILED;
-		guest_exit(1);
+		bail_exit();
 	}
 	nthreads = p->nthreads;
+	MAILBOX->nthreads = nthreads;
 	map_high(p->map_limit);
 	cpus_online = 1;
 
 	memcpy((void *)LAYOUT_AP_TRAMPOLINE, ap_tramp_start, (u64)(ap_tramp_end - ap_tramp_start));
 	for (u32 i = 1; i < nthreads; i++) {
-		if (!start_ap(i, i)) {
+		if (!start_ap(c, i, i)) {
+			bail(BAIL_AP_START, i, i);
 			serial_puts("Bail out! vcpu ");
 			serial_dec(i);
 			serial_puts(" did not start (INIT-SIPI-SIPI to APIC ID ");
 			serial_dec(i);
 			serial_puts(")\n");
-			MAILBOX->state = MAILBOX_FAILED;
-			guest_exit(1);
+			bail_exit();
 		}
 	}
 	MAILBOX->cpus_online = cpus_online;
@@ -491,6 +529,9 @@ static NORETURN void bsp_main(struct cpu *c)
 		tap_thread_line(i);
 	}
 	MAILBOX->done_tsc = rdtsc();
-	MAILBOX->state = MAILBOX_DONE;
-	guest_exit(failed);
+	barrier();
+	/* An AP that gave up (report_fatal) leaves the mailbox failed; the verdict stays so. */
+	if (MAILBOX->state != MAILBOX_FAILED)
+		MAILBOX->state = MAILBOX_DONE;
+	guest_exit(failed || MAILBOX->state == MAILBOX_FAILED);
 }

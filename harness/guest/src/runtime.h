@@ -76,7 +76,7 @@ struct tss {
 struct cpu {
 	u32 index;
 	u32 apic_id;
-	u32 x2apic;			/* LAPIC mode, for EOIs */
+	u32 x2apic;			/* LAPIC mode: every apic_read/apic_write follows it */
 	u32 irq_on;			/* the thread's IF: at native CPL 3 PUSHF shows the host's flags */
 	struct catch_frame *catch_op;	/* armed while one op runs: its fault is recorded, the thread goes on */
 	struct catch_frame *catch_thread;	/* armed while a thread runs: a fault ends the thread */
@@ -104,6 +104,50 @@ static inline struct thread_status *thread_status_of(u32 i)
 static inline const struct thread_desc *thread_desc_of(u32 i)
 {
 	return (const struct thread_desc *)(LAYOUT_PROGRAM + sizeof(struct prog_header) + i * sizeof(struct thread_desc));
+}
+
+/*
+ * The local APIC, in whichever mode it is in: the one way the guest touches it (SVR, ID, EOI, ICR,
+ * and the apicRead/apicWrite ops). `reg` is the xAPIC offset (APIC_REG_*, from abi.ts APIC_REGS).
+ *  - xAPIC: 32-bit MMIO at APIC_MMIO_BASE + reg. The ICR is two registers: apic_write(APIC_REG_ICR)
+ *    writes bits 63:32 to ICR2 (0x310) first, then the low half to 0x300, which sends; apic_read
+ *    returns both halves.
+ *  - x2APIC: MSR X2APIC_MSR_BASE + reg/16 with all 64 bits; the ICR is one MSR (destination in bits
+ *    63:32). A register x2APIC lacks (0x310, reserved ones) or reserved bits raise #GP.
+ * At CPL 3 the RDMSR/WRMSR trap to ring 0, which performs them (main.c emulate_for_user), and MMIO
+ * runs natively. The mode is c->x2apic, kept in step with IA32_APIC_BASE by every write the guest
+ * makes to it (lapic_x2apic_on, the wrmsr op): reading the MSR here would cost ring-3 callers a trap.
+ */
+#define MSR_APIC_BASE 0x1b
+static inline u64 apic_read(struct cpu *c, u32 reg)
+{
+	if (c->x2apic)
+		return rdmsr(X2APIC_MSR_BASE + (reg >> 4));
+	u64 v = mmio_read32(APIC_MMIO_BASE + reg);
+	if (reg == APIC_REG_ICR)
+		v |= (u64)mmio_read32(APIC_MMIO_BASE + APIC_REG_ICR2) << 32;
+	return v;
+}
+static inline void apic_write(struct cpu *c, u32 reg, u64 v)
+{
+	if (c->x2apic) {
+		wrmsr(X2APIC_MSR_BASE + (reg >> 4), v);
+		return;
+	}
+	if (reg == APIC_REG_ICR)
+		mmio_write32(APIC_MMIO_BASE + APIC_REG_ICR2, (u32)(v >> 32));
+	mmio_write32(APIC_MMIO_BASE + reg, (u32)v);
+}
+/* This CPU's APIC ID: bits 31:24 of the ID register in xAPIC mode, all 32 bits in x2APIC mode. */
+static inline u32 apic_id(struct cpu *c)
+{
+	u32 v = (u32)apic_read(c, APIC_REG_ID);
+	return c->x2apic ? v : v >> 24;
+}
+/* An IPI to one APIC ID: the destination goes where the mode puts it (ICR bits 63:56 or 63:32). */
+static inline void apic_send_ipi(struct cpu *c, u32 dest, u32 icr_low)
+{
+	apic_write(c, APIC_REG_ICR, ((u64)dest << (c->x2apic ? 32 : 56)) | icr_low);
 }
 
 /* lib.c */
