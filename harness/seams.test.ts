@@ -4,7 +4,7 @@
  * an open-ended loop reports progress without stopping.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { Op } from '../ir/ops.js';
+import { recordsOf, type Op } from '../ir/ops.js';
 import { DEFAULT_CANARY } from '../ir/program.js';
 import { encodeProgram } from './bytecode.js';
 import { IRQ_LOG_COUNTS_BYTES, LAYOUT, MAILBOX_STATE, readStruct } from './guest/abi.js';
@@ -32,9 +32,15 @@ describe('interrupt seam', () => {
       ];
       const run = await runWorkload(defaultMachineConfig(), { threads: [ops], canary: DEFAULT_CANARY, ring0 }, { guestElf: elf });
       expect(run.vm.outcome.kind).toBe('completed');
-      const [wait, counts] = run.records[0]!;
-      expect(wait!.fields.seen).toBe(1n);
-      expect(counts!.fields.total).toBe(1n);
+      expect(recordsOf(run.records[0]!, 'waitIrq')[0]!.fields.seen).toBe(1n);
+      expect(recordsOf(run.records[0]!, 'irqCounts')[0]!.fields.total).toBe(1n);
+      // collect() hands back the interrupt log: the one timer interrupt, timestamped inside the wait.
+      const wait = recordsOf(run.records[0]!, 'waitIrq')[0]!;
+      const log = run.vm.threads[0]!.irqLog;
+      expect(log.counts.get(TIMER_VECTOR)).toBe(1);
+      expect(log.entries.map((e) => e.vector)).toEqual([TIMER_VECTOR]);
+      expect(log.entries[0]!.tsc).toBeGreaterThanOrEqual(wait.fields.tscStart);
+      expect(log.entries[0]!.tsc).toBeLessThanOrEqual(wait.fields.tscEnd);
     });
   }
 });

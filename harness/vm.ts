@@ -11,22 +11,23 @@
  *  - QEMU itself exits or crashes: its exit status and stderr;
  *  - and, last, the overall timeout.
  * Guest RAM is a shared file in the VM's private directory, read directly by the host.
+ * The watching itself lives in harness/watchdog.ts (it also knows the run states of migration);
+ * waitForOutcome here is a thin user of it.
  */
 import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { Parser } from 'tap-parser';
-import { QmpClient, QmpClosedError, listenQmp, type QmpEvent } from './qmp.js';
+import { QmpClient, QmpClosedError, listenQmp } from './qmp.js';
 import { createPrivateDir, removePrivateDir, trackPid, untrackPid } from './runtime.js';
-import {
-  LAYOUT,
-  MAILBOX_STATE,
-  MAILBOX_THREADS_OFFSET,
-  THREAD_STATE,
-  readStruct,
-  structBytes,
-} from './guest/abi.js';
+import { LAYOUT, MAILBOX_MAGIC, MAILBOX_THREADS_OFFSET, readStruct, structBytes } from './guest/abi.js';
 import type { ProgramImage } from './bytecode.js';
+import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU, type IrqLog } from './irqLog.js';
+import { qemuWords, watchVm, type VmOutcome, type WatchOptions, type WatchTarget } from './watchdog.js';
+
+// These moved to the watchdog; importers keep finding them here.
+export { internalErrorDump, qemuWords } from './watchdog.js';
+export type { VmOutcome } from './watchdog.js';
 
 export type MachineType = 'microvm' | 'pc' | 'q35';
 export type { Accel } from './vcpuChoice.js';
@@ -68,9 +69,6 @@ export function defaultMachineConfig(over: Partial<MachineConfig> = {}): Machine
 }
 
 const DEBUG_EXIT_PORT = 0xf4;
-/** isa-debug-exit turns the guest's byte v into exit status (v << 1) | 1. */
-const EXIT_DONE = (0x10 << 1) | 1;
-const EXIT_DONE_FAILED = (0x11 << 1) | 1;
 
 export function qemuArgs(
   cfg: MachineConfig,
@@ -101,15 +99,6 @@ export function qemuArgs(
   return args;
 }
 
-export type VmOutcome =
-  | { kind: 'completed'; exitCode: number | null }
-  | { kind: 'internal-error'; status: string; dump: string; registers: string | null }
-  | { kind: 'hang'; thread: number; stalledMs: number; registers: string | null }
-  | { kind: 'guest-reset'; reason: string }
-  /** QEMU itself ended while the guest ran: an abort, a crash, an exit; `message` is QEMU's own words. */
-  | { kind: 'vmm-crash'; exitCode: number | null; signal: string | null; message: string }
-  | { kind: 'timeout'; afterMs: number; registers: string | null };
-
 export interface TapVerdict {
   readonly ok: boolean;
   readonly bailout: string | null;
@@ -121,6 +110,8 @@ export interface ThreadResult {
   readonly status: Record<string, bigint>;
   /** The thread's observation bytes, [0, obs_used). */
   readonly records: Uint8Array;
+  /** The interrupts its vCPU took: counts per vector and the (TSC, vector) ring. */
+  readonly irqLog: IrqLog;
 }
 
 export interface VmRunResult {
@@ -151,31 +142,7 @@ export class VmSetupError extends Error {
   }
 }
 
-/**
- * The lines of QEMU's stderr that say what went wrong (its `error:` lines, failed assertions,
- * "unable to ..."), without the program-name prefix, at most `max` of them joined by " / ".
- * Falls back to the first non-empty lines when none of them looks like an error.
- */
-export function qemuWords(stderr: string, max = 3): string {
-  const lines = stderr
-    .replace(/\r/g, '')
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean);
-  const strip = (l: string) => l.replace(/^[^\s:]*qemu-system-[\w-]+:\s*/, '');
-  const meaningful = lines.filter((l) => /\berror\b|assert|failed|unable|invalid|not found|cannot|can't|unsupported|terminating|abort/i.test(l));
-  const chosen = (meaningful.length ? meaningful : lines).map(strip);
-  return [...new Set(chosen)].slice(0, max).join(' / ');
-}
-
 const MAX_CAPTURE = 1 << 20;
-/** After a stall, how long a kicked vCPU gets to show it was only descheduled. */
-const STALL_GRACE_MS = 500;
-
-/** A thread's progress: ops completed, and the heartbeat long ops bump. */
-function progressOf(t: Record<string, bigint>): bigint {
-  return (t.ops_done ?? 0n) + (t.heartbeat ?? 0n) * 0x1_0000_0000n;
-}
 const THREAD_STATUS_BYTES = structBytes('thread_status');
 
 export interface StartOptions {
@@ -190,7 +157,7 @@ export interface StartOptions {
   readonly prepare?: (dir: string) => Promise<readonly string[]>;
 }
 
-export class Vm {
+export class Vm implements WatchTarget {
   private stdoutText = '';
   private stderrText = '';
   private exited = false;
@@ -288,11 +255,12 @@ export class Vm {
         if (!opts.paused && !opts.incoming) await qmp.execute('cont');
         else await qmp.execute('query-status');
       } catch (e) {
-        if (e instanceof QmpClosedError) {
-          stderr = vm.stderrText;
-          throw await refused(e);
-        }
-        throw e;
+        if (!(e instanceof QmpClosedError)) throw e;
+        // A short program can run to its end (and QEMU exit through isa-debug-exit) before the
+        // reply to `cont` is written, as TCG does: then the guest ran, and the VM is its result.
+        if (!opts.paused && !opts.incoming && (await vm.readMailbox()).mailbox.magic === BigInt(MAILBOX_MAGIC)) return vm;
+        stderr = vm.stderrText;
+        throw await refused(e);
       }
       return vm;
     } catch (e) {
@@ -323,6 +291,16 @@ export class Vm {
 
   get hasExited(): boolean {
     return this.exited;
+  }
+
+  /** Settles when QEMU has exited. */
+  get whenExited(): Promise<void> {
+    return this.exitPromise;
+  }
+
+  /** QEMU's exit status or signal, once it has exited. */
+  get exitStatus(): { readonly exitCode: number | null; readonly signal: string | null } {
+    return this.exitInfo;
   }
 
   /** Read guest-physical memory (RAM below 2 GiB maps 1:1 onto the RAM file). */
@@ -359,83 +337,21 @@ export class Vm {
   /**
    * Wait until the guest finishes or something goes wrong, and say which. `nthreads` is how many
    * threads the program runs (for stall detection); the VM is left as it is (call dispose()).
+   * The watchdog (harness/watchdog.ts) does the watching: a VM paused on purpose, a waiting
+   * -incoming destination and a source in its switchover are waited on, never a hang or an error.
+   * VmOutcome has no kind for a source that was migrated away (its users, e.g. workload.ts
+   * describeOutcome, have no case for one; sessions, harness/session.ts, report { kind: 'migrated' }):
+   * here it reads as an internal stop with status 'postmigrate'.
    */
-  async waitForOutcome(opts: { nthreads: number; timeoutMs: number; stallMs: number; pollMs?: number }): Promise<VmOutcome> {
-    const pollMs = opts.pollMs ?? 20;
-    const started = Date.now();
-    let stopEvent: QmpEvent | null = null;
-    let shutdownEvent: QmpEvent | null = null;
-    const unsubscribe = this.qmp.onEvent((e) => {
-      if (e.event === 'STOP') stopEvent = e;
-      if (e.event === 'SHUTDOWN') shutdownEvent = e;
-    });
-    const lastProgress: { value: bigint; at: number }[] = Array.from({ length: opts.nthreads }, () => ({ value: -1n, at: started }));
-    try {
-      for (;;) {
-        if (this.exited) break;
-        if (shutdownEvent) break;
-        if (stopEvent) {
-          const status = await this.qmp.execute<{ status: string }>('query-status', {}, { timeoutMs: 2000 }).catch(() => null);
-          if (status && status.status === 'internal-error') {
-            await sleep(30); // let QEMU's stderr dump reach us
-            return { kind: 'internal-error', status: status.status, dump: internalErrorDump(this.stderrText), registers: await this.registers() };
-          }
-          if (status && status.status !== 'running' && status.status !== 'shutdown') {
-            // Paused for another reason (guest-panicked, io-error, ...): report it as an internal stop.
-            return { kind: 'internal-error', status: status.status, dump: this.stderrText.slice(-4000), registers: await this.registers() };
-          }
-          stopEvent = null;
-        }
-        const now = Date.now();
-        const { mailbox, threads } = await this.readMailbox();
-        // Boot takes ~100 ms; a guest that never reaches 'running' is stuck before any thread.
-        if (mailbox.state === BigInt(MAILBOX_STATE.booting) && now - started >= Math.max(2 * opts.stallMs, 5000)) {
-          return { kind: 'hang', thread: -1, stalledMs: now - started, registers: await this.registers() };
-        }
-        if (mailbox.state === BigInt(MAILBOX_STATE.done) || mailbox.state === BigInt(MAILBOX_STATE.failed)) {
-          // The guest is finished; it leaves through isa-debug-exit, or we end it.
-          await Promise.race([this.exitPromise, sleep(200)]);
-          if (!this.exited) await this.kill();
-          break;
-        }
-        for (let i = 0; i < opts.nthreads; i++) {
-          const t = threads[i]!;
-          if (t.state !== BigInt(THREAD_STATE.running)) {
-            lastProgress[i] = { value: -1n, at: now };
-            continue;
-          }
-          const value = progressOf(t);
-          if (value !== lastProgress[i]!.value) lastProgress[i] = { value, at: now };
-          else if (now - lastProgress[i]!.at >= opts.stallMs) {
-            // Confirm before calling it a hang: `info registers` kicks every vCPU out of KVM_RUN, and
-            // a vCPU that was only descheduled on a busy host moves again within the grace period.
-            const registers = await this.registers();
-            await Promise.race([this.exitPromise, sleep(STALL_GRACE_MS)]);
-            const again = (await this.readMailbox()).threads[i]!;
-            if (!this.exited && again.state === t.state && progressOf(again) === value) {
-              return { kind: 'hang', thread: i, stalledMs: Date.now() - lastProgress[i]!.at, registers };
-            }
-            lastProgress[i] = { value: progressOf(again), at: Date.now() };
-          }
-        }
-        if (now - started >= opts.timeoutMs) return { kind: 'timeout', afterMs: now - started, registers: await this.registers() };
-        await Promise.race([this.exitPromise, sleep(pollMs)]);
-      }
-      await this.exitPromise;
-      const se = shutdownEvent as QmpEvent | null;
-      if (se && (se.data?.reason === 'guest-reset' || se.data?.reason === 'guest-shutdown')) {
-        return { kind: 'guest-reset', reason: String(se.data?.reason) };
-      }
-      const { exitCode, signal } = this.exitInfo;
-      if (exitCode === EXIT_DONE || exitCode === EXIT_DONE_FAILED || signal === 'SIGKILL') {
-        const { mailbox } = await this.readMailbox();
-        if (mailbox.state === BigInt(MAILBOX_STATE.done) || mailbox.state === BigInt(MAILBOX_STATE.failed)) {
-          return { kind: 'completed', exitCode };
-        }
-      }
-      return { kind: 'vmm-crash', exitCode, signal, message: qemuWords(this.stderrText) };
-    } finally {
-      unsubscribe();
+  async waitForOutcome(opts: Omit<WatchOptions, 'signal'>): Promise<VmOutcome> {
+    const outcome = await watchVm(this, opts);
+    switch (outcome.kind) {
+      case 'migrated':
+        return { kind: 'internal-error', status: outcome.status, dump: this.stderrText.slice(-4000), registers: await this.registers() };
+      case 'aborted': // no signal was given
+        throw new Error('the watchdog stopped watching without being asked to');
+      default:
+        return outcome;
     }
   }
 
@@ -447,7 +363,9 @@ export class Vm {
       const status = threads[i]!;
       const region = program?.regions[i];
       const used = Math.min(Number(status.obs_used), region?.len ?? 0);
-      results.push({ status, records: region && used > 0 ? await this.readPhys(region.addr, used) : new Uint8Array() });
+      const records = region && used > 0 ? await this.readPhys(region.addr, used) : new Uint8Array();
+      const irqLog = decodeIrqLog(await this.readPhys(LAYOUT.irqLog + i * IRQ_LOG_BYTES_PER_VCPU, IRQ_LOG_BYTES_PER_VCPU));
+      results.push({ status, records, irqLog });
     }
     return {
       outcome,
@@ -478,12 +396,6 @@ export class Vm {
     }
     await removePrivateDir(this.dir);
   }
-}
-
-/** The part of QEMU's stderr that describes a KVM internal error (registers, code bytes). */
-export function internalErrorDump(stderr: string): string {
-  const at = stderr.indexOf('KVM internal error');
-  return (at >= 0 ? stderr.slice(at) : stderr).slice(0, 8000);
 }
 
 export function parseTap(serial: string): TapVerdict {

@@ -1,0 +1,407 @@
+/**
+ * Sessions of several VMs: `withVms(specs, body)` starts every VM a test or property needs (a
+ * migration source and its destination, two VMs side by side), hands the body one handle per VM, and
+ * always disposes of all of them afterwards: when the body returns, when it throws, and when one of
+ * them fails to start. runVm/runWorkload hold exactly one VM from start to collect; the families
+ * that compare VMs (migration first) need several alive at once, each driven at chosen moments.
+ *
+ * Each VM is an ordinary harness/vm.ts Vm (its own private 0700 directory, QMP socket, RAM file,
+ * QEMU under setpriv --pdeathsig; the config's qemu binary and extraArgs on every side), watched by
+ * harness/watchdog.ts, which knows the run states migration passes through. A migration goes over a
+ * unix socket inside the destination's private directory; never TCP.
+ */
+import { createHash } from 'node:crypto';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Program } from '../ir/program.js';
+import { encodeProgram, type ProgramImage } from './bytecode.js';
+import { LAYOUT, THREAD_STATE } from './guest/abi.js';
+import { buildGuest } from './guest/build.js';
+import { QmpError } from './qmp.js';
+import { Vm, type MachineConfig, type StartOptions } from './vm.js';
+import { qemuWords, watchVm, type WatchOptions, type WatchOutcome } from './watchdog.js';
+
+export interface VmSpec {
+  /** Used as given (build it with defaultMachineConfig); a source and its destination need the same one. */
+  readonly config: MachineConfig;
+  /** What the guest runs: an IR program (encoded here) or an encoded image. None for a destination. */
+  readonly program?: Program | ProgramImage;
+  /** Start as a migration destination: 'defer' (migrateTo picks the address) or a QEMU -incoming URI. */
+  readonly incoming?: string;
+  /** Leave the VM in 'prelaunch' after start (default: it runs; a destination waits either way). */
+  readonly paused?: boolean;
+  /** Name of its directory (default: the key in the specs). */
+  readonly label?: string;
+  /** Threads to watch (default: the program's; a destination takes its source's at migration). */
+  readonly nthreads?: number;
+  readonly prepare?: StartOptions['prepare'];
+}
+
+export interface SessionOptions {
+  /** The guest ELF (default: buildGuest(), cached). */
+  readonly guestElf?: string;
+}
+
+export interface UntilOptions {
+  readonly timeoutMs?: number;
+  readonly pollMs?: number;
+}
+
+export interface MigrateOptions {
+  /** migrate-set-capabilities on both sides; `events` is always on (the watchdog listens for MIGRATION). */
+  readonly capabilities?: Readonly<Record<string, boolean>>;
+  /** migrate-set-parameters on both sides, e.g. { 'downtime-limit': 100, 'max-bandwidth': 1 << 30 }. */
+  readonly parameters?: Readonly<Record<string, unknown>>;
+  /** Where the stream goes (default: a unix socket in the destination's private directory). */
+  readonly uri?: string;
+  /** Let the destination run once it has everything (default: when the source ran at the start). */
+  readonly resume?: boolean;
+  /**
+   * With capability 'pause-before-switchover': called when the source has stopped for the
+   * switchover (migration status 'pre-switchover') and has not yet sent its device state; the
+   * migration continues when it resolves.
+   */
+  readonly beforeSwitchover?: () => Promise<void> | void;
+  readonly timeoutMs?: number;
+  readonly pollMs?: number;
+}
+
+/** query-migrate's answer (QEMU's names); `status` is 'completed' when migrateTo resolves. */
+export interface MigrationInfo {
+  readonly status: string;
+  readonly 'total-time'?: number;
+  readonly downtime?: number;
+  readonly 'expected-downtime'?: number;
+  readonly 'setup-time'?: number;
+  readonly 'error-desc'?: string;
+  readonly ram?: {
+    readonly transferred: number;
+    readonly remaining: number;
+    readonly total: number;
+    readonly duplicate: number;
+    readonly normal: number;
+    readonly 'normal-bytes': number;
+    readonly 'dirty-sync-count': number;
+    readonly 'page-size': number;
+    readonly mbps: number;
+    readonly [field: string]: unknown;
+  };
+  readonly [field: string]: unknown;
+}
+
+/** A migration that did not complete: QEMU's error-desc, and the destination's words if it died. */
+export class MigrationError extends Error {
+  override name = 'MigrationError';
+  constructor(
+    message: string,
+    readonly info: MigrationInfo | null,
+  ) {
+    super(message);
+  }
+}
+
+export interface VmSnapshot {
+  /** QEMU's run state (query-status). */
+  readonly status: string;
+  readonly mailbox: Record<string, bigint>;
+  /** Thread statuses, one per watched thread (per vCPU while none is known). */
+  readonly threads: readonly Record<string, bigint>[];
+}
+
+type Handles<S> = { readonly [K in keyof S]: VmHandle };
+
+const MIGRATE_TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+/** Thread states after which a marker can no longer change. */
+const THREAD_FINISHED = new Set([THREAD_STATE.done, THREAD_STATE.faulted, THREAD_STATE.overflow, THREAD_STATE.badOp].map(BigInt));
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function isImage(p: Program | ProgramImage): p is ProgramImage {
+  return (p as ProgramImage).image instanceof Uint8Array;
+}
+
+export class VmHandle {
+  /** What the guest runs here (a destination takes its source's at migration). */
+  program: ProgramImage | undefined;
+  nthreads: number;
+  private readonly abort = new AbortController();
+  private readonly watches = new Set<Promise<unknown>>();
+  private migrations = 0;
+
+  constructor(
+    readonly name: string,
+    readonly vm: Vm,
+    readonly incoming: string | undefined,
+    program: ProgramImage | undefined,
+    nthreads: number,
+  ) {
+    this.program = program;
+    this.nthreads = nthreads;
+  }
+
+  /** QEMU's run state: 'running', 'paused', 'inmigrate', 'postmigrate', 'internal-error', ... */
+  async status(): Promise<string> {
+    return (await this.vm.qmp.execute<{ status: string }>('query-status')).status;
+  }
+
+  async stop(): Promise<void> {
+    await this.vm.qmp.execute('stop');
+  }
+
+  async cont(): Promise<void> {
+    await this.vm.qmp.execute('cont');
+  }
+
+  /** Run state, mailbox and thread statuses (read one after the other: stop the VM for a still picture). */
+  async snapshot(): Promise<VmSnapshot> {
+    const status = await this.status();
+    const { mailbox, threads } = await this.vm.readMailbox();
+    return { status, mailbox, threads: threads.slice(0, this.nthreads || this.vm.config.cpus) };
+  }
+
+  /** sha256 (hex) of guest RAM, all of it or [addr, addr + len): the RAM file, read directly. */
+  async ramDigest(range: { addr: number; len: number } = { addr: 0, len: this.vm.config.ramMiB << 20 }): Promise<string> {
+    const hash = createHash('sha256');
+    await forEachRamChunk([this.vm.ramPath], range, ([chunk]) => void hash.update(chunk!));
+    return hash.digest('hex');
+  }
+
+  /** Poll thread `thread`'s status until `predicate` holds; resolves with that status. */
+  async untilThread(thread: number, predicate: (t: Record<string, bigint>) => boolean, opts: UntilOptions = {}): Promise<Record<string, bigint>> {
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    const pollMs = opts.pollMs ?? 10;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (this.abort.signal.aborted) throw new Error(`${this.name}: the session ended while waiting on thread ${thread}`);
+      const t = (await this.vm.readMailbox()).threads[thread]!;
+      if (predicate(t)) return t;
+      const why = this.vm.hasExited
+        ? `QEMU exited (${qemuWords(this.vm.stderr) || `status ${this.vm.exitStatus.exitCode ?? this.vm.exitStatus.signal}`})`
+        : THREAD_FINISHED.has(t.state ?? 0n)
+          ? `the thread ended (state ${t.state})`
+          : Date.now() >= deadline
+            ? `nothing after ${timeoutMs} ms`
+            : null;
+      if (why) {
+        const status = this.vm.hasExited ? 'exited' : await this.status().catch(() => 'unknown');
+        throw new Error(`${this.name}: thread ${thread} never got there: ${why}; its marker is ${t.marker}, ops done ${t.ops_done}, QEMU status ${status}`);
+      }
+      await sleep(pollMs);
+    }
+  }
+
+  /** Wait for the marker thread `thread` publishes with `mark` to equal `value` (or satisfy a predicate). */
+  async untilMarker(thread: number, want: bigint | ((marker: bigint) => boolean), opts: UntilOptions = {}): Promise<Record<string, bigint>> {
+    const ok = typeof want === 'bigint' ? (m: bigint) => m === want : want;
+    return this.untilThread(thread, (t) => ok(t.marker ?? 0n), opts);
+  }
+
+  /**
+   * Watch this VM until its guest finishes or something goes wrong (harness/watchdog.ts): a source
+   * that was migrated away ends as { kind: 'migrated' }, a waiting destination is never a hang.
+   * Ends with { kind: 'aborted' } if the session ends first. `nthreads` defaults to this handle's at
+   * the call (a destination learns its source's at migration; give it to watch one from before).
+   */
+  waitForOutcome(opts: Partial<Omit<WatchOptions, 'signal'>> = {}): Promise<WatchOutcome> {
+    const w = watchVm(this.vm, {
+      nthreads: opts.nthreads ?? this.nthreads,
+      timeoutMs: opts.timeoutMs ?? 60_000,
+      stallMs: opts.stallMs ?? 2000,
+      ...(opts.pollMs !== undefined ? { pollMs: opts.pollMs } : {}),
+      ...(opts.bootHangMs !== undefined ? { bootHangMs: opts.bootHangMs } : {}),
+      signal: this.abort.signal,
+    });
+    this.watches.add(w);
+    void w.finally(() => this.watches.delete(w)).catch(() => undefined);
+    return w;
+  }
+
+  /**
+   * Migrate this VM's guest to `dst` (a VM of the same session started with `incoming`), wait until
+   * the migration ends, and resolve with QEMU's final query-migrate; reject with a MigrationError
+   * (QEMU's error-desc) when it fails. Afterwards this VM reads 'postmigrate'; the destination runs
+   * (or stays paused at the switchover state with `resume: false`).
+   */
+  async migrateTo(dst: VmHandle, opts: MigrateOptions = {}): Promise<MigrationInfo> {
+    if (dst === this) throw new Error(`${this.name}: cannot migrate to itself`);
+    if (!dst.incoming) throw new Error(`${dst.name} was not started as a migration destination (give its spec incoming: 'defer')`);
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const pollMs = opts.pollMs ?? 20;
+    const capabilities = Object.entries({ events: true, ...opts.capabilities }).map(([capability, state]) => ({ capability, state }));
+    for (const side of [this, dst]) {
+      await side.vm.qmp.execute('migrate-set-capabilities', { capabilities });
+      if (opts.parameters && Object.keys(opts.parameters).length) await side.vm.qmp.execute('migrate-set-parameters', { ...opts.parameters });
+    }
+    let uri = opts.uri;
+    if (dst.incoming === 'defer') {
+      if (!uri) {
+        uri = `unix:${join(dst.vm.dir, `migrate-${++dst.migrations}.sock`)}`;
+        if (Buffer.byteLength(uri) - 'unix:'.length > 107) throw new Error(`the migration socket path is too long for a unix socket: ${uri}`);
+      }
+      await dst.vm.qmp.execute('migrate-incoming', { uri });
+    } else {
+      uri ??= dst.incoming;
+    }
+    const resume = opts.resume ?? (await this.status()) === 'running';
+    try {
+      await this.vm.qmp.execute('migrate', { uri });
+    } catch (e) {
+      if (e instanceof QmpError) throw new MigrationError(`migration ${this.name} → ${dst.name} refused: ${e.desc}`, null);
+      throw e;
+    }
+    const deadline = Date.now() + timeoutMs;
+    let continued = false;
+    let info: MigrationInfo;
+    for (;;) {
+      info = await this.vm.qmp.execute<MigrationInfo>('query-migrate').catch((e: unknown) => {
+        if (!this.vm.hasExited && !this.vm.qmp.closed) throw e;
+        throw new MigrationError(`migration ${this.name} → ${dst.name}: the source's QEMU went away: ${qemuWords(this.vm.stderr) || String(e)}`, null);
+      });
+      if (MIGRATE_TERMINAL.has(info.status)) break;
+      if (info.status === 'pre-switchover' && !continued) {
+        continued = true;
+        await opts.beforeSwitchover?.();
+        await this.vm.qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        continue;
+      }
+      if (Date.now() >= deadline) {
+        await this.vm.qmp.execute('migrate_cancel').catch(() => undefined);
+        throw new MigrationError(`migration ${this.name} → ${dst.name} did not end within ${timeoutMs} ms (status ${info.status})`, info);
+      }
+      await sleep(pollMs);
+    }
+    if (info.status !== 'completed') {
+      // The destination usually knows why (a source only sees the broken pipe): give its words too.
+      await Promise.race([dst.vm.whenExited, sleep(200)]);
+      const there = dst.vm.hasExited && qemuWords(dst.vm.stderr) ? `; ${dst.name}: ${qemuWords(dst.vm.stderr)}` : '';
+      throw new MigrationError(`migration ${this.name} → ${dst.name} ${info.status}: ${info['error-desc'] ?? 'QEMU gave no reason'}${there}`, info);
+    }
+    // The source is done before the destination has loaded the last device state: wait for that.
+    for (;;) {
+      const s = dst.vm.hasExited ? null : await dst.status().catch(() => null);
+      if (s === null) throw new MigrationError(`migration ${this.name} → ${dst.name}: the destination died loading it: ${qemuWords(dst.vm.stderr)}`, info);
+      if (s !== 'inmigrate') break;
+      if (Date.now() >= deadline) throw new MigrationError(`migration ${this.name} → ${dst.name}: the destination still loads after ${timeoutMs} ms`, info);
+      await sleep(pollMs);
+    }
+    dst.program ??= this.program;
+    if (!dst.nthreads) dst.nthreads = this.nthreads;
+    if (resume && (await dst.status()) !== 'running') await dst.cont();
+    return info;
+  }
+
+  /** End every watch and wait of this handle, kill QEMU, remove its directory. Idempotent. */
+  async dispose(): Promise<void> {
+    this.abort.abort();
+    await Promise.allSettled([...this.watches]);
+    await this.vm.dispose();
+  }
+}
+
+/**
+ * Where two VMs' RAM differs: how many `pageBytes` pages, and the first differing byte's address.
+ * Both should be stopped for the answer to mean anything.
+ */
+export async function compareRam(a: VmHandle, b: VmHandle, pageBytes = 4096): Promise<{ identical: boolean; differingPages: number; firstDifference: number | null }> {
+  const len = Math.max(a.vm.config.ramMiB, b.vm.config.ramMiB) << 20;
+  let differingPages = 0;
+  let firstDifference: number | null = null;
+  await forEachRamChunk([a.vm.ramPath, b.vm.ramPath], { addr: 0, len }, ([x, y], at) => {
+    if (x!.equals(y!)) return;
+    for (let p = 0; p < x!.length; p += pageBytes) {
+      const px = x!.subarray(p, p + pageBytes);
+      const py = y!.subarray(p, p + pageBytes);
+      if (px.equals(py)) continue;
+      differingPages++;
+      if (firstDifference === null) {
+        let i = 0;
+        while (i < px.length && px[i] === py[i]) i++;
+        firstDifference = at + p + i;
+      }
+    }
+  });
+  return { identical: differingPages === 0, differingPages, firstDifference };
+}
+
+/** Read the same range of several RAM files in 1 MiB chunks (a short file reads as zeroes). */
+async function forEachRamChunk(paths: readonly string[], range: { addr: number; len: number }, fn: (chunks: Buffer[], at: number) => void): Promise<void> {
+  const CHUNK = 1 << 20;
+  const files = await Promise.all(paths.map((p) => open(p, 'r')));
+  try {
+    for (let at = range.addr; at < range.addr + range.len; at += CHUNK) {
+      const n = Math.min(CHUNK, range.addr + range.len - at);
+      const chunks = await Promise.all(
+        files.map(async (f) => {
+          const buf = Buffer.alloc(n);
+          let got = 0;
+          while (got < n) {
+            const { bytesRead } = await f.read(buf, got, n - got, at + got);
+            if (bytesRead === 0) break;
+            got += bytesRead;
+          }
+          return buf;
+        }),
+      );
+      fn(chunks, at);
+    }
+  } finally {
+    await Promise.all(files.map((f) => f.close()));
+  }
+}
+
+/**
+ * Start every VM in `specs`, run `body` with a handle per VM, dispose of all of them, and return what
+ * `body` returned. No QEMU, socket or directory survives it, whatever happens; if a VM fails to start,
+ * the others are disposed of and the error (prefixed with that VM's name) is thrown.
+ */
+export async function withVms<const S extends Readonly<Record<string, VmSpec>>, R>(
+  specs: S,
+  body: (vms: Handles<S>) => Promise<R> | R,
+  opts: SessionOptions = {},
+): Promise<R> {
+  const names = Object.keys(specs) as (keyof S & string)[];
+  const prepared = names.map((name) => {
+    const spec = specs[name]!;
+    const image = spec.program === undefined ? undefined : isImage(spec.program) ? spec.program : encodeProgram(spec.program);
+    const nthreads = spec.nthreads ?? (spec.program ? (isImage(spec.program) ? spec.program.regions.length : spec.program.threads.length) : 0);
+    if (nthreads > spec.config.cpus) throw new Error(`${name}: the program runs ${nthreads} threads but the VM has ${spec.config.cpus} vCPUs`);
+    if (nthreads > LAYOUT.maxCpus) throw new Error(`${name}: at most ${LAYOUT.maxCpus} threads`);
+    return { name, spec, image, nthreads };
+  });
+  const guestElf = opts.guestElf ?? (await buildGuest()).elf;
+  // Start them all and wait for every start to settle, so none is still starting when we clean up.
+  const started = await Promise.allSettled(
+    prepared.map(async ({ name, spec, image, nthreads }) => {
+      const vm = await Vm.start(spec.config, {
+        guestElf,
+        label: spec.label ?? name,
+        ...(image ? { program: image } : {}),
+        ...(spec.incoming ? { incoming: spec.incoming } : {}),
+        ...(spec.paused ? { paused: true } : {}),
+        ...(spec.prepare ? { prepare: spec.prepare } : {}),
+      });
+      return new VmHandle(name, vm, spec.incoming, image, nthreads);
+    }),
+  );
+  const handles = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  let failed = false;
+  try {
+    const refused = started.findIndex((s) => s.status === 'rejected');
+    if (refused >= 0) {
+      const e = (started[refused] as PromiseRejectedResult).reason as unknown;
+      if (e instanceof Error) e.message = `${prepared[refused]!.name}: ${e.message}`;
+      throw e;
+    }
+    return await body(Object.fromEntries(handles.map((h) => [h.name, h])) as Handles<S>);
+  } catch (e) {
+    failed = true;
+    throw e;
+  } finally {
+    const disposed = await Promise.allSettled(handles.map((h) => h.dispose()));
+    const errors = disposed.flatMap((d) => (d.status === 'rejected' ? [d.reason as unknown] : []));
+    // A body's own error says more than a cleanup error; without one, the cleanup error is the news.
+    if (errors.length && !failed) throw new AggregateError(errors, 'disposing of the session’s VMs failed');
+  }
+}
