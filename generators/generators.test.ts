@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
+import { test } from '@fast-check/vitest';
 import { describe, expect, it } from 'vitest';
 import { encodeOps, threadRecordBytes } from '../harness/bytecode.js';
 import { deviceMapFromMtree } from '../harness/mtree.js';
@@ -61,24 +62,19 @@ describe('CPUID workloads', () => {
     expect(threadRecordBytes(twice, 0)).toBe(queryCount(w) * 48);
   });
 
-  it('generates u32 leaves and subleaves that always encode', () => {
-    const ranges: CpuidRanges[] = [
-      { maxBasic: 0xd, maxExtended: 0x8000_0008, maxHypervisor: 0x4000_0001 },
-      // Ranges at the top of the space: "max + 8" runs past 2^32 and must wrap.
-      { maxBasic: 0x3fff_ffff, maxExtended: 0xffff_ffff, maxHypervisor: 0x4fff_ffff },
-    ];
-    for (const r of ranges) {
-      fc.assert(
-        fc.property(cpuidWorkloadArb(r, { maxSweeps: 8 }), (wl) => {
-          expect(expandQueries(wl).filter((q) => !isU32(q.leaf) || !isU32(q.subleaf))).toEqual([]);
-          const ops = cpuidOps(wl);
-          expect(() => encodeOps(ops)).not.toThrow();
-          expect(ops.filter((o) => o.op === 'cpuid')).toHaveLength(queryCount(wl) / wl.repeat);
-        }),
-        { numRuns: 100 },
-      );
-    }
-  });
+  const ranges: [string, CpuidRanges][] = [
+    ['QEMU-like ranges', { maxBasic: 0xd, maxExtended: 0x8000_0008, maxHypervisor: 0x4000_0001 }],
+    // Ranges at the top of the space: "max + 8" runs past 2^32 and must wrap.
+    ['ranges at the top of the space', { maxBasic: 0x3fff_ffff, maxExtended: 0xffff_ffff, maxHypervisor: 0x4fff_ffff }],
+  ];
+  for (const [name, r] of ranges) {
+    test.prop([cpuidWorkloadArb(r, { maxSweeps: 8 })], { numRuns: 100 })(`generates u32 leaves and subleaves that always encode: ${name}`, (wl) => {
+      expect(expandQueries(wl).filter((q) => !isU32(q.leaf) || !isU32(q.subleaf))).toEqual([]);
+      const ops = cpuidOps(wl);
+      expect(() => encodeOps(ops)).not.toThrow();
+      expect(ops.filter((o) => o.op === 'cpuid')).toHaveLength(queryCount(wl) / wl.repeat);
+    });
+  }
 });
 
 describe('device-read sweeps', () => {
@@ -150,30 +146,28 @@ describe('device-read sweeps', () => {
 describe('device-read workloads on microvm', () => {
   const map = deviceMapFromMtree(readFileSync(join(import.meta.dirname, '..', 'harness', 'fixtures', 'mtree-microvm.txt'), 'utf8'));
 
-  it('generate ops that encode, with ports and addresses inside their spaces', () => {
-    fc.assert(
-      fc.property(deviceReadWorkloadArb(map, { maxSweeps: 8, maxCount: 64 }), (w) => {
-        for (const s of w.sweeps) expect(s.windowStart < (s.space === 'pio' ? PORT_LIMIT : MMIO_LIMIT)).toBe(true);
-        const ops = deviceReadOps(w);
-        expect(() => encodeOps(ops)).not.toThrow();
-        const outside = ops.filter((o) => {
-          switch (o.op) {
-            case 'pioIn':
-            case 'pioIns':
-              return o.port + o.width > 0x10000 || ![1, 2, 4].includes(o.width);
-            case 'mmioRead':
-              return o.addr + BigInt(o.width) > MMIO_LIMIT;
-            case 'mmioMovs':
-              return o.addr + BigInt(o.width * o.count) > MMIO_LIMIT;
-            default:
-              return true; // not a read
-          }
-        });
-        expect(outside).toEqual([]);
-      }),
-      { numRuns: 300 },
-    );
-  });
+  test.prop([deviceReadWorkloadArb(map, { maxSweeps: 8, maxCount: 64 })], { numRuns: 300 })(
+    'generate ops that encode, with ports and addresses inside their spaces',
+    (w) => {
+      for (const s of w.sweeps) expect(s.windowStart < (s.space === 'pio' ? PORT_LIMIT : MMIO_LIMIT)).toBe(true);
+      const ops = deviceReadOps(w);
+      expect(() => encodeOps(ops)).not.toThrow();
+      const outside = ops.filter((o) => {
+        switch (o.op) {
+          case 'pioIn':
+          case 'pioIns':
+            return o.port + o.width > 0x10000 || ![1, 2, 4].includes(o.width);
+          case 'mmioRead':
+            return o.addr + BigInt(o.width) > MMIO_LIMIT;
+          case 'mmioMovs':
+            return o.addr + BigInt(o.width * o.count) > MMIO_LIMIT;
+          default:
+            return true; // not a read
+        }
+      });
+      expect(outside).toEqual([]);
+    },
+  );
 
   it('reach both spaces, both forms, and every width', () => {
     const sweeps = fc.sample(deviceReadWorkloadArb(map, { maxSweeps: 8, maxCount: 4 }), { numRuns: 200, seed: 1 }).flatMap((w) => w.sweeps);

@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { test } from '@fast-check/vitest';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_CANARY } from '../ir/program.js';
 import { HOST_PATTERN, MIN_SIGHTING_BYTES, findHostPattern, valueBytes } from './hostPattern.js';
@@ -55,19 +56,14 @@ describe('findHostPattern', () => {
     expect(findHostPattern(data(Array.from(filled.subarray(0, 7)), zeros(1), run(0, 4)))).toEqual([{ offset: 8, length: 4 }]);
   });
 
-  it('finds exactly the run planted in data that has no pattern bytes', () => {
-    const notPattern = fc.integer({ min: 0, max: 255 }).filter((b) => !HOST_PATTERN.includes(b));
-    fc.assert(
-      fc.property(
-        fc.array(notPattern, { maxLength: 64 }),
-        fc.array(notPattern, { maxLength: 64 }),
-        fc.integer({ min: 0, max: N - 1 }),
-        fc.integer({ min: MIN_SIGHTING_BYTES, max: 40 }),
-        (before, after, phase, len) => {
-          expect(findHostPattern(data(before, run(phase, len), after))).toEqual([{ offset: before.length, length: len }]);
-        },
-      ),
-    );
+  const notPattern = fc.integer({ min: 0, max: 255 }).filter((b) => !HOST_PATTERN.includes(b));
+  test.prop([
+    fc.array(notPattern, { maxLength: 64 }),
+    fc.array(notPattern, { maxLength: 64 }),
+    fc.integer({ min: 0, max: N - 1 }),
+    fc.integer({ min: MIN_SIGHTING_BYTES, max: 40 }),
+  ])('finds exactly the run planted in data that has no pattern bytes', (before, after, phase, len) => {
+    expect(findHostPattern(data(before, run(phase, len), after))).toEqual([{ offset: before.length, length: len }]);
   });
 });
 
