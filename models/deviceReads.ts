@@ -51,6 +51,9 @@ export const VOLATILE_REGIONS: Readonly<Record<string, string>> = {
   'acpi-pm-tmr': 'ACPI PM timer counts at 3.579545 MHz',
   'kvm-pit': 'in-kernel 8254 counters',
   serial: 'line/modem status reflect when the host side drained the transmit buffer',
+  // QEMU hw/audio/pcspk.c pcspk_io_read(): bit 5 is PIT channel 2's output (it counts in time), bit 4
+  // a refresh toggle that flips on every read.
+  pcspk: 'port 0x61: bit 5 is PIT channel 2 output, which follows the 8254 counter in time',
 };
 
 /**
