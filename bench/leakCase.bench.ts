@@ -21,7 +21,10 @@ import { qemuArgs } from '../harness/vm.js';
 import { cpuidRules } from '../suites/leaks/cpuid.js';
 import { accessCount, deviceReadsDefinedBytes } from '../suites/leaks/deviceReads.js';
 import { defaultOptions, machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
-import { Metrics, suiteEnv, type AnyProperty, type SuiteEnv } from '../suites/lib/property.js';
+import { Metrics, type AnyProperty, type PropertyEnv } from '../suites/lib/property.js';
+import { checkCase, propertyEnv } from '../suites/lib/runner.js';
+import { Waiver } from '../suites/lib/waive.js';
+import { loadDeviations } from '../reports/deviations.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 7);
@@ -73,16 +76,18 @@ interface Case {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-async function timeHarness(c: Case, facts: unknown, env: SuiteEnv): Promise<number> {
+async function timeHarness(c: Case, facts: unknown, env: PropertyEnv): Promise<number> {
+  // The host's known deviations are waived, as in a run.
+  const waiver = new Waiver(loadDeviations(env.options.deviations), c.property.id, env.host, { accel: env.options.accel, machine: env.options.machine });
   const t = performance.now();
-  const v = await c.property.check(c.workload, facts, env);
+  const f = await checkCase(c.property, c.workload, facts, env, waiver);
   const ms = performance.now() - t;
-  if (!v.ok && !/covered by known deviation/.test(v.summary)) throw new Error(`${c.name}: the case failed: ${v.summary}`);
+  if (f) throw new Error(`${c.name}: the case failed (${f.rule}): ${f.difference.summary}`);
   return ms;
 }
 
 /** The same VM without the harness: same binary, same program, same RAM file, no QMP, no -S. */
-async function timeRaw(c: Case, env: SuiteEnv): Promise<number> {
+async function timeRaw(c: Case, env: PropertyEnv): Promise<number> {
   const image = encodeProgram(c.program);
   const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: Math.max(64, image.minRamMiB) });
   const dir = await createPrivateDir('bench-raw');
@@ -111,8 +116,8 @@ async function timeRaw(c: Case, env: SuiteEnv): Promise<number> {
 
 async function main(): Promise<void> {
   const options = defaultOptions({ out: dirname(OUT) });
-  const base = await suiteEnv(options);
-  const env: SuiteEnv = { ...base, metrics: new Metrics(), mismatch: () => null };
+  const base = await propertyEnv(options);
+  const env: PropertyEnv = { ...base, metrics: new Metrics() };
   const cpuidFacts = await cpuidRules.facts(env);
   const deviceFacts = await deviceReadsDefinedBytes.facts(env);
   const cpuidOpsList = cpuidOps({ ...CPUID_CASE });

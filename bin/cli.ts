@@ -9,27 +9,25 @@
  *
  * Bad input gets one line on stderr and exit status 2; a run exits 0 exactly when nothing failed.
  */
-import { accessSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { isAbsolute, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { MUTANTS, mutantNamed } from '../bench/mutants.js';
 import { collectFingerprint, doctorVerdicts, fingerprintId, formatFingerprint, type HostFingerprint } from '../harness/fingerprint.js';
 import { buildGuest, GuestBuildError } from '../harness/guest/build.js';
 import { fillAndFreeHostMemory } from '../harness/hostPattern.js';
 import { createRunRoot, removeRunRoot, RUNTIME_ROOT_ENV } from '../harness/runtime.js';
-import { MACHINE_TYPES, type Accel, type MachineType } from '../harness/vm.js';
 import { readCounterexample, CounterexampleError } from '../reports/counterexample.js';
 import { OutDirError, prepareOutDir } from '../reports/outdir.js';
 import { VCPU_CHOICE_ENV, type VcpuModelChoice } from '../harness/vcpuChoice.js';
 import { HOST_CHECKS, hostFindings, MachineStartError, settleVcpuModel } from '../suites/lib/machine.js';
 import { DeviationsError, loadDeviations } from '../reports/deviations.js';
-import { assembleResults, writeResults } from '../reports/results.js';
-import { validateResults, type PropertyResult, type ResultsFile } from '../reports/schema.js';
-import { defaultOptions, optionsToEnv, PROJECT_ROOT, vcpuModel, type RunOptions } from '../suites/lib/options.js';
-import { fail, formatFailure, Metrics, suiteEnv, type SuiteEnv } from '../suites/lib/property.js';
-import { propertyById, selectedProperties, SUITE_NAMES, SUITES } from '../suites/registry.js';
+import { assembleResults, writePropertyRecord, writeResults } from '../reports/results.js';
+import { validateResults, type PropertyResult, type ResultsFile, type RunOptionsRecord } from '../reports/schema.js';
+import { defaultOptions, joinDashValues, OptionError, optionsRecord, optionsToEnv, parseRunArgs, PROJECT_ROOT, runUsage, vcpuModel, type RunOptions } from '../suites/lib/options.js';
+import { formatFailure, propertyEnv, replayCase } from '../suites/lib/runner.js';
+import { FAMILIES, FAMILY_NAMES, familyNamed, mutantNamed, propertyById, selectedProperties, UnknownMutantError } from '../suites/registry.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -41,123 +39,33 @@ commands:
   run       run property families against real QEMU/KVM and write DIR/results.json
   replay    re-run a saved counterexample: kvmprop replay FILE
   doctor    show the host fingerprint and what is missing
-  list      list suites, properties and mutants
+  list      list families, properties and mutants
   build     build the guest (cached by a hash of its sources)
 
-run options:
-  --suite S[,S...]     families to run (${SUITE_NAMES.join(', ')}; default: all)
-  --property ID        only this property (repeatable)
-  --runs N             cases per property (default 25)
-  --seed S             fast-check seed (default: random, printed)
-  --path P             fast-check path: with --seed, replays one recorded case
-  --machine M          ${MACHINE_TYPES.join(' | ')} (default microvm)
-  --accel A            kvm | tcg (default kvm)
-  --cpu MODEL          -cpu model, e.g. host or host,-x2apic (default host; max under tcg)
-  --kernel-irqchip X   on | split
-  --qemu PATH          QEMU binary (default $KVMPROP_QEMU or qemu-system-x86_64)
-  --qemu-arg A         extra QEMU argument, appended as is (repeatable)
-  --mutant NAME        run against a deliberately broken system (kvmprop list)
-  --out DIR            output directory (default ./results)
-  --deviations FILE    known deviations (default reports/known-deviations.json)
-  --stall-ms N         a vCPU with no progress for N ms is a hang (default 3000)
-  --vm-timeout-ms N    per-VM limit (default 120000)
-`;
+families: ${FAMILY_NAMES.join(', ')}
+${runUsage()}`;
 
 function toolVersion(): string {
   return (JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 }
 
-/** `--qemu-arg -cpu` is what people type; parseArgs wants `--qemu-arg=-cpu`. */
-function joinDashValues(argv: readonly string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--qemu-arg' && i + 1 < argv.length) out.push(`--qemu-arg=${argv[++i]}`);
-    else out.push(a);
-  }
-  return out;
-}
-
-function intOption(name: string, v: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
-  if (v === undefined) return undefined;
-  if (!/^-?\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got '${v}'`);
-  return Number(v);
-}
-
-function oneOf<T extends string>(name: string, v: string | undefined, allowed: readonly T[]): T | undefined {
-  if (v === undefined) return undefined;
-  if (!allowed.includes(v as T)) throw new UsageError(`--${name} must be one of ${allowed.join(', ')}, got '${v}'`);
-  return v as T;
-}
-
+/** `kvmprop run`'s options (suites/lib/options.ts has the table), checked against the registry. */
 export function parseRunOptions(argv: readonly string[], cwd = process.cwd()): RunOptions {
-  const { values, positionals } = parseArgs({
-    args: joinDashValues(argv),
-    strict: true,
-    allowPositionals: true,
-    options: {
-      suite: { type: 'string', multiple: true },
-      property: { type: 'string', multiple: true },
-      runs: { type: 'string' },
-      seed: { type: 'string' },
-      path: { type: 'string' },
-      machine: { type: 'string' },
-      accel: { type: 'string' },
-      cpu: { type: 'string' },
-      'kernel-irqchip': { type: 'string' },
-      qemu: { type: 'string' },
-      'qemu-arg': { type: 'string', multiple: true },
-      mutant: { type: 'string' },
-      out: { type: 'string' },
-      deviations: { type: 'string' },
-      'stall-ms': { type: 'string' },
-      'vm-timeout-ms': { type: 'string' },
-    },
-  });
-  if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
-  const suites = (values.suite ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
-  for (const s of suites) if (!SUITES[s]) throw new UsageError(`unknown suite '${s}' (known: ${SUITE_NAMES.join(', ')})`);
-  const chosenSuites = suites.length ? suites : SUITE_NAMES;
-  const properties = values.property ?? [];
-  for (const id of properties) {
+  const { options: given } = parseRunArgs(argv, cwd);
+  const families = given.families?.length ? given.families : FAMILY_NAMES;
+  for (const f of families) if (!FAMILY_NAMES.includes(f)) throw new UsageError(`unknown suite '${f}' (known: ${FAMILY_NAMES.join(', ')})`);
+  for (const id of given.properties ?? []) {
     const p = propertyById(id);
     if (!p) throw new UsageError(`unknown property '${id}' (kvmprop list shows them)`);
-    if (!chosenSuites.includes(p.suite)) throw new UsageError(`property '${id}' belongs to suite '${p.suite}', which this run does not select`);
+    if (!families.includes(p.family)) throw new UsageError(`property '${id}' belongs to family '${p.family}', which this run does not select`);
   }
-  if (values.path && values.seed === undefined) throw new UsageError('--path needs the --seed it was recorded with');
-  if (values.path && !/^\d+(:\d+)*$/.test(values.path)) throw new UsageError(`--path must look like 3:0:1, got '${values.path}'`);
-  const accel = oneOf<Accel>('accel', values.accel, ['kvm', 'tcg']);
-  let machine = oneOf<MachineType>('machine', values.machine, MACHINE_TYPES);
-  if (values.mutant) {
-    const m = mutantNamed(values.mutant);
+  let machine = given.machine;
+  if (given.mutant) {
+    const m = mutantNamed(given.mutant);
     if (m.machine && machine && machine !== m.machine) throw new UsageError(`mutant '${m.name}' needs --machine ${m.machine}`);
     machine ??= m.machine;
   }
-  const out = resolve(cwd, values.out ?? 'results');
-  const deviations = values.deviations ? resolve(cwd, values.deviations) : undefined;
-  const seed = intOption('seed', values.seed, -(2 ** 31), 2 ** 31 - 1);
-  const runs = intOption('runs', values.runs, 1, 1_000_000);
-  const stallMs = intOption('stall-ms', values['stall-ms'], 100);
-  const vmTimeoutMs = intOption('vm-timeout-ms', values['vm-timeout-ms'], 1000);
-  const kernelIrqchip = oneOf<'on' | 'split'>('kernel-irqchip', values['kernel-irqchip'], ['on', 'split']);
-  return defaultOptions({
-    suites: chosenSuites,
-    properties,
-    out,
-    ...(runs !== undefined ? { runs } : {}),
-    ...(seed !== undefined ? { seed } : {}),
-    ...(values.path ? { path: values.path } : {}),
-    ...(machine ? { machine } : {}),
-    ...(accel ? { accel } : {}),
-    ...(values.cpu ? { cpu: values.cpu } : {}),
-    ...(kernelIrqchip ? { kernelIrqchip } : {}),
-    ...(values.qemu ? { qemu: values.qemu } : {}),
-    qemuArgs: values['qemu-arg'] ?? [],
-    ...(values.mutant ? { mutant: values.mutant } : {}),
-    ...(deviations ? { deviations } : {}),
-    ...(stallMs !== undefined ? { stallMs } : {}),
-    ...(vmTimeoutMs !== undefined ? { vmTimeoutMs } : {}),
-  });
+  return defaultOptions({ ...given, families, out: given.out ?? resolve(cwd, 'results'), ...(machine ? { machine } : {}) });
 }
 
 /** What a run cannot start without; each missing piece is one line with the fix. */
@@ -207,7 +115,9 @@ export function summarize(results: ResultsFile, file: string, o: RunOptions): st
   const t = results.totals;
   lines.push('', `pass ${t.pass}, fail ${t.fail}, known-deviation ${t['known-deviation']}, skip ${t.skip}`);
   const m = results.metrics;
-  if (m.cpuidQueries || m.deviceReads) lines.push(`exercised: ${m.cpuidQueries ?? 0} CPUID queries, ${m.deviceReads ?? 0} device reads, ${m.vms ?? 0} VMs`);
+  // What the run exercised, in the words of the families' manifests.
+  const specs = [...new Map(o.families.flatMap((n) => familyNamed(n)?.metrics ?? []).map((x) => [x.key, x])).values()];
+  if (specs.some((x) => m[x.key])) lines.push(`exercised: ${specs.map((x) => `${m[x.key] ?? 0} ${x.label}`).join(', ')}`);
   lines.push(`results: ${file}`);
   return lines.join('\n');
 }
@@ -234,16 +144,14 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
   writeFileSync(join(o.out, 'host.json'), JSON.stringify(host, null, 2) + '\n');
   const findings = hostFindings({ ...(choice ? { choice } : {}), ...(startError ? { startError } : {}) }, known, host);
   if (!startError) for (const f of findings) process.stderr.write(`kvmprop: host finding ${f.check} (${f.status}): ${f.summary}\n  QEMU: ${f.qemuMessage}\n`);
-  const expected = selectedProperties(o.suites, o.properties);
+  const expected = selectedProperties(o.families, o.properties);
   const errors: string[] = [];
   let interrupted: NodeJS.Signals | null = null;
   if (startError) {
     // One root cause, reported once: no property runs on a machine that does not start.
     const reason = `not run: the configured machine does not start (host finding ${HOST_CHECKS.machine})`;
-    mkdirSync(join(o.out, 'properties'), { recursive: true });
     for (const p of expected) {
-      const r: PropertyResult = { id: p.id, suite: p.suite, statement: p.statement, status: 'skip', reason, numRuns: 0, seed: o.seed, durationMs: 0, metrics: {} };
-      writeFileSync(join(o.out, 'properties', `${p.id}.json`), JSON.stringify(r, null, 2) + '\n');
+      writePropertyRecord(o.out, { id: p.id, family: p.family, statement: p.statement, status: 'skip', reason, numRuns: 0, seed: o.seed, durationMs: 0, metrics: {} });
     }
   } else {
     const fill = await fillAndFreeHostMemory();
@@ -279,19 +187,7 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
   const results = assembleResults({
     out: o.out,
     expected,
-    options: {
-      suites: o.suites,
-      runs: o.runs,
-      seed: o.seed,
-      machine: o.machine,
-      accel: o.accel,
-      cpu: used,
-      ...(choice && choice.requested !== used ? { cpuRequested: choice.requested } : {}),
-      ...(o.kernelIrqchip ? { kernelIrqchip: o.kernelIrqchip } : {}),
-      qemu: o.qemu,
-      qemuArgs: o.qemuArgs,
-      ...(o.mutant ? { mutant: o.mutant } : {}),
-    },
+    options: optionsRecord(o, { used, ...(choice ? { requested: choice.requested } : {}) }) as unknown as RunOptionsRecord,
     host,
     hostId: fingerprintId(host),
     startedAt,
@@ -334,16 +230,13 @@ async function cmdReplay(argv: readonly string[]): Promise<number> {
   const problems = await preflight(o);
   if (problems.length) throw new UsageError(problems.join('\n'));
   process.stderr.write(`kvmprop: replaying ${c.property} (seed ${c.seed}, path ${c.path})\n  ${c.summary}\n`);
-  const base = await suiteEnv(o);
   // Replay shows the first difference as it is: no deviation waives it.
-  const env: SuiteEnv = { ...base, metrics: new Metrics(), mismatch: (summary, expected, observed, extras) => fail(summary, expected, observed, extras) };
-  const facts = await def.facts(env);
-  const verdict = await def.check(c.workload, facts, env);
-  if (verdict.ok) {
+  const failure = await replayCase(def, c.workload, await propertyEnv(o));
+  if (!failure) {
     process.stdout.write(`${c.property}: the counterexample no longer fails on this host\n`);
     return 0;
   }
-  process.stdout.write(`${c.property} fails again:\n  ${verdict.summary}\n`);
+  process.stdout.write(`${c.property} fails again (${failure.rule}):\n  ${failure.difference.summary}\n`);
   return 1;
 }
 
@@ -372,12 +265,18 @@ async function cmdDoctor(argv: readonly string[]): Promise<number> {
 
 function cmdList(): number {
   const lines: string[] = [];
-  for (const [suite, props] of Object.entries(SUITES)) {
-    lines.push(`${suite}:`);
-    for (const p of props) lines.push(`  ${p.id}\n      ${p.statement}`);
+  for (const f of FAMILIES) {
+    lines.push(`${f.name}: ${f.title}`);
+    for (const p of f.properties) {
+      lines.push(`  ${p.id}\n      ${p.statement}`);
+      for (const r of p.rules) lines.push(`      - ${r.name}`);
+    }
+    if (f.mutants.length) lines.push(`  mutants (--mutant):`);
+    for (const m of f.mutants) {
+      const roles = m.roles === 'all' ? 'every VM' : `VMs: ${m.roles.join(', ')}`;
+      lines.push(`    ${m.name}${m.machine ? ` [--machine ${m.machine}]` : ''}: breaks ${m.breaks.join(', ')} (${roles})\n        ${m.description}`);
+    }
   }
-  lines.push('mutants (--mutant):');
-  for (const m of Object.values(MUTANTS)) lines.push(`  ${m.name}${m.machine ? ` [--machine ${m.machine}]` : ''}: breaks ${m.breaks.join(', ')}\n      ${m.description}`);
   process.stdout.write(lines.join('\n') + '\n');
   return 0;
 }
@@ -419,11 +318,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         throw new UsageError(`unknown command '${cmd}' (kvmprop --help)`);
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof OutDirError || e instanceof GuestBuildError || e instanceof DeviationsError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`kvmprop: ${(e as Error).message}\n`);
-      return 2;
-    }
-    if ((e as Error).name === 'UnknownMutantError') {
+    if (e instanceof UsageError || e instanceof OptionError || e instanceof UnknownMutantError || e instanceof OutDirError || e instanceof GuestBuildError || e instanceof DeviationsError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`kvmprop: ${(e as Error).message}\n`);
       return 2;
     }

@@ -12,8 +12,10 @@ export interface Counterexample {
   readonly schema: typeof COUNTEREXAMPLE_SCHEMA;
   readonly version: 1;
   readonly property: string;
-  readonly suite: string;
+  readonly family: string;
   readonly statement: string;
+  /** The property's rule that caught it ('the case runs to completion' when the run itself ended it). */
+  readonly rule: string;
   readonly seed: number;
   readonly path: string;
   readonly replay: string;

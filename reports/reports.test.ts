@@ -25,7 +25,7 @@ import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, validateResults, ty
 function prop(over: Partial<PropertyResult> = {}): PropertyResult {
   return {
     id: 'leaks.cpuid.rules',
-    suite: 'leaks',
+    family: 'leaks',
     statement: 'CPUID follows the rules',
     status: 'pass',
     numRuns: 100,
@@ -77,8 +77,8 @@ describe('validateResults', () => {
   });
 
   it('reports missing property fields', () => {
-    const { suite: _suite, seed: _seed, ...partial } = prop();
-    expect(validateResults(results([partial]))).toEqual(['properties[0].suite missing', 'properties[0].seed missing']);
+    const { family: _family, seed: _seed, ...partial } = prop();
+    expect(validateResults(results([partial]))).toEqual(['properties[0].family missing', 'properties[0].seed missing']);
     expect(validateResults(results([null]))).toContain('properties[0].id missing');
   });
 
@@ -230,11 +230,11 @@ describe('known-deviations files', () => {
 
   it('the project’s known-deviations.json parses; each entry names a property and has working regexes', async () => {
     // Imported here so that a suite that does not load fails this test only.
-    const { propertyById, SUITES } = await import('../suites/registry.js');
+    const { propertyById, FAMILIES } = await import('../suites/registry.js');
     const { HOST_CHECKS } = await import('../suites/lib/machine.js');
     const known = (p: string) =>
       Object.values(HOST_CHECKS).includes(p as never) ||
-      (p.endsWith('.*') ? Object.values(SUITES).flat().some((x) => x.id.startsWith(p.slice(0, -1))) : propertyById(p) !== undefined);
+      (p.endsWith('.*') ? FAMILIES.flatMap((f) => f.properties).some((x) => x.id.startsWith(p.slice(0, -1))) : propertyById(p) !== undefined);
     const path = join(import.meta.dirname, 'known-deviations.json');
     const file = loadDeviations(path);
     expect(file.deviations.length).toBeGreaterThan(0);
@@ -300,7 +300,8 @@ describe('counterexample files', () => {
     schema: COUNTEREXAMPLE_SCHEMA,
     version: 1,
     property: 'leaks.device.unclaimed',
-    suite: 'leaks',
+    family: 'leaks',
+    rule: 'the output agrees with QEMU’s CPU model',
     statement: 'unclaimed reads are all-ones',
     seed: 42,
     path: '3:1:0',

@@ -3,10 +3,16 @@
  * A property that was selected but left no record (its worker crashed, the run was interrupted)
  * is an error of the run, listed as such: partial results are kept, never passed off as complete.
  */
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HostFingerprint } from '../harness/fingerprint.js';
 import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, type HostFinding, type PropertyResult, type ResultsFile, type RunOptionsRecord } from './schema.js';
+
+/** One property's result record, written by the worker that ran it (out/properties/ID.json). */
+export function writePropertyRecord(out: string, r: PropertyResult): void {
+  mkdirSync(join(out, 'properties'), { recursive: true });
+  writeFileSync(join(out, 'properties', `${r.id}.json`), JSON.stringify(r, null, 2) + '\n');
+}
 
 export function readPropertyRecords(out: string): PropertyResult[] {
   const dir = join(out, 'properties');
@@ -19,7 +25,7 @@ export function readPropertyRecords(out: string): PropertyResult[] {
 
 export function assembleResults(args: {
   out: string;
-  expected: readonly { id: string; suite: string; statement: string }[];
+  expected: readonly { id: string; family: string; statement: string }[];
   options: RunOptionsRecord;
   host: HostFingerprint;
   hostId: string;

@@ -12,12 +12,14 @@ export type PropertyStatus = 'pass' | 'fail' | 'known-deviation' | 'skip';
 
 export interface PropertyResult {
   readonly id: string;
-  readonly suite: string;
+  readonly family: string;
   /** The property in one sentence. */
   readonly statement: string;
   readonly status: PropertyStatus;
   /** Why it was skipped, or the one-line failure. */
   readonly reason?: string;
+  /** For a failure: the property's rule that caught it. */
+  readonly rule?: string;
   /** Cases executed, shrinking included. */
   readonly numRuns: number;
   readonly seed: number;
@@ -50,7 +52,7 @@ export interface HostFinding {
 }
 
 export interface RunOptionsRecord {
-  readonly suites: readonly string[];
+  readonly families: readonly string[];
   readonly runs: number;
   readonly seed: number;
   readonly machine: string;
@@ -62,7 +64,7 @@ export interface RunOptionsRecord {
   readonly kernelIrqchip?: string;
   readonly qemu: string;
   readonly qemuArgs: readonly string[];
-  /** Set when the run targeted a deliberately broken system (bench/mutants.ts). */
+  /** Set when the run targeted a deliberately broken system (a family manifest lists its mutants). */
   readonly mutant?: string;
 }
 
@@ -99,7 +101,7 @@ export function validateResults(x: unknown): string[] {
   else {
     r.properties.forEach((p: unknown, i: number) => {
       const q = p as Record<string, unknown>;
-      for (const k of ['id', 'suite', 'statement', 'status']) if (typeof q?.[k] !== 'string') errs.push(`properties[${i}].${k} missing`);
+      for (const k of ['id', 'family', 'statement', 'status']) if (typeof q?.[k] !== 'string') errs.push(`properties[${i}].${k} missing`);
       if (!STATUSES.includes(q?.status as PropertyStatus)) errs.push(`properties[${i}].status ${JSON.stringify(q?.status)} unknown`);
       for (const k of ['numRuns', 'seed', 'durationMs']) if (typeof q?.[k] !== 'number') errs.push(`properties[${i}].${k} missing`);
       if (q?.status === 'fail' && typeof q.counterexample !== 'string' && typeof q.reason !== 'string') errs.push(`properties[${i}] failed without a counterexample or reason`);

@@ -5,55 +5,56 @@
  * host's leak pattern.
  */
 import { deviceReadOps, deviceReadWorkloadArb, mmioLimit, type DeviceReadWorkload } from '../../generators/deviceReads.js';
-import type { Op, OpRecord } from '../../ir/ops.js';
-import { STRING_GUARD_BYTES } from '../../ir/ops.js';
+import { STRING_GUARD_BYTES, type Op, type OpRecord, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
 import type { MachineFacts } from '../../harness/facts.js';
 import { findHostPattern, valueBytes } from '../../models/hostPattern.js';
 import { firstMaskedMismatch, predictRead, type DeviceRead, type MaskedBytes, type ReadPrediction } from '../../models/deviceReads.js';
-import { defineProperty, fail, PASS, type SuiteEnv, type Verdict } from '../lib/property.js';
-import { factsFor, runProgram } from '../lib/run.js';
+import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv } from '../lib/property.js';
+import { factsFor, observeProgram, type VmRole } from '../lib/run.js';
 
 type ReadOp = Extract<Op, { op: 'pioIn' | 'pioIns' | 'mmioRead' | 'mmioMovs' }>;
 
 interface ReadObservation {
   readonly op: ReadOp;
-  readonly record: OpRecord;
+  readonly record: RecordOf<ReadOp['op']>;
   readonly prediction: ReadPrediction;
   /** RAX as 8 bytes, or the string buffer. */
   readonly bytes: Uint8Array;
 }
 
-function facts(env: SuiteEnv): Promise<MachineFacts> {
+function facts(env: PropertyEnv): Promise<MachineFacts> {
   return factsFor(env);
 }
 
 /** Run the reads once (one vCPU: device state must not depend on interleaving) and pair each with its prediction. */
-async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: SuiteEnv, label: string): Promise<{ ok: true; reads: ReadObservation[] } | { ok: false; verdict: Verdict }> {
+async function observeReads(w: DeviceReadWorkload, f: MachineFacts, env: PropertyEnv, role: VmRole): Promise<Observation<ReadObservation[]>> {
   const ops = deviceReadOps(w) as ReadOp[];
-  const outcome = await runProgram(env, { threads: [ops], canary: DEFAULT_CANARY, mapLimit: mmioLimit(f.deviceMap) }, { label });
-  if (!outcome.ok) return { ok: false, verdict: outcome.verdict };
-  const records = outcome.run.records[0] ?? [];
+  const run = await observeProgram(env, { threads: [ops], canary: DEFAULT_CANARY, mapLimit: mmioLimit(f.deviceMap) }, { role });
+  if (!run.ok) return run;
+  const records = (run.value.records[0] ?? []) as OpRecord[];
   // A REP string read is one instruction and `count` accesses, each its own exit.
-  env.metrics.add('deviceReads', records.reduce((n, r, i) => n + accessCount(ops[i]!), 0));
+  env.metrics.add('deviceReads', records.reduce((n, r) => n + accessCount(r.op as ReadOp), 0));
   env.metrics.add('readInstructions', records.length);
+  if (records.length !== ops.length) {
+    return { ok: false, difference: difference(`the guest recorded ${records.length} of ${ops.length} reads`, ops.length, records.length) };
+  }
   // Sweeps revisit the same registers; a prediction depends only on the read, so make each once.
   const predictions = new Map<string, ReadPrediction>();
-  const reads = records.map((record, i): ReadObservation => {
-    const op = ops[i]!;
+  const reads = records.map((r): ReadObservation => {
+    const record = r as RecordOf<ReadOp['op']>;
+    const op = record.op as ReadOp;
     const key = `${op.op}:${'port' in op ? op.port : op.addr}:${op.width}:${'count' in op ? op.count : 1}`;
     let prediction = predictions.get(key);
     if (!prediction) {
       prediction = predictRead(op as DeviceRead, { map: f.deviceMap, canary: DEFAULT_CANARY, guardBytes: STRING_GUARD_BYTES, ...(record.buffer ? { bufferBytes: record.buffer.length } : {}) });
       predictions.set(key, prediction);
     }
-    const bytes = record.buffer ?? valueBytes(record.fields.rax ?? 0n, 8);
+    const rax = 'rax' in record.fields ? record.fields.rax : 0n;
+    const bytes = record.buffer ?? valueBytes(rax, 8);
     return { op, record, prediction, bytes };
   });
-  if (reads.length !== ops.length) {
-    return { ok: false, verdict: fail(`the guest recorded ${reads.length} of ${ops.length} reads`, ops.length, reads.length) };
-  }
-  return { ok: true, reads };
+  return { ok: true, value: reads };
 }
 
 export function accessCount(op: ReadOp): number {
@@ -109,28 +110,24 @@ function hex(bytes: Uint8Array): string {
   return `0x${[...bytes].reverse().map((b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
-/** Every read whose bytes (limited by `keep`) differ from the prediction, until one is not a known deviation. */
-function firstMismatch(
-  env: SuiteEnv,
+/** Every read whose bytes (limited by `keep`) differ from the prediction. */
+function* mismatches(
   reads: readonly ReadObservation[],
   keep: (r: ReadObservation, i: number) => boolean,
   why: (r: ReadObservation, byte: number) => string,
-): Verdict {
+): Iterable<Difference> {
   for (const r of reads) {
     const predicted = r.prediction.rax ?? r.prediction.buffer!;
     const at = firstMaskedMismatch(r.bytes, predicted, (i) => keep(r, i));
-    if (at >= 0) {
-      const masked: MaskedBytes = { value: predicted.value, mask: predicted.mask.map((x, i) => (keep(r, i) ? x : 0)) };
-      const m = env.mismatch(
-        `${describeRead(r.op)}: byte ${at} of ${r.prediction.rax ? 'RAX' : 'the destination buffer'} is 0x${r.bytes[at]!.toString(16).padStart(2, '0')}, expected 0x${masked.value[at]!.toString(16).padStart(2, '0')} (${why(r, at)})`,
-        { read: r.op, regions: r.prediction.regions, value: maskedHex(masked) },
-        { read: r.op, value: hex(r.bytes) },
-        { witness: readWitness(r.op) },
-      );
-      if (m) return m;
-    }
+    if (at < 0) continue;
+    const masked: MaskedBytes = { value: predicted.value, mask: predicted.mask.map((x, i) => (keep(r, i) ? x : 0)) };
+    yield difference(
+      `${describeRead(r.op)}: byte ${at} of ${r.prediction.rax ? 'RAX' : 'the destination buffer'} is 0x${r.bytes[at]!.toString(16).padStart(2, '0')}, expected 0x${masked.value[at]!.toString(16).padStart(2, '0')} (${why(r, at)})`,
+      { read: r.op, regions: r.prediction.regions, value: maskedHex(masked) },
+      { read: r.op, value: hex(r.bytes) },
+      { witness: readWitness(r.op) },
+    );
   }
-  return PASS;
 }
 
 const isData = (r: ReadObservation, i: number) => r.prediction.dataOffsets.includes(i);
@@ -143,111 +140,127 @@ function definedByteWhy(r: ReadObservation, i: number): string {
   return i < STRING_GUARD_BYTES ? 'a guard byte before the destination was written' : 'a guard byte after the destination was written';
 }
 
+function* noException(reads: readonly ReadObservation[]): Iterable<Difference> {
+  for (const r of reads) {
+    if (r.record.faultVector === null) continue;
+    yield difference(
+      `${describeRead(r.op)} raised exception vector ${r.record.faultVector} (error code 0x${r.record.errorCode.toString(16)})`,
+      'no exception',
+      { vector: r.record.faultVector, errorCode: r.record.errorCode, read: r.op },
+      { witness: readWitness(r.op) },
+    );
+  }
+}
+
+function* stringCounts(reads: readonly ReadObservation[]): Iterable<Difference> {
+  for (const r of reads) {
+    if (r.record.faultVector !== null) continue;
+    const p = r.prediction;
+    const fields = r.record.fields as Readonly<Record<string, bigint>>;
+    for (const [reg, want] of [['rcx', p.rcx], ['rdiDelta', p.rdiDelta], ['rsiDelta', p.rsiDelta]] as const) {
+      if (want === undefined || fields[reg] === want) continue;
+      yield difference(`${describeRead(r.op)}: ${reg} is ${fields[reg]}, expected ${want}`, { read: r.op, [reg]: want }, { read: r.op, [reg]: fields[reg] }, { witness: readWitness(r.op) });
+    }
+  }
+}
+
+const observeOnce =
+  (role: VmRole) =>
+  (w: DeviceReadWorkload, f: MachineFacts, env: PropertyEnv): Promise<Observation<ReadObservation[]>> =>
+    observeReads(w, f, env, role);
+
 export const deviceReadsDefinedBytes = defineProperty({
   id: 'leaks.device.defined-bytes',
-  suite: 'leaks',
+  family: 'leaks',
   statement:
     'A port or MMIO read changes only the destination bytes its instruction defines (the canary around them survives), never faults, and a REP string read leaves RCX 0 and moves RSI/RDI by exactly count*width',
   facts,
   arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap),
-  async check(w, f, env) {
-    const o = await observeReads(w, f, env, 'reads');
-    if (!o.ok) return o.verdict;
-    for (const r of o.reads) {
-      if (r.record.faultVector !== null) {
-        const m = env.mismatch(
-          `${describeRead(r.op)} raised exception vector ${r.record.faultVector} (error code 0x${r.record.errorCode.toString(16)})`,
-          'no exception',
-          { vector: r.record.faultVector, errorCode: r.record.errorCode, read: r.op },
-          { witness: readWitness(r.op) },
-        );
-        if (m) return m;
-        continue;
-      }
-      const p = r.prediction;
-      for (const [reg, want] of [['rcx', p.rcx], ['rdiDelta', p.rdiDelta], ['rsiDelta', p.rsiDelta]] as const) {
-        if (want !== undefined && r.record.fields[reg] !== want) {
-          const m = env.mismatch(
-            `${describeRead(r.op)}: ${reg} is ${r.record.fields[reg]}, expected ${want}`,
-            { read: r.op, [reg]: want },
-            { read: r.op, [reg]: r.record.fields[reg] },
-            { witness: readWitness(r.op) },
-          );
-          if (m) return m;
-        }
-      }
-    }
-    return firstMismatch(env, o.reads.filter((r) => r.record.faultVector === null), (r, i) => !isData(r, i), definedByteWhy);
-  },
+  observe: observeOnce('workload'),
+  rules: [
+    rule('a read raises no exception', noException),
+    rule('a REP read counts RCX down to 0 and moves RSI/RDI by count*width', stringCounts),
+    rule('only the defined destination bytes change', (reads: readonly ReadObservation[]) =>
+      mismatches(reads.filter((r) => r.record.faultVector === null), (r, i) => !isData(r, i), definedByteWhy),
+    ),
+  ],
 });
 
 export const deviceReadsUnclaimed = defineProperty({
   id: 'leaks.device.unclaimed',
-  suite: 'leaks',
+  family: 'leaks',
   statement: "Reads of port and MMIO space no device claims return the platform's fixed value (QEMU: all-ones for ports, zeros for memory)",
   facts,
   arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap),
-  async check(w, f, env) {
-    const o = await observeReads(w, f, env, 'unclaimed');
-    if (!o.ok) return o.verdict;
-    return firstMismatch(env, o.reads, isData, (r) => `${r.op.op.startsWith('pio') ? 'port' : 'guest-physical'} space no device claims (${r.prediction.regions.join(', ')})`);
-  },
+  observe: observeOnce('workload'),
+  rules: [
+    rule('unclaimed space reads the platform value', (reads: readonly ReadObservation[]) =>
+      mismatches(reads, isData, (r) => `${r.op.op.startsWith('pio') ? 'port' : 'guest-physical'} space no device claims (${r.prediction.regions.join(', ')})`),
+    ),
+  ],
 });
+
+/** The same reads in two fresh VMs. */
+interface TwoRuns {
+  readonly a: readonly ReadObservation[];
+  readonly b: readonly ReadObservation[];
+}
+
+function* sameInBothVms({ a, b }: TwoRuns): Iterable<Difference> {
+  for (let k = 0; k < a.length; k++) {
+    const ra = a[k]!;
+    const rb = b[k]!;
+    const offsets = ra.prediction.dataOffsets;
+    for (let j = 0; j < offsets.length; j++) {
+      const off = offsets[j]!;
+      if (!ra.prediction.stableBytes[j] || ra.bytes[off] === rb.bytes[off]) continue;
+      yield difference(
+        `${describeRead(ra.op)} (${ra.prediction.regions.join(', ')}): data byte ${j} read 0x${ra.bytes[off]!.toString(16)} in the first VM and 0x${rb.bytes[off]!.toString(16)} in the second`,
+        { read: ra.op, value: hex(ra.bytes) },
+        { read: rb.op, value: hex(rb.bytes) },
+        { witness: readWitness(ra.op) },
+      );
+      break;
+    }
+  }
+}
 
 export const deviceReadsStable = defineProperty({
   id: 'leaks.device.stable',
-  suite: 'leaks',
+  family: 'leaks',
   statement: 'The same reads in two fresh VMs return the same bytes wherever the register has no time- or host-dependent value',
   facts,
   arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap, { maxSweeps: 24 }),
-  async check(w, f, env) {
-    const a = await observeReads(w, f, env, 'stable-a');
-    if (!a.ok) return a.verdict;
-    const b = await observeReads(w, f, env, 'stable-b');
-    if (!b.ok) return b.verdict;
-    for (let k = 0; k < a.reads.length; k++) {
-      const ra = a.reads[k]!;
-      const rb = b.reads[k]!;
-      const offsets = ra.prediction.dataOffsets;
-      for (let j = 0; j < offsets.length; j++) {
-        const off = offsets[j]!;
-        if (!ra.prediction.stableBytes[j] || ra.bytes[off] === rb.bytes[off]) continue;
-        const m = env.mismatch(
-          `${describeRead(ra.op)} (${ra.prediction.regions.join(', ')}): data byte ${j} read 0x${ra.bytes[off]!.toString(16)} in the first VM and 0x${rb.bytes[off]!.toString(16)} in the second`,
-          { read: ra.op, value: hex(ra.bytes) },
-          { read: rb.op, value: hex(rb.bytes) },
-          { witness: readWitness(ra.op) },
-        );
-        if (m) return m;
-        break;
-      }
-    }
-    return PASS;
+  observe: async (w: DeviceReadWorkload, f: MachineFacts, env: PropertyEnv): Promise<Observation<TwoRuns>> => {
+    const a = await observeReads(w, f, env, 'a');
+    if (!a.ok) return a;
+    const b = await observeReads(w, f, env, 'b');
+    if (!b.ok) return b;
+    return { ok: true, value: { a: a.value, b: b.value } };
   },
+  rules: [rule('stable bytes read the same in two fresh VMs', sameInBothVms)],
 });
+
+function* noHostPattern(reads: readonly ReadObservation[]): Iterable<Difference> {
+  for (const r of reads) {
+    const data = Uint8Array.from(r.prediction.dataOffsets.map((i) => r.bytes[i]!));
+    const seen = findHostPattern(data);
+    if (seen.length === 0) continue;
+    yield difference(
+      `${describeRead(r.op)} (${r.prediction.regions.join(', ')}) returned ${seen[0]!.length} bytes of the host leak pattern at data offset ${seen[0]!.offset}`,
+      'no host pattern bytes',
+      { read: r.op, data: hex(data), sightings: seen },
+      { witness: readWitness(r.op) },
+    );
+  }
+}
 
 export const deviceReadsNoHostPattern = defineProperty({
   id: 'leaks.device.no-host-pattern',
-  suite: 'leaks',
+  family: 'leaks',
   statement: 'No port or MMIO read ever returns the pattern the host filled and freed its memory with',
   facts,
   arbitrary: (f: MachineFacts) => deviceReadWorkloadArb(f.deviceMap),
-  async check(w, f, env) {
-    const o = await observeReads(w, f, env, 'pattern');
-    if (!o.ok) return o.verdict;
-    for (const r of o.reads) {
-      const data = Uint8Array.from(r.prediction.dataOffsets.map((i) => r.bytes[i]!));
-      const seen = findHostPattern(data);
-      if (seen.length > 0) {
-        const m = env.mismatch(
-          `${describeRead(r.op)} (${r.prediction.regions.join(', ')}) returned ${seen[0]!.length} bytes of the host leak pattern at data offset ${seen[0]!.offset}`,
-          'no host pattern bytes',
-          { read: r.op, data: hex(data), sightings: seen },
-          { witness: readWitness(r.op) },
-        );
-        if (m) return m;
-      }
-    }
-    return PASS;
-  },
+  observe: observeOnce('workload'),
+  rules: [rule('no read returns the host leak pattern', noHostPattern)],
 });

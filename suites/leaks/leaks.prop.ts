@@ -1,8 +1,5 @@
-/**
- * Family 4: no host memory leaks through CPUID or device (PIO/MMIO) reads.
- * The properties themselves are in cpuid.ts and deviceReads.ts.
- */
-import { SUITES } from '../registry.js';
-import { propertySuite } from '../lib/vitest.js';
+/** The leak family's properties as vitest tests (suites/leaks/manifest.ts lists them). */
+import { familyTests } from '../lib/vitest.js';
+import { leaks } from './manifest.js';
 
-propertySuite('leaks', SUITES.leaks!);
+familyTests(leaks);

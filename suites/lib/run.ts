@@ -1,26 +1,32 @@
 /**
- * Run a program for a property. When the host or the guest fails to produce observations (KVM
- * stopped the VM, a vCPU never came back, the guest bailed out), that is itself the finding: it
- * comes back as a Failure naming the op that was executing, with QEMU's own evidence attached.
+ * Observe a guest program for a property: run it on the machine the options and the property ask
+ * for (with the mutant of the run, if any, applied to the VM's role), count it, and hand back its
+ * records. When the host or the guest fails to produce observations (KVM stopped the VM, a vCPU
+ * never came back, the guest bailed out, QEMU died), that is itself the difference: it names the op
+ * that was executing, with QEMU's own evidence attached.
  */
 import type { Op } from '../../ir/ops.js';
 import type { Program } from '../../ir/program.js';
 import { opIndexAtOffset } from '../../harness/bytecode.js';
 import type { MachineConfig } from '../../harness/vm.js';
 import { machineFacts, type MachineFacts } from '../../harness/facts.js';
-import { mutantPrepare } from '../../bench/mutants.js';
 import { describeOutcome, guestProblems, runWorkload, type WorkloadRun } from '../../harness/workload.js';
 import { machineConfig } from './options.js';
-import { fail, PASS, type Failure, type SuiteEnv, type Verdict } from './property.js';
+import { difference, type Observation, type PropertyEnv } from './property.js';
 
 /**
- * A run that produced no observations: `failure` says why; `verdict` is what a property returns
- * for it: the failure, or PASS when a known deviation covers exactly it (a QEMU that this host's
- * configuration is known to crash), so the property goes on with its next case.
+ * The VM roles of a case. `facts`: the VM host facts are read from; `calibration`: the one a
+ * property measures the host with; `workload`: a case's VM; `a`/`b`: the two fresh VMs of a case
+ * that compares VMs. Mutants say which roles they break.
  */
-export type RunOutcome =
-  | { readonly ok: true; readonly run: WorkloadRun }
-  | { readonly ok: false; readonly failure: Failure; readonly verdict: Verdict };
+export type VmRole = 'facts' | 'calibration' | 'workload' | 'a' | 'b';
+
+/** The per-VM prepare hook of the run's mutant, for a VM of this role, or undefined. */
+function mutantPrepare(env: PropertyEnv, role: VmRole, config: MachineConfig): ((dir: string) => Promise<readonly string[]>) | undefined {
+  const m = env.mutant;
+  if (!m || (m.roles !== 'all' && !m.roles.includes(role))) return undefined;
+  return (dir) => m.qemuArgs({ role, dir, config });
+}
 
 function describeOp(o: Op | undefined): string {
   if (!o) return '(no op)';
@@ -44,45 +50,45 @@ export function threadPositions(program: Program, run: WorkloadRun): { thread: n
   });
 }
 
-export async function runProgram(
-  env: SuiteEnv,
+export async function observeProgram(
+  env: PropertyEnv,
   program: Program,
-  opts: { label: string; config?: Partial<MachineConfig> },
-): Promise<RunOutcome> {
+  opts: { role: VmRole; config?: Partial<MachineConfig> },
+): Promise<Observation<WorkloadRun>> {
   const cfg = machineConfig(env.options, opts.config);
-  const prepare = mutantPrepare(env.options.mutant, opts.label, cfg);
+  const prepare = mutantPrepare(env, opts.role, cfg);
   const run = await runWorkload(cfg, program, {
     guestElf: env.guestElf,
-    label: opts.label,
+    label: opts.role,
     timeoutMs: env.options.vmTimeoutMs,
     stallMs: env.options.stallMs,
     ...(prepare ? { prepare } : {}),
   });
   env.metrics.add('vms');
   const problems = guestProblems(run);
-  if (problems.length === 0) return { ok: true, run };
+  if (problems.length === 0) return { ok: true, value: run };
   const o = run.vm.outcome;
   const where = threadPositions(program, run);
   const stuck = o.kind === 'hang' && o.thread >= 0 ? where[o.thread] : where.find((w) => w.state === 1) ?? where[0];
   const at = stuck && o.kind !== 'completed' ? ` while vCPU ${stuck.thread} executed op #${stuck.op} ${stuck.what}` : '';
   const summary = o.kind !== 'completed' ? `${describeOutcome(o)}${at}` : problems[0]!;
-  const expected = 'the guest runs the workload to completion';
-  const observed = problems.join('; ');
-  const extras = {
-    evidence: {
-      outcome: o,
-      threads: where,
-      serialTail: tail(run.vm.serial, 20),
-      stderrTail: tail(run.vm.stderr, 60),
-      qemuArgs: run.vm.args,
-    },
+  return {
+    ok: false,
+    difference: difference(summary, 'the guest runs the workload to completion', problems.join('; '), {
+      evidence: {
+        outcome: o,
+        threads: where,
+        serialTail: tail(run.vm.serial, 20),
+        stderrTail: tail(run.vm.stderr, 60),
+        qemuArgs: run.vm.args,
+      },
+    }),
   };
-  return { ok: false, failure: fail(summary, expected, observed, extras), verdict: env.mismatch(summary, expected, observed, extras) ?? PASS };
 }
 
 /** QEMU's own facts (device map, CPU model) for the machine the property runs on, mutant included. */
-export function factsFor(env: SuiteEnv, config?: Partial<MachineConfig>): Promise<MachineFacts> {
+export function factsFor(env: PropertyEnv, config?: Partial<MachineConfig>): Promise<MachineFacts> {
   const cfg = machineConfig(env.options, config);
-  const prepare = mutantPrepare(env.options.mutant, 'facts', cfg);
+  const prepare = mutantPrepare(env, 'facts', cfg);
   return machineFacts(cfg, env.guestElf, { ...(prepare ? { prepare } : {}), ...(env.options.mutant ? { variant: env.options.mutant } : {}) });
 }

@@ -1,0 +1,93 @@
+/**
+ * A property family, declared once: its properties, what its VMs need, the roles its VMs play,
+ * what the host must offer (or the family skips, saying why), the metrics worth printing, and the
+ * mutants that prove its oracles can fail. The registry lists families; the CLI, the summary line,
+ * results.json and the sensitivity tests read everything else from here.
+ */
+import type { HostFingerprint } from '../../harness/fingerprint.js';
+import type { MachineConfig, MachineType } from '../../harness/vm.js';
+import type { RunOptions } from './options.js';
+import type { AnyProperty } from './property.js';
+import type { VmRole } from './run.js';
+
+export interface MutantVm {
+  readonly role: VmRole;
+  /** The VM's private directory, for files the mutant needs. */
+  readonly dir: string;
+  readonly config: MachineConfig;
+}
+
+/** A deliberately broken system under test: a property must fail on it, with a shrunk counterexample. */
+export interface Mutant {
+  readonly name: string;
+  readonly description: string;
+  /** Properties this mutant must make fail. */
+  readonly breaks: readonly string[];
+  /** The VM roles it changes; the others run as they are (so facts and workload disagree). */
+  readonly roles: readonly VmRole[] | 'all';
+  /** A machine type the mutant needs. */
+  readonly machine?: MachineType;
+  /**
+   * The configuration its sensitivity test runs in, chosen so that no deviation of the host under
+   * test can mask the mutant: CPUID mutants run under TCG with a fixed CPU model, where QEMU's own
+   * CPUID is the reference on any host, whatever its vendor or its KVM.
+   */
+  readonly sensitivity?: { readonly accel: 'kvm' | 'tcg'; readonly cpu?: string };
+  qemuArgs(vm: MutantVm): Promise<readonly string[]>;
+}
+
+/** A host capability a family needs, read from the fingerprint; without it the family skips. */
+export interface Requirement {
+  readonly name: 'kvm' | 'nested' | 'dirty-ring' | 'tsc-deadline' | 'x2apic';
+  /** Why the family needs it, for the skip reason. */
+  readonly why: string;
+}
+
+export interface MetricSpec {
+  /** The key properties count under (Metrics.add). */
+  readonly key: string;
+  /** How the summary line names it: "exercised: N <label>". */
+  readonly label: string;
+}
+
+export interface Family {
+  readonly name: string;
+  readonly title: string;
+  readonly properties: readonly AnyProperty[];
+  /** What every VM of the family needs (properties may ask for more). */
+  readonly machine?: Partial<Pick<MachineConfig, 'cpus' | 'ramMiB'>>;
+  /** The VM roles its cases use, and what each is. */
+  readonly roles: Readonly<Partial<Record<VmRole, string>>>;
+  readonly requires: readonly Requirement[];
+  readonly metrics: readonly MetricSpec[];
+  readonly mutants: readonly Mutant[];
+}
+
+export function defineFamily(f: Family): Family {
+  for (const p of f.properties) {
+    if (p.family !== f.name) throw new Error(`property ${p.id} says family '${p.family}', but is listed in '${f.name}'`);
+  }
+  return f;
+}
+
+/** Why a family cannot run on this host with these options, or null. */
+export function unmetRequirement(f: Family, host: HostFingerprint, o: RunOptions): string | null {
+  for (const r of f.requires) {
+    const have = (() => {
+      switch (r.name) {
+        case 'kvm':
+          return o.accel !== 'kvm' || host.kvm.device === 'ok';
+        case 'nested':
+          return host.kvm.nested === true;
+        case 'dirty-ring':
+          return host.kvm.dirtyRing === true;
+        case 'tsc-deadline':
+          return o.accel === 'tcg' || host.kvm.tscDeadline === true;
+        case 'x2apic':
+          return o.accel === 'tcg' || host.kvm.x2apic === true;
+      }
+    })();
+    if (!have) return `this host has no ${r.name} (${r.why})`;
+  }
+  return null;
+}
