@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readCounterexample } from '../reports/counterexample.js';
@@ -26,9 +26,8 @@ function runRoots(): string[] {
 
 describe('kvmprop run', () => {
   it('runs the leak family with a fixed seed: every property classified, every failure replays', async () => {
-    const before = runRoots();
     const out = join(work, 'leaks');
-    const r = await kvmprop(['run', '--suite', 'leaks', '--runs', '5', '--seed', '1', '--out', out]);
+    const r = await kvmprop(['run', '--family', 'leaks', '--runs', '5', '--seed', '1', '--out', out]);
     // The suite is under test, not the host: 0 (nothing failed) and 1 (the host deviates) are both results.
     expect([0, 1], r.stderr + r.stdout).toContain(r.exitCode);
     const results = readResults(join(out, 'results.json'));
@@ -59,8 +58,11 @@ describe('kvmprop run', () => {
       expect(replay.exitCode, `${p.id}: ${replay.stdout}${replay.stderr}`).toBe(1);
       expect(replay.stdout).toContain(`${p.id} fails again`);
     }
-    // The run's private root is gone with it.
-    expect(runRoots().filter((n) => !before.includes(n))).toEqual([]);
+    // The run's private root is gone with it (named on stderr: other runs may share the machine).
+    const root = /run root (\S+)/.exec(r.stderr)?.[1];
+    expect(root, r.stderr).toBeDefined();
+    expect(existsSync(root!)).toBe(false);
+    expect(runRoots()).not.toContain(basename(root!));
   }, 600_000);
 
   it('replays a failure from its seed and path', async () => {
@@ -74,7 +76,7 @@ describe('kvmprop run', () => {
     expect(first.stdout).toContain(`seed 3, path ${failed.path}`);
     expect(first.stdout).toContain('replay: npx kvmprop replay ');
     expect(first.stdout).toContain(
-      `or: npx kvmprop run --suite leaks --property leaks.cpuid.rules --seed 3 --path ${failed.path} --accel tcg --cpu Skylake-Client-v3 --mutant cpuid-drop-feature`,
+      `or: npx kvmprop run --family leaks --property leaks.cpuid.rules --seed 3 --path ${failed.path} --accel tcg --cpu Skylake-Client-v3 --mutant cpuid-drop-feature`,
     );
     const c = readCounterexample(join(out, failed.counterexample!));
     expect(c.workload).toBeDefined();
@@ -90,7 +92,8 @@ describe('kvmprop run', () => {
 
 describe('bad input gets one clear line and a non-zero exit', () => {
   const cases: [string, string[], RegExp][] = [
-    ['an unknown suite', ['run', '--suite', 'nosuch'], /^kvmprop: unknown suite 'nosuch' \(known: leaks/],
+    ['an unknown family', ['run', '--family', 'nosuch'], /^kvmprop: unknown family 'nosuch' \(known: leaks/],
+    ['an unknown family, in the old spelling', ['run', '--suite', 'nosuch'], /^kvmprop: unknown family 'nosuch' \(known: leaks/],
     ['a bad seed', ['run', '--seed', '12x'], /^kvmprop: --seed must be an integer/],
     ['a bad run count', ['run', '--runs', '0'], /^kvmprop: --runs must be an integer from 1/],
     ['an unknown property', ['run', '--property', 'leaks.nope'], /^kvmprop: unknown property 'leaks.nope'/],
@@ -123,7 +126,7 @@ describe('bad input gets one clear line and a non-zero exit', () => {
       ['/proc/x', /cannot create the directory/],
       [user, /holds files kvmprop did not write \(properties\/thesis.txt\)/],
     ] as const) {
-      const r = await kvmprop(['run', '--suite', 'leaks', '--runs', '1', '--out', out]);
+      const r = await kvmprop(['run', '--family', 'leaks', '--runs', '1', '--out', out]);
       expect(r.exitCode, out).toBe(2);
       expect(r.stderr.trim().split('\n'), out).toHaveLength(1);
       expect(r.stderr).toMatch(/^kvmprop: --out /);
@@ -163,7 +166,7 @@ describe('a machine that does not start is one host-level finding in QEMU\'s own
   for (const [what, args, words] of startFails) {
     it(what, async () => {
       const out = join(work, `start-${what.replace(/\W+/g, '-')}`);
-      const r = await kvmprop(['run', '--suite', 'leaks', '--runs', '1', '--seed', '1', '--out', out, ...args]);
+      const r = await kvmprop(['run', '--family', 'leaks', '--runs', '1', '--seed', '1', '--out', out, ...args]);
       expect(r.exitCode, r.stderr).toBe(1);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(/^kvmprop: the configured machine does not start: /);

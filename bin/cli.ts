@@ -53,7 +53,7 @@ function toolVersion(): string {
 export function parseRunOptions(argv: readonly string[], cwd = process.cwd()): RunOptions {
   const { options: given } = parseRunArgs(argv, cwd);
   const families = given.families?.length ? given.families : FAMILY_NAMES;
-  for (const f of families) if (!FAMILY_NAMES.includes(f)) throw new UsageError(`unknown suite '${f}' (known: ${FAMILY_NAMES.join(', ')})`);
+  for (const f of families) if (!FAMILY_NAMES.includes(f)) throw new UsageError(`unknown family '${f}' (known: ${FAMILY_NAMES.join(', ')})`);
   for (const id of given.properties ?? []) {
     const p = propertyById(id);
     if (!p) throw new UsageError(`unknown property '${id}' (kvmprop list shows them)`);
@@ -155,10 +155,10 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
     }
   } else {
     const fill = await fillAndFreeHostMemory();
-    process.stderr.write(
-      `kvmprop: guest ${guest.hash}${guest.cached ? ' (cached)' : ''}; vCPU model ${choice!.used}; host pattern: ${fill.anonymousMiB} MiB anonymous + ${fill.pageCacheMiB} MiB page cache filled and freed; seed ${o.seed}\n`,
-    );
     const root = createRunRoot();
+    process.stderr.write(
+      `kvmprop: guest ${guest.hash}${guest.cached ? ' (cached)' : ''}; vCPU model ${choice!.used}; host pattern: ${fill.anonymousMiB} MiB anonymous + ${fill.pageCacheMiB} MiB page cache filled and freed; seed ${o.seed}; run root ${root}\n`,
+    );
     const child = execa(process.execPath, [vitestEntry(), 'run', '--project', 'properties', '--config', join(PROJECT_ROOT, 'vitest.config.ts')], {
       cwd: PROJECT_ROOT,
       env: { ...optionsToEnv(o), [RUNTIME_ROOT_ENV]: root, [VCPU_CHOICE_ENV]: JSON.stringify(choice) },

@@ -3,7 +3,7 @@
  * The configuration matrix: one `kvmprop run` per configuration, then a table of what each
  * property ended as (pass / fail / known-deviation / skip), with the first line of every failure.
  *
- *   node scripts/matrix.mjs [--suite leaks] [--runs 10] [--seed 1] [--out results/matrix] [--only kvm|tcg]
+ *   node scripts/matrix.mjs [--family leaks] [--runs 10] [--seed 1] [--out results/matrix] [--only kvm|tcg]
  *
  * KVM × {microvm, pc, q35} × kernel-irqchip {on, split}, and TCG × {microvm, q35} × an Intel and an
  * AMD CPU model, where QEMU's own CPUID is the reference: how both vendors are exercised on any
@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
   options: {
-    suite: { type: 'string', default: 'leaks' },
+    family: { type: 'string', default: 'leaks' },
     runs: { type: 'string', default: '10' },
     seed: { type: 'string', default: '1' },
     out: { type: 'string', default: join(root, 'results', 'matrix') },
@@ -43,7 +43,7 @@ for (const c of CONFIGS) {
   const t0 = Date.now();
   const r = spawnSync(
     process.execPath,
-    [join(root, 'bin', 'kvmprop.mjs'), 'run', '--suite', values.suite, '--runs', values.runs, '--seed', values.seed, '--out', out, ...c.args],
+    [join(root, 'bin', 'kvmprop.mjs'), 'run', '--family', values.family, '--runs', values.runs, '--seed', values.seed, '--out', out, ...c.args],
     { encoding: 'utf8', maxBuffer: 64 << 20 },
   );
   const seconds = Math.round((Date.now() - t0) / 1000);

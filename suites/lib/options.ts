@@ -54,6 +54,8 @@ type Kind = 'list' | 'int' | 'string' | 'path' | 'enum';
 interface OptionSpec<K extends keyof RunOptions = keyof RunOptions> {
   readonly key: K;
   readonly flag: string;
+  /** Older spellings still accepted (kvmprop 0.1 called families suites). */
+  readonly aliases?: readonly string[];
   readonly kind: Kind;
   readonly arg: string;
   readonly help: string;
@@ -70,7 +72,7 @@ const opt = <K extends keyof RunOptions>(s: OptionSpec<K>): OptionSpec<K> => s;
 
 /** Every `kvmprop run` option, in the order the usage text shows them. */
 export const RUN_OPTIONS: readonly OptionSpec[] = [
-  opt({ key: 'families', flag: 'suite', kind: 'list', arg: 'F[,F...]', help: 'property families to run (default: all)', rerun: true, record: true }),
+  opt({ key: 'families', flag: 'family', aliases: ['suite'], kind: 'list', arg: 'F[,F...]', help: 'property families to run (default: all; --suite is the old spelling)', rerun: true, record: true }),
   opt({ key: 'properties', flag: 'property', kind: 'list', arg: 'ID', help: 'only this property (repeatable)', rerun: true, record: false }),
   opt({ key: 'runs', flag: 'runs', kind: 'int', arg: 'N', help: 'cases per property', min: 1, max: 1_000_000, rerun: false, record: true }),
   opt({ key: 'seed', flag: 'seed', kind: 'int', arg: 'S', help: 'fast-check seed (default: random, printed)', min: -(2 ** 31), max: 2 ** 31 - 1, rerun: true, record: true }),
@@ -144,14 +146,18 @@ export function parseRunArgs(argv: readonly string[], cwd = process.cwd()): { op
     args: joinDashValues(argv),
     strict: true,
     allowPositionals: true,
-    options: Object.fromEntries(RUN_OPTIONS.map((s) => [s.flag, { type: 'string' as const, multiple: s.kind === 'list' }])),
+    options: Object.fromEntries(
+      RUN_OPTIONS.flatMap((s) => [s.flag, ...(s.aliases ?? [])].map((f) => [f, { type: 'string' as const, multiple: s.kind === 'list' }])),
+    ),
   });
   if (positionals.length) throw new OptionError(`unexpected argument '${positionals[0]}'`);
   const out: Record<string, unknown> = {};
   const given = new Set<keyof RunOptions>();
   for (const s of RUN_OPTIONS) {
-    const v = (values as Record<string, string | string[] | undefined>)[s.flag];
-    if (v === undefined) continue;
+    const all = values as Record<string, string | string[] | undefined>;
+    const spelled = [s.flag, ...(s.aliases ?? [])].map((f) => all[f]).filter((x) => x !== undefined);
+    if (spelled.length === 0) continue;
+    const v = s.kind === 'list' ? spelled.flat() : spelled[spelled.length - 1]!;
     given.add(s.key);
     switch (s.kind) {
       case 'list':
