@@ -90,34 +90,15 @@ export function replayCommand(file: string): string {
 
 type Outcome = Omit<PropertyResult, 'id' | 'family' | 'statement' | 'durationMs' | 'metrics' | 'seed'> & { seed?: number };
 
-/** Run one property under fast-check and return its result record (also written to out/properties). */
-export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: DeviationsFile): Promise<PropertyResult> {
-  const o = base.options;
-  const waiver = new Waiver(deviations ?? loadDeviations(o.deviations), def.id, base.host, { accel: o.accel, machine: o.machine });
-  const { startFailure, ...rest } = base;
-  const env: PropertyEnv = { ...rest, metrics: new Metrics() };
-  const t0 = Date.now();
-  const persist = (r: Outcome): PropertyResult => {
-    const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: o.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts };
-    writePropertyRecord(o.out, result);
-    return result;
-  };
+/** What running the cases gave: none failed, or the case that failed (shrunk, witness re-checked). */
+type CasesRun =
+  | { readonly failed: false; readonly executed: number }
+  | { readonly failed: true; readonly executed: number; readonly error: unknown; readonly path?: string }
+  | { readonly failed: true; readonly executed: number; readonly failure: CaseFailure; readonly c: unknown; readonly shrunkFrom?: unknown; readonly seed: number; readonly path: string };
 
-  if (startFailure) {
-    return persist({ status: 'skip', reason: `not run: the configured machine does not start (host finding ${HOST_CHECKS.machine}: ${startFailure.qemuMessage})`, numRuns: 0 });
-  }
-  const family = familyNamed(def.family);
-  const skip = (family ? unmetRequirement(family, env.host, o) : null) ?? def.skip?.(env);
-  if (skip) return persist({ status: 'skip', reason: skip, numRuns: 0 });
-
-  let facts: unknown;
-  try {
-    facts = await def.facts(env);
-  } catch (e) {
-    return persist({ status: 'fail', reason: `could not gather host facts: ${describeError(e)}`, numRuns: 0 });
-  }
-
-  // run
+/** run: every generated case under fast-check, then the failure's witness if it has one. */
+async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiver: Waiver): Promise<CasesRun> {
+  const o = env.options;
   let executed = 0;
   const prop = fc.asyncProperty(def.arbitrary(facts, env), async (c: unknown) => {
     executed++;
@@ -125,69 +106,104 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
     if (f) throw new CaseFailed(f);
   });
   const details = await fc.check(prop, { seed: o.seed, numRuns: o.runs, ...(o.path ? { path: o.path } : {}) });
-
-  // waive
-  if (!details.failed) {
-    const dev = waiver.first;
-    if (!dev) return persist({ status: 'pass', numRuns: executed });
-    return persist({ status: 'known-deviation', reason: waiver.summary(), numRuns: executed, deviation: { id: dev.id, citation: dev.citation } });
-  }
+  if (!details.failed) return { failed: false, executed };
   const err = details.errorInstance;
-  if (!(err instanceof CaseFailed)) {
-    // The harness itself broke (QEMU missing, a bad option, a bug of ours): not a finding about KVM.
-    const reason = err instanceof VmSetupError ? `setup error: ${err.message}` : `error while checking: ${describeError(err)}`;
-    return persist({ status: 'fail', reason, numRuns: executed, ...(details.counterexamplePath ? { path: details.counterexamplePath } : {}) });
-  }
-  let failure = err.failure;
-  let c: unknown = details.counterexample?.[0];
-  let shrunkFrom: unknown;
-  if (failure.difference.witness !== undefined) {
-    const again = await checkCase(def, failure.difference.witness, facts, env, waiver);
-    if (again) {
-      shrunkFrom = c;
-      c = failure.difference.witness;
-      failure = again;
-    }
-  }
-
-  // persist
-  const d = failure.difference;
+  if (!(err instanceof CaseFailed)) return { failed: true, executed, error: err, ...(details.counterexamplePath ? { path: details.counterexamplePath } : {}) };
+  const c: unknown = details.counterexample?.[0];
   const path = details.counterexamplePath ?? '';
-  const file = join(o.out, 'counterexamples', `${def.id}.json`);
-  const replay = replayCommand(file);
-  writeCounterexample(file, {
-    schema: 'kvmprop-counterexample',
-    version: 1,
-    property: def.id,
-    family: def.family,
-    statement: def.statement,
-    rule: failure.rule,
-    seed: details.seed,
-    path,
-    replay,
-    options: { ...o, path },
-    hostId: fingerprintId(env.host),
-    summary: d.summary,
-    workload: c,
-    ...(shrunkFrom === undefined ? {} : { fastCheckCounterexample: shrunkFrom }),
-    expected: d.expected,
-    observed: d.observed,
-    ...(d.evidence === undefined ? {} : { evidence: d.evidence }),
-    createdAt: new Date().toISOString(),
-  });
-  // A difference that ends the run (KVM stopped the VM, ...) can itself be a documented deviation.
+  const witness = err.failure.difference.witness;
+  const again = witness === undefined ? null : await checkCase(def, witness, facts, env, waiver);
+  return again
+    ? { failed: true, executed, failure: again, c: witness, shrunkFrom: c, seed: details.seed, path }
+    : { failed: true, executed, failure: err.failure, c, seed: details.seed, path };
+}
+
+/** waive: what the run amounts to, known deviations applied (a failure can itself be one). */
+function classify(run: CasesRun, waiver: Waiver): Outcome {
+  if (!run.failed) {
+    const dev = waiver.first;
+    if (!dev) return { status: 'pass', numRuns: run.executed };
+    return { status: 'known-deviation', reason: waiver.summary(), numRuns: run.executed, deviation: { id: dev.id, citation: dev.citation } };
+  }
+  if (!('failure' in run)) {
+    // The harness itself broke (QEMU missing, a bad option, a bug of ours): not a finding about KVM.
+    const e = run.error;
+    const reason = e instanceof VmSetupError ? `setup error: ${e.message}` : `error while checking: ${describeError(e)}`;
+    return { status: 'fail', reason, numRuns: run.executed, ...(run.path ? { path: run.path } : {}) };
+  }
+  const d = run.failure.difference;
   const deviation = waiver.deviationFor(d);
-  return persist({
+  return {
     status: deviation ? 'known-deviation' : 'fail',
     reason: waiver.any ? `${d.summary} (also: ${waiver.summary()})` : d.summary,
-    rule: failure.rule,
-    numRuns: executed,
-    seed: details.seed,
-    path,
-    counterexample: relative(o.out, file),
-    replay,
+    rule: run.failure.rule,
+    numRuns: run.executed,
+    seed: run.seed,
+    path: run.path,
     ...(deviation ? { deviation: { id: deviation.id, citation: deviation.citation } } : {}),
-  });
+  };
+}
+
+/** persist: the counterexample file of a failure (with its replay), then the property's record. */
+function persist(def: AnyProperty, env: PropertyEnv, run: CasesRun, outcome: Outcome, t0: number): PropertyResult {
+  const o = env.options;
+  let files: Pick<Outcome, 'counterexample' | 'replay'> = {};
+  if (run.failed && 'failure' in run) {
+    const d = run.failure.difference;
+    const file = join(o.out, 'counterexamples', `${def.id}.json`);
+    const replay = replayCommand(file);
+    writeCounterexample(file, {
+      schema: 'kvmprop-counterexample',
+      version: 1,
+      property: def.id,
+      family: def.family,
+      statement: def.statement,
+      rule: run.failure.rule,
+      seed: run.seed,
+      path: run.path,
+      replay,
+      options: { ...o, path: run.path },
+      hostId: fingerprintId(env.host),
+      summary: d.summary,
+      workload: run.c,
+      ...(run.shrunkFrom === undefined ? {} : { fastCheckCounterexample: run.shrunkFrom }),
+      expected: d.expected,
+      observed: d.observed,
+      ...(d.evidence === undefined ? {} : { evidence: d.evidence }),
+      createdAt: new Date().toISOString(),
+    });
+    files = { counterexample: relative(o.out, file), replay };
+  }
+  return record(def, env, { ...outcome, ...files }, t0);
+}
+
+function record(def: AnyProperty, env: PropertyEnv, r: Outcome, t0: number): PropertyResult {
+  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts };
+  writePropertyRecord(env.options.out, result);
+  return result;
+}
+
+/** Run one property: run its cases, waive what known deviations cover, persist the result (also to out/properties). */
+export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: DeviationsFile): Promise<PropertyResult> {
+  const o = base.options;
+  const t0 = Date.now();
+  const waiver = new Waiver(deviations ?? loadDeviations(o.deviations), def.id, base.host, { accel: o.accel, machine: o.machine });
+  const { startFailure, ...rest } = base;
+  const env: PropertyEnv = { ...rest, metrics: new Metrics() };
+  if (startFailure) {
+    return record(def, env, { status: 'skip', reason: `not run: the configured machine does not start (host finding ${HOST_CHECKS.machine}: ${startFailure.qemuMessage})`, numRuns: 0 }, t0);
+  }
+  const family = familyNamed(def.family);
+  const skip = (family ? unmetRequirement(family, env.host, o) : null) ?? def.skip?.(env);
+  if (skip) return record(def, env, { status: 'skip', reason: skip, numRuns: 0 }, t0);
+  let facts: unknown;
+  try {
+    facts = await def.facts(env);
+  } catch (e) {
+    return record(def, env, { status: 'fail', reason: `could not gather host facts: ${describeError(e)}`, numRuns: 0 }, t0);
+  }
+  const run = await runCases(def, facts, env, waiver);
+  return persist(def, env, run, classify(run, waiver), t0);
 }
 
 /** Re-check one saved case with nothing waived: the first difference, as it is. */
