@@ -54,6 +54,10 @@ export const VOLATILE_REGIONS: Readonly<Record<string, string>> = {
   // QEMU hw/audio/pcspk.c pcspk_io_read(): bit 5 is PIT channel 2's output (it counts in time), bit 4
   // a refresh toggle that flips on every read.
   pcspk: 'port 0x61: bit 5 is PIT channel 2 output, which follows the 8254 counter in time',
+  // 8259A datasheet, OCW3: a read of port 0x20/0xa0 returns the IRR unless the ISR was selected;
+  // the IRR latches requests even while masked, and IRQ0 is the PIT's output, which ticks in time.
+  pic: '8259A IRR: latches interrupt requests (IRQ0 is the PIT, ticking in time) even while masked',
+  'kvm-pic': "KVM's in-kernel 8259A: the same IRR, following the in-kernel PIT",
 };
 
 /**
