@@ -176,6 +176,7 @@ describe('stableBytes', () => {
     expect(stable({ op: 'pioIn', port: 0x40, width: 2 })).toEqual([false, false]);
     expect(stable({ op: 'mmioRead', addr: 0xfed000f0n, width: 8 })).toEqual(Array(8).fill(false)); // hpet
     expect(stable({ op: 'pioIn', port: 0x3f8, width: 1 }, MICROVM)).toEqual([false]); // serial
+    expect(stable({ op: 'pioIn', port: 0x20, width: 1 })).toEqual([false]); // pic: the IRR follows the PIT
   });
 
   it('is false for RAM and true for ROM', () => {
@@ -186,7 +187,7 @@ describe('stableBytes', () => {
 
   it('is true for unclaimed space and other devices', () => {
     expect(stable({ op: 'pioIn', port: 0x300, width: 4 })).toEqual(Array(4).fill(true));
-    expect(stable({ op: 'pioIn', port: 0x20, width: 1 })).toEqual([true]);
+    expect(stable({ op: 'pioIn', port: 0x60, width: 1 })).toEqual([true]); // kbd
     expect(stable({ op: 'mmioRead', addr: 0xfec00000n, width: 4 })).toEqual(Array(4).fill(true));
     expect(stable({ op: 'pioIn', port: 0x4d0, width: 1 }, MICROVM)).toEqual([true]); // elcr
   });
