@@ -18,6 +18,8 @@ export interface Counterexample {
   readonly rule: string;
   readonly seed: number;
   readonly path: string;
+  /** Stateful properties: fast-check's replayPath of the shrunk commands. */
+  readonly replayPath?: string;
   readonly replay: string;
   /** The run options the property ran under (machine, accel, qemu, extra args, ...). */
   readonly options: unknown;

@@ -25,6 +25,8 @@ export interface PropertyResult {
   readonly seed: number;
   /** fast-check path of the shrunk counterexample. */
   readonly path?: string;
+  /** For a stateful property: fast-check's replayPath of the shrunk commands (with seed and path, replays them). */
+  readonly replayPath?: string;
   /** Saved counterexample (workload, expected, observed), relative to results.json. */
   readonly counterexample?: string;
   /** One command that reproduces the failure. */

@@ -24,6 +24,8 @@ export interface RunOptions {
   readonly seed: number;
   /** fast-check replay path: with seed, re-runs exactly one recorded counterexample. */
   readonly path?: string;
+  /** fast-check commands' replayPath: with seed and path, replays a stateful case's shrunk commands. */
+  readonly replayPath?: string;
   readonly machine: MachineType;
   readonly accel: Accel;
   /**
@@ -77,6 +79,7 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   opt({ key: 'runs', flag: 'runs', kind: 'int', arg: 'N', help: 'cases per property', min: 1, max: 1_000_000, rerun: false, record: true }),
   opt({ key: 'seed', flag: 'seed', kind: 'int', arg: 'S', help: 'fast-check seed (default: random, printed)', min: -(2 ** 31), max: 2 ** 31 - 1, rerun: true, record: true }),
   opt({ key: 'path', flag: 'path', kind: 'string', arg: 'P', help: 'fast-check path: with --seed, replays one recorded case', rerun: true, record: false }),
+  opt({ key: 'replayPath', flag: 'replay-path', kind: 'string', arg: 'R', help: "fast-check commands' replayPath: with --seed and --path, replays a stateful case", rerun: true, record: false }),
   opt({ key: 'machine', flag: 'machine', kind: 'enum', arg: 'M', values: MACHINE_TYPES, help: 'machine type', rerun: true, record: true }),
   opt({ key: 'accel', flag: 'accel', kind: 'enum', arg: 'A', values: ['kvm', 'tcg'], help: 'accelerator', rerun: true, record: true }),
   opt({ key: 'cpu', flag: 'cpu', kind: 'string', arg: 'MODEL', help: '-cpu model, used as given (default: host, or what this host can start; max under tcg)', rerun: true, record: false }),
@@ -185,6 +188,7 @@ export function parseRunArgs(argv: readonly string[], cwd = process.cwd()): { op
     }
   }
   if (out.path !== undefined && out.seed === undefined) throw new OptionError('--path needs the --seed it was recorded with');
+  if (out.replayPath !== undefined && out.path === undefined) throw new OptionError('--replay-path needs the --seed and --path it was recorded with');
   if (out.path !== undefined && !/^\d+(:\d+)*$/.test(out.path as string)) throw new OptionError(`--path must look like 3:0:1, got '${out.path as string}'`);
   return { options: out as Partial<RunOptions>, given };
 }
@@ -198,9 +202,10 @@ function argsFor(o: RunOptions, s: OptionSpec): string[] {
 }
 
 /** The `kvmprop run` line that re-runs exactly the recorded fast-check case, under the same options. */
-export function rerunCommand(r: { family: string; id: string; seed: number; path?: string }, o: RunOptions): string {
-  const recorded: RunOptions = { ...o, families: [r.family], properties: [r.id], seed: r.seed, ...(r.path ? { path: r.path } : {}) };
-  const args = RUN_OPTIONS.filter((s) => s.rerun).flatMap((s) => (s.key === 'families' || s.key === 'properties' || s.key === 'seed' || s.key === 'path' ? argsForAlways(recorded, s) : argsFor(recorded, s)));
+export function rerunCommand(r: { family: string; id: string; seed: number; path?: string; replayPath?: string }, o: RunOptions): string {
+  const recorded: RunOptions = { ...o, families: [r.family], properties: [r.id], seed: r.seed, ...(r.path ? { path: r.path } : {}), ...(r.replayPath ? { replayPath: r.replayPath } : {}) };
+  const identity: readonly (keyof RunOptions)[] = ['families', 'properties', 'seed', 'path', 'replayPath'];
+  const args = RUN_OPTIONS.filter((s) => s.rerun).flatMap((s) => (identity.includes(s.key) ? argsForAlways(recorded, s) : argsFor(recorded, s)));
   return ['npx kvmprop run', ...args].join(' ');
 }
 

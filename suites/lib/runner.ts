@@ -16,6 +16,7 @@ import { HOST_CHECKS, MachineStartError, settleVcpuModel } from './machine.js';
 import { rerunCommand, type RunOptions } from './options.js';
 import { Metrics, type AnyProperty, type Difference, type PropertyEnv } from './property.js';
 import { Waiver } from './waive.js';
+import { describeCommands } from '../../generators/commands.js';
 import { unmetRequirement } from './family.js';
 import { familyNamed, mutantNamed } from '../registry.js';
 
@@ -94,7 +95,17 @@ type Outcome = Omit<PropertyResult, 'id' | 'family' | 'statement' | 'durationMs'
 type CasesRun =
   | { readonly failed: false; readonly executed: number }
   | { readonly failed: true; readonly executed: number; readonly error: unknown; readonly path?: string }
-  | { readonly failed: true; readonly executed: number; readonly failure: CaseFailure; readonly c: unknown; readonly shrunkFrom?: unknown; readonly seed: number; readonly path: string };
+  | {
+      readonly failed: true;
+      readonly executed: number;
+      readonly failure: CaseFailure;
+      readonly c: unknown;
+      readonly shrunkFrom?: unknown;
+      readonly seed: number;
+      readonly path: string;
+      /** A stateful case's replayPath (fast-check commands), saved with seed and path. */
+      readonly replayPath?: string;
+    };
 
 /** run: every generated case under fast-check, then the failure's witness if it has one. */
 async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiver: Waiver): Promise<CasesRun> {
@@ -109,13 +120,17 @@ async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiv
   if (!details.failed) return { failed: false, executed };
   const err = details.errorInstance;
   if (!(err instanceof CaseFailed)) return { failed: true, executed, error: err, ...(details.counterexamplePath ? { path: details.counterexamplePath } : {}) };
-  const c: unknown = details.counterexample?.[0];
+  // A commands value is saved as data (the commands that ran) and its replayPath kept with the path.
+  const raw: unknown = details.counterexample?.[0];
+  const commands = describeCommands(raw);
+  const c = commands ?? raw;
   const path = details.counterexamplePath ?? '';
+  const replay = commands?.replayPath ? { replayPath: commands.replayPath } : {};
   const witness = err.failure.difference.witness;
   const again = witness === undefined ? null : await checkCase(def, witness, facts, env, waiver);
   return again
-    ? { failed: true, executed, failure: again, c: witness, shrunkFrom: c, seed: details.seed, path }
-    : { failed: true, executed, failure: err.failure, c, seed: details.seed, path };
+    ? { failed: true, executed, failure: again, c: witness, shrunkFrom: c, seed: details.seed, path, ...replay }
+    : { failed: true, executed, failure: err.failure, c, seed: details.seed, path, ...replay };
 }
 
 /** waive: what the run amounts to, known deviations applied (a failure can itself be one). */
@@ -140,6 +155,7 @@ function classify(run: CasesRun, waiver: Waiver): Outcome {
     numRuns: run.executed,
     seed: run.seed,
     path: run.path,
+    ...(run.replayPath ? { replayPath: run.replayPath } : {}),
     ...(deviation ? { deviation: { id: deviation.id, citation: deviation.citation } } : {}),
   };
 }
@@ -161,8 +177,9 @@ function persist(def: AnyProperty, env: PropertyEnv, run: CasesRun, outcome: Out
       rule: run.failure.rule,
       seed: run.seed,
       path: run.path,
+      ...(run.replayPath ? { replayPath: run.replayPath } : {}),
       replay,
-      options: { ...o, path: run.path },
+      options: { ...o, path: run.path, ...(run.replayPath ? { replayPath: run.replayPath } : {}) },
       hostId: fingerprintId(env.host),
       summary: d.summary,
       workload: run.c,
@@ -217,7 +234,7 @@ export async function replayCase(def: AnyProperty, c: unknown, base: BaseEnv): P
 export function formatFailure(r: PropertyResult, o: RunOptions): string {
   const lines = [`${r.id} failed: ${r.reason ?? 'no reason given'}`];
   if (r.rule) lines.push(`  rule: ${r.rule}`);
-  lines.push(`  seed ${r.seed}${r.path ? `, path ${r.path}` : ''}`);
+  lines.push(`  seed ${r.seed}${r.path ? `, path ${r.path}` : ''}${r.replayPath ? `, replayPath ${r.replayPath}` : ''}`);
   if (r.counterexample) lines.push(`  counterexample: ${join(o.out, r.counterexample)}`);
   if (r.replay) lines.push(`  replay: ${r.replay}`);
   if (r.path) lines.push(`  or: ${rerunCommand(r, o)}`);
