@@ -1,0 +1,109 @@
+import { describe, expect, it } from 'vitest';
+import type { ObservedInterrupt } from './common.js';
+import { DEFAULT_PIT, KVM_PIT, judgePit, pitCount, pitMode, predictPit, type PitEvent, type PitSwitches, type PitTimeline } from './pit.js';
+
+// One PIT clock = 2000 TSC cycles exactly. KVM's floor: 200 µs = 238.6 clocks.
+const CLOCK = { tscHz: 1_193_182n * 2000n, minPeriodNs: 200_000 };
+const CLK = 2000n;
+const V = 0x22;
+const W = 500n;
+const LAT = 10_000n;
+const L = 200_000n;
+const T0 = 5_000_000n;
+
+const at = (t: bigint, e: { kind: 'program'; mode: number; count: number } | { kind: 'reload'; count: number } | { kind: 'sti' | 'cli' | 'mark' }): PitEvent => ({ ...e, tscBefore: t, tscAfter: t + W }) as PitEvent;
+const tl = (events: PitEvent[], endTsc: bigint): PitTimeline => ({ events, endTsc, vector: V });
+const irqs = (ts: bigint[]): ObservedInterrupt[] => ts.map((tsc) => ({ tsc, vector: V }));
+const rules = (d: { rule: string }[]) => [...new Set(d.map((x) => x.rule))];
+const judge = (events: PitEvent[], end: bigint, ts: bigint[], sw: PitSwitches = DEFAULT_PIT) => judgePit(predictPit(CLOCK, tl(events, end), sw), irqs(ts), { latenessTsc: L });
+const earliest = (events: PitEvent[], end: bigint, sw: PitSwitches = DEFAULT_PIT) => predictPit(CLOCK, tl(events, end), sw).interrupts.map((e) => e.earliest);
+
+describe('encoding', () => {
+  it('count 0 is 65536; modes 6, 7 alias 2, 3', () => {
+    expect(pitCount(0)).toBe(65536n);
+    expect(pitCount(11932)).toBe(11932n);
+    expect([0, 2, 3, 6, 7].map(pitMode)).toEqual([0, 2, 3, 2, 3]);
+  });
+});
+
+describe('mode 2, rate generator', () => {
+  const N = 11_932n; // ~10 ms
+  const P = N * CLK;
+  const ev = [at(T0, { kind: 'program', mode: 2, count: Number(N) })];
+  const end = T0 + 10n * P + P / 2n;
+  const ticks = Array.from({ length: 10 }, (_, k) => T0 + BigInt(k + 1) * P);
+  it('one interrupt per N clocks from the load', () => {
+    expect(earliest(ev, end)).toEqual(ticks);
+    expect(judge(ev, end, ticks.map((t) => t + LAT))).toEqual([]);
+    expect(rules(judge(ev, end, [...ticks.map((t) => t + LAT), ticks[3]! + 2n * LAT]))).toEqual(['never-early']); // 11 deliveries: within the window's 10 + 1 edge
+    expect(rules(judge(ev, end, ticks.filter((_, k) => k !== 5).map((t) => t + LAT)))).toContain('exact-count');
+  });
+  describe('a reload takes effect at the next period (8254) or at once (KVM)', () => {
+    const M = N / 2n;
+    const r = T0 + P + (3n * P) / 10n; // 30% into the second period
+    const rev = [...ev, at(r, { kind: 'reload', count: Number(M) })];
+    const e8254 = [T0 + P, T0 + 2n * P, T0 + 2n * P + M * CLK, T0 + 2n * P + 2n * M * CLK];
+    const eKvm = [T0 + P, r + M * CLK, r + 2n * M * CLK, r + 3n * M * CLK];
+    const end2 = T0 + 2n * P + 2n * M * CLK + 1000n;
+    it("'next-period' (the datasheet): the present period is not affected", () => {
+      expect(earliest(rev, end2)).toEqual(e8254);
+    });
+    it("'restart' (KVM create_pit_timer(), 'TODO The new value only affected after the retriggered')", () => {
+      expect(earliest(rev, r + 3n * M * CLK + 1000n, KVM_PIT)).toEqual(eKvm);
+    });
+    it("KVM's behaviour is flagged under the default switches, and passes KVM_PIT", () => {
+      const kvmLog = eKvm.map((t) => t + LAT);
+      expect(rules(judge(rev, end2, kvmLog))).toContain('never-early');
+      expect(judge(rev, r + 3n * M * CLK + 1000n, kvmLog, KVM_PIT)).toEqual([]);
+      expect(judge(rev, end2, e8254.map((t) => t + LAT))).toEqual([]);
+    });
+  });
+  it("KVM's floor: a period under min_timer_period_us runs at it, from the second expiry", () => {
+    // 200 µs = 477 272.8 TSC cycles (earliest times round down).
+    const e = earliest([at(T0, { kind: 'program', mode: 2, count: 100 })], T0 + 1_200_000n);
+    expect(e.slice(0, 3)).toEqual([T0 + 100n * CLK, T0 + 100n * CLK + 477_272n, T0 + 100n * CLK + 954_545n]);
+    const bare = earliest([at(T0, { kind: 'program', mode: 2, count: 100 })], T0 + 700_000n, { ...DEFAULT_PIT, periodicClamp: 'none' });
+    expect(bare).toEqual([1n, 2n, 3n].map((k) => T0 + k * 200_000n));
+  });
+});
+
+describe('mode 0 and mode 3', () => {
+  it('mode 0: one interrupt at terminal count; a reload restarts and the old count never fires', () => {
+    const N = 50_000n;
+    const ev = [at(T0, { kind: 'program', mode: 0, count: Number(N) }), at(T0 + 20_000n * CLK, { kind: 'reload', count: 10_000 })];
+    const end = T0 + 100_000n * CLK;
+    expect(earliest(ev, end)).toEqual([T0 + 30_000n * CLK]);
+    expect(judge(ev, end, [T0 + 30_000n * CLK + LAT])).toEqual([]);
+    expect(rules(judge(ev, end, [T0 + 30_000n * CLK + LAT, T0 + N * CLK + LAT]))).toContain('exact-count');
+  });
+  it('mode 3: one rising edge per period; a reload in the high half loads at the falling edge', () => {
+    const N = 10_000n;
+    const P = N * CLK;
+    const M = 4_000n;
+    const high = [at(T0, { kind: 'program', mode: 3, count: Number(N) }), at(T0 + P + P / 5n, { kind: 'reload', count: Number(M) })];
+    // Falling edge at T0 + P + N/2 clocks, then a low half of M/2.
+    expect(earliest(high, T0 + P + P / 2n + (M / 2n) * CLK + M * CLK + 1000n)).toEqual([T0 + P, T0 + P + P / 2n + (M / 2n) * CLK, T0 + P + P / 2n + (M / 2n + M) * CLK]);
+    const low = [at(T0, { kind: 'program', mode: 3, count: Number(N) }), at(T0 + P + (4n * P) / 5n, { kind: 'reload', count: Number(M) })];
+    expect(earliest(low, T0 + 2n * P + M * CLK + 1000n)).toEqual([T0 + P, T0 + 2n * P, T0 + 2n * P + M * CLK]);
+  });
+});
+
+describe('re-injection', () => {
+  const N = 11_932n;
+  const P = N * CLK;
+  const ev = [at(T0, { kind: 'program', mode: 2, count: Number(N) }), at(T0 + P + P / 2n, { kind: 'cli' }), at(T0 + 6n * P + P / 2n, { kind: 'sti' })];
+  const end = T0 + 10n * P + P / 2n;
+  const ticks = Array.from({ length: 10 }, (_, k) => T0 + BigInt(k + 1) * P);
+  const sti = T0 + 6n * P + P / 2n + W;
+  const backlog = [ticks[0]! + LAT, ...[0n, 1n, 2n, 3n, 4n].map((k) => sti + 100n + k * 20_000n), ...ticks.slice(6).map((t) => t + LAT)];
+  const merged = [ticks[0]! + LAT, sti + 100n, ...ticks.slice(6).map((t) => t + LAT)];
+  it('with re-injection (KVM, QEMU lost_tick_policy=delay) every tick comes, late ones one per EOI', () => {
+    expect(judge(ev, end, backlog)).toEqual([]);
+    expect(rules(judge(ev, end, merged))).toContain('exact-count');
+  });
+  it('without it (discard), ticks merge while one is pending', () => {
+    const sw = { ...DEFAULT_PIT, reinject: false };
+    expect(judge(ev, end, merged, sw)).toEqual([]);
+    expect(rules(judge(ev, end, backlog, sw))).toContain('never-early');
+  });
+});

@@ -1,0 +1,306 @@
+/**
+ * Reference model of 8254 PIT channel 0 (IRQ0) in modes 0, 2 and 3 (4 as a one-shot), and its judge.
+ *
+ * Datasheet rules (Intel 8254 Programmable Interval Timer; kvm-rules-and-peers.md D.3):
+ *  - input clock 1.193182 MHz (14.31818 MHz / 12; KVM's KVM_PIT_FREQ is 1193181, QEMU's PIT_FREQ
+ *    1193182: the model uses the faster, so its earliest times are the earlier); a count of 0 means
+ *    65536 (binary);
+ *  - mode 0, interrupt on terminal count: OUT goes high when the count reaches 0 (N clocks after the
+ *    count is loaded; the datasheet says N+1 after the write, the model takes N, the earlier) and
+ *    stays high; "if a new count is written to the Counter, it will be loaded on the next CLK pulse
+ *    and counting will continue from the new count" (a reload restarts);
+ *  - mode 2, rate generator: one pulse every N clocks; "If the Counter is reloaded between output
+ *    pulses the present period will not be affected, but the subsequent period will reflect the new
+ *    value";
+ *  - mode 3, square wave: OUT high for ⌈N/2⌉ clocks and low for ⌊N/2⌋; IRQ0 is edge-triggered on the
+ *    rising edge, once per period; a new count "will be loaded at the end of the current half-cycle";
+ *  - mode codes 6 and 7 alias 2 and 3 (KVM pit_ioport_write(): `if (s->mode > 5) s->mode -= 4`);
+ *  - a control word plus count (a 'program' event) always starts a fresh count.
+ *
+ * Switches (PitSwitches): the reload rule (KVM and QEMU restart the period at the reload, KVM's
+ * create_pit_timer() says "TODO The new value only affected after the retriggered"); KVM's floor on
+ * periodic periods; KVM's re-injection of missed ticks. DEFAULT_PIT takes the datasheet's counting
+ * and KVM's delivery policy (QEMU's kvm-pit default lost_tick_policy=delay = re-inject); KVM_PIT is
+ * KVM's counting too. Under DEFAULT_PIT a KVM host's mode 2/3 reloads are judged: that deviation is
+ * KVM's own TODO, for the known-deviation list.
+ *
+ * Not modelled: modes 1 and 5 (need a gate edge; channel 0's gate is tied high), BCD counting,
+ * reading the counter (latch, read-back), channels 1 and 2, the HPET legacy replacement.
+ */
+import {
+  disabledWindows,
+  durHi,
+  durLo,
+  hex,
+  judgeExpiries,
+  maxB,
+  minB,
+  ppbOf,
+  toBig,
+  type ExpectedInterrupt,
+  type GuestControlEvent,
+  type Interval,
+  type ObservedInterrupt,
+  type QuietInterval,
+  type Ratio,
+  type Stamp,
+  type TimerDifference,
+} from './common.js';
+
+export interface PitClock {
+  readonly tscHz: number | bigint;
+  /** The PIT input clock, Hz. Default 1 193 182. */
+  readonly pitHz?: number | bigint;
+  /** KVM's min_timer_period_us × 1000 (0: none). */
+  readonly minPeriodNs: number | bigint;
+  readonly skewPpm?: number;
+}
+
+export type PitEvent =
+  /** Control word for channel 0 (access LSB then MSB, binary) with `mode`, then the count's two bytes. */
+  | (Stamp & { readonly kind: 'program'; readonly mode: number; readonly count: number })
+  /** A new count (LSB, MSB) without a control word. */
+  | (Stamp & { readonly kind: 'reload'; readonly count: number })
+  | GuestControlEvent;
+
+export interface PitTimeline {
+  readonly events: readonly PitEvent[];
+  readonly endTsc: bigint;
+  /** The vector IRQ0 is routed to. */
+  readonly vector: number;
+  readonly interruptsEnabled?: boolean;
+  readonly autoEoi?: boolean;
+}
+
+export interface PitSwitches {
+  /**
+   * A reload (count written without a control word) in modes 2 and 3.
+   *  - 'next-period' (8254 datasheet: mode 2 "the present period will not be affected", mode 3 the
+   *    new count is "loaded at the end of the current half-cycle");
+   *  - 'restart' (KVM i8254.c pit_load_count() → create_pit_timer(): hrtimer restarted at now + the
+   *    new interval, "TODO The new value only affected after the retriggered"; QEMU hw/timer/i8254.c
+   *    pit_load_count() likewise resets count_load_time).
+   */
+  readonly periodicReload: 'next-period' | 'restart';
+  /**
+   * 'kvm': create_pit_timer() raises a periodic (mode 2/3) period under min_timer_period_us to it,
+   * from the second period on (the first expiry is hrtimer_start(now + interval), unraised).
+   * 'none': no floor.
+   */
+  readonly periodicClamp: 'kvm' | 'none';
+  /**
+   * true: KVM re-injects every missed tick, one per EOI (pit_timer_fn() counts `pending`,
+   * kvm_pit_ack_irq() queues the next), so no tick is lost, only delayed; a (re)load drops the
+   * backlog (kvm_pit_reset_reinject()). QEMU's kvm-pit lost_tick_policy=delay, the default.
+   * false (lost_tick_policy=discard; a real 8254 behind an edge-triggered PIC): ticks merge while
+   * one is pending.
+   */
+  readonly reinject: boolean;
+}
+
+export const DEFAULT_PIT: PitSwitches = Object.freeze({ periodicReload: 'next-period', periodicClamp: 'kvm', reinject: true });
+export const KVM_PIT: PitSwitches = Object.freeze({ periodicReload: 'restart', periodicClamp: 'kvm', reinject: true });
+
+export interface PitPredictOptions {
+  /** How long after a tick KVM may still hold it undelivered, so that a (re)load drops it (TSC cycles; default 0). */
+  readonly raceTsc?: bigint;
+}
+
+export interface PitWindow {
+  readonly from: bigint;
+  readonly to: bigint;
+  readonly fromEvent: number;
+  /** Expiries in [from, to): at least min certainly, at most max possibly. */
+  readonly expiries: { readonly min: number; readonly max: number };
+}
+
+export interface PitPrediction {
+  readonly interrupts: readonly ExpectedInterrupt[];
+  readonly quiet: readonly QuietInterval[];
+  readonly windows: readonly PitWindow[];
+  readonly blocked: readonly Interval[];
+  readonly eois: readonly bigint[];
+  readonly autoEoi: boolean;
+  readonly vector: number;
+  readonly endTsc: bigint;
+  readonly switches: PitSwitches;
+}
+
+const MAX_EXPIRIES = 2_000_000;
+
+/** The effective mode: 6, 7 alias 2, 3. */
+export const pitMode = (mode: number): number => ((mode & 7) > 5 ? (mode & 7) - 4 : mode & 7);
+/** A count as loaded: 0 means 65536. */
+export const pitCount = (count: number): bigint => BigInt((count & 0xffff) === 0 ? 0x10000 : count & 0xffff);
+
+interface Armed {
+  mode: number;
+  armedBy: number;
+  count: bigint;
+  /** Expiry k of the segment: anchor + k·period. */
+  anchor: Interval;
+  k: bigint;
+  period: Ratio;
+  expired: boolean;
+}
+
+export function predictPit(clock: PitClock, timeline: PitTimeline, switches: PitSwitches = DEFAULT_PIT, options: PitPredictOptions = {}): PitPrediction {
+  const tscHz = toBig(clock.tscHz, 'tscHz');
+  const pitHz = toBig(clock.pitHz ?? 1_193_182, 'pitHz');
+  const minNs = toBig(clock.minPeriodNs, 'minPeriodNs');
+  const ppb = ppbOf(clock.skewPpm);
+  const race = options.raceTsc ?? 0n;
+  const events = timeline.events;
+  const interrupts: ExpectedInterrupt[] = [];
+  const quiet: QuietInterval[] = [];
+  const clocks = (n: bigint): Ratio => ({ num: n * tscHz, den: pitHz });
+  /** The period of a periodic count, raised to KVM's floor. */
+  const periodOf = (n: bigint): Ratio => {
+    if (switches.periodicClamp !== 'kvm' || minNs === 0n) return clocks(n);
+    // n/pitHz s < minNs ns ?
+    if (n * 1_000_000_000n >= minNs * pitHz) return clocks(n);
+    return { num: minNs * tscHz, den: 1_000_000_000n };
+  };
+  const after = (iv: Interval, r: Ratio): Interval => ({ lo: iv.lo + durLo(1n, r, ppb), hi: iv.hi + durHi(1n, r, ppb) });
+
+  let armed: Armed | null = null;
+  let quietFrom: { from: bigint; eventIndex: number } | null = { from: 0n, eventIndex: -1 };
+  const nextOf = (a: Armed): Interval => ({ lo: a.anchor.lo + durLo(a.k, a.period, ppb), hi: a.anchor.hi + durHi(a.k, a.period, ppb) });
+  const why = (a: Armed) => `PIT mode ${a.mode} count ${a.count} loaded by event ${a.armedBy}: ${a.mode === 0 || a.mode === 4 ? 'one interrupt at terminal count' : a.mode === 2 ? 'one interrupt per period (rate generator)' : 'one rising edge per period (square wave)'}`;
+  const emit = (certain: boolean) => {
+    const a = armed!;
+    const iv = nextOf(a);
+    if (interrupts.length >= MAX_EXPIRIES) throw new Error(`PIT model: more than ${MAX_EXPIRIES} predicted interrupts`);
+    interrupts.push({ vector: timeline.vector, earliest: iv.lo, expiryLatest: iv.hi, latest: null, count: certain ? 'once' : 'at-most-once', eventIndex: a.armedBy, why: why(a) });
+    if (a.mode === 2 || a.mode === 3) a.k++;
+    else a.expired = true;
+  };
+  const pending = (a: Armed | null): a is Armed => a !== null && !a.expired;
+  const advance = (limit: bigint) => {
+    while (pending(armed) && nextOf(armed).hi < limit) emit(true);
+  };
+
+  for (let i = 0; i < events.length; i++) {
+    const ev = events[i]!;
+    if (ev.kind !== 'program' && ev.kind !== 'reload') continue;
+    const w: Interval = { lo: ev.tscBefore, hi: ev.tscAfter };
+    const n = pitCount(ev.count);
+    const prevMode: number | null = (armed as Armed | null)?.mode ?? null;
+    const mode: number | null = ev.kind === 'program' ? pitMode(ev.mode) : prevMode;
+    if (mode === null) continue; // a count with no mode programmed: nothing runs
+    if (mode === 1 || mode === 5) throw new Error(`PIT model: mode ${mode} needs a gate edge and is not modelled`);
+    const periodic: boolean = mode === 2 || mode === 3;
+    const nextPeriod = ev.kind === 'reload' && periodic && switches.periodicReload === 'next-period' && pending(armed);
+    if (nextPeriod) {
+      const a = armed!;
+      advance(w.lo);
+      const M = periodOf(n);
+      let iv = nextOf(a);
+      let racing = false;
+      while (iv.lo <= w.hi) {
+        // The pulse races the reload: it comes in either branch; the following period is N or M.
+        emit(true);
+        racing = true;
+        iv = nextOf(a);
+      }
+      if (a.mode === 3 && !racing) {
+        // Square wave: the new count loads at the end of the current half-cycle.
+        const N = a.count;
+        const start = { lo: iv.lo - durHi(1n, a.period, ppb), hi: iv.hi - durLo(1n, a.period, ppb) };
+        const fall = { lo: start.lo + durLo((N + 1n) / 2n, clocks(1n), ppb), hi: start.hi + durHi((N + 1n) / 2n, clocks(1n), ppb) };
+        const viaFall = { lo: fall.lo + durLo(n / 2n, clocks(1n), ppb), hi: fall.hi + durHi(n / 2n, clocks(1n), ppb) };
+        if (w.hi < fall.lo) iv = viaFall; // in the high half: loads at the falling edge, then a low half of ⌊M/2⌋
+        else if (w.lo <= fall.hi) iv = { lo: minB(viaFall.lo, iv.lo), hi: maxB(viaFall.hi, iv.hi) };
+      } else if (racing) {
+        const prev = { lo: iv.lo - durHi(1n, a.period, ppb), hi: iv.hi - durLo(1n, a.period, ppb) };
+        const viaM = after(prev, M);
+        iv = { lo: minB(iv.lo, viaM.lo), hi: maxB(iv.hi, viaM.hi) };
+      }
+      a.anchor = iv;
+      a.k = 0n;
+      a.period = M;
+      a.count = n;
+      a.armedBy = i;
+      continue;
+    }
+    // A fresh count: program, a mode 0/4 reload, or a periodic reload under 'restart'.
+    advance(w.lo - race);
+    while (pending(armed) && nextOf(armed).lo <= w.hi) emit(false);
+    const first = clocks(n); // KVM: the first interval is never raised
+    // Expiry 0 one count after the load, then every (raised) period.
+    armed = { mode, armedBy: i, count: n, anchor: after(w, first), k: 0n, period: periodic ? periodOf(n) : first, expired: false };
+    if (quietFrom) {
+      quiet.push({ from: quietFrom.from, to: w.lo, eventIndex: quietFrom.eventIndex, why: 'channel 0 not yet counting' });
+      quietFrom = null;
+    }
+  }
+  while (pending(armed) && nextOf(armed).lo <= timeline.endTsc) emit(true);
+  if (quietFrom) quiet.push({ from: quietFrom.from, to: null, eventIndex: quietFrom.eventIndex, why: 'channel 0 never programmed' });
+
+  // Windows between consecutive PIT events and marks, and the whole run.
+  const edges = events.map((e, i) => ({ e, i })).filter(({ e }) => e.kind === 'program' || e.kind === 'reload' || e.kind === 'mark');
+  const count = (from: bigint, to: bigint) => ({
+    min: interrupts.filter((x) => x.count === 'once' && x.earliest >= from && x.expiryLatest < to).length,
+    max: interrupts.filter((x) => x.expiryLatest >= from && x.earliest < to).length,
+  });
+  const windows: PitWindow[] = [];
+  for (let k = 0; k + 1 < edges.length; k++) windows.push({ from: edges[k]!.e.tscAfter, to: edges[k + 1]!.e.tscBefore, fromEvent: edges[k]!.i, expiries: count(edges[k]!.e.tscAfter, edges[k + 1]!.e.tscBefore) });
+  if (edges.length) windows.push({ from: edges[0]!.e.tscAfter, to: timeline.endTsc, fromEvent: edges[0]!.i, expiries: count(edges[0]!.e.tscAfter, timeline.endTsc) });
+
+  return {
+    interrupts,
+    quiet,
+    windows,
+    blocked: disabledWindows(events, timeline.interruptsEnabled ?? true, timeline.endTsc),
+    eois: events.filter((e) => e.kind === 'eoi').map((e) => e.tscAfter),
+    autoEoi: timeline.autoEoi ?? true,
+    vector: timeline.vector,
+    endTsc: timeline.endTsc,
+    switches,
+  };
+}
+
+export interface PitJudgeOptions {
+  readonly latenessTsc: bigint;
+  /** How long before its logged TSC the ISR may have accepted the interrupt (common.ts). Default 0. */
+  readonly isrEntryTsc?: bigint;
+}
+
+/**
+ * Rules never-early, exact-count, spurious-after-disarm (common.ts judgeExpiries(): each tick
+ * delivered on its own under re-injection, merging while pending without it) and window-count: per
+ * window, deliveries ≤ the possible expiries + 1 (the start edge) + the backlog carried in from
+ * before it (re-injection delivers late ticks, never extra ones); with re-injection also ≥ the
+ * settled expiries (expiry + lateness before the window's end) − 1.
+ */
+export function judgePit(p: PitPrediction, observedInterrupts: readonly ObservedInterrupt[], options: PitJudgeOptions): TimerDifference[] {
+  const mine = observedInterrupts.filter((o) => o.vector === p.vector);
+  const diffs = judgeExpiries(p.interrupts, p.quiet, mine, {
+    latenessTsc: options.latenessTsc,
+    endTsc: p.endTsc,
+    blocked: p.blocked,
+    eois: p.autoEoi ? null : p.eois,
+    delivery: p.switches.reinject ? 'every-expiry' : 'merge-while-pending',
+    source: 'PIT channel 0',
+    ...(options.isrEntryTsc === undefined ? {} : { isrEntryTsc: options.isrEntryTsc }),
+  });
+  for (const w of p.windows) {
+    const n = mine.filter((o) => o.tsc >= w.from && o.tsc < w.to).length;
+    const deliveredBefore = mine.filter((o) => o.tsc < w.from).length;
+    const possibleBefore = p.interrupts.filter((x) => x.earliest < w.from).length;
+    const carried = p.switches.reinject ? Math.max(0, possibleBefore - deliveredBefore) : 0;
+    const max = w.expiries.max + 1 + carried;
+    const settled = p.interrupts.filter((x) => x.count === 'once' && x.earliest >= w.from && x.expiryLatest + options.latenessTsc < w.to).length;
+    const min = p.switches.reinject ? settled - 1 : -Infinity;
+    if (n > max || n < min) {
+      diffs.push({
+        rule: 'window-count',
+        summary: `PIT channel 0: ${n} interrupts in [${hex(w.from)}, ${hex(w.to)}), the schedule gives ${w.expiries.min}..${w.expiries.max} expiries (allowed ${Number.isFinite(min) ? min : '-'}..${max}: ±1 at the window edges${carried ? `, ${carried} carried in` : ''})`,
+        expected: { expiries: w.expiries, allowed: { min: Number.isFinite(min) ? min : null, max } },
+        observed: n,
+        eventIndex: w.fromEvent,
+      });
+    }
+  }
+  return diffs;
+}
