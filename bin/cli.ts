@@ -41,6 +41,9 @@ commands:
   doctor    show the host fingerprint and what is missing
   list      list families, properties and mutants
   build     build the guest (cached by a hash of its sources)
+  merge     merge results of shards or hosts: kvmprop merge RESULTS... --out FILE
+  export    write results as JUnit XML, KTAP v1 or KCIDB JSON: kvmprop export --format junit|ktap|kcidb RESULTS --out FILE
+  import    read a foreign suite's log as kvmprop results: kvmprop import --format kut-tap|ktap LOG --out FILE
 
 families: ${FAMILY_NAMES.join(', ')}
 ${runUsage()}`;
@@ -305,6 +308,12 @@ export async function main(argv: readonly string[]): Promise<number> {
         return cmdList();
       case 'build':
         return await cmdBuild();
+      case 'merge':
+        return (await import('../reports/merge.js')).cmdMerge(rest);
+      case 'export':
+        return (await import('../reports/junit.js')).cmdExport(rest);
+      case 'import':
+        return await (await import('../reports/tapImport.js')).cmdImport(rest);
       case '--version':
         process.stdout.write(`kvmprop ${toolVersion()}\n`);
         return 0;
