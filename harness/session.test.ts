@@ -8,13 +8,14 @@
  * ends, a destination left waiting, failures, and that nothing a session started survives it.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { MAILBOX_STATE, THREAD_STATE } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
+import { useOwnRunRoot } from './testing/runRoot.js';
 import type { QmpEvent } from './qmp.js';
-import { RUNTIME_ROOT_ENV, createRunRoot, liveResources, processesMatching, removeRunRoot } from './runtime.js';
+import { liveResources, processesMatching } from './runtime.js';
 import { MigrationError, compareRam, withVms } from './session.js';
 import { VmSetupError, defaultMachineConfig } from './vm.js';
 import { classifyRunState, watchVm, type WatchTarget } from './watchdog.js';
@@ -118,20 +119,12 @@ describe('the watchdog knows the run states', () => {
 let guestElf: string;
 /** This file's own run root: every VM directory lands here, and every QEMU names it. */
 let root: string;
-let savedRootEnv: string | undefined;
 let before: { tracked: Set<number>; dirs: Set<string> };
 
+const ownRoot = useOwnRunRoot();
 beforeAll(async () => {
   guestElf = (await buildGuest()).elf;
-  savedRootEnv = process.env[RUNTIME_ROOT_ENV];
-  root = createRunRoot();
-  process.env[RUNTIME_ROOT_ENV] = root;
-});
-
-afterAll(() => {
-  if (savedRootEnv === undefined) delete process.env[RUNTIME_ROOT_ENV];
-  else process.env[RUNTIME_ROOT_ENV] = savedRootEnv;
-  removeRunRoot(root);
+  root = ownRoot.path();
 });
 
 beforeEach(() => {

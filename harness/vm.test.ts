@@ -9,13 +9,14 @@
  *   lidt of a zero-limit IDT, then ud2 → triple fault → QEMU (-no-reboot) shuts down: 'guest-reset'.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { OPS_HASH, recordsOf, type Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { encodeProgram, type ProgramImage } from './bytecode.js';
 import { LAYOUT, MAILBOX_STATE, THREAD_STATE } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
-import { RUNTIME_ROOT_ENV, createRunRoot, liveResources, processesMatching, removeRunRoot } from './runtime.js';
+import { useOwnRunRoot } from './testing/runRoot.js';
+import { liveResources, processesMatching } from './runtime.js';
 import { MACHINE_TYPES, Vm, VmSetupError, defaultMachineConfig, parseTap, runVm, type MachineConfig } from './vm.js';
 import { describeOutcome, guestProblems, runWorkload } from './workload.js';
 
@@ -48,22 +49,14 @@ function program(threads: readonly (readonly Op[])[], extra: Partial<Program> = 
 let guestElf: string;
 /** This file's own run root: every VM directory a test creates lands here. */
 let root: string;
-let savedRootEnv: string | undefined;
 /** VMs a test started itself (not through runVm/runWorkload, which clean up on their own). */
 const started: Vm[] = [];
 let before: { qemu: Set<number>; tracked: Set<number>; dirs: Set<string>; entries: Set<string> };
 
+const ownRoot = useOwnRunRoot();
 beforeAll(async () => {
   guestElf = (await buildGuest()).elf;
-  savedRootEnv = process.env[RUNTIME_ROOT_ENV];
-  root = createRunRoot();
-  process.env[RUNTIME_ROOT_ENV] = root;
-});
-
-afterAll(() => {
-  if (savedRootEnv === undefined) delete process.env[RUNTIME_ROOT_ENV];
-  else process.env[RUNTIME_ROOT_ENV] = savedRootEnv;
-  removeRunRoot(root);
+  root = ownRoot.path();
 });
 
 async function qemuPids(): Promise<number[]> {

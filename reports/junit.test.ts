@@ -7,7 +7,8 @@ import type { HostFingerprint } from '../harness/fingerprint.js';
 import { cmdExport, kcidbPath, parseXml, toJunit, toKcidb, XmlError, type XmlElement } from './junit.js';
 import { cleanLine, cleanText } from './ktap.js';
 import { mergeResults } from './merge.js';
-import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, type HostFinding, type PropertyResult, type ResultsFile } from './schema.js';
+import type { HostFinding, PropertyResult, ResultsFile } from './schema.js';
+import { sampleProperty, sampleResults } from './testing/results.js';
 import { importKselftest, importKutTap } from './tapImport.js';
 
 const HOST = {
@@ -19,30 +20,15 @@ const HOST = {
   qemu: { path: 'qemu', found: true, version: '7.2.22' },
 } as unknown as HostFingerprint;
 
-function prop(over: Partial<PropertyResult> & Pick<PropertyResult, 'id'>): PropertyResult {
-  return { family: over.id.split('.')[0]!, statement: `${over.id} holds`, status: 'pass', numRuns: 10, seed: 7, durationMs: 1500, metrics: { vms: 2 }, ...over };
-}
+const prop = (over: Partial<PropertyResult> & Pick<PropertyResult, 'id'>): PropertyResult => sampleProperty({ seed: 7, durationMs: 1500, ...over });
 
-function results(properties: PropertyResult[], over: Partial<ResultsFile> = {}): ResultsFile {
-  const totals = tally(properties);
-  return {
-    schema: RESULTS_SCHEMA,
-    version: RESULTS_VERSION,
-    tool: { name: 'kvmprop', version: '0.1.0' },
-    startedAt: '2026-12-01T10:00:00.000Z',
-    finishedAt: '2026-12-01T10:05:00.000Z',
+const results = (properties: PropertyResult[], over: Partial<ResultsFile> = {}): ResultsFile =>
+  sampleResults(properties, {
     options: { families: [...new Set(properties.map((p) => p.family))], runs: 10, seed: 7, machine: 'microvm', accel: 'kvm', cpu: 'host,-arch-capabilities', cpuRequested: 'host', qemu: 'qemu-system-x86_64', qemuArgs: [] },
     host: HOST,
     hostId: '8eda49a4ab27',
-    findings: [],
-    properties,
-    totals,
-    metrics: sumMetrics(properties),
-    status: totals.fail ? 'fail' : 'pass',
-    errors: [],
     ...over,
-  };
-}
+  });
 
 const FAIL_FINDING: HostFinding = {
   check: 'host.machine-starts',

@@ -4,36 +4,12 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { cleanLine, cleanText, ktapDocument, nameInFamily, toKtap } from './ktap.js';
 import { mergeResults } from './merge.js';
-import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, type HostFinding, type PropertyResult, type ResultsFile } from './schema.js';
+import type { HostFinding, PropertyResult, ResultsFile } from './schema.js';
+import { sampleProperty, sampleResults } from './testing/results.js';
 import { importKselftest, outcomeOf, parseTap, type TapDocument } from './tapImport.js';
-import type { HostFingerprint } from '../harness/fingerprint.js';
 
-const HOST = { schema: 1, collectedAt: '2026-12-01T00:00:00.000Z', kernel: { release: '6.18.44', version: 'Linux 6.18.44' }, qemu: { path: 'qemu', found: true, version: '7.2.22' } } as unknown as HostFingerprint;
-
-function prop(over: Partial<PropertyResult> & Pick<PropertyResult, 'id'>): PropertyResult {
-  return { family: over.id.split('.')[0]!, statement: `${over.id} holds`, status: 'pass', numRuns: 10, seed: 1, durationMs: 1500, metrics: { vms: 2 }, ...over };
-}
-
-function results(properties: PropertyResult[], over: Partial<ResultsFile> = {}): ResultsFile {
-  const totals = tally(properties);
-  return {
-    schema: RESULTS_SCHEMA,
-    version: RESULTS_VERSION,
-    tool: { name: 'kvmprop', version: '0.1.0' },
-    startedAt: '2026-12-01T10:00:00.000Z',
-    finishedAt: '2026-12-01T10:05:00.000Z',
-    options: { families: [...new Set(properties.map((p) => p.family))], runs: 10, seed: 1, machine: 'microvm', accel: 'kvm', cpu: 'host', qemu: 'qemu-system-x86_64', qemuArgs: [] },
-    host: HOST,
-    hostId: 'aaaaaaaaaaaa',
-    findings: [],
-    properties,
-    totals,
-    metrics: sumMetrics(properties),
-    status: totals.fail ? 'fail' : 'pass',
-    errors: [],
-    ...over,
-  };
-}
+const prop = sampleProperty;
+const results = sampleResults;
 
 const FINDING: HostFinding = {
   check: 'host.vcpu-model-starts',

@@ -2,37 +2,15 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import type { HostFingerprint } from '../harness/fingerprint.js';
 import { cmdMerge, hostIdOf, hostsOf, MergeError, mergeResults, readResultsFile, type MergedResultsFile } from './merge.js';
-import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, validateResults, type HostFinding, type PropertyResult, type ResultsFile } from './schema.js';
+import { validateResults, type HostFinding, type PropertyResult, type ResultsFile } from './schema.js';
+import { sampleHost, sampleProperty, sampleResults } from './testing/results.js';
 import { importKselftest } from './tapImport.js';
 
-const host = (release: string) => ({ schema: 1, collectedAt: '2026-12-01T00:00:00.000Z', kernel: { release, version: `Linux ${release}` } }) as unknown as HostFingerprint;
-
-function prop(over: Partial<PropertyResult> & Pick<PropertyResult, 'id'>): PropertyResult {
-  return { family: over.id.split('.')[0]!, statement: `${over.id} holds`, status: 'pass', numRuns: 10, seed: 1, durationMs: 1000, metrics: { vms: 2 }, ...over };
-}
-
-function results(hostId: string, properties: PropertyResult[], over: Partial<ResultsFile> = {}): ResultsFile {
-  const totals = tally(properties);
-  return {
-    schema: RESULTS_SCHEMA,
-    version: RESULTS_VERSION,
-    tool: { name: 'kvmprop', version: '0.1.0' },
-    startedAt: '2026-12-01T10:00:00.000Z',
-    finishedAt: '2026-12-01T10:05:00.000Z',
-    options: { families: [...new Set(properties.map((p) => p.family))], runs: 10, seed: 1, machine: 'microvm', accel: 'kvm', cpu: 'host', qemu: 'qemu-system-x86_64', qemuArgs: [] },
-    host: host(`kernel-of-${hostId}`),
-    hostId,
-    findings: [],
-    properties,
-    totals,
-    metrics: sumMetrics(properties),
-    status: totals.fail || over.errors?.length ? 'fail' : 'pass',
-    errors: [],
-    ...over,
-  };
-}
+const host = (release: string) => sampleHost(release, { qemu: undefined });
+const prop = sampleProperty;
+const results = (hostId: string, properties: PropertyResult[], over: Partial<ResultsFile> = {}): ResultsFile =>
+  sampleResults(properties, { host: host(`kernel-of-${hostId}`), hostId, ...over });
 
 const FINDING: HostFinding = { check: 'host.vcpu-model-starts', status: 'known-deviation', summary: '-cpu host cannot start', qemuMessage: 'q', commandLine: ['qemu'] };
 

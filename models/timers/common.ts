@@ -286,6 +286,18 @@ export interface ExpectedInterrupt {
 }
 
 /** An interval in which no interrupt of the source may arrive (after a disarm, while masked). */
+/** What every timer's prediction says about delivery, whatever the source. */
+export interface DeliveryPrediction {
+  /** No interrupt of the source in these intervals. */
+  readonly quiet: readonly QuietInterval[];
+  /** Interrupts disabled (CLI..STI). */
+  readonly blocked: readonly Interval[];
+  /** tscAfter of each 'eoi' event. */
+  readonly eois: readonly bigint[];
+  readonly autoEoi: boolean;
+  readonly endTsc: bigint;
+}
+
 export interface QuietInterval {
   readonly from: bigint;
   /** Exclusive end (the tscBefore of the action that re-arms), or null: to the end of the log. */

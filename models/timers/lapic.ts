@@ -72,8 +72,7 @@ import {
   type QuietInterval,
   type Ratio,
   type Stamp,
-  type TimerDifference,
-} from './common.js';
+  type TimerDifference, type DeliveryPrediction } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -271,17 +270,10 @@ export interface LapicReadExpectation {
   readonly continuity?: TmcctContinuity;
 }
 
-export interface LapicPrediction {
+/** `quiet`: no timer interrupt (any timer vector) in these intervals. */
+export interface LapicPrediction extends DeliveryPrediction {
   readonly interrupts: readonly ExpectedInterrupt[];
   readonly reads: readonly LapicReadExpectation[];
-  /** No timer interrupt (any timer vector) in these intervals. */
-  readonly quiet: readonly QuietInterval[];
-  /** Interrupts disabled (CLI..STI). */
-  readonly blocked: readonly Interval[];
-  /** tscAfter of each 'eoi' event. */
-  readonly eois: readonly bigint[];
-  readonly autoEoi: boolean;
-  readonly endTsc: bigint;
   /** Every vector LVTT held: the interrupts judgeLapic() considers the timer's. */
   readonly vectors: readonly number[];
   readonly switches: LapicSwitches;

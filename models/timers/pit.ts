@@ -44,8 +44,7 @@ import {
   type QuietInterval,
   type Ratio,
   type Stamp,
-  type TimerDifference,
-} from './common.js';
+  type TimerDifference, type DeliveryPrediction } from './common.js';
 
 export interface PitClock {
   readonly tscHz: number | bigint;
@@ -114,15 +113,10 @@ export interface PitWindow {
   readonly expiries: { readonly min: number; readonly max: number };
 }
 
-export interface PitPrediction {
+export interface PitPrediction extends DeliveryPrediction {
   readonly interrupts: readonly ExpectedInterrupt[];
-  readonly quiet: readonly QuietInterval[];
   readonly windows: readonly PitWindow[];
-  readonly blocked: readonly Interval[];
-  readonly eois: readonly bigint[];
-  readonly autoEoi: boolean;
   readonly vector: number;
-  readonly endTsc: bigint;
   readonly switches: PitSwitches;
 }
 

@@ -70,8 +70,7 @@ import {
   type QuietInterval,
   type Ratio,
   type Stamp,
-  type TimerDifference,
-} from './common.js';
+  type TimerDifference, type DeliveryPrediction } from './common.js';
 
 export interface RtcClock {
   readonly tscHz: number | bigint;
@@ -167,19 +166,14 @@ export interface RtcWindow {
   readonly ticks: { readonly min: number; readonly max: number };
 }
 
-export interface RtcPrediction {
+export interface RtcPrediction extends DeliveryPrediction {
   readonly segments: readonly RtcSegment[];
   readonly ticks: readonly RtcTick[];
   readonly windows: readonly RtcWindow[];
-  readonly quiet: readonly QuietInterval[];
-  readonly blocked: readonly Interval[];
-  readonly eois: readonly bigint[];
-  readonly autoEoi: boolean;
   /** Register C reads outside the ISR. */
   readonly acks: readonly Interval[];
   readonly ackInIsr: boolean;
   readonly vector: number;
-  readonly endTsc: bigint;
   readonly switches: RtcSwitches;
 }
 
