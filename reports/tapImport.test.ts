@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Parser } from 'tap-parser';
@@ -8,14 +8,10 @@ import { formatTapDocument } from './ktap.js';
 import { validateResults } from './schema.js';
 import { assertWellFormed, cmdImport, idComponent, importKselftest, importKutTap, outcomeOf, parseTap, TapParseError, type TapDocument } from './tapImport.js';
 
-/**
- * The real kvm-unit-tests log lives with the project's shared data (../shared/fixtures next to the
- * checkout), not in the repository; the tests that need it are skipped, by name, where it is absent.
- */
-const KUT_FIXTURE = join(import.meta.dirname, '..', '..', 'shared', 'fixtures', 'kvm-unit-tests-x86.tap');
-const HAVE_KUT = existsSync(KUT_FIXTURE);
+/** The real kvm-unit-tests log and a kselftest KTAP log written from the spec (reports/fixtures/README.md). */
+const KUT_FIXTURE = join(import.meta.dirname, 'fixtures', 'kvm-unit-tests-x86.tap');
 const KSELFTEST_FIXTURE = join(import.meta.dirname, 'fixtures', 'kselftest-kvm.ktap');
-const kut = HAVE_KUT ? readFileSync(KUT_FIXTURE, 'utf8') : '';
+const kut = readFileSync(KUT_FIXTURE, 'utf8');
 const kselftest = readFileSync(KSELFTEST_FIXTURE, 'utf8');
 
 /** The tree of a document as names, outcomes, directive texts and plans, for comparisons. */
@@ -125,7 +121,7 @@ describe('parseTap', () => {
     expect(() => assertWellFormed(d, 'x', 5)).not.toThrow();
   });
 
-  it.skipIf(!HAVE_KUT)('agrees with tap-parser on the flat kvm-unit-tests log', () => {
+  it('agrees with tap-parser on the flat kvm-unit-tests log', () => {
     const d = parseTap(kut);
     const p = new Parser();
     let final: { count: number; pass: number; fail: number; skip: number } | undefined;
@@ -171,7 +167,7 @@ describe('corrupt input is one clear error line', () => {
   });
 });
 
-describe.skipIf(!HAVE_KUT)(`importKutTap: kvm-unit-tests run_tests.sh -t (${KUT_FIXTURE})`, () => {
+describe(`importKutTap: kvm-unit-tests run_tests.sh -t (${KUT_FIXTURE})`, () => {
   const r = importKutTap(kut, { source: 'kvm-unit-tests-x86.tap', startedAt: '2026-12-01T00:00:00.000Z' });
 
   it('imports every result: 4,120, 45 of them failures, as the fixture README says', () => {
