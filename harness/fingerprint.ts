@@ -128,19 +128,7 @@ export async function collectFingerprint(opts: { qemu: string }): Promise<HostFi
     firstLineOf('ld', ['--version']),
   ]);
 
-  const kvm: HostFingerprint['kvm'] = {
-    device,
-    apiVersion: null,
-    modules,
-    vendorModules: modules.map((m) => m.name).filter((n) => n.startsWith('kvm_')),
-    caps: {},
-    nested: null,
-    dirtyRing: null,
-    manualDirtyLogProtect: null,
-    tscScaling: null,
-    x2apic: null,
-    tscDeadline: null,
-  };
+  const kvm = kvmBeforeProbe(device, modules);
 
   // Without a usable /dev/kvm the probe has nothing to say; `device` already explains why.
   let probe: ProbeOutput | null = null;
@@ -187,6 +175,23 @@ export async function collectFingerprint(opts: { qemu: string }): Promise<HostFi
     kvm,
     qemu,
     tools: { gcc, ld },
+  };
+}
+
+/** What is known of KVM before its capability probe has run (or where it cannot): the device and the modules. */
+export function kvmBeforeProbe(device: HostFingerprint['kvm']['device'], modules: HostFingerprint['kvm']['modules']): HostFingerprint['kvm'] {
+  return {
+    device,
+    apiVersion: null,
+    modules,
+    vendorModules: modules.map((m) => m.name).filter((n) => n.startsWith('kvm_')),
+    caps: {},
+    nested: null,
+    dirtyRing: null,
+    manualDirtyLogProtect: null,
+    tscScaling: null,
+    x2apic: null,
+    tscDeadline: null,
   };
 }
 

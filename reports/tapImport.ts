@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { HostFingerprint } from '../harness/fingerprint.js';
+import { kvmBeforeProbe, type HostFingerprint } from '../harness/fingerprint.js';
 import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, validateResults, type PropertyResult, type ResultsFile } from './schema.js';
 import { cleanLine } from './ktap.js';
 
@@ -409,20 +409,7 @@ export function unknownHost(collectedAt: string, note: string): HostFingerprint 
     collectedAt,
     kernel: { release: 'unknown', version: 'unknown' },
     cpu: { model: 'unknown', vendor: 'unknown', family: null, modelNumber: null, stepping: null, flags: [] },
-    kvm: {
-      device: 'unknown' as HostFingerprint['kvm']['device'],
-      apiVersion: null,
-      modules: [],
-      vendorModules: [],
-      caps: {},
-      nested: null,
-      dirtyRing: null,
-      manualDirtyLogProtect: null,
-      tscScaling: null,
-      x2apic: null,
-      tscDeadline: null,
-      probeError: note,
-    },
+    kvm: { ...kvmBeforeProbe('unknown' as HostFingerprint['kvm']['device'], []), probeError: note },
     qemu: { path: 'unknown', found: false, version: null },
     tools: { gcc: null, ld: null },
     imported: true as const,

@@ -298,6 +298,21 @@ export interface DeliveryPrediction {
   readonly endTsc: bigint;
 }
 
+/** The delivery facts of a timeline: when interrupts were disabled, the EOIs, and how it ends. */
+export function deliveryOf(
+  events: readonly (Stamp & { readonly kind: string })[],
+  timeline: { readonly interruptsEnabled?: boolean; readonly autoEoi?: boolean; readonly endTsc: bigint },
+  quiet: readonly QuietInterval[],
+): DeliveryPrediction {
+  return {
+    quiet,
+    blocked: disabledWindows(events, timeline.interruptsEnabled ?? true, timeline.endTsc),
+    eois: events.filter((e) => e.kind === 'eoi').map((e) => e.tscAfter),
+    autoEoi: timeline.autoEoi ?? true,
+    endTsc: timeline.endTsc,
+  };
+}
+
 export interface QuietInterval {
   readonly from: bigint;
   /** Exclusive end (the tscBefore of the action that re-arms), or null: to the end of the log. */

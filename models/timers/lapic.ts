@@ -51,8 +51,8 @@
  * one too many (lapic.test.ts shows the case).
  */
 import {
+  deliveryOf,
   ceilDiv,
-  disabledWindows,
   durHi,
   durLo,
   enabledAfter,
@@ -72,7 +72,9 @@ import {
   type QuietInterval,
   type Ratio,
   type Stamp,
-  type TimerDifference, type DeliveryPrediction } from './common.js';
+  type TimerDifference,
+  type DeliveryPrediction,
+} from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -743,13 +745,9 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
   }
 
   return {
+    ...deliveryOf(events, timeline, quiet),
     interrupts,
     reads,
-    quiet,
-    blocked: disabledWindows(events, timeline.interruptsEnabled ?? true, timeline.endTsc),
-    eois: events.filter((e) => e.kind === 'eoi').map((e) => e.tscAfter),
-    autoEoi: timeline.autoEoi ?? true,
-    endTsc: timeline.endTsc,
     vectors: [...vectors].sort((a, b) => a - b),
     switches,
   };

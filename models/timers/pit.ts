@@ -28,7 +28,7 @@
  * reading the counter (latch, read-back), channels 1 and 2, the HPET legacy replacement.
  */
 import {
-  disabledWindows,
+  deliveryOf,
   durHi,
   durLo,
   hex,
@@ -44,7 +44,9 @@ import {
   type QuietInterval,
   type Ratio,
   type Stamp,
-  type TimerDifference, type DeliveryPrediction } from './common.js';
+  type TimerDifference,
+  type DeliveryPrediction,
+} from './common.js';
 
 export interface PitClock {
   readonly tscHz: number | bigint;
@@ -242,14 +244,10 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
   if (edges.length) windows.push({ from: edges[0]!.e.tscAfter, to: timeline.endTsc, fromEvent: edges[0]!.i, expiries: count(edges[0]!.e.tscAfter, timeline.endTsc) });
 
   return {
+    ...deliveryOf(events, timeline, quiet),
     interrupts,
-    quiet,
     windows,
-    blocked: disabledWindows(events, timeline.interruptsEnabled ?? true, timeline.endTsc),
-    eois: events.filter((e) => e.kind === 'eoi').map((e) => e.tscAfter),
-    autoEoi: timeline.autoEoi ?? true,
     vector: timeline.vector,
-    endTsc: timeline.endTsc,
     switches,
   };
 }

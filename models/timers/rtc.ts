@@ -52,8 +52,8 @@
  * divider bits of register A (taken as 010, normal operation), QMP rtc-reset-reinjection.
  */
 import {
+  deliveryOf,
   ceilDiv,
-  disabledWindows,
   durHi,
   durLo,
   floorDiv,
@@ -70,7 +70,9 @@ import {
   type QuietInterval,
   type Ratio,
   type Stamp,
-  type TimerDifference, type DeliveryPrediction } from './common.js';
+  type TimerDifference,
+  type DeliveryPrediction,
+} from './common.js';
 
 export interface RtcClock {
   readonly tscHz: number | bigint;
@@ -312,14 +314,10 @@ export function predictRtc(clock: RtcClock, timeline: RtcTimeline, switches: Rtc
     segments,
     ticks,
     windows,
-    quiet,
-    blocked: disabledWindows(events, timeline.interruptsEnabled ?? true, endTsc),
-    eois: events.filter((e) => e.kind === 'eoi').map((e) => e.tscAfter),
-    autoEoi: timeline.autoEoi ?? true,
+    ...deliveryOf(events, timeline, quiet),
     acks: events.filter((e) => e.kind === 'readC').map((e) => ({ lo: e.tscBefore, hi: e.tscAfter })),
     ackInIsr: timeline.ackInIsr ?? true,
     vector: timeline.vector,
-    endTsc,
     switches,
   };
 }
