@@ -14,6 +14,7 @@
  */
 import { DEFAULT_CANARY } from '../ir/program.js';
 import { encodeProgram } from './bytecode.js';
+import { MAILBOX_STATE } from './guest/abi.js';
 import { runVm, VmSetupError, type MachineConfig } from './vm.js';
 import type { VcpuModelChoice } from './vcpuChoice.js';
 
@@ -65,7 +66,7 @@ export async function bootCheck(cfg: MachineConfig, guestElf: string): Promise<v
     if (e instanceof VmSetupError) throw new MachineStartError(e.message, e.qemuMessage, e.commandLine, e.stderr);
     throw e;
   }
-  if (run.outcome.kind !== 'completed' || run.mailbox.state !== 2n) {
+  if (run.outcome.kind !== 'completed' || run.mailbox.state !== BigInt(MAILBOX_STATE.done)) {
     const why = run.outcome.kind === 'vmm-crash' ? run.outcome.message : `the guest did not complete (${run.outcome.kind})`;
     throw new MachineStartError(`the configured machine does not run a guest: ${why}`, why, [cfg.qemu, ...run.args], run.stderr);
   }
