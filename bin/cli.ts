@@ -25,7 +25,7 @@ import { HOST_CHECKS, hostFindings, MachineStartError, settleVcpuModel } from '.
 import { DeviationsError, loadDeviations } from '../reports/deviations.js';
 import { assembleResults, writePropertyRecord, writeResults } from '../reports/results.js';
 import { validateResults, type PropertyResult, type ResultsFile, type RunOptionsRecord } from '../reports/schema.js';
-import { defaultOptions, joinDashValues, OptionError, optionsRecord, optionsToEnv, parseRunArgs, PROJECT_ROOT, runUsage, vcpuModel, type RunOptions } from '../suites/lib/options.js';
+import { defaultOptions, joinDashValues, OptionError, optionsRecord, optionsToEnv, parseRunArgs, PROJECT_ROOT, rerunCommand, runUsage, vcpuModel, type RunOptions } from '../suites/lib/options.js';
 import { formatFailure, propertyEnv, replayCase } from '../suites/lib/runner.js';
 import { FAMILIES, FAMILY_NAMES, familyNamed, mutantNamed, propertyById, selectedProperties, UnknownMutantError } from '../suites/registry.js';
 
@@ -232,6 +232,11 @@ async function cmdReplay(argv: readonly string[]): Promise<number> {
   });
   const problems = await preflight(o);
   if (problems.length) throw new UsageError(problems.join('\n'));
+  const w = c.workload as { commands?: unknown; kind?: unknown } | null;
+  if (w && typeof w === 'object' && Array.isArray(w.commands) && w.kind === undefined) {
+    // A command list is a description, not a program: fast-check rebuilds it from the seed, path and replayPath.
+    throw new UsageError(`${file}: the saved case is a command list, not a program; re-run it with: ${rerunCommand({ family: c.family, id: c.property, seed: c.seed, ...(c.path ? { path: c.path } : {}), ...(c.replayPath ? { replayPath: c.replayPath } : {}) }, o)}`);
+  }
   process.stderr.write(`kvmprop: replaying ${c.property} (seed ${c.seed}, path ${c.path})\n  ${c.summary}\n`);
   // Replay shows the first difference as it is: no deviation waives it.
   const failure = await replayCase(def, c.workload, await propertyEnv(o));

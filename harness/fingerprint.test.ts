@@ -363,7 +363,7 @@ describe('on this host', () => {
     try {
       const src = join(dir, 'broken.c');
       await writeFile(src, 'int main(void) { return no_such_symbol_here; }\n');
-      await expect(buildProbe(src)).rejects.toThrow(/probe failed[\s\S]*no_such_symbol_here/);
+      await expect(buildProbe(src)).rejects.toThrow(/probe broken failed[\s\S]*no_such_symbol_here/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

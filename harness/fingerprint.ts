@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, mkdir, mkdtemp, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { PROJECT_ROOT } from './guest/build.js';
@@ -73,6 +73,8 @@ export interface HostFingerprint {
     tscScaling: boolean | null;
     x2apic: boolean | null;
     tscDeadline: boolean | null;
+    /** KVM_GET_TSC_KHZ on a fresh vCPU: the guest TSC rate KVM keeps (null: unknown, older files). */
+    vcpuTscKhz?: number | null;
     probeError?: string;
   };
   qemu: { path: string; found: boolean; version: string | null };
@@ -110,6 +112,7 @@ interface ProbeOutput {
   caps?: Record<string, number>;
   supported_cpuid?: { x2apic: boolean; tsc_deadline: boolean; vmx: boolean; svm: boolean; hypervisor: boolean } | null;
   cpuid_error?: string;
+  vcpu_tsc_khz?: number;
   error: string | null;
   errno?: number;
 }
@@ -153,6 +156,7 @@ export async function collectFingerprint(opts: { qemu: string }): Promise<HostFi
     } else {
       kvm.apiVersion = probe.api_version ?? null;
       kvm.caps = probe.caps ?? {};
+      kvm.vcpuTscKhz = probe.vcpu_tsc_khz ? probe.vcpu_tsc_khz : null;
       if (probe.cpuid_error) kvm.probeError = probe.cpuid_error;
     }
   }
@@ -192,6 +196,7 @@ export function kvmBeforeProbe(device: HostFingerprint['kvm']['device'], modules
     tscScaling: null,
     x2apic: null,
     tscDeadline: null,
+    vcpuTscKhz: null,
   };
 }
 
@@ -318,7 +323,8 @@ export async function buildProbe(source: string = PROBE_SRC): Promise<string> {
   const text = await readFile(source);
   const key = createHash('sha256').update(text).update(PROBE_CFLAGS.join(' ')).update(gcc).digest('hex').slice(0, 16);
   const dir = join(PROBE_CACHE, key);
-  const bin = join(dir, 'kvmcaps');
+  const name = basename(source, '.c');
+  const bin = join(dir, name);
   if (await access(bin, constants.X_OK).then(() => true, () => false)) return bin;
 
   // Build in a scratch dir and rename into place: parallel test workers never see a half-written
@@ -326,10 +332,10 @@ export async function buildProbe(source: string = PROBE_SRC): Promise<string> {
   await mkdir(PROBE_CACHE, { recursive: true });
   const work = await mkdtemp(join(PROBE_CACHE, 'build-'));
   try {
-    const tmp = join(work, 'kvmcaps');
+    const tmp = join(work, name);
     const r = await execa('gcc', [...PROBE_CFLAGS, '-o', tmp, source], { reject: false, all: true });
     if (r.exitCode !== 0) {
-      throw new Error(`building the KVM capability probe failed (gcc exited ${r.exitCode ?? r.signal}):\n${r.all ?? ''}`);
+      throw new Error(`building the host probe ${name} failed (gcc exited ${r.exitCode ?? r.signal}):\n${r.all ?? ''}`);
     }
     await mkdir(dir, { recursive: true });
     await rename(tmp, bin);
@@ -443,7 +449,7 @@ export function formatFingerprint(fp: HostFingerprint, verdicts: Verdict[]): str
     `  cpu       ${fp.cpu.model} (${cpuIdentity(fp.cpu)}); flags: ${fp.cpu.flags.join(' ') || 'none of interest'}`,
     `  kvm       ${KVM_DEVICE} ${k.device}, API ${k.apiVersion ?? '?'}, vendor modules: ${k.vendorModules.join(', ') || 'none'}`,
     `  features  nested=${yn(k.nested)} x2apic=${yn(k.x2apic)} tsc-deadline=${yn(k.tscDeadline)} ` +
-      `tsc-scaling=${yn(k.tscScaling)} dirty-ring=${yn(k.dirtyRing)} manual-dirty-log-protect=${yn(k.manualDirtyLogProtect)}`,
+      `tsc-scaling=${yn(k.tscScaling)} vcpu-tsc=${k.vcpuTscKhz ? `${k.vcpuTscKhz} kHz` : '?'} dirty-ring=${yn(k.dirtyRing)} manual-dirty-log-protect=${yn(k.manualDirtyLogProtect)}`,
   ];
   const caps = Object.entries(k.caps).map(([n, r]) => `${n.replace(/^KVM_CAP_/, '')}=${r}`);
   if (caps.length) lines.push(...wrap('  caps      ', caps));

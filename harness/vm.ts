@@ -45,6 +45,10 @@ export interface MachineConfig {
   readonly cpuModel: string;
   /** Appended verbatim after our arguments (--qemu-arg): patched builds, extra devices, mutations. */
   readonly extraArgs: readonly string[];
+  /** Machine properties a family needs, appended to -M (microvm's rtc=on, pit=on). */
+  readonly machineProps?: readonly string[];
+  /** Arguments a family needs (-rtc driftfix=slew), placed before extraArgs so the user's still win. */
+  readonly familyArgs?: readonly string[];
 }
 
 export const MACHINE_TYPES: readonly MachineType[] = ['microvm', 'pc', 'q35'];
@@ -77,7 +81,7 @@ export function qemuArgs(
 ): string[] {
   const accel = cfg.accel === 'kvm' && cfg.kernelIrqchip ? `kvm,kernel-irqchip=${cfg.kernelIrqchip}` : cfg.accel;
   const args = [
-    '-M', `${cfg.machine},memory-backend=ram0`,
+    '-M', [cfg.machine, 'memory-backend=ram0', ...(cfg.machineProps ?? [])].join(','),
     '-accel', accel,
     '-cpu', cfg.cpuModel,
     '-smp', String(cfg.cpus),
@@ -95,7 +99,7 @@ export function qemuArgs(
   if (cfg.machine !== 'microvm') args.push('-bios', 'qboot.rom');
   if (files.program) args.push('-device', `loader,file=${files.program},addr=0x${LAYOUT.program.toString(16)},force-raw=on`);
   if (opts.incoming) args.push('-incoming', opts.incoming);
-  args.push(...cfg.extraArgs);
+  args.push(...(cfg.familyArgs ?? []), ...cfg.extraArgs);
   return args;
 }
 
@@ -417,13 +421,30 @@ function sleep(ms: number): Promise<void> {
 /** Boot a program, wait for the outcome, collect everything, clean up. */
 export async function runVm(
   cfg: MachineConfig,
-  opts: Pick<StartOptions, 'prepare'> & { guestElf: string; program: ProgramImage; nthreads: number; label?: string; timeoutMs?: number; stallMs?: number },
+  opts: Pick<StartOptions, 'prepare'> & {
+    guestElf: string;
+    program: ProgramImage;
+    nthreads: number;
+    label?: string;
+    timeoutMs?: number;
+    stallMs?: number;
+    /**
+     * Runs beside the guest until the VM's outcome is known (a mutant disturbing the VM through
+     * QMP); its errors are ignored, since the VM may end under it.
+     */
+    during?: (vm: Vm, done: AbortSignal) => Promise<void>;
+  },
 ): Promise<VmRunResult> {
   const vm = await Vm.start(cfg, { guestElf: opts.guestElf, program: opts.program, label: opts.label ?? 'vm', ...(opts.prepare ? { prepare: opts.prepare } : {}) });
+  const done = new AbortController();
+  const beside = opts.during ? opts.during(vm, done.signal).catch(() => undefined) : Promise.resolve();
   try {
     const outcome = await vm.waitForOutcome({ nthreads: opts.nthreads, timeoutMs: opts.timeoutMs ?? 60_000, stallMs: opts.stallMs ?? 2000 });
+    done.abort();
+    await beside;
     return await vm.collect(outcome, opts.program, opts.nthreads);
   } finally {
+    done.abort();
     await vm.dispose();
   }
 }

@@ -15,7 +15,7 @@ import {
   PROGRAM_MAGIC,
   THREAD_STATE,
 } from './guest/abi.js';
-import { runVm, type MachineConfig, type VmOutcome, type VmRunResult } from './vm.js';
+import { runVm, type MachineConfig, type Vm, type VmOutcome, type VmRunResult } from './vm.js';
 
 export interface WorkloadRun {
   readonly vm: VmRunResult;
@@ -32,6 +32,7 @@ export interface WorkloadOptions {
   readonly timeoutMs?: number;
   readonly stallMs?: number;
   readonly prepare?: (dir: string) => Promise<readonly string[]>;
+  readonly during?: (vm: Vm, done: AbortSignal) => Promise<void>;
 }
 
 export async function runWorkload(cfg: MachineConfig, program: Program, opts: WorkloadOptions): Promise<WorkloadRun> {
@@ -49,6 +50,7 @@ export async function runWorkload(cfg: MachineConfig, program: Program, opts: Wo
     ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
     ...(opts.stallMs ? { stallMs: opts.stallMs } : {}),
     ...(opts.prepare ? { prepare: opts.prepare } : {}),
+    ...(opts.during ? { during: opts.during } : {}),
   });
   const records: OpRecord[][] = [];
   let decodeError: string | undefined;

@@ -154,6 +154,38 @@ export const OPS = {
     { guestCheck: 'reg is 16-byte aligned and below 0x1000' },
   ),
 
+  wrmsrAt: op(
+    0x32,
+    [['msr', 'u32'], ['relative', 'u8'], ['value', 'u64']],
+    [['tscBefore', 'u64'], ['written', 'u64'], ['tscAfter', 'u64']],
+    'WRMSR msr with value or, relative 1, with the TSC read just before it plus value (mod 2^64: a negative offset is ' +
+      'its two\'s complement), so a TSC deadline can be written in the past, at now or ahead of it. Records the TSC ' +
+      'before, the value written and the TSC after (LFENCE-serialised; tscAfter 0 when the write raised #GP, which is ' +
+      'recorded in the header).',
+    { allowed: { relative: [0, 1] } },
+  ),
+  isrAction: op(
+    0x33,
+    [['vector', 'u8'], ['action', 'u8']],
+    null,
+    "What this vCPU's interrupt handler does for vector besides logging it and EOI: action 0 nothing more, 1 read RTC " +
+      'register C (OUT 0x70 0x0C, IN 0x71) before the EOI, which acknowledges the RTC and lowers IRQ8.',
+    { allowed: { action: [0, 1] } },
+  ),
+  kvmclockRead: op(
+    0x34,
+    [['addr', 'u64']],
+    [
+      ['tsc', 'u64'], ['ns', 'u64'], ['tscTimestamp', 'u64'], ['systemTime', 'u64'],
+      ['mul', 'u32'], ['version', 'u32'], ['versionAfter', 'u32'], ['shiftFlags', 'u32'],
+    ],
+    'Read the pvclock_vcpu_time_info at addr the way Linux does (msr.rst): version, the fields, RDTSC, version again; ' +
+      'retry (at most 1000 times) while the version is odd or changed. Records the TSC used, the time the ABI formula ' +
+      'gives (u64 arithmetic, 96-bit product), the fields as read, both versions, and tsc_shift (bits 7:0) and flags ' +
+      '(bits 15:8).',
+    { faults: 'thread' },
+  ),
+
   loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.', { control: true }),
   loopEnd: op(0x41, [], null, 'End of a loop body.', { control: true }),
   barrier: op(0x42, [['id', 'u32']], null, 'Wait until every thread of the program has reached a barrier with this id.'),

@@ -36,6 +36,17 @@ export interface PropertyResult {
   readonly durationMs: number;
   /** What the property exercised, e.g. cpuidQueries, deviceReads, vms. */
   readonly metrics: Readonly<Record<string, number>>;
+  /**
+   * Samples the property measured, by series, each with the labels it was taken under (timer
+   * lateness per kind and mode, RTC/PIT counts per window): what reports plot and the gate compares.
+   */
+  readonly measurements?: Readonly<Record<string, readonly MeasurementSample[]>>;
+}
+
+/** One measured value and what it was measured under (timer kind, mode, divide, configuration...). */
+export interface MeasurementSample {
+  readonly value: number;
+  readonly labels?: Readonly<Record<string, string | number>>;
 }
 
 /**

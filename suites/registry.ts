@@ -5,8 +5,9 @@
 import type { Family, Mutant } from './lib/family.js';
 import type { AnyProperty } from './lib/property.js';
 import { leaks } from './leaks/manifest.js';
+import { timers } from './timers/manifest.js';
 
-export const FAMILIES: readonly Family[] = [leaks];
+export const FAMILIES: readonly Family[] = [leaks, timers];
 
 export const FAMILY_NAMES = FAMILIES.map((f) => f.name);
 

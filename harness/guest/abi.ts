@@ -29,6 +29,13 @@ export const LAYOUT = {
   pageTablesBytes: 0x0004_2000,
   /** Guest → host status page (state, heartbeat per vCPU, fatal exception). */
   mailbox: 0x0060_0000,
+  /**
+   * Per-vCPU kvmclock areas (pvclock_vcpu_time_info, 32 bytes, one every pvclockStride bytes),
+   * inside the mailbox's 2 MiB page but far above the mailbox itself; the timer family points
+   * MSR_KVM_SYSTEM_TIME_NEW of vCPU i at pvclock + i * pvclockStride.
+   */
+  pvclock: 0x0068_0000,
+  pvclockStride: 64,
   /** Per-vCPU interrupt logs: counts per vector and a ring of (TSC, vector). */
   irqLog: 0x0070_0000,
   irqLogStride: 0x0001_0000,

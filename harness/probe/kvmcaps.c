@@ -3,7 +3,11 @@
  *
  *   {"api_version": N, "caps": {"KVM_CAP_...": N, ...},
  *    "supported_cpuid": {"x2apic": b, "tsc_deadline": b, "vmx": b, "svm": b, "hypervisor": b},
- *    "error": null}
+ *    "vcpu_tsc_khz": N, "error": null}
+ *
+ * vcpu_tsc_khz is KVM_GET_TSC_KHZ on a fresh vCPU of a throw-away VM: the rate the guest TSC runs
+ * at, as KVM itself keeps it (timer models convert device time into guest TSC with it); 0 when a VM
+ * or vCPU could not be created.
  *
  * If /dev/kvm cannot be opened it prints {"error": "open /dev/kvm: ...", "errno": N} and exits 2,
  * so the caller can tell "missing" (ENOENT/ENXIO/ENODEV) from "no access" (EACCES/EPERM).
@@ -170,6 +174,18 @@ int main(void)
 		json_string(msg);
 		printf(", ");
 	}
+	int tsc_khz = 0;
+	int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+	if (vm >= 0) {
+		int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+		if (vcpu >= 0) {
+			int r = ioctl(vcpu, KVM_GET_TSC_KHZ, 0);
+			tsc_khz = r > 0 ? r : 0;
+			close(vcpu);
+		}
+		close(vm);
+	}
+	printf("\"vcpu_tsc_khz\": %d, ", tsc_khz);
 	printf("\"error\": null}\n");
 	close(kvm);
 	return 0;

@@ -187,6 +187,17 @@ export interface LapicSwitches {
   readonly periodicClamp: 'kvm' | 'none';
   /** Where an "immediate" interrupt must have arrived by (common.ts immediateBound()). */
   readonly immediateBy: ImmediateBy;
+  /**
+   * A TDCR write that changes the divisor after a one-shot count reached 0 (no TMICT write since).
+   *  - 'nothing' (SDM §10.5.4: "After the timer reaches zero, an timer interrupt is generated and
+   *    the timer remains at its 0 value until reprogrammed"; a divide change does not reprogram the
+   *    count, so nothing fires). Every preset.
+   *  - 'refires' (KVM as observed on Linux 6.18 / kvm_pvm: lapic_timer.period stays set after a
+   *    one-shot expires, so the APIC_TDCR handler's update_target_expiration() clamps the negative
+   *    remaining time to 0 and restart_apic_timer() fires again at the write). Not a reading of the
+   *    manual: the property layer predicts with it only to name the root cause of a difference.
+   */
+  readonly tdcrAfterOneShotExpiry?: 'nothing' | 'refires';
 }
 
 export const KVM_LAPIC: LapicSwitches = Object.freeze({
@@ -566,6 +577,14 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         if (nd === divide) break; // KVM: nothing happens unless the divisor changes
         divide = nd;
         const c = armed && armed.kind === 'count' ? armed : null;
+        if (c && mode === 'one-shot' && c.tmict !== 0n && switches.tdcrAfterOneShotExpiry === 'refires') {
+          advance(w.lo);
+          if (c.expired) {
+            deliver(c, { lo: w.lo, hi: w.hi }, true);
+            c.divide = nd;
+            break;
+          }
+        }
         if (!c || c.expired || c.tmict === 0n || (mode !== 'one-shot' && mode !== 'periodic')) break;
         if (switches.tdcrMidCount === 'next-reload') {
           if (mode === 'periodic') c.pendingDivide = nd;

@@ -5,7 +5,7 @@
  * results.json and the sensitivity tests read everything else from here.
  */
 import type { HostFingerprint } from '../../harness/fingerprint.js';
-import type { MachineConfig, MachineType } from '../../harness/vm.js';
+import type { MachineConfig, MachineType, Vm } from '../../harness/vm.js';
 import type { RunOptions } from './options.js';
 import type { AnyProperty } from './property.js';
 import type { VmRole } from './run.js';
@@ -34,6 +34,14 @@ export interface Mutant {
    */
   readonly sensitivity?: { readonly accel: 'kvm' | 'tcg'; readonly cpu?: string };
   qemuArgs(vm: MutantVm): Promise<readonly string[]>;
+  /** Disturbs a running VM of its roles through QMP (stop/cont at chosen moments), until `done`. */
+  during?(vm: Vm, done: AbortSignal): Promise<void>;
+  /**
+   * A broken model instead of a broken system: the property predicts with these switches flipped
+   * (e.g. { lapic: { tdcrMidCount: 'next-reload' } }), so a correct host disagrees with it. Each
+   * family reads the keys it knows.
+   */
+  readonly modelVariant?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
 }
 
 /** A host capability a family needs, read from the fingerprint; without it the family skips. */

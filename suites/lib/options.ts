@@ -42,6 +42,12 @@ export interface RunOptions {
   readonly deviations: string;
   /** Run against a deliberately broken system (suites/<family>/mutants.ts). */
   readonly mutant?: string;
+  /**
+   * Timer families: how late (µs) a timer interrupt may arrive after its expiry, at the quantile the
+   * lateness property bounds. Absent: calibrated in the same run from the host's own timer-wakeup
+   * noise (suites/timers/clock.ts), never from the guest timers under test.
+   */
+  readonly latenessBoundUs?: number;
   /** Per-VM limits. */
   readonly vmTimeoutMs: number;
   readonly stallMs: number;
@@ -87,6 +93,7 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   opt({ key: 'qemu', flag: 'qemu', kind: 'string', arg: 'PATH', help: 'QEMU binary (default $KVMPROP_QEMU or qemu-system-x86_64)', rerun: true, record: true }),
   opt({ key: 'qemuArgs', flag: 'qemu-arg', kind: 'list', arg: 'A', help: 'extra QEMU argument, appended as is (repeatable)', rerun: true, record: true }),
   opt({ key: 'mutant', flag: 'mutant', kind: 'string', arg: 'NAME', help: 'run against a deliberately broken system (kvmprop list)', rerun: true, record: true }),
+  opt({ key: 'latenessBoundUs', flag: 'lateness-bound-us', kind: 'int', arg: 'N', help: 'timers: bound on interrupt lateness, µs (default: calibrated from host timer noise)', min: 1, max: 10_000_000, rerun: true, record: true }),
   opt({ key: 'out', flag: 'out', kind: 'path', arg: 'DIR', help: 'output directory', rerun: false, record: false }),
   opt({ key: 'deviations', flag: 'deviations', kind: 'path', arg: 'FILE', help: 'known deviations', rerun: true, record: false }),
   opt({ key: 'stallMs', flag: 'stall-ms', kind: 'int', arg: 'N', help: 'a vCPU with no progress for N ms is a hang', min: 100, rerun: false, record: false }),

@@ -13,6 +13,7 @@ import type { HostFingerprint } from '../../harness/fingerprint.js';
 import type { MachineConfig } from '../../harness/vm.js';
 import type { RunOptions } from './options.js';
 import type { Mutant } from './family.js';
+import type { MeasurementSample } from '../../reports/schema.js';
 
 /** One way the system differs from the model. */
 export interface Difference {
@@ -56,9 +57,16 @@ export type Observation<O> = { readonly ok: true; readonly value: O } | { readon
 /** Counters a property bumps as it works (cpuidQueries, deviceReads, vms, ...). */
 export class Metrics {
   readonly counts: Record<string, number> = {};
+  /** Measured samples by series (results' `measurements`), capped per series so results stay small. */
+  readonly samples: Record<string, MeasurementSample[]> = {};
   add(name: string, n = 1): void {
     this.counts[name] = (this.counts[name] ?? 0) + n;
   }
+  sample(series: string, value: number, labels?: Readonly<Record<string, string | number>>): void {
+    const s = (this.samples[series] ??= []);
+    if (s.length < Metrics.MAX_SAMPLES) s.push(labels ? { value, labels } : { value });
+  }
+  static readonly MAX_SAMPLES = 20_000;
 }
 
 /** What every property gets: the options, the guest, the host, the run's mutant, and its metrics. */

@@ -57,12 +57,15 @@ export async function observeProgram(
 ): Promise<Observation<WorkloadRun>> {
   const cfg = machineConfig(env.options, opts.config);
   const prepare = mutantPrepare(env, opts.role, cfg);
+  const m = env.mutant;
+  const during = m?.during && (m.roles === 'all' || m.roles.includes(opts.role)) ? m.during.bind(m) : undefined;
   const run = await runWorkload(cfg, program, {
     guestElf: env.guestElf,
     label: opts.role,
     timeoutMs: env.options.vmTimeoutMs,
     stallMs: env.options.stallMs,
     ...(prepare ? { prepare } : {}),
+    ...(during ? { during } : {}),
   });
   env.metrics.add('vms');
   const problems = guestProblems(run);

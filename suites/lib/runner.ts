@@ -16,7 +16,7 @@ import { HOST_CHECKS, MachineStartError, settleVcpuModel } from './machine.js';
 import { rerunCommand, type RunOptions } from './options.js';
 import { Metrics, type AnyProperty, type Difference, type PropertyEnv } from './property.js';
 import { Waiver } from './waive.js';
-import { describeCommands } from '../../generators/commands.js';
+import { describeCommands, isSavedCase } from '../../generators/commands.js';
 import { unmetRequirement } from './family.js';
 import { familyNamed, mutantNamed } from '../registry.js';
 
@@ -128,9 +128,11 @@ async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiv
   const replay = commands?.replayPath ? { replayPath: commands.replayPath } : {};
   const witness = err.failure.difference.witness;
   const again = witness === undefined ? null : await checkCase(def, witness, facts, env, waiver);
-  return again
-    ? { failed: true, executed, failure: again, c: witness, shrunkFrom: c, seed: details.seed, path, ...replay }
-    : { failed: true, executed, failure: err.failure, c, seed: details.seed, path, ...replay };
+  if (again) return { failed: true, executed, failure: again, c: witness, shrunkFrom: c, seed: details.seed, path, ...replay };
+  // A stateful case's witness is the very program that failed, as data: what `kvmprop replay` runs,
+  // even when a timing-dependent failure did not show again on the re-check.
+  if (isSavedCase(witness)) return { failed: true, executed, failure: err.failure, c: witness, shrunkFrom: c, seed: details.seed, path, ...replay };
+  return { failed: true, executed, failure: err.failure, c, seed: details.seed, path, ...replay };
 }
 
 /** waive: what the run amounts to, known deviations applied (a failure can itself be one). */
@@ -195,7 +197,8 @@ function persist(def: AnyProperty, env: PropertyEnv, run: CasesRun, outcome: Out
 }
 
 function record(def: AnyProperty, env: PropertyEnv, r: Outcome, t0: number): PropertyResult {
-  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts };
+  const measurements = Object.keys(env.metrics.samples).length ? { measurements: env.metrics.samples } : {};
+  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts, ...measurements };
   writePropertyRecord(env.options.out, result);
   return result;
 }

@@ -273,6 +273,69 @@ static inline void exec_apic_write(struct ctx *x, const struct op_apic_write *o,
 	r->tsc_after = rdtsc();
 }
 
+static inline void exec_wrmsr_at(struct ctx *x, const struct op_wrmsr_at *o, struct res_wrmsr_at *r)
+{
+	u64 before = rdtsc();
+	u64 v = o->relative ? before + o->value : o->value;
+	r->tsc_before = before;
+	r->written = v;
+	priv_wrmsr(o->msr, v);
+	r->tsc_after = rdtsc();
+	if (o->msr == MSR_APIC_BASE)
+		x->cpu->x2apic = (v >> 10) & 1;
+}
+
+static inline void exec_isr_action(struct ctx *x, const struct op_isr_action *o)
+{
+	x->cpu->isr_action[o->vector] = o->action;
+}
+
+/* pvclock_vcpu_time_info (Linux arch/x86/include/asm/pvclock-abi.h). */
+struct pvclock_info {
+	u32 version, pad0;
+	u64 tsc_timestamp, system_time;
+	u32 mul;
+	s8 shift;
+	u8 flags, pad[2];
+};
+
+static inline void exec_kvmclock_read(struct ctx *x, const struct op_kvmclock_read *o, struct res_kvmclock_read *r)
+{
+	volatile struct pvclock_info *p = (volatile struct pvclock_info *)o->addr;
+	u32 v0, v1;
+	u64 ts, st, tsc;
+	u32 mul;
+	s8 shift;
+	u8 flags;
+	for (int tries = 0;; tries++) {
+		v0 = p->version;
+		barrier();
+		ts = p->tsc_timestamp;
+		st = p->system_time;
+		mul = p->mul;
+		shift = p->shift;
+		flags = p->flags;
+		tsc = rdtsc();
+		barrier();
+		v1 = p->version;
+		if (((v0 & 1) == 0 && v0 == v1) || tries >= 1000)
+			break;
+	}
+	u64 delta = tsc - ts;
+	if (shift < 0)
+		delta >>= -shift;
+	else
+		delta <<= shift;
+	r->ns = st + (u64)(((unsigned __int128)delta * mul) >> 32);
+	r->tsc = tsc;
+	r->tsc_timestamp = ts;
+	r->system_time = st;
+	r->mul = mul;
+	r->version = v0;
+	r->version_after = v1;
+	r->shift_flags = (u8)shift | ((u32)flags << 8);
+}
+
 static void barrier_wait(struct thread_status *st, u32 id)
 {
 	struct barrier_state *b = &barriers[id & 63];

@@ -118,6 +118,7 @@ static void enable_mtrrs(void)
 static void cpu_init(struct cpu *c, u32 index)
 {
 	c->index = index;
+	memset(c->isr_action, 0, sizeof(c->isr_action));
 	enable_mtrrs();
 	enable_sse();
 	setup_tss(c);
@@ -281,6 +282,10 @@ void isr_dispatch(struct frame *f)
 		return;
 	}
 	irq_record(c, f->vector, tsc);
+	if (c->isr_action[f->vector & 0xff] == 1) { /* acknowledge the RTC: reading register C lowers IRQ8 */
+		outb(0x70, 0x0c);
+		(void)inb(0x71);
+	}
 	if (f->vector >= 32 && f->vector != SPURIOUS_VECTOR)
 		lapic_eoi(c);
 }

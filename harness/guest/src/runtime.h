@@ -84,6 +84,7 @@ struct cpu {
 	struct fault fault;		/* the last caught fault */
 	struct thread_status *status;
 	u8 *irq_log;
+	u8 isr_action[256];		/* per vector: ISR_ACTION_* (the isrAction op) */
 	struct tss tss;
 };
 

@@ -1,0 +1,421 @@
+/**
+ * Timer schedules as fast-check commands (generators/commands.ts): each command appends the guest
+ * ops of one timer action to its vCPU's thread and records, in the schedule, which ops stamp it —
+ * the schedule is plain data, so a shrunk case saves and replays as JSON.
+ *
+ * Every action is stamped: the ops that carry their own TSC stamps (apicWrite, wrmsrAt) stamp
+ * themselves; any other (port writes, reads, CLI/STI) is bracketed by two rdtsc ops. The suite
+ * (suites/timers/observe.ts) turns the records of a run into the models' timelines.
+ *
+ * Sources and routing (fixed, so a case is self-describing):
+ *  - LAPIC timer of vCPU t: LVTT vector LAPIC_VECTOR; xAPIC at start, a command may switch to x2APIC.
+ *  - RTC periodic interrupt: IRQ8 → IOAPIC pin 8 → vCPU 0, vector RTC_VECTOR; the ISR reads
+ *    register C (isrAction 1), which acknowledges it.
+ *  - PIT channel 0: IRQ0 → IOAPIC pin 2 (the ISA override KVM's routing applies) and pin 0 (QEMU's
+ *    userspace IOAPIC without the override) → vCPU 0, vector PIT_VECTOR; the 8259s are masked.
+ *  - kvmclock: each vCPU's pvclock area at LAYOUT.pvclock + t·pvclockStride.
+ */
+import fc from 'fast-check';
+import type { ProgramBuilder } from '../ir/builder.js';
+import type { Op } from '../ir/ops.js';
+import { programCommand, type ProgramCommand } from './commands.js';
+
+export const LAPIC_VECTOR = 0x40;
+export const RTC_VECTOR = 0x58;
+export const PIT_VECTOR = 0x50;
+export const IOAPIC_BASE = 0xfec0_0000n;
+export const MSR_TSC_DEADLINE = 0x6e0;
+export const MSR_APIC_BASE = 0x1b;
+export const MSR_KVM_SYSTEM_TIME_NEW = 0x4b56_4d01;
+/** xAPIC register offsets (SDM Table 10-1). */
+export const APIC_LVTT = 0x320;
+export const APIC_TMICT = 0x380;
+export const APIC_TMCCT = 0x390;
+export const APIC_TDCR = 0x3e0;
+/** TDCR encodings in divide order ÷1, ÷2 ... ÷128 (SDM Figure 10-10). */
+export const TDCR_BY_DIVIDE: readonly number[] = [0xb, 0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xa];
+
+export type TimerSource = 'lapic' | 'rtc' | 'pit' | 'kvmclock' | 'control';
+
+/** How an action's TSC stamps are found in its thread's records. */
+export type StampAt =
+  /** The op records tscBefore/tscAfter itself (apicWrite, wrmsrAt). */
+  | { readonly self: number }
+  /** rdtsc ops before and after the action. */
+  | { readonly before: number; readonly after: number };
+
+/** One stamped action of a schedule. Values are numbers (JSON); TSC offsets are cycles. */
+export interface ScheduledEvent {
+  readonly thread: number;
+  readonly source: TimerSource;
+  /** The models' event kinds: lvtt, tdcr, tmict, tscDeadline, readTmcct, readTscDeadline, writeA, writeB, program, reload, kvmclock, sti, cli, mark. */
+  readonly kind: string;
+  readonly value?: number;
+  /** PIT: the mode of a program event. */
+  readonly mode?: number;
+  readonly stamp: StampAt;
+  /** The op whose record holds a value read (apicRead, rdmsr, kvmclockRead), or the wrmsrAt that wrote it. */
+  readonly valueOp?: number;
+}
+
+export interface ThreadState {
+  started: boolean;
+  interrupts: boolean;
+  x2apic: boolean;
+  lvttMode: 'one-shot' | 'periodic' | 'tsc-deadline';
+  divide: number;
+  waitedUs: number;
+  kvmclockOn: boolean;
+}
+
+/** The command model: the schedule so far, and the state preconditions need. */
+export interface TimerSchedule {
+  readonly threads: ThreadState[];
+  readonly events: ScheduledEvent[];
+  rtcOn: boolean;
+  rtcRate: number;
+  pitOn: boolean;
+  pitMode: number;
+  routed: boolean;
+}
+
+export interface ScheduleLimits {
+  readonly threads: number;
+  /** Most busy-wait time per thread, µs (the case's length). */
+  readonly maxWaitUs: number;
+  readonly tscHz: number;
+  readonly apicBusHz: number;
+  readonly tscDeadline: boolean;
+  readonly x2apic: boolean;
+}
+
+export function emptySchedule(threads: number): TimerSchedule {
+  return {
+    threads: Array.from({ length: threads }, () => ({ started: false, interrupts: false, x2apic: false, lvttMode: 'one-shot' as const, divide: 1, waitedUs: 0, kvmclockOn: false })),
+    events: [],
+    rtcOn: false,
+    rtcRate: 6,
+    pitOn: false,
+    pitMode: 2,
+    routed: false,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appending stamped actions
+
+/** Append ops bracketed by rdtsc ops and record the event. */
+function bracketed(m: TimerSchedule, b: ProgramBuilder, thread: number, ev: Omit<ScheduledEvent, 'thread' | 'stamp' | 'valueOp'>, ops: readonly Op[], valueOpOffset?: number): void {
+  const t = b.thread(thread);
+  const before = t.length;
+  t.op({ op: 'rdtsc' });
+  t.ops(ops);
+  const after = t.length;
+  t.op({ op: 'rdtsc' });
+  m.events.push({ ...ev, thread, stamp: { before, after }, ...(valueOpOffset === undefined ? {} : { valueOp: before + 1 + valueOpOffset }) });
+}
+
+/** Append one self-stamping op (apicWrite, wrmsrAt) and record the event. */
+function selfStamped(m: TimerSchedule, b: ProgramBuilder, thread: number, ev: Omit<ScheduledEvent, 'thread' | 'stamp' | 'valueOp'>, o: Op): void {
+  const t = b.thread(thread);
+  const at = t.length;
+  t.op(o);
+  m.events.push({ ...ev, thread, stamp: { self: at }, valueOp: at });
+}
+
+/** The first command of a thread enables interrupts (a stamped STI): every timeline starts there. */
+function ensureStarted(m: TimerSchedule, b: ProgramBuilder, thread: number): void {
+  const s = m.threads[thread]!;
+  if (s.started) return;
+  s.started = true;
+  s.interrupts = true;
+  bracketed(m, b, thread, { source: 'control', kind: 'sti' }, [{ op: 'sti' }]);
+}
+
+function ioapicRoute(b: ProgramBuilder, thread: number, pin: number, vector: number, destApicId: number): void {
+  const t = b.thread(thread);
+  const w = (reg: number, v: number) => {
+    t.op({ op: 'mmioWrite', addr: IOAPIC_BASE, width: 4, value: BigInt(reg) });
+    t.op({ op: 'mmioWrite', addr: IOAPIC_BASE + 0x10n, width: 4, value: BigInt(v >>> 0) });
+  };
+  w(0x11 + 2 * pin, destApicId << 24);
+  w(0x10 + 2 * pin, vector); // fixed, physical, active high, edge, unmasked
+}
+
+/** Route IRQ0 and IRQ8 to vCPU 0 once, mask the 8259s, and let the ISR acknowledge the RTC. */
+function ensureRouted(m: TimerSchedule, b: ProgramBuilder): void {
+  if (m.routed) return;
+  m.routed = true;
+  const t = b.thread(0);
+  t.op({ op: 'pioOut', port: 0x21, width: 1, value: 0xff });
+  t.op({ op: 'pioOut', port: 0xa1, width: 1, value: 0xff });
+  ioapicRoute(b, 0, 0, PIT_VECTOR, 0);
+  ioapicRoute(b, 0, 2, PIT_VECTOR, 0);
+  ioapicRoute(b, 0, 8, RTC_VECTOR, 0);
+  t.op({ op: 'isrAction', vector: RTC_VECTOR, action: 1 });
+}
+
+/** Let time pass with interrupts as they are: a busy wait, then a stamp (a window edge). */
+function wait(m: TimerSchedule, b: ProgramBuilder, thread: number, us: number, lim: ScheduleLimits): void {
+  const cycles = BigInt(Math.round((us * lim.tscHz) / 1e6));
+  b.thread(thread).op({ op: 'delayTsc', cycles });
+  m.threads[thread]!.waitedUs += us;
+  bracketed(m, b, thread, { source: 'control', kind: 'mark' }, []);
+}
+
+const threadArb = (lim: ScheduleLimits) => fc.integer({ min: 0, max: lim.threads - 1 });
+
+function cmd(description: string, thread: number, run: (m: TimerSchedule, b: ProgramBuilder) => void, check: (m: Readonly<TimerSchedule>) => boolean = () => true): ProgramCommand<TimerSchedule> {
+  return programCommand<TimerSchedule>(
+    description,
+    (m, b) => {
+      ensureStarted(m, b, thread);
+      run(m, b);
+    },
+    check,
+  );
+}
+
+/** A command arbitrary and how often fc.commands should pick it (relative). */
+export type Weighted = { readonly weight: number; readonly arbitrary: fc.Arbitrary<ProgramCommand<TimerSchedule>> };
+
+/** The one arbitrary fc.commands picks from: the weighted commands of a schedule. */
+export function weightedCommands(ws: readonly Weighted[]): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+  return [fc.oneof(...ws)];
+}
+
+/** Commands every timer schedule has: waiting (often: timers need time), and interrupts off and on. */
+export function controlCommands(lim: ScheduleLimits, threads: fc.Arbitrary<number> = threadArb(lim)): Weighted[] {
+  return [
+    {
+      weight: 5,
+      arbitrary: fc.tuple(threads, fc.integer({ min: 100, max: 4000 })).map(([t, us]) =>
+        cmd(`cpu${t} wait ${us}us`, t, (m, b) => wait(m, b, t, us, lim), (m) => m.threads[t]!.waitedUs + us <= lim.maxWaitUs),
+      ),
+    },
+    {
+      weight: 1,
+      arbitrary: threads.map((t) =>
+        cmd(`cpu${t} cli`, t, (m, b) => {
+          m.threads[t]!.interrupts = false;
+          bracketed(m, b, t, { source: 'control', kind: 'cli' }, [{ op: 'cli' }]);
+        }, (m) => !m.threads[t]!.started || m.threads[t]!.interrupts),
+      ),
+    },
+    {
+      weight: 1,
+      arbitrary: threads.map((t) =>
+        cmd(`cpu${t} sti`, t, (m, b) => {
+          m.threads[t]!.interrupts = true;
+          bracketed(m, b, t, { source: 'control', kind: 'sti' }, [{ op: 'sti' }]);
+        }, (m) => m.threads[t]!.started && !m.threads[t]!.interrupts),
+      ),
+    },
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// LAPIC timer
+
+const LVTT_MODE_BITS = { 'one-shot': 0, periodic: 1, 'tsc-deadline': 2 } as const;
+
+export function lvttValue(mode: keyof typeof LVTT_MODE_BITS, masked: boolean): number {
+  return LAPIC_VECTOR | (masked ? 1 << 16 : 0) | (LVTT_MODE_BITS[mode] << 17);
+}
+
+export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+  const threads = threadArb(lim);
+  const modes = lim.tscDeadline ? (['one-shot', 'periodic', 'tsc-deadline'] as const) : (['one-shot', 'periodic'] as const);
+  const apicWrite = (m: TimerSchedule, b: ProgramBuilder, t: number, kind: string, reg: number, value: number) =>
+    selfStamped(m, b, t, { source: 'lapic', kind, value }, { op: 'apicWrite', reg, value: BigInt(value >>> 0) });
+  const cycles = (us: number) => Math.round((us * lim.tscHz) / 1e6);
+  // A count given as a duration: the divide in force turns it into TMICT, so every divide keeps a case short.
+  const tmictFor = (m: TimerSchedule, t: number, us: number) =>
+    us === 0 ? 0 : Math.max(1, Math.min(0xffff_ffff, Math.round((us * lim.apicBusHz) / 1e6 / m.threads[t]!.divide)));
+  const durations = fc.integer({ min: 50, max: 3000 });
+  const writeDeadline = (m: TimerSchedule, b: ProgramBuilder, t: number, relative: 0 | 1, offset: number) =>
+    selfStamped(m, b, t, { source: 'lapic', kind: 'tscDeadline', value: offset, mode: relative }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative, value: BigInt.asUintN(64, BigInt(offset)) });
+  const setDivide = (m: TimerSchedule, b: ProgramBuilder, t: number, log2: number) => {
+    m.threads[t]!.divide = 1 << log2;
+    apicWrite(m, b, t, 'tdcr', APIC_TDCR, TDCR_BY_DIVIDE[log2]!);
+  };
+  const ws: Weighted[] = [
+    // Arm: LVTT unmasked in a mode, then the divide and count (or the deadline): the common start.
+    {
+      weight: 4,
+      arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.integer({ min: 0, max: 7 }), durations).map(([t, mode, log2, us]) =>
+        cmd(`cpu${t} arm ${mode} ${mode === 'tsc-deadline' ? '' : `÷${1 << log2} `}${us}us`, t, (m, b) => {
+          m.threads[t]!.lvttMode = mode;
+          apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, false));
+          if (mode === 'tsc-deadline') writeDeadline(m, b, t, 1, cycles(us));
+          else {
+            setDivide(m, b, t, log2);
+            apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us));
+          }
+        }),
+      ),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.boolean()).map(([t, mode, masked]) =>
+        cmd(`cpu${t} LVTT ${mode}${masked ? ' masked' : ''}`, t, (m, b) => {
+          m.threads[t]!.lvttMode = mode;
+          apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, masked));
+        }),
+      ),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.tuple(threads, fc.integer({ min: 0, max: 7 })).map(([t, log2]) => cmd(`cpu${t} TDCR ÷${1 << log2}`, t, (m, b) => setDivide(m, b, t, log2))),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.tuple(threads, fc.oneof({ weight: 1, arbitrary: fc.constant(0) }, { weight: 4, arbitrary: durations })).map(([t, us]) =>
+        cmd(us === 0 ? `cpu${t} TMICT 0 (stop)` : `cpu${t} TMICT ${us}us`, t, (m, b) => apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us))),
+      ),
+    },
+    {
+      weight: 2,
+      arbitrary: threads.map((t) => cmd(`cpu${t} read TMCCT`, t, (m, b) => bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0))),
+    },
+  ];
+  if (lim.tscDeadline) {
+    ws.push(
+      {
+        weight: 2,
+        arbitrary: fc
+          .tuple(
+            threads,
+            fc.oneof(
+              fc.constant({ what: 'zero' as const, cycles: 0, us: 0 }),
+              fc.constant({ what: 'now' as const, cycles: 0, us: 0 }),
+              fc.integer({ min: 1, max: 2_000_000 }).map((c) => ({ what: 'past' as const, cycles: -c, us: 0 })),
+              durations.map((us) => ({ what: 'ahead' as const, cycles: cycles(us), us })),
+            ),
+          )
+          .map(([t, d]) =>
+            cmd(`cpu${t} TSC deadline ${d.what === 'ahead' ? `now+${d.us}us` : d.what === 'past' ? `now${d.cycles}` : d.what}`, t, (m, b) =>
+              writeDeadline(m, b, t, d.what === 'zero' ? 0 : 1, d.cycles),
+            ),
+          ),
+      },
+      {
+        weight: 1,
+        arbitrary: threads.map((t) =>
+          cmd(`cpu${t} read IA32_TSC_DEADLINE`, t, (m, b) => bracketed(m, b, t, { source: 'lapic', kind: 'readTscDeadline' }, [{ op: 'rdmsr', msr: MSR_TSC_DEADLINE }], 0)),
+        ),
+      },
+    );
+  }
+  if (lim.x2apic) {
+    ws.push({
+      weight: 1,
+      arbitrary: threads.map((t) =>
+        cmd(`cpu${t} switch to x2APIC`, t, (m, b) => {
+          m.threads[t]!.x2apic = true;
+          // IA32_APIC_BASE: base 0xfee00000, enabled (bit 11), x2APIC (bit 10), BSP (bit 8) on vCPU 0.
+          const value = 0xfee0_0000n | (1n << 11n) | (1n << 10n) | (t === 0 ? 1n << 8n : 0n);
+          b.thread(t).op({ op: 'wrmsr', msr: MSR_APIC_BASE, value });
+        }, (m) => !m.threads[t]!.x2apic),
+      ),
+    });
+  }
+  return weightedCommands([...ws, ...controlCommands(lim, threads)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RTC (vCPU 0)
+
+/** Register A: divider 010 (32.768 kHz time base), RS in bits 3:0. */
+export const rtcRegA = (rs: number) => 0x20 | (rs & 0xf);
+
+export function rtcCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+  const t = 0;
+  const write = (m: TimerSchedule, b: ProgramBuilder, kind: 'writeA' | 'writeB', reg: number, value: number) => {
+    ensureRouted(m, b);
+    bracketed(m, b, t, { source: 'rtc', kind, value }, [
+      { op: 'pioOut', port: 0x70, width: 1, value: reg },
+      { op: 'pioOut', port: 0x71, width: 1, value },
+    ]);
+  };
+  // Windows flips between 64 and 1024 Hz (RS 10 and 6); every other rate, and the same rate again, too.
+  const rates = fc.oneof({ weight: 3, arbitrary: fc.constantFrom(6, 10) }, { weight: 2, arbitrary: fc.integer({ min: 3, max: 15 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 1, 2) });
+  return weightedCommands([
+    { weight: 3, arbitrary: rates.map((rs) => cmd(`RTC rate RS=${rs} (${rs === 0 ? 'off' : `${32768 / (1 << ((rs <= 2 ? rs + 7 : rs) - 1))} Hz`})`, t, (m, b) => {
+      m.rtcRate = rs;
+      write(m, b, 'writeA', 0x0a, rtcRegA(rs));
+    })) },
+    { weight: 2, arbitrary: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }).map((on) => cmd(`RTC periodic interrupt ${on ? 'on' : 'off'}`, t, (m, b) => {
+      m.rtcOn = on;
+      write(m, b, 'writeB', 0x0b, 0x02 | (on ? 0x40 : 0)); // 24-hour mode, PIE
+    })) },
+    { weight: 1, arbitrary: fc.constant(null).map(() => cmd('RTC read register C', t, (m, b) => {
+      ensureRouted(m, b);
+      bracketed(m, b, t, { source: 'rtc', kind: 'readC' }, [
+        { op: 'pioOut', port: 0x70, width: 1, value: 0x0c },
+        { op: 'pioIn', port: 0x71, width: 1 },
+      ]);
+    })) },
+    ...controlCommands(lim, fc.constant(0)),
+  ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PIT channel 0 (vCPU 0)
+
+export const PIT_HZ = 1_193_182;
+
+export function pitCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+  const t = 0;
+  const countOf = (us: number) => Math.max(2, Math.min(0xffff, Math.round((us * PIT_HZ) / 1e6)));
+  const durations = fc.integer({ min: 100, max: 5000 });
+  return weightedCommands([
+    { weight: 3, arbitrary: fc.tuple(fc.constantFrom(0, 2, 3), durations).map(([mode, us]) => cmd(`PIT mode ${mode}, ${us}us`, t, (m, b) => {
+      ensureRouted(m, b);
+      m.pitOn = true;
+      m.pitMode = mode;
+      const count = countOf(us);
+      bracketed(m, b, t, { source: 'pit', kind: 'program', mode, value: count }, [
+        { op: 'pioOut', port: 0x43, width: 1, value: 0x30 | (mode << 1) }, // channel 0, LSB then MSB, binary
+        { op: 'pioOut', port: 0x40, width: 1, value: count & 0xff },
+        { op: 'pioOut', port: 0x40, width: 1, value: count >> 8 },
+      ]);
+    })) },
+    { weight: 2, arbitrary: durations.map((us) => cmd(`PIT reload ${us}us`, t, (m, b) => {
+      const count = countOf(us);
+      bracketed(m, b, t, { source: 'pit', kind: 'reload', value: count }, [
+        { op: 'pioOut', port: 0x40, width: 1, value: count & 0xff },
+        { op: 'pioOut', port: 0x40, width: 1, value: count >> 8 },
+      ]);
+    }, (m) => m.pitOn)) },
+    ...controlCommands(lim, fc.constant(0)),
+  ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// kvmclock (every vCPU)
+
+export function kvmclockCommands(lim: ScheduleLimits, pvclockBase: number, stride: number): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+  const threads = threadArb(lim);
+  const addr = (t: number) => BigInt(pvclockBase + t * stride);
+  return [
+    fc.tuple(threads, fc.integer({ min: 1, max: 8 })).map(([t, n]) => cmd(`cpu${t} read kvmclock ×${n}`, t, (m, b) => {
+      const s = m.threads[t]!;
+      if (!s.kvmclockOn) {
+        s.kvmclockOn = true;
+        b.thread(t).op({ op: 'wrmsr', msr: MSR_KVM_SYSTEM_TIME_NEW, value: addr(t) | 1n });
+      }
+      for (let i = 0; i < n; i++) {
+        const at = b.thread(t).length;
+        b.thread(t).op({ op: 'kvmclockRead', addr: addr(t) });
+        m.events.push({ thread: t, source: 'kvmclock', kind: 'kvmclock', stamp: { self: at }, valueOp: at });
+      }
+    })),
+    fc.tuple(threads, fc.integer({ min: 10, max: 2000 })).map(([t, us]) =>
+      cmd(`cpu${t} spin ${us}us`, t, (m, b) => {
+        b.thread(t).op({ op: 'delayTsc', cycles: BigInt(Math.round((us * lim.tscHz) / 1e6)) });
+        m.threads[t]!.waitedUs += us;
+      }, (m) => m.threads[t]!.waitedUs + us <= lim.maxWaitUs),
+    ),
+  ];
+}

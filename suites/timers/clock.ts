@@ -1,0 +1,166 @@
+/**
+ * What every timer property knows before its first case: the machine its VMs run (an RTC and a
+ * PIT, a TSC rate the guest can read), the clock rates as the guest sees them, KVM's period floor,
+ * and the lateness bound — calibrated from the host's own timer-wakeup noise, measured outside
+ * any VM (harness/probe/jitter.c), never from the guest timers under test: an injection delay
+ * would calibrate itself away.
+ */
+import { execa } from 'execa';
+import { join } from 'node:path';
+import { buildProbe } from '../../harness/fingerprint.js';
+import { PROJECT_ROOT } from '../../harness/guest/build.js';
+import { LAYOUT } from '../../harness/guest/abi.js';
+import type { MachineConfig } from '../../harness/vm.js';
+import { ProgramBuilder } from '../../ir/builder.js';
+import { recordsOf } from '../../ir/ops.js';
+import { tscRateFromCpuid } from '../../models/timers/common.js';
+import { vcpuModel } from '../lib/options.js';
+import { difference, type Difference, type PropertyEnv } from '../lib/property.js';
+import { observeProgram } from '../lib/run.js';
+import type { TimerDifference } from '../../models/timers/common.js';
+
+const JITTER_SRC = join(PROJECT_ROOT, 'harness', 'probe', 'jitter.c');
+
+export interface HostNoise {
+  readonly samples: number;
+  readonly sleepNs: number;
+  readonly p50: number;
+  readonly p90: number;
+  readonly p99: number;
+  readonly max: number;
+}
+
+/** The host's timer-wakeup lateness (ns): a thread sleeping SLEEP_NS on CLOCK_MONOTONIC, SAMPLES times. */
+export async function measureHostNoise(samples = 2000, sleepNs = 200_000): Promise<HostNoise> {
+  const bin = await buildProbe(JITTER_SRC);
+  const r = await execa(bin, [String(samples), String(sleepNs)], { reject: false, timeout: 60_000 });
+  if (r.exitCode !== 0) throw new Error(`the host noise probe failed: ${r.stderr || r.exitCode}`);
+  const j = JSON.parse(r.stdout) as { samples: number; sleep_ns: number; p50: number; p90: number; p99: number; max: number };
+  return { samples: j.samples, sleepNs: j.sleep_ns, p50: j.p50, p90: j.p90, p99: j.p99, max: j.max };
+}
+
+/**
+ * The lateness bound, from the host's noise: a guest timer interrupt goes through the same hrtimer
+ * wake-up as the probe's thread, then a VM entry with an injection. The bound allows the host's
+ * p99 wake-up delay eight times over plus a fixed 500 µs for the exit/inject path (kvm_pvm takes
+ * tens of µs per exit here; trapped APIC writes 10–30 µs). A case fails the lateness property when
+ * its p90 lateness exceeds the bound; an interrupt later than LOST_FACTOR bounds counts as lost.
+ */
+export function latenessBoundNs(noise: HostNoise): number {
+  return 8 * noise.p99 + 500_000;
+}
+export const LOST_FACTOR = 20;
+/** Least time, ns, after which a missing interrupt counts as lost: a descheduled vCPU thread on a 2-core shared host. */
+export const LOST_FLOOR_NS = 50_000_000;
+
+export interface TimerFacts {
+  readonly tscHz: number;
+  readonly tscSource: string;
+  readonly apicBusHz: number;
+  readonly apicBusSource: string;
+  /** KVM's min_timer_period_us as ns (0 under TCG: QEMU's APIC has no floor). */
+  readonly minPeriodNs: number;
+  readonly tscDeadline: boolean;
+  readonly x2apic: boolean;
+  readonly kvmclock: boolean;
+  readonly noise: HostNoise;
+  readonly latenessBoundNs: number;
+  readonly latenessSource: string;
+  readonly lostAfterNs: number;
+  /** The machine every VM of the property runs. */
+  readonly machine: Partial<MachineConfig>;
+  /** The in-kernel LAPIC/PIT (KVM) or QEMU's own (TCG; the PIT also with kernel-irqchip=split). */
+  readonly lapicImpl: 'kvm' | 'qemu';
+  readonly pitImpl: 'kvm' | 'qemu';
+}
+
+/** The machine a timer VM runs: microvm gets its RTC and PIT; under KVM the guest is told the TSC rate (CPUID 0x4000_0010). */
+export function timerMachine(env: PropertyEnv, extraFamilyArgs: readonly string[] = []): Partial<MachineConfig> {
+  const o = env.options;
+  const khz = env.host.kvm.vcpuTscKhz;
+  // tsc-frequency equal to KVM's own rate needs no TSC scaling; with it QEMU publishes 0x4000_0010.
+  const cpu = o.accel === 'kvm' && khz && !o.cpu ? `${vcpuModel(o)},tsc-frequency=${khz * 1000}` : undefined;
+  return {
+    ...(o.machine === 'microvm' ? { machineProps: ['rtc=on', 'pit=on'] } : {}),
+    ...(cpu ? { cpuModel: cpu } : {}),
+    ...(extraFamilyArgs.length ? { familyArgs: extraFamilyArgs } : {}),
+  };
+}
+
+export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly string[] = []): Promise<TimerFacts> {
+  const machine = timerMachine(env, extraFamilyArgs);
+  const b = new ProgramBuilder({ maxThreads: 1 });
+  for (const leaf of [0x1, 0x4000_0000, 0x4000_0001, 0x4000_0010, 0x15, 0x16]) b.thread(0).op({ op: 'cpuid', leaf, subleaf: 0, cpl: 0 });
+  const [noise, o] = await Promise.all([measureHostNoise(), observeProgram(env, b.build(), { role: 'facts', config: machine })]);
+  if (!o.ok) throw new Error(`the timer facts VM did not run: ${o.difference.summary}`);
+  const q = recordsOf(o.value.records[0] ?? [], 'cpuid');
+  const leaf = (l: number) => q.find((r) => r.op.leaf === l)?.fields;
+  const l1 = leaf(1)!;
+  const hv = leaf(0x4000_0000);
+  const kvmSig = hv && Number(hv.rbx) === 0x4b4d_564b; // "KVMK"
+  const maxHv = hv ? Number(hv.rax) : 0;
+  const l10 = kvmSig && maxHv >= 0x4000_0010 ? leaf(0x4000_0010) : undefined;
+  const l15 = leaf(0x15);
+  const l16 = leaf(0x16);
+  const rates = tscRateFromCpuid({
+    ...(l10 ? { leaf40000010: { eax: Number(l10.rax), ebx: Number(l10.rbx) } } : {}),
+    ...(l15 ? { leaf15: { eax: Number(l15.rax), ebx: Number(l15.rbx), ecx: Number(l15.rcx) } } : {}),
+    ...(l16 ? { leaf16: { eax: Number(l16.rax) } } : {}),
+  });
+  const khz = env.host.kvm.vcpuTscKhz;
+  let tscHz: number;
+  let tscSource: string;
+  if (rates) {
+    tscHz = Number(rates.tscHz);
+    tscSource = rates.source;
+  } else if (khz) {
+    // TCG's RDTSC is the host's TSC (cpu_get_host_ticks), which runs at KVM's vCPU rate where no scaling is offered.
+    tscHz = khz * 1000;
+    tscSource = 'host KVM_GET_TSC_KHZ (the guest sees no TSC rate in CPUID)';
+  } else {
+    throw new Error('no TSC rate: the guest sees none in CPUID (0x15/0x16/0x4000_0010) and KVM_GET_TSC_KHZ gave none');
+  }
+  const kvm = env.options.accel === 'kvm';
+  const apicBusHz = rates?.apicBusHz ? Number(rates.apicBusHz) : 1e9;
+  const minUs = Number(env.host.kvm.modules.find((m) => m.name === 'kvm')?.parameters.min_timer_period_us ?? '200');
+  const bound = env.options.latenessBoundUs === undefined ? latenessBoundNs(noise) : env.options.latenessBoundUs * 1000;
+  const kvmFeatures = kvmSig ? Number(leaf(0x4000_0001)?.rax ?? 0n) : 0;
+  return {
+    tscHz,
+    tscSource,
+    apicBusHz,
+    apicBusSource: rates?.apicBusHz ? 'CPUID 0x40000010 EBX' : 'KVM and QEMU count the APIC timer in ns (1 GHz)',
+    minPeriodNs: kvm ? minUs * 1000 : 0,
+    tscDeadline: ((Number(l1.rcx) >>> 24) & 1) === 1,
+    x2apic: ((Number(l1.rcx) >>> 21) & 1) === 1,
+    kvmclock: (kvmFeatures & (1 << 3)) !== 0,
+    noise,
+    latenessBoundNs: bound,
+    latenessSource:
+      env.options.latenessBoundUs === undefined
+        ? `calibrated: 8 × host timer-wakeup p99 (${(noise.p99 / 1000).toFixed(0)} µs over ${noise.samples} sleeps) + 500 µs`
+        : `--lateness-bound-us ${env.options.latenessBoundUs}`,
+    lostAfterNs: Math.max(LOST_FLOOR_NS, LOST_FACTOR * bound),
+    machine,
+    lapicImpl: kvm ? 'kvm' : 'qemu',
+    pitImpl: kvm && env.options.kernelIrqchip !== 'split' ? 'kvm' : 'qemu',
+  };
+}
+
+export const nsToTsc = (ns: number, f: TimerFacts): bigint => BigInt(Math.ceil((ns * f.tscHz) / 1e9));
+export const tscToUs = (tsc: bigint, f: TimerFacts): number => (Number(tsc) * 1e6) / f.tscHz;
+
+/** A model's difference as the property's. */
+export function asDifference(d: TimerDifference, where: string, evidence: object, witness?: unknown): Difference {
+  return difference(`${where}: ${d.summary}`, d.expected, d.observed, { evidence: { rule: d.rule, eventIndex: d.eventIndex ?? null, ...evidence }, ...(witness === undefined ? {} : { witness }) });
+}
+
+/** The pvclock areas (generators/timers.ts kvmclockCommands). */
+export const PVCLOCK = { base: LAYOUT.pvclock, stride: LAYOUT.pvclockStride };
+
+/** The q-quantile of values (nearest rank), or null when empty. */
+export function quantile(values: readonly number[], q: number): number | null {
+  if (values.length === 0) return null;
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
+}

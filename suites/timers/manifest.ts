@@ -1,0 +1,25 @@
+/**
+ * Family: timer accuracy — LAPIC (one-shot, periodic, TSC-deadline; xAPIC and x2APIC), RTC, PIT
+ * and kvmclock under generated schedules, judged by models/timers/. The properties are in
+ * lapic.ts, rtc.ts, pit.ts and kvmclock.ts; the mutants in mutants.ts.
+ */
+import { defineFamily } from '../lib/family.js';
+import { lapicSchedule } from './lapic.js';
+import { TIMER_MUTANTS } from './mutants.js';
+
+export const timers = defineFamily({
+  name: 'timers',
+  title: 'Timer accuracy: LAPIC, TSC-deadline, RTC, PIT and kvmclock under generated schedules',
+  properties: [lapicSchedule],
+  roles: {
+    facts: 'the VM the guest-visible clock rates (CPUID 0x1, 0x4000_0000-0x4000_0010, 0x15, 0x16) are read in',
+    workload: "a case's VM: one schedule on one or two vCPUs",
+  },
+  requires: [{ name: 'kvm', why: 'the timers under test are KVM’s (or QEMU’s under --accel tcg)' }],
+  metrics: [
+    { key: 'timerCases', label: 'timer cases' },
+    { key: 'lapicInterrupts', label: 'LAPIC timer interrupts' },
+    { key: 'vms', label: 'VMs' },
+  ],
+  mutants: TIMER_MUTANTS,
+});

@@ -1,0 +1,182 @@
+/**
+ * One shape for every timer property: a case is a command sequence (generators/timers.ts) built
+ * into one program and run in one VM; each source's timeline goes through its model and judge
+ * (models/timers/), and the property's named rules pick the judge's differences by rule. Every
+ * case's lateness samples go to the results (measurements) for reports and the gate.
+ *
+ * The judging happens while observing, because fast-check must be told which commands the failure
+ * needs before the case returns (generators/commands.ts, blame): the first difference is blamed
+ * on the op of the event the model took its expectation from, and everything after that command
+ * can be shrunk away.
+ */
+import type fc from 'fast-check';
+import { checkCommands, commandsArb, savedCase, type CommandsWorkload, type ProgramCommand, type SavedCommandsCase } from '../../generators/commands.js';
+import { emptySchedule, type ScheduleLimits, type TimerSchedule, type TimerSource } from '../../generators/timers.js';
+import type { ObservedInterrupt, TimerDifference, TimerRule } from '../../models/timers/common.js';
+import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type PropertyDef } from '../lib/property.js';
+import { observeProgram } from '../lib/run.js';
+import { asDifference, quantile, timerFacts, type TimerFacts } from './clock.js';
+import { opOfEvent, threadViews, timelineOf, type SourceTimeline, type ThreadView } from './observe.js';
+
+/** What one source's judge gives for one timeline. */
+export interface Judgement {
+  readonly differences: readonly TimerDifference[];
+  /** How late each required interrupt came after it was due, µs, with its labels. */
+  readonly lateness: readonly { readonly us: number; readonly labels: Readonly<Record<string, string | number>> }[];
+  /** Counters for the metrics (interrupts delivered and predicted, reads judged...). */
+  readonly counts: Readonly<Record<string, number>>;
+  /** The interrupts judged. */
+  readonly observed: readonly ObservedInterrupt[];
+  /** Extra samples (RTC/PIT counts per window...). */
+  readonly samples?: readonly { readonly series: string; readonly value: number; readonly labels?: Readonly<Record<string, string | number>> }[];
+}
+
+export interface TimerCaseResult {
+  readonly thread: number;
+  readonly source: TimerSource;
+  readonly judgement: Judgement;
+  readonly lostLogEntries: number;
+  readonly timeline: SourceTimeline;
+  /** The source's interrupts the vCPU logged (up to the timeline's end). */
+  readonly observed: readonly ObservedInterrupt[];
+}
+
+export interface TimerObservation {
+  readonly results: readonly TimerCaseResult[];
+  readonly latenessBoundUs: number;
+  readonly latenessSource: string;
+  readonly ran: readonly string[];
+  /** The built program and schedule as data: the witness a failure saves, which `kvmprop replay` runs. */
+  readonly saved: SavedCommandsCase<TimerSchedule>;
+}
+
+export interface TimerPropertySpec {
+  readonly id: string;
+  readonly statement: string;
+  readonly source: TimerSource;
+  readonly threads: number;
+  readonly maxCommands: number;
+  readonly maxWaitUs: number;
+  /** QEMU arguments the property's VMs need (-rtc driftfix=slew). */
+  readonly familyArgs?: readonly string[];
+  /** A reason the property cannot run with these options (kvmclock under TCG), or null. */
+  readonly skip?: (env: PropertyEnv) => string | null;
+  readonly commands: (lim: ScheduleLimits) => fc.Arbitrary<ProgramCommand<TimerSchedule>>[];
+  /** Judge one thread's timeline of the source (only those that used it). */
+  readonly judge: (t: SourceTimeline, view: ThreadView, facts: TimerFacts, env: PropertyEnv) => Judgement;
+  /** The property's rules: name → the judge rules it reports. */
+  readonly rules: readonly (readonly [name: string, rules: readonly TimerRule[]])[];
+  /** Bound the lateness quantile (bounded-lateness rule). */
+  readonly latenessRule: boolean;
+}
+
+/** The quantile of each case's lateness samples the bounded-lateness rule holds to the bound. */
+export const LATENESS_QUANTILE = 0.9;
+
+export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWorkload<TimerSchedule>, TimerFacts, TimerObservation> {
+  const limits = (f: TimerFacts): ScheduleLimits => ({
+    threads: spec.threads,
+    maxWaitUs: spec.maxWaitUs,
+    tscHz: f.tscHz,
+    apicBusHz: f.apicBusHz,
+    tscDeadline: f.tscDeadline,
+    x2apic: f.x2apic,
+  });
+  const judgeRules = spec.rules.map(([name, rs]) =>
+    rule<TimerObservation>(name, function* (o) {
+      for (const r of o.results) {
+        for (const d of r.judgement.differences) {
+          if (rs.includes(d.rule)) yield asDifference(d, `${sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
+        }
+      }
+    }),
+  );
+  const logRule = rule<TimerObservation>('interrupt log complete', function* (o) {
+    for (const r of o.results) {
+      if (r.lostLogEntries > 0) {
+        yield difference(`vCPU ${r.thread}'s interrupt log overwrote ${r.lostLogEntries} entries: the case took more interrupts than the guest can log`, 'every interrupt logged', r.lostLogEntries, { witness: o.saved });
+      }
+    }
+  });
+  const latenessRule = rule<TimerObservation>('bounded lateness', function* (o) {
+    for (const r of o.results) {
+      const us = r.judgement.lateness.map((l) => l.us);
+      const q = quantile(us, LATENESS_QUANTILE);
+      if (q !== null && q > o.latenessBoundUs) {
+        const worst = r.judgement.lateness.reduce((a, b) => (b.us > a.us ? b : a));
+        yield difference(
+          `${sourceName(r.source)} on vCPU ${r.thread}: p${LATENESS_QUANTILE * 100} lateness ${q.toFixed(0)} µs over ${us.length} interrupts exceeds the bound ${o.latenessBoundUs.toFixed(0)} µs (${o.latenessSource}); worst ${worst.us.toFixed(0)} µs (${JSON.stringify(worst.labels)})`,
+          { quantile: LATENESS_QUANTILE, boundUs: o.latenessBoundUs },
+          { quantileUs: q, samplesUs: us.map((x) => Math.round(x)) },
+          { evidence: { commands: o.ran }, witness: o.saved },
+        );
+      }
+    }
+  });
+  return defineProperty({
+    id: spec.id,
+    family: 'timers',
+    statement: spec.statement,
+    machine: { cpus: spec.threads },
+    facts: (env) => timerFacts(env, spec.familyArgs ?? []),
+    skip: (env) => spec.skip?.(env) ?? null,
+    arbitrary: (f, env) => commandsArb(spec.commands(limits(f)), { maxCommands: spec.maxCommands, size: '+1', ...(env.options.replayPath ? { replayPath: env.options.replayPath } : {}) }),
+    async observe(w, f, env): Promise<Observation<TimerObservation>> {
+      return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(spec.threads), { maxThreads: spec.threads, threads: spec.threads }, async (built) => {
+        const o = await observeProgram(env, built.program, { role: 'workload', config: { ...f.machine, cpus: spec.threads } });
+        if (!o.ok) return { verdict: o, blame: null };
+        const views = threadViews(o.value);
+        const results: TimerCaseResult[] = [];
+        let blame: { thread: number; opIndex: number } | null = null;
+        for (let t = 0; t < spec.threads; t++) {
+          const timeline = timelineOf(built.model, views, spec.source, t);
+          if (!timeline.used) continue;
+          const judgement = spec.judge(timeline, views[t]!, f, env);
+          results.push({ thread: t, source: spec.source, judgement, lostLogEntries: views[t]!.lostLogEntries, timeline, observed: judgement.observed });
+          for (const [k, v] of Object.entries(judgement.counts)) env.metrics.add(k, v);
+          for (const l of judgement.lateness) env.metrics.sample(`lateness.${spec.source}`, Math.round(l.us * 10) / 10, l.labels);
+          for (const s of judgement.samples ?? []) env.metrics.sample(s.series, s.value, s.labels);
+          const first = judgement.differences.find((d) => spec.rules.some(([, rs]) => rs.includes(d.rule)));
+          if (!blame && first) blame = opOfEvent(timeline, first.eventIndex);
+        }
+        env.metrics.add('timerCases');
+        const value: TimerObservation = { results, latenessBoundUs: f.latenessBoundNs / 1000, latenessSource: f.latenessSource, ran: built.ran, saved: savedCase(built) };
+        return { verdict: { ok: true, value }, blame: blame ?? null };
+      });
+    },
+    rules: [...judgeRules, ...(spec.latenessRule ? [latenessRule] : []), logRule],
+  });
+}
+
+function sourceName(s: TimerSource): string {
+  return { lapic: 'LAPIC timer', rtc: 'RTC periodic interrupt', pit: 'PIT channel 0', kvmclock: 'kvmclock', control: 'control' }[s];
+}
+
+function describeEvent(e: { kind: string; value?: number | bigint; tscBefore: bigint; tscAfter: bigint; read?: bigint }): string {
+  const v = e.value === undefined ? '' : ` ${typeof e.value === 'bigint' ? `0x${e.value.toString(16)}` : e.value}`;
+  const r = e.read === undefined ? '' : ` → ${e.read}`;
+  return `${e.kind}${v}${r} @[0x${e.tscBefore.toString(16)}, 0x${e.tscAfter.toString(16)}]`;
+}
+
+/** Expected 'once' interrupts and how late the delivery that covers each came (µs after it was due). */
+export function latenessOf(
+  expected: readonly { readonly earliest: bigint; readonly expiryLatest: bigint; readonly count: string; readonly latest: bigint | null }[],
+  delivered: readonly bigint[],
+  unblock: (t: bigint) => bigint,
+  endTsc: bigint,
+  tscHz: number,
+): { index: number; us: number }[] {
+  const out: { index: number; us: number }[] = [];
+  const sorted = [...delivered].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  expected.forEach((e, index) => {
+    if (e.count !== 'once') return;
+    const due = unblock(e.expiryLatest);
+    if (due > endTsc) return;
+    const d = sorted.find((t) => t >= e.earliest);
+    if (d === undefined || d > endTsc) return;
+    out.push({ index, us: (Math.max(0, Number(d - due)) * 1e6) / tscHz });
+  });
+  return out;
+}
+
+export type { Difference };
