@@ -142,17 +142,36 @@ function ioapicRoute(b: ProgramBuilder, thread: number, pin: number, vector: num
   w(0x10 + 2 * pin, vector); // fixed, physical, active high, edge, unmasked
 }
 
-/** Route IRQ0 and IRQ8 to vCPU 0 once, mask the 8259s, and let the ISR acknowledge the RTC. */
-function ensureRouted(m: TimerSchedule, b: ProgramBuilder): void {
+/**
+ * Route IRQ8 (the RTC) to vCPU 0 once, with the 8259s masked, and let the ISR acknowledge the RTC.
+ * Only the RTC commands route it, so the PIT's vector never shows in an RTC case.
+ */
+function ensureRtcRouted(m: TimerSchedule, b: ProgramBuilder): void {
   if (m.routed) return;
   m.routed = true;
   const t = b.thread(0);
   t.op({ op: 'pioOut', port: 0x21, width: 1, value: 0xff });
   t.op({ op: 'pioOut', port: 0xa1, width: 1, value: 0xff });
-  ioapicRoute(b, 0, 0, PIT_VECTOR, 0);
-  ioapicRoute(b, 0, 2, PIT_VECTOR, 0);
   ioapicRoute(b, 0, 8, RTC_VECTOR, 0);
   t.op({ op: 'isrAction', vector: RTC_VECTOR, action: 1 });
+}
+
+/**
+ * Route IRQ0 (the PIT) to vCPU 0 once. Channel 0 runs from reset (QEMU: mode 3, count 65536,
+ * 18.2 Hz, phase unknown), so it is first quieted with a mode 0 count of 65535 (OUT low for 55 ms,
+ * no edge) before the pins are routed; the first PIT command reprograms it at once.
+ */
+function ensurePitRouted(m: TimerSchedule, b: ProgramBuilder): void {
+  if (m.routed) return;
+  m.routed = true;
+  const t = b.thread(0);
+  t.op({ op: 'pioOut', port: 0x21, width: 1, value: 0xff });
+  t.op({ op: 'pioOut', port: 0xa1, width: 1, value: 0xff });
+  t.op({ op: 'pioOut', port: 0x43, width: 1, value: 0x30 });
+  t.op({ op: 'pioOut', port: 0x40, width: 1, value: 0xff });
+  t.op({ op: 'pioOut', port: 0x40, width: 1, value: 0xff });
+  ioapicRoute(b, 0, 0, PIT_VECTOR, 0);
+  ioapicRoute(b, 0, 2, PIT_VECTOR, 0);
 }
 
 /** Let time pass with interrupts as they are: a busy wait, then a stamp (a window edge). */
@@ -329,17 +348,23 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
 /** Register A: divider 010 (32.768 kHz time base), RS in bits 3:0. */
 export const rtcRegA = (rs: number) => 0x20 | (rs & 0xf);
 
-export function rtcCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+/**
+ * RTC schedules. `slowRates`: only RS 8–15 (256 Hz down to 2 Hz) and off — for driftfix=slew,
+ * where a re-injection backlog at 1–8 kHz would keep the vCPU in its ISR.
+ */
+export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
   const t = 0;
   const write = (m: TimerSchedule, b: ProgramBuilder, kind: 'writeA' | 'writeB', reg: number, value: number) => {
-    ensureRouted(m, b);
+    ensureRtcRouted(m, b);
     bracketed(m, b, t, { source: 'rtc', kind, value }, [
       { op: 'pioOut', port: 0x70, width: 1, value: reg },
       { op: 'pioOut', port: 0x71, width: 1, value },
     ]);
   };
   // Windows flips between 64 and 1024 Hz (RS 10 and 6); every other rate, and the same rate again, too.
-  const rates = fc.oneof({ weight: 3, arbitrary: fc.constantFrom(6, 10) }, { weight: 2, arbitrary: fc.integer({ min: 3, max: 15 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 1, 2) });
+  const rates = slowRates
+    ? fc.oneof({ weight: 3, arbitrary: fc.constantFrom(8, 10) }, { weight: 2, arbitrary: fc.integer({ min: 8, max: 15 }) }, { weight: 1, arbitrary: fc.constant(0) })
+    : fc.oneof({ weight: 3, arbitrary: fc.constantFrom(6, 10) }, { weight: 2, arbitrary: fc.integer({ min: 3, max: 15 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 1, 2) });
   return weightedCommands([
     { weight: 3, arbitrary: rates.map((rs) => cmd(`RTC rate RS=${rs} (${rs === 0 ? 'off' : `${32768 / (1 << ((rs <= 2 ? rs + 7 : rs) - 1))} Hz`})`, t, (m, b) => {
       m.rtcRate = rs;
@@ -350,7 +375,7 @@ export function rtcCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<Ti
       write(m, b, 'writeB', 0x0b, 0x02 | (on ? 0x40 : 0)); // 24-hour mode, PIE
     })) },
     { weight: 1, arbitrary: fc.constant(null).map(() => cmd('RTC read register C', t, (m, b) => {
-      ensureRouted(m, b);
+      ensureRtcRouted(m, b);
       bracketed(m, b, t, { source: 'rtc', kind: 'readC' }, [
         { op: 'pioOut', port: 0x70, width: 1, value: 0x0c },
         { op: 'pioIn', port: 0x71, width: 1 },
@@ -371,7 +396,7 @@ export function pitCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<Ti
   const durations = fc.integer({ min: 100, max: 5000 });
   return weightedCommands([
     { weight: 3, arbitrary: fc.tuple(fc.constantFrom(0, 2, 3), durations).map(([mode, us]) => cmd(`PIT mode ${mode}, ${us}us`, t, (m, b) => {
-      ensureRouted(m, b);
+      ensurePitRouted(m, b);
       m.pitOn = true;
       m.pitMode = mode;
       const count = countOf(us);

@@ -188,7 +188,8 @@ export interface LapicSwitches {
   /** Where an "immediate" interrupt must have arrived by (common.ts immediateBound()). */
   readonly immediateBy: ImmediateBy;
   /**
-   * A TDCR write that changes the divisor after a one-shot count reached 0 (no TMICT write since).
+   * A TDCR write that changes the divisor after a one-shot count reached 0 (no TMICT write since;
+   * LVTT may have been switched to periodic since, which KVM leaves at 0: expiredOneShotToPeriodic).
    *  - 'nothing' (SDM §10.5.4: "After the timer reaches zero, an timer interrupt is generated and
    *    the timer remains at its 0 value until reprogrammed"; a divide change does not reprogram the
    *    count, so nothing fires). Every preset.
@@ -577,11 +578,20 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         if (nd === divide) break; // KVM: nothing happens unless the divisor changes
         divide = nd;
         const c = armed && armed.kind === 'count' ? armed : null;
-        if (c && mode === 'one-shot' && c.tmict !== 0n && switches.tdcrAfterOneShotExpiry === 'refires') {
+        if (c && (mode === 'one-shot' || mode === 'periodic') && c.tmict !== 0n && switches.tdcrAfterOneShotExpiry === 'refires') {
           advance(w.lo);
           if (c.expired) {
             deliver(c, { lo: w.lo, hi: w.hi }, true);
             c.divide = nd;
+            if (mode === 'periodic') {
+              // restart_apic_timer() in periodic mode keeps going from the write, one (raised) period at a time.
+              const p = periodOf(c.tmict, nd, true);
+              c.period = p.period;
+              c.periodCounts = p.counts;
+              c.anchor = { lo: w.lo + durLo(1n, p.period, ppb), hi: w.hi + durHi(1n, p.period, ppb) };
+              c.k = 0n;
+              c.expired = false;
+            }
             break;
           }
         }

@@ -97,6 +97,18 @@ export interface PitSwitches {
    * one is pending.
    */
   readonly reinject: boolean;
+  /**
+   * What an edge-triggered interrupt input does with the PIT's OUT updates.
+   *  - 'rising-edge' (8254 datasheet and 82093AA IOAPIC: one interrupt per low→high transition of
+   *    OUT: mode 2 once per period, mode 3 once per period). Every preset.
+   *  - 'every-update' (QEMU 7.2's own PIT and IOAPIC, kernel-irqchip=split or TCG, as observed: the
+   *    userspace IOAPIC fires an edge-triggered pin on every qemu_set_irq(1), and i8254.c's timer can
+   *    run just before a transition and re-assert the old level; so each period may also interrupt
+   *    at its falling transition — mode 3 at the half period, mode 2 one clock before terminal
+   *    count, before the period's rising edge); and a count written LSB then MSB also runs from the
+   *    LSB write alone, interrupting inside the write). The property layer predicts with it only to name the root cause of a difference.
+   */
+  readonly edgeInput?: 'rising-edge' | 'every-update';
 }
 
 export const DEFAULT_PIT: PitSwitches = Object.freeze({ periodicReload: 'next-period', periodicClamp: 'kvm', reinject: true });
@@ -168,6 +180,11 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
     const iv = nextOf(a);
     if (interrupts.length >= MAX_EXPIRIES) throw new Error(`PIT model: more than ${MAX_EXPIRIES} predicted interrupts`);
     interrupts.push({ vector: timeline.vector, earliest: iv.lo, expiryLatest: iv.hi, latest: null, count: certain ? 'once' : 'at-most-once', eventIndex: a.armedBy, why: why(a) });
+    if (switches.edgeInput === 'every-update' && (a.mode === 2 || a.mode === 3)) {
+      // The falling transition of the same period, before its rising edge: ⌊n/2⌋ clocks before it in mode 3, 1 in mode 2.
+      const back = a.mode === 3 ? a.count / 2n : 1n;
+      interrupts.push({ vector: timeline.vector, earliest: iv.lo - durHi(back, clocks(1n), ppb), expiryLatest: iv.hi - durLo(back, clocks(1n), ppb), latest: null, count: 'at-most-once', eventIndex: a.armedBy, why: `${why(a)}; re-asserted at the falling transition (every-update)` });
+    }
     if (a.mode === 2 || a.mode === 3) a.k++;
     else a.expired = true;
   };
@@ -222,6 +239,11 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
     // A fresh count: program, a mode 0/4 reload, or a periodic reload under 'restart'.
     advance(w.lo - race);
     while (pending(armed) && nextOf(armed).lo <= w.hi) emit(false);
+    if (switches.edgeInput === 'every-update' && (mode === 2 || mode === 3)) {
+      // QEMU's i8254 also loads the LSB alone as a count (pit_ioport_write, RW_STATE_WORD0), so a
+      // short transient count runs inside the write: it may interrupt anywhere in it.
+      interrupts.push({ vector: timeline.vector, earliest: w.lo, expiryLatest: w.hi, latest: null, count: 'at-most-once', eventIndex: i, why: `PIT transient count while event ${i} writes the LSB then the MSB (every-update)` });
+    }
     const first = clocks(n); // KVM: the first interval is never raised
     // Expiry 0 one count after the load, then every (raised) period.
     armed = { mode, armedBy: i, count: n, anchor: after(w, first), k: 0n, period: periodic ? periodOf(n) : first, expired: false };

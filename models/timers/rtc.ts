@@ -325,6 +325,11 @@ export function predictRtc(clock: RtcClock, timeline: RtcTimeline, switches: Rtc
 export interface RtcJudgeOptions {
   /** Calibrated delivery lateness bound after a tick, TSC cycles. */
   readonly latenessTsc: bigint;
+  /**
+   * window-count: a tick is owed inside its window only when it was due this long before the
+   * window's end (the calibrated lateness bound); default latenessTsc.
+   */
+  readonly windowLatenessTsc?: bigint;
   /** With ackInIsr: the longest the ISR takes from entry to reading register C and EOI, TSC cycles (default 0). */
   readonly isrTsc?: bigint;
   /** Windows to judge instead of the prediction's (each [from, to)). */
@@ -422,7 +427,13 @@ export function judgeRtc(p: RtcPrediction, observedInterrupts: readonly Observed
         const inside = b.filter((k) => p.ticks[k]!.lo < w.to && p.ticks[k]!.hi >= w.from).length;
         mergeable += Math.max(0, inside - 1);
       }
-      const min = exp.min - 1 - mergeable;
+      // Ticks while interrupts were disabled raise the line once and wait: they merge into (at most)
+      // one delivery, which may come after the window.
+      const blockedTicks = p.ticks.filter((t) => t.lo < w.to && t.hi >= w.from && p.blocked.some((b) => t.hi >= b.lo && t.lo <= b.hi)).length;
+      // A tick due less than the lateness bound before the window ends may be delivered after it.
+      const Lw = options.windowLatenessTsc ?? L;
+      const unsettled = p.ticks.filter((t) => t.count === 'once' && t.lo >= w.from && t.hi < w.to && t.hi + Lw >= w.to).length;
+      const min = exp.min - 1 - mergeable - blockedTicks - unsettled;
       const max = exp.max + 1;
       if (n < min || n > max) {
         diffs.push({

@@ -6,12 +6,12 @@
  * model-variant mutant flips one switch.
  */
 import { lapicCommands, LAPIC_VECTOR } from '../../generators/timers.js';
-import { unblockedFrom, type TimerDifference } from '../../models/timers/common.js';
+import { unblockedFrom } from '../../models/timers/common.js';
 import { decodeLvtt, divideOf, judgeLapic, KVM_LAPIC, predictLapic, QEMU_USERSPACE_LAPIC, type LapicEvent, type LapicSwitches } from '../../models/timers/lapic.js';
 import type { PropertyEnv } from '../lib/property.js';
-import { nsToTsc, type TimerFacts } from './clock.js';
+import { isrEntryTsc, nsToTsc, type TimerFacts } from './clock.js';
 import { interruptsFor, type SourceTimeline, type ThreadView } from './observe.js';
-import { latenessOf, timerProperty, type Judgement } from './timerProperty.js';
+import { attributeRootCauses, latenessOf, timerProperty, type Judgement } from './timerProperty.js';
 
 export function lapicSwitches(f: TimerFacts, env: PropertyEnv): LapicSwitches {
   const base = f.lapicImpl === 'kvm' ? KVM_LAPIC : QEMU_USERSPACE_LAPIC;
@@ -54,9 +54,9 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
   );
   const observed = interruptsFor(view, new Set(prediction.vectors.length ? prediction.vectors : [LAPIC_VECTOR]), t.endTsc);
   const reads = t.events.flatMap((e, eventIndex) => (e.read === undefined || e.faulted ? [] : [{ eventIndex, value: e.read }]));
-  const judgeOpts = { latenessTsc: lostAfter, isrEntryTsc: nsToTsc(20_000, f) };
+  const judgeOpts = { latenessTsc: lostAfter, isrEntryTsc: isrEntryTsc(f) };
   const clock = { tscHz: BigInt(Math.round(f.tscHz)), apicBusHz: BigInt(Math.round(f.apicBusHz)), minPeriodNs: f.minPeriodNs, tscDeadline: f.tscDeadline };
-  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), (variant) =>
+  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), LAPIC_ROOT_CAUSES, (variant) =>
     judgeLapic(predictLapic(clock, { events, endTsc: t.endTsc, interruptsEnabled: false }, { ...lapicSwitches(f, env), ...variant }, { raceTsc: nsToTsc(f.latenessBoundNs, f) }), observed, reads, judgeOpts),
   );
   // Lateness labels: the mode and divide in force when the interrupt was armed.
@@ -83,25 +83,10 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
   };
 }
 
-/**
- * Root causes a difference can be attributed to: a behaviour the model can predict as a variant
- * (never the reference), which explains every count difference of the case when switched on. A
- * difference so explained is labelled with the cause, so a known deviation can name exactly it.
- */
-const ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches> }[] = [
+/** Root causes a LAPIC count difference can be attributed to (timerProperty.ts attributeRootCauses). */
+const LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches> }[] = [
   { label: 'a TDCR write re-fired an expired one-shot timer', variant: { tdcrAfterOneShotExpiry: 'refires' } },
 ];
-const COUNT_RULES = new Set(['exact-count', 'spurious-after-disarm', 'never-early']);
-
-function attributeRootCauses(diffs: TimerDifference[], judgeWith: (variant: Partial<LapicSwitches>) => TimerDifference[]): TimerDifference[] {
-  if (!diffs.some((d) => COUNT_RULES.has(d.rule))) return diffs;
-  for (const cause of ROOT_CAUSES) {
-    const rest = judgeWith(cause.variant);
-    if (rest.some((d) => COUNT_RULES.has(d.rule))) continue;
-    return diffs.map((d) => (COUNT_RULES.has(d.rule) ? { ...d, summary: `${cause.label}: ${d.summary}` } : d));
-  }
-  return diffs;
-}
 
 export const lapicSchedule = timerProperty({
   id: 'timers.lapic.schedule',

@@ -4,13 +4,16 @@
  * lapic.ts, rtc.ts, pit.ts and kvmclock.ts; the mutants in mutants.ts.
  */
 import { defineFamily } from '../lib/family.js';
+import { kvmclockReads } from './kvmclock.js';
 import { lapicSchedule } from './lapic.js';
+import { pitChannel0 } from './pit.js';
+import { rtcPeriodic, rtcSlew } from './rtc.js';
 import { TIMER_MUTANTS } from './mutants.js';
 
 export const timers = defineFamily({
   name: 'timers',
   title: 'Timer accuracy: LAPIC, TSC-deadline, RTC, PIT and kvmclock under generated schedules',
-  properties: [lapicSchedule],
+  properties: [lapicSchedule, rtcPeriodic, rtcSlew, pitChannel0, kvmclockReads],
   roles: {
     facts: 'the VM the guest-visible clock rates (CPUID 0x1, 0x4000_0000-0x4000_0010, 0x15, 0x16) are read in',
     workload: "a case's VM: one schedule on one or two vCPUs",
@@ -19,6 +22,9 @@ export const timers = defineFamily({
   metrics: [
     { key: 'timerCases', label: 'timer cases' },
     { key: 'lapicInterrupts', label: 'LAPIC timer interrupts' },
+    { key: 'rtcInterrupts', label: 'RTC interrupts' },
+    { key: 'pitInterrupts', label: 'PIT interrupts' },
+    { key: 'kvmclockReads', label: 'kvmclock reads' },
     { key: 'vms', label: 'VMs' },
   ],
   mutants: TIMER_MUTANTS,

@@ -63,7 +63,9 @@ export interface TimerPropertySpec {
   readonly skip?: (env: PropertyEnv) => string | null;
   readonly commands: (lim: ScheduleLimits) => fc.Arbitrary<ProgramCommand<TimerSchedule>>[];
   /** Judge one thread's timeline of the source (only those that used it). */
-  readonly judge: (t: SourceTimeline, view: ThreadView, facts: TimerFacts, env: PropertyEnv) => Judgement;
+  readonly judge?: (t: SourceTimeline, view: ThreadView, facts: TimerFacts, env: PropertyEnv) => Judgement;
+  /** Or judge every thread's timeline at once (a clock read on every vCPU); reported as thread -1. */
+  readonly judgeCase?: (ts: readonly SourceTimeline[], views: readonly ThreadView[], facts: TimerFacts, env: PropertyEnv) => Judgement;
   /** The property's rules: name → the judge rules it reports. */
   readonly rules: readonly (readonly [name: string, rules: readonly TimerRule[]])[];
   /** Bound the lateness quantile (bounded-lateness rule). */
@@ -86,7 +88,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     rule<TimerObservation>(name, function* (o) {
       for (const r of o.results) {
         for (const d of r.judgement.differences) {
-          if (rs.includes(d.rule)) yield asDifference(d, `${sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
+          if (rs.includes(d.rule)) yield asDifference(d, r.thread < 0 ? sourceName(r.source) : `${sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
         }
       }
     }),
@@ -128,11 +130,14 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
         const views = threadViews(o.value);
         const results: TimerCaseResult[] = [];
         let blame: { thread: number; opIndex: number } | null = null;
-        for (let t = 0; t < spec.threads; t++) {
-          const timeline = timelineOf(built.model, views, spec.source, t);
-          if (!timeline.used) continue;
-          const judgement = spec.judge(timeline, views[t]!, f, env);
-          results.push({ thread: t, source: spec.source, judgement, lostLogEntries: views[t]!.lostLogEntries, timeline, observed: judgement.observed });
+        const timelines = Array.from({ length: spec.threads }, (_, t) => timelineOf(built.model, views, spec.source, t)).filter((t) => t.used);
+        const judged: { thread: number; timeline: SourceTimeline; judgement: Judgement; lost: number }[] = spec.judgeCase
+          ? timelines.length
+            ? [{ thread: -1, timeline: timelines[0]!, judgement: spec.judgeCase(timelines, views, f, env), lost: 0 }]
+            : []
+          : timelines.map((timeline) => ({ thread: timeline.thread, timeline, judgement: spec.judge!(timeline, views[timeline.thread]!, f, env), lost: views[timeline.thread]!.lostLogEntries }));
+        for (const { thread: t, timeline, judgement, lost } of judged) {
+          results.push({ thread: t, source: spec.source, judgement, lostLogEntries: lost, timeline, observed: judgement.observed });
           for (const [k, v] of Object.entries(judgement.counts)) env.metrics.add(k, v);
           for (const l of judgement.lateness) env.metrics.sample(`lateness.${spec.source}`, Math.round(l.us * 10) / 10, l.labels);
           for (const s of judgement.samples ?? []) env.metrics.sample(s.series, s.value, s.labels);
@@ -156,6 +161,28 @@ function describeEvent(e: { kind: string; value?: number | bigint; tscBefore: bi
   const v = e.value === undefined ? '' : ` ${typeof e.value === 'bigint' ? `0x${e.value.toString(16)}` : e.value}`;
   const r = e.read === undefined ? '' : ` → ${e.read}`;
   return `${e.kind}${v}${r} @[0x${e.tscBefore.toString(16)}, 0x${e.tscAfter.toString(16)}]`;
+}
+
+/** Model rules whose differences count interrupts: what a root-cause variant must explain. */
+export const COUNT_RULES: ReadonlySet<string> = new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'window-count']);
+
+/**
+ * Name the root cause of count differences: each cause is a behaviour the model can predict as a
+ * variant (never the reference); when judging with one switched on leaves no count difference, every
+ * count difference of the case is labelled with it, so a known deviation can name exactly that
+ * cause and nothing else. Differences no variant explains keep their plain summary (and fail).
+ */
+export function attributeRootCauses<V>(
+  diffs: readonly TimerDifference[],
+  causes: readonly { readonly label: string; readonly variant: V }[],
+  judgeWith: (variant: V) => readonly TimerDifference[],
+): TimerDifference[] {
+  if (!diffs.some((d) => COUNT_RULES.has(d.rule))) return [...diffs];
+  for (const cause of causes) {
+    if (judgeWith(cause.variant).some((d) => COUNT_RULES.has(d.rule))) continue;
+    return diffs.map((d) => (COUNT_RULES.has(d.rule) ? { ...d, summary: `${cause.label}: ${d.summary}` } : d));
+  }
+  return [...diffs];
 }
 
 /** Expected 'once' interrupts and how late the delivery that covers each came (µs after it was due). */
