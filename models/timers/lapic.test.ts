@@ -399,3 +399,22 @@ describe('a masked periodic timer', () => {
     expect(rules(judgeLapic(p, [1n, 2n].map((k) => irq(arm + k * P + 3_000n)).concat([irq(arm + 5_500_050n)], [6n, 7n].map((k) => irq(arm + k * P + 3_000n))), [], { latenessTsc: L }))).toEqual(['never-early']);
   });
 });
+
+describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => {
+  const arm = T0 + 10_000n;
+  const expiry = arm + 2_000_000n;
+  const tdcrAt = expiry + 1_000_000n;
+  const events = [...setup(ONE_SHOT), at(arm, { kind: 'tmict', value: 1_000_000 }), at(tdcrAt, { kind: 'tdcr', value: DIV2 })];
+  const end = tdcrAt + 10_000_000n;
+  const delivered = [irq(expiry + 1000n), irq(tdcrAt + 50n)];
+
+  it('every preset says a divide change after the expiry fires nothing (SDM §10.5.4: stays at 0 until reprogrammed)', () => {
+    for (const sw of [KVM_LAPIC, SDM_LAPIC]) expect(sw.tdcrAfterOneShotExpiry ?? 'nothing').toBe('nothing');
+    expect(rules(judge(events, end, delivered))).toEqual(['exact-count']);
+  });
+  it("'refires' predicts the interrupt inside the TDCR write, and explains the observation", () => {
+    const sw = { ...KVM_LAPIC, tdcrAfterOneShotExpiry: 'refires' as const };
+    expect(predictLapic(CLOCK, tl(events, end), sw).interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_000n, tdcrAt]);
+    expect(judge(events, end, delivered, [], sw)).toEqual([]);
+  });
+});

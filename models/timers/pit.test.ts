@@ -107,3 +107,21 @@ describe('re-injection', () => {
     expect(rules(judge(ev, end, backlog, sw))).toContain('never-early');
   });
 });
+
+describe("edgeInput 'every-update' (a root-cause variant for QEMU's own PIT, never a preset)", () => {
+  const N = 1000n;
+  const P = N * CLK;
+  const ev = [at(T0, { kind: 'program', mode: 3, count: Number(N) })];
+  const end = T0 + 4n * P + P / 4n;
+  const rising = Array.from({ length: 4 }, (_, k) => T0 + BigInt(k + 1) * P);
+  const halves = rising.map((t) => t - P / 2n);
+  const both = [...halves, ...rising].sort((a, b) => (a < b ? -1 : 1)).map((t) => t + LAT);
+  const qemu: PitSwitches = { periodicReload: 'restart', periodicClamp: 'none', reinject: false };
+
+  it('the 8254 rule: a square wave interrupts once per period, so one at each half period is early', () => {
+    expect(rules(judge(ev, end, both, qemu))).toContain('never-early');
+  });
+  it('the variant allows an interrupt at each falling transition as well', () => {
+    expect(judge(ev, end, both, { ...qemu, edgeInput: 'every-update' })).toEqual([]);
+  });
+});

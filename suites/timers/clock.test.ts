@@ -1,0 +1,45 @@
+import { describe, expect, it } from 'vitest';
+import { defaultOptions } from '../lib/options.js';
+import type { PropertyEnv } from '../lib/property.js';
+import { latenessBoundNs, pitImplOf, quantile } from './clock.js';
+import { attributeRootCauses, latenessOf } from './timerProperty.js';
+import type { TimerDifference } from '../../models/timers/common.js';
+
+const env = (o: Parameters<typeof defaultOptions>[0]) => ({ options: defaultOptions(o) }) as unknown as PropertyEnv;
+
+describe('timer facts', () => {
+  it('the lateness bound grows with the host noise (a quiet host is held tighter)', () => {
+    const quiet = latenessBoundNs({ samples: 2000, sleepNs: 200_000, p50: 60_000, p90: 70_000, p99: 80_000, max: 200_000 });
+    const noisy = latenessBoundNs({ samples: 2000, sleepNs: 200_000, p50: 60_000, p90: 200_000, p99: 2_000_000, max: 9_000_000 });
+    expect(quiet).toBe(8 * 80_000 + 500_000);
+    expect(noisy).toBeGreaterThan(quiet);
+  });
+  it('nearest-rank quantiles', () => {
+    expect(quantile([], 0.9)).toBeNull();
+    expect(quantile([5, 1, 4, 2, 3], 0.9)).toBe(5);
+    expect(quantile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9)).toBe(9);
+  });
+  it("whose PIT: KVM's only with the whole irqchip in the kernel", () => {
+    expect(pitImplOf(env({ accel: 'kvm' }))).toBe('kvm');
+    expect(pitImplOf(env({ accel: 'kvm', kernelIrqchip: 'split' }))).toBe('qemu');
+    expect(pitImplOf(env({ accel: 'tcg' }))).toBe('qemu');
+  });
+});
+
+describe('judging helpers', () => {
+  const d = (rule: TimerDifference['rule']): TimerDifference => ({ rule, summary: 'x', expected: 0, observed: 1, eventIndex: 0 });
+  it('labels count differences with the first root cause whose variant explains them all', () => {
+    const out = attributeRootCauses([d('exact-count'), d('tmcct-range')], [{ label: 'no', variant: 1 }, { label: 'cause', variant: 2 }], (v) => (v === 2 ? [d('tmcct-range')] : [d('exact-count')]));
+    expect(out.map((x) => x.summary)).toEqual(['cause: x', 'x']);
+  });
+  it('leaves differences no variant explains as they are', () => {
+    expect(attributeRootCauses([d('never-early')], [{ label: 'c', variant: 0 }], () => [d('never-early')])[0]!.summary).toBe('x');
+  });
+  it('lateness: each owed interrupt against the first delivery at or after its earliest time', () => {
+    const exp = [
+      { earliest: 100n, expiryLatest: 110n, count: 'once', latest: null },
+      { earliest: 200n, expiryLatest: 210n, count: 'at-most-once', latest: null },
+    ];
+    expect(latenessOf(exp, [1110n], (t) => t, 5000n, 1e6)).toEqual([{ index: 0, us: 1000 }]);
+  });
+});
