@@ -182,6 +182,13 @@ function wait(m: TimerSchedule, b: ProgramBuilder, thread: number, us: number, l
   bracketed(m, b, thread, { source: 'control', kind: 'mark' }, []);
 }
 
+/**
+ * A duration in µs that shrinking leaves alone: fast-check would walk it down to where a timing
+ * difference is only just visible above the host's noise, and such a case does not replay. Shrinking
+ * drops whole commands instead.
+ */
+const timeSpan = (min: number, max: number): fc.Arbitrary<number> => fc.noShrink(fc.integer({ min, max }));
+
 const threadArb = (lim: ScheduleLimits) => fc.integer({ min: 0, max: lim.threads - 1 });
 
 function cmd(description: string, thread: number, run: (m: TimerSchedule, b: ProgramBuilder) => void, check: (m: Readonly<TimerSchedule>) => boolean = () => true): ProgramCommand<TimerSchedule> {
@@ -208,7 +215,7 @@ export function controlCommands(lim: ScheduleLimits, threads: fc.Arbitrary<numbe
   return [
     {
       weight: 5,
-      arbitrary: fc.tuple(threads, fc.integer({ min: 100, max: 4000 })).map(([t, us]) =>
+      arbitrary: fc.tuple(threads, timeSpan(100, 4000)).map(([t, us]) =>
         cmd(`cpu${t} wait ${us}us`, t, (m, b) => wait(m, b, t, us, lim), (m) => m.threads[t]!.waitedUs + us <= lim.maxWaitUs),
       ),
     },
@@ -251,7 +258,7 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
   // A count given as a duration: the divide in force turns it into TMICT, so every divide keeps a case short.
   const tmictFor = (m: TimerSchedule, t: number, us: number) =>
     us === 0 ? 0 : Math.max(1, Math.min(0xffff_ffff, Math.round((us * lim.apicBusHz) / 1e6 / m.threads[t]!.divide)));
-  const durations = fc.integer({ min: 50, max: 3000 });
+  const durations = timeSpan(50, 3000);
   const writeDeadline = (m: TimerSchedule, b: ProgramBuilder, t: number, relative: 0 | 1, offset: number) =>
     selfStamped(m, b, t, { source: 'lapic', kind: 'tscDeadline', value: offset, mode: relative }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative, value: BigInt.asUintN(64, BigInt(offset)) });
   const setDivide = (m: TimerSchedule, b: ProgramBuilder, t: number, log2: number) => {
@@ -393,7 +400,7 @@ export const PIT_HZ = 1_193_182;
 export function pitCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
   const t = 0;
   const countOf = (us: number) => Math.max(2, Math.min(0xffff, Math.round((us * PIT_HZ) / 1e6)));
-  const durations = fc.integer({ min: 100, max: 5000 });
+  const durations = timeSpan(100, 5000);
   return weightedCommands([
     { weight: 3, arbitrary: fc.tuple(fc.constantFrom(0, 2, 3), durations).map(([mode, us]) => cmd(`PIT mode ${mode}, ${us}us`, t, (m, b) => {
       ensurePitRouted(m, b);
@@ -436,7 +443,7 @@ export function kvmclockCommands(lim: ScheduleLimits, pvclockBase: number, strid
         m.events.push({ thread: t, source: 'kvmclock', kind: 'kvmclock', stamp: { self: at }, valueOp: at });
       }
     })),
-    fc.tuple(threads, fc.integer({ min: 10, max: 2000 })).map(([t, us]) =>
+    fc.tuple(threads, timeSpan(10, 2000)).map(([t, us]) =>
       cmd(`cpu${t} spin ${us}us`, t, (m, b) => {
         b.thread(t).op({ op: 'delayTsc', cycles: BigInt(Math.round((us * lim.tscHz) / 1e6)) });
         m.threads[t]!.waitedUs += us;
