@@ -1,7 +1,8 @@
 /**
- * One leak case, side by side with a raw QEMU boot-to-exit of the same guest binary running the same
- * program: how much the harness (QMP, watching, collecting, decoding, the model's comparison) adds
- * to the VM itself, and the end-to-end rates of CPUID queries and device reads.
+ * A CPUID case, a device-read case and a timer schedule, each side by side with a raw QEMU
+ * boot-to-exit of the same guest binary running the same program on the same machine: how much the
+ * harness (QMP, watching, collecting, decoding, the model's comparison) adds to the VM itself, and
+ * the end-to-end rates. The timer goal is a ratio of at most 1.3.
  *
  * Rounds alternate harness and raw runs on the same machine in one process; medians are reported
  * (this host is shared and noisy: only ratios measured together mean anything).
@@ -17,7 +18,12 @@ import { deviceReadOps, mmioLimit, type DeviceReadWorkload } from '../generators
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { encodeProgram } from '../harness/bytecode.js';
 import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
-import { qemuArgs } from '../harness/vm.js';
+import { qemuArgs, type MachineConfig } from '../harness/vm.js';
+import fc from 'fast-check';
+import { buildFromCommands, savedCase } from '../generators/commands.js';
+import { emptySchedule, type TimerSchedule } from '../generators/timers.js';
+import { lapicSchedule } from '../suites/timers/lapic.js';
+import type { TimerFacts } from '../suites/timers/clock.js';
 import { cpuidRules } from '../suites/leaks/cpuid.js';
 import { accessCount, deviceReadsDefinedBytes } from '../suites/leaks/deviceReads.js';
 import { defaultOptions, machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
@@ -72,6 +78,8 @@ interface Case {
   readonly unit: string;
   readonly units: number;
   readonly cpus: number;
+  /** The machine the property's VMs run (timers: KVM's irqchip, microvm's RTC and PIT, the TSC rate). */
+  readonly config?: Partial<MachineConfig>;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -89,7 +97,7 @@ async function timeHarness(c: Case, facts: unknown, env: PropertyEnv): Promise<n
 /** The same VM without the harness: same binary, same program, same RAM file, no QMP, no -S. */
 async function timeRaw(c: Case, env: PropertyEnv): Promise<number> {
   const image = encodeProgram(c.program);
-  const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: Math.max(64, image.minRamMiB) });
+  const cfg = machineConfig(env.options, { ...c.config, cpus: c.cpus, ramMiB: Math.max(64, image.minRamMiB) });
   const dir = await createPrivateDir('bench-raw');
   try {
     const program = join(dir, 'program.bin');
@@ -148,6 +156,24 @@ async function main(): Promise<void> {
       },
     },
   ];
+  // A LAPIC schedule as timers.lapic.schedule generates them (seed 5, the first with a wait on
+  // both vCPUs), run as its saved program: the harness side judges it with the model.
+  const timerFacts = (await lapicSchedule.facts(env)) as TimerFacts;
+  const [commands] = fc.sample(lapicSchedule.arbitrary(timerFacts, env) as fc.Arbitrary<Iterable<fc.Command<TimerSchedule, never>>>, { seed: 5, numRuns: 1 });
+  const built = buildFromCommands<TimerSchedule>(commands as never, () => emptySchedule(2), { maxThreads: 2, threads: 2 });
+  cases.push({
+    facts: timerFacts,
+    c: {
+      name: `timer schedule (timers.lapic.schedule, 2 vCPUs, ${built.ran.length} commands)`,
+      property: lapicSchedule,
+      workload: savedCase(built),
+      program: built.program,
+      unit: 'timer events',
+      units: built.model.events.length,
+      cpus: 2,
+      config: timerFacts.machine,
+    },
+  });
   const report: Record<string, unknown>[] = [];
   for (const { c, facts } of cases) {
     // The rules case runs 6,656 queries per vCPU with repeat 2 in the raw program; the property
