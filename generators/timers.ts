@@ -62,7 +62,6 @@ export interface ThreadState {
   started: boolean;
   interrupts: boolean;
   x2apic: boolean;
-  lvttMode: 'one-shot' | 'periodic' | 'tsc-deadline';
   divide: number;
   waitedUs: number;
   kvmclockOn: boolean;
@@ -72,11 +71,9 @@ export interface ThreadState {
 export interface TimerSchedule {
   readonly threads: ThreadState[];
   readonly events: ScheduledEvent[];
-  rtcOn: boolean;
-  rtcRate: number;
   pitOn: boolean;
-  pitMode: number;
-  routed: boolean;
+  rtcRouted: boolean;
+  pitRouted: boolean;
 }
 
 export interface ScheduleLimits {
@@ -91,13 +88,11 @@ export interface ScheduleLimits {
 
 export function emptySchedule(threads: number): TimerSchedule {
   return {
-    threads: Array.from({ length: threads }, () => ({ started: false, interrupts: false, x2apic: false, lvttMode: 'one-shot' as const, divide: 1, waitedUs: 0, kvmclockOn: false })),
+    threads: Array.from({ length: threads }, () => ({ started: false, interrupts: false, x2apic: false, divide: 1, waitedUs: 0, kvmclockOn: false })),
     events: [],
-    rtcOn: false,
-    rtcRate: 6,
     pitOn: false,
-    pitMode: 2,
-    routed: false,
+    rtcRouted: false,
+    pitRouted: false,
   };
 }
 
@@ -147,8 +142,8 @@ function ioapicRoute(b: ProgramBuilder, thread: number, pin: number, vector: num
  * Only the RTC commands route it, so the PIT's vector never shows in an RTC case.
  */
 function ensureRtcRouted(m: TimerSchedule, b: ProgramBuilder): void {
-  if (m.routed) return;
-  m.routed = true;
+  if (m.rtcRouted) return;
+  m.rtcRouted = true;
   const t = b.thread(0);
   t.op({ op: 'pioOut', port: 0x21, width: 1, value: 0xff });
   t.op({ op: 'pioOut', port: 0xa1, width: 1, value: 0xff });
@@ -162,8 +157,8 @@ function ensureRtcRouted(m: TimerSchedule, b: ProgramBuilder): void {
  * no edge) before the pins are routed; the first PIT command reprograms it at once.
  */
 function ensurePitRouted(m: TimerSchedule, b: ProgramBuilder): void {
-  if (m.routed) return;
-  m.routed = true;
+  if (m.pitRouted) return;
+  m.pitRouted = true;
   const t = b.thread(0);
   t.op({ op: 'pioOut', port: 0x21, width: 1, value: 0xff });
   t.op({ op: 'pioOut', port: 0xa1, width: 1, value: 0xff });
@@ -271,7 +266,6 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
       weight: 4,
       arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.integer({ min: 0, max: 7 }), durations).map(([t, mode, log2, us]) =>
         cmd(`cpu${t} arm ${mode} ${mode === 'tsc-deadline' ? '' : `÷${1 << log2} `}${us}us`, t, (m, b) => {
-          m.threads[t]!.lvttMode = mode;
           apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, false));
           if (mode === 'tsc-deadline') writeDeadline(m, b, t, 1, cycles(us));
           else {
@@ -285,7 +279,6 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
       weight: 2,
       arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.boolean()).map(([t, mode, masked]) =>
         cmd(`cpu${t} LVTT ${mode}${masked ? ' masked' : ''}`, t, (m, b) => {
-          m.threads[t]!.lvttMode = mode;
           apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, masked));
         }),
       ),
@@ -374,11 +367,9 @@ export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrar
     : fc.oneof({ weight: 3, arbitrary: fc.constantFrom(6, 10) }, { weight: 2, arbitrary: fc.integer({ min: 3, max: 15 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 1, 2) });
   return weightedCommands([
     { weight: 3, arbitrary: rates.map((rs) => cmd(`RTC rate RS=${rs} (${rs === 0 ? 'off' : `${32768 / (1 << ((rs <= 2 ? rs + 7 : rs) - 1))} Hz`})`, t, (m, b) => {
-      m.rtcRate = rs;
       write(m, b, 'writeA', 0x0a, rtcRegA(rs));
     })) },
     { weight: 2, arbitrary: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }).map((on) => cmd(`RTC periodic interrupt ${on ? 'on' : 'off'}`, t, (m, b) => {
-      m.rtcOn = on;
       write(m, b, 'writeB', 0x0b, 0x02 | (on ? 0x40 : 0)); // 24-hour mode, PIE
     })) },
     { weight: 1, arbitrary: fc.constant(null).map(() => cmd('RTC read register C', t, (m, b) => {
@@ -405,7 +396,6 @@ export function pitCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<Ti
     { weight: 3, arbitrary: fc.tuple(fc.constantFrom(0, 2, 3), durations).map(([mode, us]) => cmd(`PIT mode ${mode}, ${us}us`, t, (m, b) => {
       ensurePitRouted(m, b);
       m.pitOn = true;
-      m.pitMode = mode;
       const count = countOf(us);
       bracketed(m, b, t, { source: 'pit', kind: 'program', mode, value: count }, [
         { op: 'pioOut', port: 0x43, width: 1, value: 0x30 | (mode << 1) }, // channel 0, LSB then MSB, binary

@@ -49,19 +49,14 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
   // A model-variant mutant may mis-scale the timer's input clock (mutants.ts lapic-model-slow-bus).
   const busScale = Number((env.mutant?.modelVariant?.lapicClock as { apicBusScale?: number } | undefined)?.apicBusScale ?? 1);
   const busHz = BigInt(Math.round(f.apicBusHz * busScale));
-  const prediction = predictLapic(
-    { tscHz: BigInt(Math.round(f.tscHz)), apicBusHz: busHz, minPeriodNs: f.minPeriodNs, tscDeadline: f.tscDeadline },
-    { events, endTsc: t.endTsc, interruptsEnabled: false },
-    lapicSwitches(f, env),
-    { raceTsc: nsToTsc(f.latenessBoundNs, f) },
-  );
+  const clock = { tscHz: BigInt(Math.round(f.tscHz)), apicBusHz: busHz, minPeriodNs: f.minPeriodNs, tscDeadline: f.tscDeadline };
+  const predict = (variant: Partial<LapicSwitches>) =>
+    predictLapic(clock, { events, endTsc: t.endTsc, interruptsEnabled: false }, { ...lapicSwitches(f, env), ...variant }, { raceTsc: nsToTsc(f.latenessBoundNs, f) });
+  const prediction = predict({});
   const observed = interruptsFor(view, new Set(prediction.vectors.length ? prediction.vectors : [LAPIC_VECTOR]), t.endTsc);
   const reads = t.events.flatMap((e, eventIndex) => (e.read === undefined || e.faulted ? [] : [{ eventIndex, value: e.read }]));
   const judgeOpts = { latenessTsc: lostAfter, isrEntryTsc: isrEntryTsc(f) };
-  const clock = { tscHz: BigInt(Math.round(f.tscHz)), apicBusHz: busHz, minPeriodNs: f.minPeriodNs, tscDeadline: f.tscDeadline };
-  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), LAPIC_ROOT_CAUSES, (variant) =>
-    judgeLapic(predictLapic(clock, { events, endTsc: t.endTsc, interruptsEnabled: false }, { ...lapicSwitches(f, env), ...variant }, { raceTsc: nsToTsc(f.latenessBoundNs, f) }), observed, reads, judgeOpts),
-  );
+  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), LAPIC_ROOT_CAUSES, (v) => judgeLapic(predict(v), observed, reads, judgeOpts));
   // Lateness labels: the mode and divide in force when the interrupt was armed.
   let lvtt = 0x10000;
   let tdcr = 0;

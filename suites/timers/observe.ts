@@ -96,13 +96,6 @@ export function timelineOf(schedule: TimerSchedule, views: readonly ThreadView[]
   return { thread, events, endTsc: last, used };
 }
 
-/** The program op (thread, opIndex) behind a timeline event: what a difference is blamed on. */
-export function opOfEvent(t: SourceTimeline, eventIndex: number | null | undefined): { thread: number; opIndex: number } | null {
-  if (eventIndex === null || eventIndex === undefined) return null;
-  const e = t.events[eventIndex];
-  return e ? { thread: t.thread, opIndex: e.opIndex } : null;
-}
-
 /** Interrupts of these vectors up to the end of the timeline (later ones fall outside every prediction). */
 export function interruptsFor(view: ThreadView | undefined, vectors: ReadonlySet<number>, endTsc: bigint): ObservedInterrupt[] {
   return (view?.interrupts ?? []).filter((o) => vectors.has(o.vector) && o.tsc <= endTsc);

@@ -36,8 +36,6 @@ export interface TimerCaseResult {
   readonly judgement: Judgement;
   readonly lostLogEntries: number;
   readonly timeline: SourceTimeline;
-  /** The source's interrupts the vCPU logged (up to the timeline's end). */
-  readonly observed: readonly ObservedInterrupt[];
 }
 
 export interface TimerObservation {
@@ -89,7 +87,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     rule<TimerObservation>(name, function* (o) {
       for (const r of o.results) {
         for (const d of r.judgement.differences) {
-          if (rs.includes(d.rule)) yield asDifference(d, r.thread < 0 ? sourceName(r.source) : `${sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
+          if (rs.includes(d.rule)) yield asDifference(d, r.thread < 0 ? sourceName(r.source) : `${sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.judgement.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
         }
       }
     }),
@@ -141,7 +139,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
             : []
           : timelines.map((timeline) => ({ thread: timeline.thread, timeline, judgement: spec.judge!(timeline, views[timeline.thread]!, f, env), lost: views[timeline.thread]!.lostLogEntries }));
         for (const { thread: t, timeline, judgement, lost } of judged) {
-          results.push({ thread: t, source: spec.source, judgement, lostLogEntries: lost, timeline, observed: judgement.observed });
+          results.push({ thread: t, source: spec.source, judgement, lostLogEntries: lost, timeline });
           for (const [k, v] of Object.entries(judgement.counts)) env.metrics.add(k, v);
           for (const l of judgement.lateness) env.metrics.sample(`lateness.${spec.source}`, Math.round(l.us * 10) / 10, l.labels);
           for (const s of judgement.samples ?? []) env.metrics.sample(s.series, s.value, s.labels);

@@ -203,12 +203,17 @@ static inline void exec_rdmsr(struct ctx *x, const struct op_rdmsr *o, struct re
 	r->value = priv_rdmsr(o->msr);
 }
 
+/* WRMSR; only a write that did not fault returns here, so the LAPIC mode every APIC access uses follows it. */
+static void wrmsr_tracked(struct cpu *c, u32 msr, u64 value)
+{
+	priv_wrmsr(msr, value);
+	if (msr == MSR_APIC_BASE)
+		c->x2apic = (value >> 10) & 1;
+}
+
 static inline void exec_wrmsr(struct ctx *x, const struct op_wrmsr *o, struct res_wrmsr *r)
 {
-	priv_wrmsr(o->msr, o->value);
-	/* Only a write that did not fault gets here: the LAPIC mode every APIC access uses follows it. */
-	if (o->msr == MSR_APIC_BASE)
-		x->cpu->x2apic = (o->value >> 10) & 1;
+	wrmsr_tracked(x->cpu, o->msr, o->value);
 }
 
 static inline void exec_rdtsc(struct ctx *x, const struct op_rdtsc *o, struct res_rdtsc *r)
@@ -279,10 +284,8 @@ static inline void exec_wrmsr_at(struct ctx *x, const struct op_wrmsr_at *o, str
 	u64 v = o->relative ? before + o->value : o->value;
 	r->tsc_before = before;
 	r->written = v;
-	priv_wrmsr(o->msr, v);
+	wrmsr_tracked(x->cpu, o->msr, v);
 	r->tsc_after = rdtsc();
-	if (o->msr == MSR_APIC_BASE)
-		x->cpu->x2apic = (v >> 10) & 1;
 }
 
 static inline void exec_isr_action(struct ctx *x, const struct op_isr_action *o)
