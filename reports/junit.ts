@@ -45,6 +45,7 @@ import { parseArgs } from 'node:util';
 import { cleanLine, cleanText, INCOMPLETE_RULES, toKtap } from './ktap.js';
 import { hostIdOf, hostsOf, MergeError, readResultsFile, type MergedHost } from './merge.js';
 import type { HostFinding, PropertyResult, ResultsFile } from './schema.js';
+import { commandFailure } from './commandFailure.js';
 
 // ---------------------------------------------------------------------------------------------
 // XML
@@ -503,10 +504,6 @@ export function cmdExport(argv: readonly string[]): number {
     if (values.out) process.stderr.write(`kvmprop: ${format} report of ${results.properties.length} results → ${values.out}\n`);
     return 0;
   } catch (e) {
-    if (e instanceof MergeError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`kvmprop: ${(e as Error).message}\n`);
-      return 2;
-    }
-    throw e;
+    return commandFailure(e, [MergeError]);
   }
 }

@@ -22,6 +22,7 @@ import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { HostFingerprint } from '../harness/fingerprint.js';
 import { sumMetrics, tally, validateResults, type HostFinding, type PropertyResult, type ResultsFile, type RunOptionsRecord } from './schema.js';
+import { commandFailure } from './commandFailure.js';
 
 export type HostedProperty = PropertyResult & { readonly hostId: string };
 export type HostedFinding = HostFinding & { readonly hostId: string };
@@ -202,10 +203,6 @@ export function cmdMerge(argv: readonly string[]): number {
     );
     return 0;
   } catch (e) {
-    if (e instanceof MergeError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`kvmprop: ${(e as Error).message}\n`);
-      return 2;
-    }
-    throw e;
+    return commandFailure(e, [MergeError]);
   }
 }

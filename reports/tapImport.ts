@@ -21,6 +21,7 @@ import { parseArgs } from 'node:util';
 import { kvmBeforeProbe, type HostFingerprint } from '../harness/fingerprint.js';
 import { RESULTS_SCHEMA, RESULTS_VERSION, sumMetrics, tally, validateResults, type PropertyResult, type ResultsFile } from './schema.js';
 import { cleanLine } from './ktap.js';
+import { commandFailure } from './commandFailure.js';
 
 // ---------------------------------------------------------------------------------------------
 // The document model
@@ -660,11 +661,7 @@ export async function cmdImport(argv: readonly string[]): Promise<number> {
     process.stderr.write(`kvmprop: imported ${r.properties.length} results from ${file} (pass ${t.pass}, fail ${t.fail}, known-deviation ${t['known-deviation']}, skip ${t.skip})${values.out ? ` into ${values.out}` : ''}\n`);
     return 0;
   } catch (e) {
-    if (e instanceof TapParseError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') || e instanceof SyntaxError) {
-      process.stderr.write(`kvmprop: ${oneLine((e as Error).message)}\n`);
-      return 2;
-    }
-    throw e;
+    return commandFailure(e, [TapParseError, SyntaxError]);
   }
 }
 
