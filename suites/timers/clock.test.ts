@@ -32,6 +32,10 @@ describe('judging helpers', () => {
     const out = attributeRootCauses([d('exact-count'), d('tmcct-range')], [{ label: 'no', variant: 1 }, { label: 'cause', variant: 2 }], (v) => (v === 2 ? [d('tmcct-range')] : [d('exact-count')]));
     expect(out.map((x) => x.summary)).toEqual(['cause: x', 'x']);
   });
+  it('also labels the other rules a cause leaves clean, never those it does not', () => {
+    const out = attributeRootCauses([d('exact-count'), d('tmcct-range'), d('tsc-deadline-msr')], [{ label: 'cause', variant: 0 }], () => [d('tsc-deadline-msr')]);
+    expect(out.map((x) => `${x.rule} ${x.summary}`)).toEqual(['exact-count cause: x', 'tmcct-range cause: x', 'tsc-deadline-msr x']);
+  });
   it('leaves differences no variant explains as they are', () => {
     expect(attributeRootCauses([d('never-early')], [{ label: 'c', variant: 0 }], () => [d('never-early')])[0]!.summary).toBe('x');
   });

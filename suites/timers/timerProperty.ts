@@ -171,9 +171,10 @@ export const COUNT_RULES: ReadonlySet<string> = new Set(['exact-count', 'spuriou
 
 /**
  * Name the root cause of count differences: each cause is a behaviour the model can predict as a
- * variant (never the reference); when judging with one switched on leaves no count difference, every
- * count difference of the case is labelled with it, so a known deviation can name exactly that
- * cause and nothing else. Differences no variant explains keep their plain summary (and fail).
+ * variant (never the reference); when judging with one switched on leaves no count difference, the
+ * differences of every rule the variant leaves clean are labelled with it, so a known deviation can
+ * name exactly that cause and nothing else. Differences no variant explains keep their plain
+ * summary (and fail).
  */
 export function attributeRootCauses<V>(
   diffs: readonly TimerDifference[],
@@ -182,8 +183,12 @@ export function attributeRootCauses<V>(
 ): TimerDifference[] {
   if (!diffs.some((d) => COUNT_RULES.has(d.rule))) return [...diffs];
   for (const cause of causes) {
-    if (judgeWith(cause.variant).some((d) => COUNT_RULES.has(d.rule))) continue;
-    return diffs.map((d) => (COUNT_RULES.has(d.rule) ? { ...d, summary: `${cause.label}: ${d.summary}` } : d));
+    const rest = judgeWith(cause.variant);
+    if (rest.some((d) => COUNT_RULES.has(d.rule))) continue;
+    // The cause also explains what follows from it in other rules (a TMCCT read of the count it
+    // restarted): those rules it leaves without a difference are labelled too.
+    const explained = new Set(diffs.map((d) => d.rule).filter((r) => !rest.some((x) => x.rule === r)));
+    return diffs.map((d) => (explained.has(d.rule) ? { ...d, summary: `${cause.label}: ${d.summary}` } : d));
   }
   return [...diffs];
 }
