@@ -1,10 +1,10 @@
 /**
  * The timer oracles can fail (mutants.ts):
- *  - a model with its clock wrong (lapic-model-slow-bus: the APIC timer input taken as 10% slow)
+ *  - a model with its clock wrong (lapic-model-slow-bus: the APIC timer input taken at half rate)
  *    makes timers.lapic.schedule fail on the real host, shrunk to a few commands, and the saved
- *    program fails again under `kvmprop replay`. Shrinking walks a count down to where the
- *    interrupt is only just early, so the host's lateness noise decides each replay of the
- *    smallest case: one of five replays must fail again;
+ *    program fails again under `kvmprop replay`. An interrupt comes a whole count (50 µs to 3 ms,
+ *    durations never shrink) before the model allows, but a short count can still be hidden by
+ *    the host's lateness noise on one replay: one of five replays must fail again;
  *  - an injected delay (vcpu-stop-cont: QMP stop/cont of the workload VM) makes the RTC property
  *    fail with a shrunk, saved counterexample. Its replay is not asserted: where a stop lands in a
  *    program of about a millisecond is up to the host's timing, so the shrunk case is not hit by
@@ -40,7 +40,8 @@ async function failing(id: string, mutant: string) {
 describe('timer properties fail on deliberately broken systems', () => {
   it('lapic-model-slow-bus fails timers.lapic.schedule with a shrunk counterexample that replays', async () => {
     const { r, w, file } = await failing('timers.lapic.schedule', 'lapic-model-slow-bus');
-    expect(r.rule).toBe('never early');
+    // Twice the count: an interrupt comes before its time, or inside a window where none is owed.
+    expect(['never early', 'exact count']).toContain(r.rule);
     expect(w.ran.length).toBeLessThanOrEqual(8);
     const replayOnce = () => execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
     let replay = await replayOnce();
