@@ -28,6 +28,25 @@ function baseDir(): string {
   return existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 }
 
+/**
+ * The filesystem type that holds VM directories (and so guest RAM files): postcopy needs one whose
+ * pages userfaultfd can track (tmpfs); on ext4 the destination's userfault registration fails and
+ * the source is left in postcopy-paused (QEMU 7.2, measured).
+ */
+export function runRootFilesystem(): string {
+  const dir = process.env[RUNTIME_ROOT_ENV] || baseDir();
+  let best = { at: '', type: 'unknown' };
+  try {
+    for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+      const [, at, type] = line.split(' ');
+      if (at && type && (dir === at || dir.startsWith(at.endsWith('/') ? at : `${at}/`)) && at.length > best.at.length) best = { at, type };
+    }
+  } catch {
+    /* no /proc: unknown */
+  }
+  return best.type;
+}
+
 /** Create a run root (0700) that the caller owns and must remove with removeRunRoot. */
 export function createRunRoot(): string {
   const root = mkdtempSync(join(baseDir(), 'kvmprop-run-'));

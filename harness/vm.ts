@@ -39,6 +39,8 @@ export interface MachineConfig {
   readonly machine: MachineType;
   readonly accel: Accel;
   readonly kernelIrqchip?: 'on' | 'split';
+  /** Accelerator properties a case needs (KVM's dirty-ring-size=N), appended to -accel. */
+  readonly accelProps?: readonly string[];
   readonly cpus: number;
   readonly ramMiB: number;
   /** -cpu argument, e.g. 'host' (KVM) or 'max' (TCG), with optional ,+feat/-feat props. */
@@ -79,7 +81,7 @@ export function qemuArgs(
   files: { kernel: string; ram: string; qmpSocket: string; program?: string },
   opts: { incoming?: string } = {},
 ): string[] {
-  const accel = cfg.accel === 'kvm' && cfg.kernelIrqchip ? `kvm,kernel-irqchip=${cfg.kernelIrqchip}` : cfg.accel;
+  const accel = [cfg.accel, ...(cfg.accel === 'kvm' && cfg.kernelIrqchip ? [`kernel-irqchip=${cfg.kernelIrqchip}`] : []), ...(cfg.accelProps ?? [])].join(',');
   const args = [
     '-M', [cfg.machine, 'memory-backend=ram0', ...(cfg.machineProps ?? [])].join(','),
     '-accel', accel,
