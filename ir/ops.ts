@@ -196,6 +196,15 @@ export const OPS = {
     null,
     'Increment the first byte of each of pages pages starting at base, stride bytes apart (a dirtying pass).',
   ),
+  dirtyWrite: op(
+    0x45,
+    [['base', 'u64'], ['pages', 'u32'], ['stride', 'u32'], ['writer', 'u8']],
+    null,
+    'Add 1 to the u64 at base + i*stride for i below pages, each with the store instruction writer names: 0 MOV, ' +
+      '1 LOCK ADD, 2 MOVNTI (non-temporal; SFENCE after the pass), 3 REP STOSQ, 4 REP MOVSQ (from a stack copy). A ' +
+      "migration's dirty tracking must see every kind; an address may straddle two pages (not with LOCK: a split lock).",
+    { allowed: { writer: [0, 1, 2, 3, 4] } },
+  ),
 } as const satisfies Record<string, OpDef>;
 
 export type OpName = keyof typeof OPS;

@@ -366,6 +366,43 @@ static inline void exec_dirty_pages(struct ctx *x, const struct op_dirty_pages *
 	}
 }
 
+static inline void exec_dirty_write(struct ctx *x, const struct op_dirty_write *o)
+{
+	for (u64 i = 0; i < o->pages; i++) {
+		volatile u64 *p = (volatile u64 *)(o->base + i * (u64)o->stride);
+		u64 next = *p + 1;
+		switch (o->writer) {
+		case 0:
+			*p = next;
+			break;
+		case 1:
+			__asm__ volatile("lock addq $1, %0" : "+m"(*p) : : "memory");
+			break;
+		case 2:
+			__asm__ volatile("movnti %1, %0" : "=m"(*p) : "r"(next) : "memory");
+			break;
+		case 3: {
+			u64 *dst = (u64 *)p;
+			u64 n = 1;
+			__asm__ volatile("rep stosq" : "+D"(dst), "+c"(n) : "a"(next) : "memory");
+			break;
+		}
+		default: {
+			u64 src[1] = { next };
+			const u64 *s = src;
+			u64 *dst = (u64 *)p;
+			u64 n = 1;
+			__asm__ volatile("rep movsq" : "+D"(dst), "+S"(s), "+c"(n) : : "memory");
+			break;
+		}
+		}
+		if ((i & 4095) == 4095)
+			x->st->heartbeat++;
+	}
+	if (o->writer == 2)
+		__asm__ volatile("sfence" : : : "memory");
+}
+
 /* ---- the loop: control ops by hand, every other op through the generated dispatch ---- */
 
 void run_thread(struct cpu *c, u32 index)
