@@ -1,0 +1,217 @@
+/**
+ * Migration cases: a dirtying workload (models/migration/dirty.ts) and the parameters of the
+ * migration that moves it: dirty bitmap or dirty ring, multifd and its channels, xbzrle and its
+ * cache, auto-converge, max-bandwidth and downtime-limit, postcopy (and preempt), a first attempt
+ * that cannot converge and is cancelled before the retry, ping-pong A→B→C, RAM size and vCPUs.
+ *
+ * The workload is data, not a command sequence: per thread, regions (how many pages, how far
+ * apart, where in the page, which store instruction, how often per loop: a hot set is a region
+ * passed several times) and a delay per loop (the dirty rate). `layoutWorkload` places the regions
+ * in the arena deterministically, so a shrunk case places them the same way again.
+ */
+import fc from 'fast-check';
+import type { Op } from '../ir/ops.js';
+import { DEFAULT_CANARY, type Program } from '../ir/program.js';
+import { WRITER_CODES, type BodyStep, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
+
+export const PAGE = 4096;
+/** The arena starts above the guest's own areas (observations end well below 32 MiB here). */
+export const ARENA_BASE = 0x0200_0000;
+/** What thread i publishes once its prelude is done and it loops: the host waits for it. */
+export const LOOPING_MARK = 0x4d49_4752n; // 'MIGR'
+/** The sentinel pages' first word: found again in the stream by the sensitivity proxies. */
+export const SENTINEL_MAGIC = 0x5047_5053_4d56_4b70n; // 'pKVMSPGP'
+
+export type Placement = 'page-start' | 'in-page' | 'straddle';
+
+export interface RegionSpec {
+  readonly pages: number;
+  /** Counters this many pages apart (1: every page). */
+  readonly stridePages: number;
+  readonly placement: Placement;
+  /** For 'in-page': the counter's 8-aligned offset in its page. */
+  readonly offset: number;
+  readonly writer: WriterKind;
+  /** Passes over it per loop (more than 1: a hot set). */
+  readonly passes: number;
+  /** Untouched pages before it. */
+  readonly gapPages: number;
+}
+
+export interface ThreadSpec {
+  readonly regions: readonly RegionSpec[];
+  /** Busy-wait per loop, in µs (0: dirty as fast as the vCPU can). */
+  readonly delayUs: number;
+}
+
+export type DirtyTracking = { readonly kind: 'bitmap' } | { readonly kind: 'ring'; readonly size: number };
+
+export interface StreamParams {
+  readonly multifdChannels: number | null;
+  readonly xbzrleCacheMiB: number | null;
+  readonly autoConverge: boolean;
+  /** MiB/s; null: QEMU's default. */
+  readonly maxBandwidthMiBs: number | null;
+  readonly downtimeLimitMs: number;
+  /** Switch to postcopy this long after the start (postcopy-ram; postcopy-preempt too when preempt). */
+  readonly postcopy: { readonly afterMs: number; readonly preempt: boolean } | null;
+}
+
+export interface MigrationCase {
+  readonly cpus: 1 | 2;
+  readonly ramMiB: number;
+  readonly tracking: DirtyTracking;
+  readonly stream: StreamParams;
+  /** Start a migration that cannot converge (1 MiB/s, 1 ms downtime), cancel it, then migrate for real. */
+  readonly cancelFirst: boolean;
+  /** A→B, then B (resumed, run, stopped) → C. */
+  readonly pingPong: boolean;
+  /** How long the guest dirties before the migration starts, and how long the destination runs after. */
+  readonly warmupMs: number;
+  readonly runAfterMs: number;
+  readonly sentinels: number;
+  readonly threads: readonly ThreadSpec[];
+}
+
+export interface CaseLimits {
+  /** The family's RAM sizes (MiB) to draw from. */
+  readonly ramMiB: readonly number[];
+  readonly maxCpus: 1 | 2;
+  readonly dirtyRing: boolean;
+  readonly postcopy: boolean;
+  /** TSC Hz, for delays. */
+  readonly tscHz: number;
+  /** Only plain precopy (a stream proxy that understands nothing else), one hop, the smallest RAM. */
+  readonly plainStream?: boolean;
+}
+
+const writers: readonly WriterKind[] = ['mov', 'lock-add', 'movnti', 'rep-stosq', 'rep-movsq'];
+
+function regionArb(): fc.Arbitrary<RegionSpec> {
+  return fc.record({
+    pages: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 1, max: 64 }) }, { weight: 2, arbitrary: fc.integer({ min: 65, max: 2048 }) }, { weight: 1, arbitrary: fc.integer({ min: 2049, max: 8192 }) }),
+    stridePages: fc.constantFrom(1, 1, 1, 2, 16, 512),
+    placement: fc.constantFrom<Placement>('page-start', 'page-start', 'in-page', 'straddle'),
+    offset: fc.integer({ min: 1, max: 511 }).map((q) => q * 8),
+    writer: fc.constantFrom(...writers),
+    passes: fc.oneof({ weight: 4, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.integer({ min: 2, max: 8 }) }),
+    gapPages: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 600 })),
+  }).map((r) => ({ ...r, pages: Math.min(r.pages, Math.floor(8192 / r.stridePages)) })); // at most 32 MiB apart end to end
+}
+
+export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
+  const threadArb = fc.record({ regions: fc.array(regionArb(), { minLength: 1, maxLength: 4 }), delayUs: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 2000 })) });
+  const tracking: fc.Arbitrary<DirtyTracking> = lim.dirtyRing
+    ? fc.oneof(fc.constant({ kind: 'bitmap' as const }), fc.constantFrom(4096, 16384, 65536).map((size) => ({ kind: 'ring' as const, size })))
+    : fc.constant({ kind: 'bitmap' as const });
+  const stream: fc.Arbitrary<StreamParams> = lim.plainStream
+    ? fc.record({ multifdChannels: fc.constant(null), xbzrleCacheMiB: fc.constant(null), autoConverge: fc.constant(false), maxBandwidthMiBs: fc.constant(null), downtimeLimitMs: fc.constant(300), postcopy: fc.constant(null) })
+    : fc
+        .record({
+          multifdChannels: fc.option(fc.constantFrom(2, 4), { freq: 3 }),
+          xbzrleCacheMiB: fc.option(fc.constantFrom(4, 16, 64), { freq: 3 }),
+          autoConverge: fc.boolean(),
+          maxBandwidthMiBs: fc.option(fc.constantFrom(64, 256, 1024), { freq: 2 }),
+          downtimeLimitMs: fc.constantFrom(50, 300, 1000),
+          postcopy: lim.postcopy ? fc.option(fc.record({ afterMs: fc.integer({ min: 0, max: 300 }), preempt: fc.boolean() }), { freq: 4 }) : fc.constant(null),
+        })
+        // QEMU 7.2 refuses these together: xbzrle rides the precopy RAM stream multifd replaces,
+        // and postcopy cannot follow multifd.
+        .map((s) => ({ ...s, xbzrleCacheMiB: s.multifdChannels ? null : s.xbzrleCacheMiB, postcopy: s.multifdChannels ? null : s.postcopy }));
+  return fc.record({
+    cpus: lim.maxCpus === 2 ? fc.constantFrom<1 | 2>(1, 2) : fc.constant<1 | 2>(1),
+    ramMiB: lim.plainStream ? fc.constant(Math.min(...lim.ramMiB)) : fc.constantFrom(...lim.ramMiB),
+    tracking,
+    stream,
+    cancelFirst: lim.plainStream ? fc.constant(false) : fc.boolean(),
+    pingPong: lim.plainStream ? fc.constant(false) : fc.boolean(),
+    warmupMs: fc.integer({ min: 0, max: 200 }),
+    runAfterMs: fc.integer({ min: 20, max: 200 }),
+    sentinels: fc.integer({ min: 1, max: 8 }),
+    threads: fc.array(threadArb, { minLength: 2, maxLength: 2 }),
+  }).map((c) => ({ ...c, threads: c.threads.slice(0, c.cpus) }));
+}
+
+/** Where a region's first counter goes, relative to its first page. */
+function offsetOf(r: RegionSpec): number {
+  return r.placement === 'page-start' ? 0 : r.placement === 'straddle' ? PAGE - 4 : r.offset;
+}
+
+/**
+ * Place every thread's regions, in order, each after its gap, then the sentinel pages; a region
+ * that would run past the arena's end is left out (the RAM drawn was too small for it).
+ */
+export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dropped: number } {
+  const arenaEnd = c.ramMiB * 1024 * 1024;
+  let cursor = ARENA_BASE;
+  let dropped = 0;
+  const regions: DirtyRegion[] = [];
+  const threads = c.threads.map((t) => {
+    const body: BodyStep[] = [];
+    for (const r of t.regions) {
+      const stride = r.stridePages * PAGE;
+      // A locked add split across cache lines is a split lock (#AC or a bus lock): keep it whole.
+      const writer = r.writer === 'lock-add' && r.placement === 'straddle' ? 'mov' : r.writer;
+      const start = cursor + r.gapPages * PAGE;
+      const base = start + offsetOf(r);
+      const end = base + (r.pages - 1) * stride + 8;
+      if (end > arenaEnd - (c.sentinels + 1) * PAGE) {
+        dropped++;
+        continue;
+      }
+      cursor = Math.ceil(end / PAGE) * PAGE;
+      const index = regions.push({ base, pages: r.pages, stride, writer }) - 1;
+      for (let p = 0; p < r.passes; p++) body.push({ kind: 'pass', region: index });
+    }
+    return { delayUs: t.delayUs, body };
+  });
+  const sentinels = Array.from({ length: c.sentinels }, (_, i) => cursor + (i + 1) * PAGE);
+  return {
+    workload: {
+      arenaBase: ARENA_BASE,
+      arenaEnd,
+      regions,
+      sentinels,
+      magic: SENTINEL_MAGIC,
+      threads: threads.map((t, i) => ({
+        preludeOps: (i === 0 ? 2 * sentinels.length : 0) + 1,
+        body: t.delayUs ? [...t.body, { kind: 'delay' as const }] : t.body,
+      })),
+    },
+    dropped,
+  };
+}
+
+/** The guest program of a workload: sentinels and a marker, then each thread's loop forever. */
+export function migrationProgram(c: MigrationCase, w: DirtyWorkload, tscHz: number): Program {
+  const threads = w.threads.map((t, ti): Op[] => {
+    const prelude: Op[] =
+      ti === 0
+        ? w.sentinels.flatMap((page, i): Op[] => [
+            { op: 'mmioWrite', addr: BigInt(page), width: 8, value: w.magic },
+            { op: 'mmioWrite', addr: BigInt(page + 8), width: 8, value: BigInt(i) },
+          ])
+        : [];
+    const delayCycles = BigInt(Math.round((c.threads[ti]!.delayUs * tscHz) / 1e6));
+    const body = t.body.map((s): Op => {
+      if (s.kind === 'delay') return { op: 'delayTsc', cycles: delayCycles };
+      const r = w.regions[s.region]!;
+      return { op: 'dirtyWrite', base: BigInt(r.base), pages: r.pages, stride: r.stride, writer: WRITER_CODES[r.writer] };
+    });
+    return [...prelude, { op: 'mark', value: LOOPING_MARK }, { op: 'loopBegin', count: 0 }, ...body, { op: 'loopEnd' }];
+  });
+  return { threads, canary: DEFAULT_CANARY };
+}
+
+/** Distinct pages one loop of the workload writes: what precopy must re-send each iteration. */
+export function workingSetPages(w: DirtyWorkload): number {
+  const pages = new Set<number>();
+  for (const r of w.regions) {
+    for (let i = 0; i < r.pages; i++) {
+      const a = r.base + i * r.stride;
+      pages.add(Math.floor(a / PAGE));
+      pages.add(Math.floor((a + 7) / PAGE));
+    }
+  }
+  return pages.size;
+}

@@ -1,0 +1,82 @@
+/** The dirtying workload's model (dirty.ts) and the convergence prediction (convergence.ts). */
+import { describe, expect, it } from 'vitest';
+import { expectedCounters, judgeCounters, layoutProblems, progressOf, type DirtyWorkload } from './dirty.js';
+import { predictConvergence } from './convergence.js';
+
+// Thread 0: prelude of 3 ops; body: pass over region 0, pass over region 1, pass over region 0 again (a hot set), delay.
+const w: DirtyWorkload = {
+  arenaBase: 0x200_0000,
+  arenaEnd: 0x400_0000,
+  regions: [
+    { base: 0x200_0000, pages: 4, stride: 4096, writer: 'mov' },
+    { base: 0x210_0ffc, pages: 3, stride: 4096, writer: 'rep-stosq' },
+  ],
+  sentinels: [0x300_0000],
+  magic: 0x1234n,
+  threads: [{ preludeOps: 3, body: [{ kind: 'pass', region: 0 }, { kind: 'pass', region: 1 }, { kind: 'pass', region: 0 }, { kind: 'delay' }] }],
+};
+
+describe('where a thread stands after ops_done ops', () => {
+  it('counts the prelude, loopBegin once, then body and loopEnd per iteration', () => {
+    expect(progressOf(w.threads[0]!, 3)).toEqual({ completed: [0, 0, 0, 0], inProgress: null, iterations: 0 });
+    expect(progressOf(w.threads[0]!, 4)).toEqual({ completed: [0, 0, 0, 0], inProgress: 0, iterations: 0 });
+    expect(progressOf(w.threads[0]!, 6)).toEqual({ completed: [1, 1, 0, 0], inProgress: 2, iterations: 0 });
+    // 4 + 5 × 2: two whole iterations (4 body ops + loopEnd each), the third not begun.
+    expect(progressOf(w.threads[0]!, 14)).toEqual({ completed: [2, 2, 2, 2], inProgress: 0, iterations: 2 });
+    // At the loopEnd of the third: every body op done three times, none in progress.
+    expect(progressOf(w.threads[0]!, 18)).toEqual({ completed: [3, 3, 3, 3], inProgress: null, iterations: 2 });
+  });
+});
+
+describe('the counters the model expects', () => {
+  it('sums a hot region’s passes, and marks the pass in progress as one edge', () => {
+    const e = expectedCounters(w, [6]); // region 0 passed once (+ once in progress), region 1 once
+    expect(e.filter((x) => x.addr < 0x210_0000).map((x) => [x.value, !!x.edge])).toEqual([
+      [1n, true],
+      [1n, true],
+      [1n, true],
+      [1n, true],
+    ]);
+    expect(e.filter((x) => x.addr > 0x210_0000).map((x) => [x.value, !!x.edge])).toEqual([
+      [1n, false],
+      [1n, false],
+      [1n, false],
+    ]);
+  });
+
+  it('accepts exactly one +1 edge in the pass in progress, and nothing else', () => {
+    const e = expectedCounters(w, [6]);
+    const reading = (vals: bigint[]) => (addr: number) => (addr < 0x210_0000 ? vals[(addr - 0x200_0000) / 4096]! : 1n);
+    expect(judgeCounters(e, reading([2n, 2n, 1n, 1n]))).toEqual([]);
+    expect(judgeCounters(e, reading([1n, 1n, 1n, 1n]))).toEqual([]);
+    expect(judgeCounters(e, reading([2n, 2n, 2n, 2n]))).toEqual([]);
+    // A page after the edge that reads +1: a page whose update went missing before it.
+    expect(judgeCounters(e, reading([2n, 1n, 2n, 1n])).map((d) => d.addr)).toEqual([0x200_2000]);
+    expect(judgeCounters(e, reading([3n, 1n, 1n, 1n])).map((d) => d.addr)).toEqual([0x200_0000]);
+    expect(judgeCounters(e, reading([1n, 1n, 0n, 1n])).map((d) => d.why)).toEqual(['counter of the pass in progress']);
+  });
+
+  it('judges a counter outside the pass in progress exactly', () => {
+    const e = expectedCounters(w, [6]);
+    const d = judgeCounters(e, (addr) => (addr === 0x210_1ffc ? 0n : addr < 0x210_0000 ? 1n : 1n));
+    expect(d).toEqual([{ addr: 0x210_1ffc, expected: '0x1', observed: '0x0', why: 'counter' }]);
+  });
+
+  it('finds layouts the generator must never make', () => {
+    expect(layoutProblems(w)).toEqual([]);
+    expect(layoutProblems({ ...w, regions: [...w.regions, { base: 0x200_0004, pages: 1, stride: 4096, writer: 'mov' }] })).toEqual(['0x2000004 overlaps the word before it']);
+    expect(layoutProblems({ ...w, regions: [{ base: 0x200_003c, pages: 1, stride: 4096, writer: 'lock-add' }] })[0]).toMatch(/split lock/);
+    expect(layoutProblems({ ...w, sentinels: [0x400_0000] })[0]).toMatch(/outside the arena/);
+  });
+});
+
+describe('whether precopy converges', () => {
+  it('converges when the working set fits half of bandwidth × downtime, or with postcopy', () => {
+    expect(predictConvergence({ workingSetBytes: 19 << 20, bandwidth: 128 << 20, downtimeMs: 300, postcopy: false })).toBe('converges');
+    expect(predictConvergence({ workingSetBytes: 20 << 20, bandwidth: 128 << 20, downtimeMs: 300, postcopy: false })).toBe('no-claim');
+    expect(predictConvergence({ workingSetBytes: 1 << 30, bandwidth: 1 << 20, downtimeMs: 1, postcopy: true })).toBe('converges');
+  });
+  it('cannot converge when even one page never fits a downtime', () => {
+    expect(predictConvergence({ workingSetBytes: 4096, bandwidth: 1 << 20, downtimeMs: 1, postcopy: false })).toBe('cannot');
+  });
+});

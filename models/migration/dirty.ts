@@ -1,0 +1,161 @@
+/**
+ * The reference model of a dirtying workload: what guest RAM must hold after a thread has
+ * completed a given number of ops.
+ *
+ * A migration workload thread is: a prelude (sentinel pages written once, then a marker), then a
+ * loop that never ends over a body of dirtying passes (each adds 1 to a u64 counter in every page
+ * of its region, with one store instruction kind) and delays. The guest counts every op it
+ * completes (ops_done, loop ops included, harness/guest/src/interp.c), and that counter lives in
+ * guest RAM, so it migrates with the pages: from a VM's own ops_done the model knows exactly how
+ * many times each pass completed. The one pass in progress when the vCPU stopped has done a prefix
+ * of its region: its counters read c+1 up to some page and c from there (QEMU's migration-test
+ * invariant, "every page equal except one +1 edge", made exact). Every other byte of the arena is
+ * zero: the arena starts zeroed and nothing but the workload writes it.
+ */
+
+/** The store instruction a pass uses (ir/ops.ts dirtyWrite: writer). */
+export type WriterKind = 'mov' | 'lock-add' | 'movnti' | 'rep-stosq' | 'rep-movsq';
+export const WRITER_CODES: Readonly<Record<WriterKind, number>> = { mov: 0, 'lock-add': 1, movnti: 2, 'rep-stosq': 3, 'rep-movsq': 4 };
+
+/** A region one pass dirties: a u64 counter at base + i * stride for i below pages. */
+export interface DirtyRegion {
+  readonly base: number;
+  readonly pages: number;
+  readonly stride: number;
+  readonly writer: WriterKind;
+}
+
+/** A step of the loop body: a pass over a region, or a busy-wait (its length does not matter to the model). */
+export type BodyStep = { readonly kind: 'pass'; readonly region: number } | { readonly kind: 'delay' };
+
+export interface ThreadWorkload {
+  /** How many ops come before the loop (sentinel writes and the marker). */
+  readonly preludeOps: number;
+  /** The loop body, run forever. */
+  readonly body: readonly BodyStep[];
+}
+
+export interface DirtyWorkload {
+  /** Where the workload writes: [arenaBase, arenaEnd). */
+  readonly arenaBase: number;
+  readonly arenaEnd: number;
+  /** Regions, none overlapping another's counters. */
+  readonly regions: readonly DirtyRegion[];
+  /** Pages written once in thread 0's prelude: `magic` at offset 0, their index at offset 8. */
+  readonly sentinels: readonly number[];
+  readonly magic: bigint;
+  readonly threads: readonly ThreadWorkload[];
+}
+
+/** What a counter must read: exactly `value`, or (in the pass in progress) `value` or `value + 1` with one edge. */
+export interface CounterExpectation {
+  readonly addr: number;
+  readonly value: bigint;
+  /** Set for the counters of the pass in progress: the region and the page's index in it. */
+  readonly edge?: { readonly region: number; readonly thread: number; readonly index: number };
+}
+
+export interface ThreadProgress {
+  /** Completed passes of each body step (delays counted too, for the record). */
+  readonly completed: readonly number[];
+  /** The body step in progress, or null (between passes, at the loop end or still in the prelude). */
+  readonly inProgress: number | null;
+  readonly iterations: number;
+}
+
+/** Where a thread stands after `opsDone` ops: the loop is loopBegin once, then (body, loopEnd) forever. */
+export function progressOf(t: ThreadWorkload, opsDone: number): ThreadProgress {
+  const inLoop = opsDone - t.preludeOps - 1;
+  if (inLoop < 0) return { completed: t.body.map(() => 0), inProgress: null, iterations: 0 };
+  const per = t.body.length + 1;
+  const iterations = Math.floor(inLoop / per);
+  const pos = inLoop % per;
+  return { completed: t.body.map((_, j) => iterations + (j < pos ? 1 : 0)), inProgress: pos < t.body.length ? pos : null, iterations };
+}
+
+/** Every counter and what it must read, given each thread's ops_done. */
+export function expectedCounters(w: DirtyWorkload, opsDone: readonly number[]): CounterExpectation[] {
+  const counts = w.regions.map(() => 0n);
+  const edges: (null | { thread: number })[] = w.regions.map(() => null);
+  w.threads.forEach((t, ti) => {
+    const p = progressOf(t, opsDone[ti] ?? 0);
+    t.body.forEach((s, j) => {
+      if (s.kind !== 'pass') return;
+      counts[s.region]! += BigInt(p.completed[j]!);
+      if (p.inProgress === j) edges[s.region] = { thread: ti };
+    });
+  });
+  return w.regions.flatMap((r, ri) =>
+    Array.from({ length: r.pages }, (_, i): CounterExpectation => {
+      const e = edges[ri];
+      return { addr: r.base + i * r.stride, value: counts[ri]!, ...(e ? { edge: { region: ri, thread: e.thread, index: i } } : {}) };
+    }),
+  );
+}
+
+/** The sentinel pages' non-zero bytes: magic at 0, the page's index at 8 (u64, little-endian). */
+export function sentinelWords(w: DirtyWorkload): { addr: number; value: bigint }[] {
+  return w.sentinels.flatMap((page, i) => [
+    { addr: page, value: w.magic },
+    { addr: page + 8, value: BigInt(i) },
+  ]);
+}
+
+export interface ArenaDifference {
+  readonly addr: number;
+  readonly expected: string;
+  readonly observed: string;
+  readonly why: string;
+}
+
+/**
+ * Judge counter values read from RAM (`read(addr)` → the u64 there) against the model: each must
+ * equal its count, except that a pass in progress shows one edge, c+1 before it and c after.
+ */
+export function judgeCounters(expect: readonly CounterExpectation[], read: (addr: number) => bigint): ArenaDifference[] {
+  const out: ArenaDifference[] = [];
+  // Where the edge of each in-progress region is: the first page that still reads c.
+  const edgeAt = new Map<number, number>();
+  for (const e of expect) {
+    const v = read(e.addr);
+    if (!e.edge) {
+      if (v !== e.value) out.push({ addr: e.addr, expected: hex(e.value), observed: hex(v), why: 'counter' });
+      continue;
+    }
+    const seen = edgeAt.get(e.edge.region);
+    if (v === e.value + 1n && seen === undefined) continue; // still before the edge
+    if (v === e.value) {
+      if (seen === undefined) edgeAt.set(e.edge.region, e.edge.index);
+      continue;
+    }
+    const why = v === e.value + 1n ? `counter after the edge of the pass in progress (page ${seen} of its region already read ${hex(e.value)})` : 'counter of the pass in progress';
+    out.push({ addr: e.addr, expected: v === e.value + 1n ? hex(e.value) : `${hex(e.value)} or ${hex(e.value + 1n)}`, observed: hex(v), why });
+  }
+  return out;
+}
+
+function hex(v: bigint): string {
+  return `0x${v.toString(16)}`;
+}
+
+/** The 8-byte spans the model knows the value of (counters and sentinel words), for a zero check of the rest. */
+export function knownSpans(w: DirtyWorkload): { addr: number; len: number }[] {
+  const counters = w.regions.flatMap((r) => Array.from({ length: r.pages }, (_, i) => ({ addr: r.base + i * r.stride, len: 8 })));
+  return [...counters, ...sentinelWords(w).map((s) => ({ addr: s.addr, len: 8 }))].sort((a, b) => a.addr - b.addr);
+}
+
+/** Two regions (or a sentinel) whose counters overlap, or one outside the arena: a generator bug. */
+export function layoutProblems(w: DirtyWorkload): string[] {
+  const spans = knownSpans(w);
+  const out: string[] = [];
+  for (let i = 0; i < spans.length; i++) {
+    const s = spans[i]!;
+    if (s.addr < w.arenaBase || s.addr + s.len > w.arenaEnd) out.push(`0x${s.addr.toString(16)} lies outside the arena`);
+    if (i > 0 && spans[i - 1]!.addr + spans[i - 1]!.len > s.addr) out.push(`0x${s.addr.toString(16)} overlaps the word before it`);
+  }
+  w.regions.forEach((r, i) => {
+    if (r.writer === 'lock-add' && Math.floor(r.base / 64) !== Math.floor((r.base + 7) / 64)) out.push(`region ${i}: a locked add across a cache line is a split lock`);
+    if (r.stride < 8) out.push(`region ${i}: stride ${r.stride} makes its counters overlap`);
+  });
+  return out;
+}
