@@ -42,6 +42,12 @@ export interface Mutant {
    * family reads the keys it knows.
    */
   readonly modelVariant?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
+  /**
+   * Something put between a migration's source and destination (a proxy that mutates one page
+   * record of the stream), given the pages it may aim at and the word they begin with. Its
+   * property then generates only plain precopy streams, the only kind the proxy understands.
+   */
+  readonly migrationIntercept?: (target: { readonly pages: readonly number[]; readonly magic: bigint }) => (dstUri: string, dstDir: string) => Promise<{ readonly uri: string; close(): Promise<void> }>;
 }
 
 /** A host capability a family needs, read from the fingerprint; without it the family skips. */

@@ -17,9 +17,9 @@ import { difference, type Observation, type PropertyEnv } from './property.js';
 /**
  * The VM roles of a case. `facts`: the VM host facts are read from; `calibration`: the one a
  * property measures the host with; `workload`: a case's VM; `a`/`b`: the two fresh VMs of a case
- * that compares VMs. Mutants say which roles they break.
+ * that compares VMs; `source`/`destination`: the two ends of a migration. Mutants say which roles they break.
  */
-export type VmRole = 'facts' | 'calibration' | 'workload' | 'a' | 'b';
+export type VmRole = 'facts' | 'calibration' | 'workload' | 'a' | 'b' | 'source' | 'destination';
 
 /** The per-VM prepare hook of the run's mutant, for a VM of this role, or undefined. */
 function mutantPrepare(env: PropertyEnv, role: VmRole, config: MachineConfig): ((dir: string) => Promise<readonly string[]>) | undefined {

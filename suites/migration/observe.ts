@@ -1,0 +1,279 @@
+/**
+ * One migration case, observed: boot the dirtying workload on a source, migrate it (after a
+ * cancelled attempt that cannot converge, when the case asks), and at each switchover, with the
+ * source stopped at completion and the destination loaded but not resumed, take both sides' RAM
+ * and vCPU/device state; then resume the destination, let it run, stop it, and read back what the
+ * workload wrote; for ping-pong, move it on once more. Everything a rule needs is in the
+ * observation; rules (properties.ts) only compare.
+ *
+ * Four verbs per hop, as in KVM's selftests (vcpu_save_state → release → recreate →
+ * vcpu_load_state): the source stops and sends (migrateTo, resume: false), the destination holds
+ * what it loaded, both are read, and only then does the guest go on.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { layoutWorkload, LOOPING_MARK, migrationProgram, workingSetPages, type MigrationCase } from '../../generators/migration.js';
+import { captureVmState, diffVmState } from '../../harness/vmState.js';
+import { compareRam, MigrationError, withVms, type MigrateOptions, type MigrationInfo, type PageDifference, type StreamIntercept, type VmHandle, type VmSpec } from '../../harness/session.js';
+import { judgeCounters, expectedCounters, knownSpans, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
+import { predictConvergence, type Convergence } from '../../models/migration/convergence.js';
+import { machineConfig } from '../lib/options.js';
+import type { Observation, PropertyEnv } from '../lib/property.js';
+
+export interface MigrationFacts {
+  readonly tscHz: number;
+}
+
+/** QEMU 7.2's defaults (migration/migration.c: MAX_THROTTLE, DEFAULT_MIGRATE_SET_DOWNTIME). */
+export const QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20;
+export const QEMU_DEFAULT_DOWNTIME_MS = 300;
+
+/** The attempt that must not converge: 1 MiB/s and 1 ms of downtime for a working set of at least a page. */
+export const HOPELESS = { bandwidth: 1 << 20, downtimeMs: 1, cancelAfterMs: 300 } as const;
+
+export interface StateDifference {
+  readonly section: string;
+  readonly key: string;
+  readonly a: string | null;
+  readonly b: string | null;
+}
+
+export interface Hop {
+  readonly from: string;
+  readonly to: string;
+  readonly prediction: Convergence;
+  readonly info: MigrationInfo | null;
+  /** Why it did not complete (QEMU's words), or null. */
+  readonly error: string | null;
+  /** Did not complete within the time a case allows, where the model makes no claim. */
+  readonly gaveUp: boolean;
+  readonly ram: { readonly identical: boolean; readonly differingPages: number; readonly pages: readonly PageDifference[] } | null;
+  readonly state: readonly StateDifference[] | null;
+  readonly stateEvidence?: { readonly source: Readonly<Record<string, string>>; readonly destination: Readonly<Record<string, string>> };
+  /** Each thread's ops_done on the source at its switchover, and on the destination before it runs. */
+  readonly progress: { readonly source: readonly number[]; readonly destination: readonly number[] } | null;
+  readonly resumed: {
+    /** Every thread of the destination moved past where the source stopped. */
+    readonly ran: boolean;
+    readonly ranWhy: string | null;
+    /** Two readings of the stopped destination, apart in time, are the same. */
+    readonly stopped: boolean;
+    /** The source stayed stopped where it was. */
+    readonly sourceStill: boolean;
+    readonly opsDone: readonly number[];
+    /** The workload's arena against the model, at the destination's ops_done. */
+    readonly arena: readonly ArenaDifference[];
+  } | null;
+}
+
+export interface MigrationObservation {
+  readonly workload: DirtyWorkload;
+  readonly workingSetPages: number;
+  readonly hopeless: { readonly status: string; readonly info: MigrationInfo | null; readonly error: string | null } | null;
+  readonly hops: readonly Hop[];
+  readonly qemuStderr: Readonly<Record<string, string>>;
+}
+
+/** What a case's migrations ask of QEMU: capabilities and parameters, on both sides. */
+export function migrateOptions(c: MigrationCase): Pick<MigrateOptions, 'capabilities' | 'parameters' | 'postcopyAfterMs'> {
+  const s = c.stream;
+  const capabilities: Record<string, boolean> = {};
+  const parameters: Record<string, unknown> = { 'downtime-limit': s.downtimeLimitMs, 'max-bandwidth': s.maxBandwidthMiBs === null ? QEMU_DEFAULT_MAX_BANDWIDTH : s.maxBandwidthMiBs << 20 };
+  if (s.multifdChannels) {
+    capabilities.multifd = true;
+    parameters['multifd-channels'] = s.multifdChannels;
+  }
+  if (s.xbzrleCacheMiB) {
+    capabilities.xbzrle = true;
+    parameters['xbzrle-cache-size'] = s.xbzrleCacheMiB << 20;
+  }
+  if (s.autoConverge) capabilities['auto-converge'] = true;
+  if (s.postcopy) {
+    capabilities['postcopy-ram'] = true;
+    if (s.postcopy.preempt) capabilities['postcopy-preempt'] = true;
+  }
+  return { capabilities, parameters, ...(s.postcopy ? { postcopyAfterMs: s.postcopy.afterMs } : {}) };
+}
+
+/** Read the arena of a stopped VM and judge it against the model at these ops_done counts. */
+export async function judgeArena(vm: VmHandle, w: DirtyWorkload, opsDone: readonly number[]): Promise<ArenaDifference[]> {
+  const spans = knownSpans(w);
+  const words = new Map<number, bigint>();
+  const out: ArenaDifference[] = [];
+  const CHUNK = 1 << 20;
+  let si = 0; // the next span to read the value of
+  let zi = 0; // the first span that may still overlap the chunk being zero-checked
+  for (let at = w.arenaBase; at < w.arenaEnd && out.length < 16; at += CHUNK) {
+    const len = Math.min(CHUNK, w.arenaEnd - at);
+    // 8 bytes more, so a word that starts in this chunk is read whole.
+    const buf = Buffer.from(await vm.vm.readPhys(at, Math.min(len + 8, w.arenaEnd - at)));
+    for (; si < spans.length && spans[si]!.addr < at + len; si++) words.set(spans[si]!.addr, buf.readBigUInt64LE(spans[si]!.addr - at));
+    const rest = Buffer.from(buf.subarray(0, len));
+    while (zi < spans.length && spans[zi]!.addr + spans[zi]!.len <= at) zi++;
+    for (let k = zi; k < spans.length && spans[k]!.addr < at + len; k++) rest.fill(0, Math.max(0, spans[k]!.addr - at), Math.min(len, spans[k]!.addr + spans[k]!.len - at));
+    for (let i = rest.findIndex((b) => b !== 0); i >= 0 && out.length < 16; ) {
+      out.push({ addr: at + i, expected: '0x0', observed: `0x${rest[i]!.toString(16)}`, why: 'a byte the workload never writes' });
+      const next = rest.subarray(i + 1).findIndex((b) => b !== 0);
+      i = next < 0 ? -1 : i + 1 + next;
+    }
+  }
+  const read = (addr: number) => words.get(addr) ?? 0n;
+  for (const s of w.sentinels.flatMap((page, i) => [{ addr: page, value: w.magic }, { addr: page + 8, value: BigInt(i) }])) {
+    if (read(s.addr) !== s.value) out.push({ addr: s.addr, expected: `0x${s.value.toString(16)}`, observed: `0x${read(s.addr).toString(16)}`, why: 'sentinel page (written once, before the migration)' });
+  }
+  out.push(...judgeCounters(expectedCounters(w, opsDone), read));
+  return out;
+}
+
+async function opsDone(vm: VmHandle, threads: number): Promise<number[]> {
+  const { threads: t } = await vm.vm.readMailbox();
+  return t.slice(0, threads).map((x) => Number(x.ops_done ?? 0n));
+}
+
+/** The migration stream interceptor of the run's mutant (a page-record proxy), if any. */
+export type InterceptFor = (w: DirtyWorkload) => ((dstUri: string, dstDir: string) => Promise<StreamIntercept>) | undefined;
+
+export async function observeMigration(c: MigrationCase, facts: MigrationFacts, env: PropertyEnv, interceptFor?: InterceptFor): Promise<Observation<MigrationObservation>> {
+  const { workload } = layoutWorkload(c);
+  const program = migrationProgram(c, workload, facts.tscHz);
+  const nthreads = program.threads.length;
+  const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: c.ramMiB, ...(c.tracking.kind === 'ring' ? { accelProps: [`dirty-ring-size=${c.tracking.size}`] } : {}) });
+  const specs: Record<string, VmSpec> = { a: { config: cfg, program }, b: { config: cfg, incoming: 'defer' } };
+  if (c.cancelFirst) specs.a0 = { config: cfg, incoming: 'defer' };
+  if (c.pingPong) specs.c = { config: cfg, incoming: 'defer' };
+  const ws = workingSetPages(workload);
+  const opts = migrateOptions(c);
+  const prediction = predictConvergence({
+    workingSetBytes: ws * 4096,
+    bandwidth: Number(opts.parameters!['max-bandwidth']),
+    downtimeMs: c.stream.downtimeLimitMs,
+    postcopy: c.stream.postcopy !== null,
+  });
+  const intercept = interceptFor?.(workload);
+  env.metrics.add('migrationCases');
+  for (const [k, on] of Object.entries({ multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2 })) {
+    if (on) env.metrics.add(`migration.${k}`);
+  }
+  const stderr: Record<string, string> = {};
+  try {
+    return await withVms(
+      specs,
+      async (vms) => {
+        const a = vms.a!;
+        for (let t = 0; t < nthreads; t++) await a.untilMarker(t, LOOPING_MARK, { timeoutMs: 20_000 });
+        await sleep(c.warmupMs);
+        let hopeless: MigrationObservation['hopeless'] = null;
+        if (c.cancelFirst) {
+          // The model says this cannot converge: a working set of at least a page, 1 KiB a downtime.
+          const info = await a
+            .migrateTo(vms.a0!, { parameters: { 'max-bandwidth': HOPELESS.bandwidth, 'downtime-limit': HOPELESS.downtimeMs }, cancelAfterMs: HOPELESS.cancelAfterMs, timeoutMs: 20_000 })
+            .then((i) => ({ status: i.status, info: i, error: null }))
+            .catch((e: unknown) => (e instanceof MigrationError ? { status: e.info?.status ?? 'failed', info: e.info, error: e.message } : Promise.reject(e)));
+          hopeless = info;
+          env.metrics.add('migrations');
+          if (info.status === 'cancelled') await untilRunning(a);
+        }
+        const hops: Hop[] = [];
+        const route = c.pingPong ? [['a', 'b'], ['b', 'c']] : [['a', 'b']];
+        for (const [from, to] of route as [string, string][]) {
+          const hop = await migrateHop(vms[from]!, vms[to]!, { c, workload, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
+          hops.push(hop);
+          if (!hop.resumed) break;
+        }
+        for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
+        return { ok: true as const, value: { workload, workingSetPages: ws, hopeless, hops, qemuStderr: stderr } };
+      },
+      { guestElf: env.guestElf },
+    );
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    return { ok: false, difference: { summary: `the migration case did not run: ${message}`, expected: 'the source boots, reaches its loop and each VM answers QMP', observed: message, evidence: { stderr } } };
+  }
+}
+
+async function untilRunning(vm: VmHandle): Promise<void> {
+  for (let i = 0; i < 100 && (await vm.status()) !== 'running'; i++) await sleep(20);
+}
+
+async function migrateHop(
+  src: VmHandle,
+  dst: VmHandle,
+  x: { c: MigrationCase; workload: DirtyWorkload; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
+): Promise<Hop> {
+  const { c, workload, nthreads, prediction, env } = x;
+  const base = { from: src.name, to: dst.name, prediction };
+  const timeoutMs = prediction === 'converges' ? 60_000 : 20_000;
+  let info: MigrationInfo;
+  try {
+    info = await src.migrateTo(dst, { ...migrateOptions(c), resume: false, timeoutMs, ...(x.intercept ? { intercept: x.intercept } : {}) });
+  } catch (e) {
+    if (!(e instanceof MigrationError)) throw e;
+    env.metrics.add('migrations');
+    const gaveUp = prediction !== 'converges' && /did not end within/.test(e.message);
+    if (gaveUp) env.metrics.add('migrationsNotConverged');
+    return { ...base, info: e.info, error: e.message, gaveUp, ram: null, state: null, progress: null, resumed: null };
+  }
+  env.metrics.add('migrations');
+  env.metrics.add('migrationsCompleted');
+  recordFigures(env, c, info);
+  // Both stopped: the source at completion, the destination with everything loaded.
+  const ram = await compareRam(src, dst, 4096, { details: 8 });
+  const [sa, sb] = await Promise.all([captureVmState(src.vm.qmp, c.cpus), captureVmState(dst.vm.qmp, c.cpus)]);
+  const state = diffVmState(sa, sb);
+  const progress = { source: await opsDone(src, nthreads), destination: await opsDone(dst, nthreads) };
+  // Resume the destination: it must run on from there, and stop when told.
+  await dst.cont();
+  await sleep(c.runAfterMs);
+  let ranWhy: string | null = null;
+  for (let t = 0; t < nthreads; t++) {
+    const from = BigInt(progress.destination[t]!);
+    await dst.untilThread(t, (s) => (s.ops_done ?? 0n) > from + 1n, { timeoutMs: 10_000 }).catch((e: unknown) => (ranWhy ??= e instanceof Error ? e.message : String(e)));
+  }
+  await dst.stop();
+  const first = await opsDone(dst, nthreads);
+  await sleep(30);
+  const second = await opsDone(dst, nthreads);
+  const sourceNow = await opsDone(src, nthreads);
+  const arena = await judgeArena(dst, workload, second);
+  return {
+    ...base,
+    info,
+    error: null,
+    gaveUp: false,
+    ram: { identical: ram.identical, differingPages: ram.differingPages, pages: ram.pages },
+    state,
+    ...(state.length ? { stateEvidence: { source: sa.raw, destination: sb.raw } } : {}),
+    progress,
+    resumed: {
+      ran: ranWhy === null,
+      ranWhy,
+      stopped: first.every((v, i) => v === second[i]),
+      sourceStill: sourceNow.every((v, i) => v === progress.source[i]) && (await src.status()) === 'postmigrate',
+      opsDone: second,
+      arena,
+    },
+  };
+}
+
+/** Every completed migration's figures, labelled by what the case asked for (results' measurements). */
+function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo): void {
+  const labels = {
+    tracking: c.tracking.kind === 'ring' ? `ring-${c.tracking.size}` : 'bitmap',
+    multifd: c.stream.multifdChannels ?? 0,
+    xbzrle: c.stream.xbzrleCacheMiB ? 'on' : 'off',
+    autoConverge: c.stream.autoConverge ? 'on' : 'off',
+    postcopy: c.stream.postcopy ? (c.stream.postcopy.preempt ? 'preempt' : 'on') : 'off',
+    ramMiB: c.ramMiB,
+    cpus: c.cpus,
+  };
+  const figures: Record<string, number | undefined> = {
+    totalTimeMs: info['total-time'],
+    downtimeMs: info.downtime,
+    setupTimeMs: info['setup-time'],
+    transferredBytes: info.ram?.transferred,
+    dirtySyncCount: info.ram?.['dirty-sync-count'],
+    mbps: info.ram?.mbps,
+    pagesPerSecond: info.ram?.['pages-per-second'] as number | undefined,
+    throttlePercent: (info['cpu-throttle-percentage'] as number | undefined) ?? 0,
+  };
+  for (const [k, v] of Object.entries(figures)) if (typeof v === 'number') env.metrics.sample(`migration.${k}`, v, labels);
+}

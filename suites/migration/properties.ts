@@ -1,0 +1,145 @@
+/**
+ * Migration properties. Both observe the same kind of case (observe.ts): a dirtying workload
+ * migrated live with generated parameters; each makes its own claim about it.
+ *  - migration.switchover: with the source stopped at completion and the destination loaded but
+ *    not resumed, both hold the same guest RAM, byte for byte, and the same vCPU and device state;
+ *    a migration that should converge completes, one that cannot does not.
+ *  - migration.resume: the destination then runs the guest on from there and stops when told,
+ *    the source stays where it stopped, and what the workload wrote is what the model says
+ *    (models/migration/dirty.ts) for the progress the destination reports.
+ */
+import type fc from 'fast-check';
+import { migrationCaseArb, type MigrationCase } from '../../generators/migration.js';
+import { runRootFilesystem } from '../../harness/runtime.js';
+import { defineProperty, difference, rule, type Difference, type PropertyEnv, type Rule } from '../lib/property.js';
+import { HOPELESS, observeMigration, type Hop, type MigrationFacts, type MigrationObservation } from './observe.js';
+
+/** RAM sizes a case draws from (MiB); larger ones under --runs big enough to afford them. */
+export const RAM_SIZES = [64, 64, 128, 256, 1024] as const;
+
+function facts(env: PropertyEnv): Promise<MigrationFacts> {
+  const khz = env.host.kvm.vcpuTscKhz;
+  // Only the delays between passes use it (a dirty rate, not a measurement): a rough rate will do.
+  return Promise.resolve({ tscHz: khz ? khz * 1000 : 2e9 });
+}
+
+function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
+  return migrationCaseArb({
+    ramMiB: RAM_SIZES,
+    maxCpus: 2,
+    dirtyRing: env.options.accel === 'kvm' && env.host.kvm.dirtyRing === true,
+    // Postcopy needs guest RAM that userfaultfd can track: a tmpfs file (harness/runtime.ts).
+    postcopy: runRootFilesystem() === 'tmpfs',
+    tscHz: f.tscHz,
+    ...(env.mutant?.migrationIntercept ? { plainStream: true } : {}),
+  });
+}
+
+function skip(env: PropertyEnv): string | null {
+  return env.options.machine === 'microvm' || env.options.machine === 'pc' || env.options.machine === 'q35' ? null : `no migration on ${env.options.machine}`;
+}
+
+function observe(c: MigrationCase, f: MigrationFacts, env: PropertyEnv) {
+  const m = env.mutant?.migrationIntercept;
+  return observeMigration(c, f, env, m ? (w) => m({ pages: w.sentinels, magic: w.magic }) : undefined);
+}
+
+function where(h: Hop): string {
+  return `migration ${h.from} → ${h.to}`;
+}
+
+function words(o: MigrationObservation): Record<string, string> {
+  return Object.fromEntries(Object.entries(o.qemuStderr).filter(([, v]) => v.trim().length > 0));
+}
+
+const completes: Rule<MigrationObservation> = rule('a migration that should complete does', function* (o) {
+  for (const h of o.hops) {
+    if (h.error === null || h.gaveUp) continue;
+    yield difference(`${where(h)} did not complete: ${h.error}`, { status: 'completed', prediction: h.prediction }, { status: h.info?.status ?? 'failed', error: h.error, info: h.info }, { evidence: { qemu: words(o) } });
+  }
+});
+
+const hopeless: Rule<MigrationObservation> = rule('a migration that cannot converge does not complete', function* (o) {
+  if (!o.hopeless || o.hopeless.status === 'cancelled') return;
+  yield difference(
+    `a migration at ${HOPELESS.bandwidth} B/s with a ${HOPELESS.downtimeMs} ms downtime limit, for a working set of ${o.workingSetPages} pages rewritten for ever, ended '${o.hopeless.status}' instead of running on until cancelled`,
+    { status: 'cancelled', why: 'the pages left after every iteration never fit bandwidth × downtime-limit (models/migration/convergence.ts)' },
+    { status: o.hopeless.status, info: o.hopeless.info, error: o.hopeless.error },
+    { evidence: { qemu: words(o) } },
+  );
+});
+
+const ramIdentical: Rule<MigrationObservation> = rule('RAM identical at switchover', function* (o) {
+  for (const h of o.hops) {
+    if (!h.ram || h.ram.identical) continue;
+    const p = h.ram.pages[0];
+    const at = p ? ` (first: page 0x${p.page.toString(16)} + 0x${p.offset.toString(16)}, source ${p.a}, destination ${p.b})` : '';
+    yield difference(`${where(h)}: ${h.ram.differingPages} page(s) of guest RAM differ at the switchover${at}`, { differingPages: 0 }, { differingPages: h.ram.differingPages, pages: h.ram.pages }, { evidence: { qemu: words(o), info: h.info } });
+  }
+});
+
+const stateIdentical: Rule<MigrationObservation> = rule('vCPU and device state identical at switchover', function* (o) {
+  for (const h of o.hops) {
+    if (!h.state || h.state.length === 0) continue;
+    const d = h.state[0]!;
+    yield difference(
+      `${where(h)}: ${h.state.length} item(s) of vCPU/device state differ at the switchover (first: ${d.section} ${d.key}: source ${d.a ?? '(absent)'}, destination ${d.b ?? '(absent)'})`,
+      { differences: 0 },
+      { differences: h.state },
+      { evidence: { ...h.stateEvidence, qemu: words(o) } },
+    );
+  }
+});
+
+const progressIdentical: Rule<MigrationObservation> = rule('guest progress identical at switchover', function* (o) {
+  for (const h of o.hops) {
+    if (!h.progress || h.progress.source.every((v, i) => v === h.progress!.destination[i])) continue;
+    yield difference(`${where(h)}: the destination's threads report ops_done ${h.progress.destination.join(', ')}, the source stopped at ${h.progress.source.join(', ')}`, h.progress.source, h.progress.destination, { evidence: { qemu: words(o) } });
+  }
+});
+
+const runsOn: Rule<MigrationObservation> = rule('the destination runs on', function* (o) {
+  for (const h of o.hops) {
+    if (!h.resumed || h.resumed.ran) continue;
+    yield difference(`${where(h)}: after cont the destination did not run on: ${h.resumed.ranWhy}`, 'every thread moves past where the source stopped', h.resumed.ranWhy, { evidence: { qemu: words(o) } });
+  }
+});
+
+const stopStops: Rule<MigrationObservation> = rule('stop stops the destination, and the source stays stopped', function* (o) {
+  for (const h of o.hops) {
+    if (!h.resumed) continue;
+    if (!h.resumed.stopped) yield difference(`${where(h)}: after stop the destination's threads still moved`, 'no progress while stopped', 'progress');
+    if (!h.resumed.sourceStill) yield difference(`${where(h)}: the source moved after it was migrated away (or left 'postmigrate')`, 'the source stays where it stopped', 'it moved');
+  }
+});
+
+const modelAfterResume: Rule<MigrationObservation> = rule('RAM matches the model after resume', function* (o) {
+  for (const h of o.hops) {
+    if (!h.resumed || h.resumed.arena.length === 0) continue;
+    const d = h.resumed.arena[0]!;
+    yield difference(
+      `${where(h)}: after the destination ran to ops_done ${h.resumed.opsDone.join(', ')}, 0x${d.addr.toString(16)} reads ${d.observed}, the model says ${d.expected} (${d.why})${h.resumed.arena.length > 1 ? `; ${h.resumed.arena.length - 1} more` : ''}`,
+      h.resumed.arena.map((x) => ({ addr: x.addr, value: x.expected })),
+      h.resumed.arena.map((x) => ({ addr: x.addr, value: x.observed, why: x.why })),
+      { evidence: { qemu: words(o), info: h.info } },
+    );
+  }
+});
+
+function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[]) {
+  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, skip, facts, arbitrary, observe, rules });
+}
+
+export const migrationSwitchover = migrationProperty(
+  'migration.switchover',
+  'A live migration of a guest that dirties memory (generated writers, layouts and rates; dirty bitmap or ring; multifd, xbzrle, auto-converge, postcopy, bandwidth and downtime limits; cancel-then-retry; ping-pong) completes when the model says it converges and does not when it cannot; at the switchover the stopped source and the loaded destination hold byte-identical guest RAM, the same vCPU and device state and the same guest progress',
+  [completes, hopeless, ramIdentical, stateIdentical, progressIdentical],
+);
+
+export const migrationResume = migrationProperty(
+  'migration.resume',
+  'After a live migration the destination runs the guest on from where the source stopped and stops when told, the source stays stopped, and the memory the workload wrote is exactly what the model predicts for the progress the destination reports (every counter its count, one +1 edge in the pass in progress, sentinel pages intact, every other byte zero)',
+  [completes, runsOn, stopStops, modelAfterResume],
+);
+
+export type { Difference };
