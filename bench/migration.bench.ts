@@ -1,0 +1,170 @@
+/**
+ * A migration case of migration.switchover side by side with a raw QEMU → QEMU migration of the
+ * same guest running the same program with the same parameters (two QEMUs, -incoming on a unix
+ * socket, QMP migrate and query-migrate until completed, then quit): how much the harness
+ * (marker wait, RAM comparison at the switchover, vCPU/device state capture, resume, stop and the
+ * model's check of the arena) adds to the migration itself. Goal: a ratio of at most 1.3. Then the
+ * RAM-equivalence check's speed over two 1 GiB RAM files (goal: at least 2 GiB/s).
+ *
+ * Rounds alternate harness and raw runs in one process; medians are reported (this host is shared
+ * and noisy: only ratios measured together mean anything).
+ *
+ *   node --import tsx bench/migration.bench.ts [--rounds N] [--out FILE]
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { execa } from 'execa';
+import { layoutWorkload, migrationProgram, type MigrationCase } from '../generators/migration.js';
+import { encodeProgram } from '../harness/bytecode.js';
+import { QmpClient } from '../harness/qmp.js';
+import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
+import { compareRamFiles } from '../harness/session.js';
+import { qemuArgs } from '../harness/vm.js';
+import { loadDeviations } from '../reports/deviations.js';
+import { defaultOptions, machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
+import { Metrics, type PropertyEnv } from '../suites/lib/property.js';
+import { checkCase, propertyEnv } from '../suites/lib/runner.js';
+import { Waiver } from '../suites/lib/waive.js';
+import { migrateOptions } from '../suites/migration/observe.js';
+import { migrationSwitchover } from '../suites/migration/properties.js';
+
+const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
+const ROUNDS = Number(values.rounds ?? 5);
+const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench-migration.json');
+
+/** 64 MiB, one vCPU rewriting 256 pages (1 MiB) with MOV as fast as it can, dirty bitmap, plain precopy. */
+const CASE: MigrationCase = {
+  cpus: 1,
+  ramMiB: 64,
+  tracking: { kind: 'bitmap' },
+  stream: { multifdChannels: null, xbzrleCacheMiB: null, autoConverge: false, maxBandwidthMiBs: null, downtimeLimitMs: 300, postcopy: null },
+  cancelFirst: false,
+  pingPong: false,
+  warmupMs: 0,
+  runAfterMs: 20,
+  sentinels: 1,
+  threads: [{ delayUs: 0, regions: [{ pages: 256, stridePages: 1, placement: 'page-start', offset: 8, writer: 'mov', passes: 1, gapPages: 0 }] }],
+};
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function timeHarness(env: PropertyEnv, facts: unknown): Promise<number> {
+  const waiver = new Waiver(loadDeviations(env.options.deviations), migrationSwitchover.id, env.host, { accel: env.options.accel, machine: env.options.machine });
+  const t = performance.now();
+  const f = await checkCase(migrationSwitchover, CASE, facts, env, waiver);
+  const ms = performance.now() - t;
+  if (f) throw new Error(`the case failed (${f.rule}): ${f.difference.summary}`);
+  return ms;
+}
+
+/** Our QMP arguments swapped for a plain QMP server socket, and no -S on the source. */
+function rawArgs(all: readonly string[], qmp: string, keepS: boolean): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < all.length; i++) {
+    if (all[i] === '-S' && !keepS) continue;
+    if ((all[i] === '-chardev' && all[i + 1]!.startsWith('socket,id=qmp')) || all[i] === '-mon') {
+      i++;
+      continue;
+    }
+    out.push(all[i]!);
+  }
+  return [...out, '-qmp', `unix:${qmp},server=on,wait=off`];
+}
+
+async function timeRaw(env: PropertyEnv, tscHz: number): Promise<number> {
+  const { workload } = layoutWorkload(CASE);
+  const image = encodeProgram(migrationProgram(CASE, workload, tscHz));
+  const cfg = machineConfig(env.options, { cpus: CASE.cpus, ramMiB: CASE.ramMiB });
+  const dir = await createPrivateDir('bench-raw-migration');
+  const procs: ReturnType<typeof execa>[] = [];
+  try {
+    const program = join(dir, 'program.bin');
+    writeFileSync(program, image.image);
+    const mig = join(dir, 'mig.sock');
+    const t = performance.now();
+    const src = rawArgs(qemuArgs(cfg, { kernel: env.guestElf, ram: join(dir, 'ram-a'), qmpSocket: '', program }), join(dir, 'a.sock'), false);
+    const dst = rawArgs(qemuArgs(cfg, { kernel: env.guestElf, ram: join(dir, 'ram-b'), qmpSocket: '', program }, { incoming: `unix:${mig}` }), join(dir, 'b.sock'), true);
+    procs.push(execa(cfg.qemu, src, { reject: false, stdin: 'ignore' }), execa(cfg.qemu, dst, { reject: false, stdin: 'ignore' }));
+    const [qa, qb] = await Promise.all([QmpClient.connect(join(dir, 'a.sock')), QmpClient.connect(join(dir, 'b.sock'))]);
+    const o = migrateOptions(CASE);
+    for (const q of [qa, qb]) await q.execute('migrate-set-parameters', { ...o.parameters });
+    // The harness starts migrating once the guest loops; so does this, after the same boot.
+    await sleep(100);
+    await qa.execute('migrate', { uri: `unix:${mig}` });
+    for (;;) {
+      const s = await qa.execute<{ status: string }>('query-migrate');
+      if (s.status === 'completed') break;
+      if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`raw migration ${s.status}`);
+      await sleep(20);
+    }
+    for (const q of [qa, qb]) await q.execute('quit').catch(() => undefined);
+    await Promise.all(procs);
+    return performance.now() - t;
+  } finally {
+    for (const p of procs) p.kill('SIGKILL');
+    await removePrivateDir(dir);
+  }
+}
+
+/** compareRam's loop over two 1 GiB RAM files with a quarter of their pages written. */
+async function ramCheckGiBps(): Promise<number> {
+  const dir = await createPrivateDir('bench-ram-check');
+  try {
+    const len = 1 << 30;
+    const [a, b] = [join(dir, 'a'), join(dir, 'b')];
+    const data = Buffer.alloc(1 << 20, 0x5a);
+    for (const p of [a, b]) {
+      execFileSync('truncate', ['-s', String(len), p]);
+      const f = await open(p, 'r+');
+      for (let i = 0; i < 256; i++) await f.write(data, 0, data.length, i * (4 << 20));
+      await f.close();
+    }
+    await compareRamFiles(a, b, len);
+    const t = performance.now();
+    if (!(await compareRamFiles(a, b, len))) throw new Error('identical files compared unequal');
+    return 1 / ((performance.now() - t) / 1000);
+  } finally {
+    await removePrivateDir(dir);
+  }
+}
+
+async function main(): Promise<void> {
+  const options = defaultOptions({ out: dirname(OUT) });
+  const base = await propertyEnv(options);
+  const env: PropertyEnv = { ...base, metrics: new Metrics() };
+  const facts = (await migrationSwitchover.facts(env)) as { tscHz: number };
+  await timeHarness(env, facts);
+  await timeRaw(env, facts.tscHz);
+  const harness: number[] = [];
+  const raw: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    harness.push(await timeHarness(env, facts));
+    raw.push(await timeRaw(env, facts.tscHz));
+  }
+  const h = median(harness);
+  const w = median(raw);
+  const ram = [await ramCheckGiBps(), await ramCheckGiBps(), await ramCheckGiBps()];
+  const row = {
+    case: 'migration.switchover, 64 MiB, 1 vCPU, 256 pages rewritten, plain precopy',
+    rounds: ROUNDS,
+    harnessMsMedian: Math.round(h),
+    rawMsMedian: Math.round(w),
+    ratio: Number((h / w).toFixed(3)),
+    harnessMs: harness.map(Math.round),
+    rawMs: raw.map(Math.round),
+    ramCheckGiBps: Number(median(ram).toFixed(2)),
+    ramCheckGiBpsRuns: ram.map((x) => Number(x.toFixed(2))),
+  };
+  process.stdout.write(
+    `${row.case}: harness ${row.harnessMsMedian} ms vs raw QEMU→QEMU ${row.rawMsMedian} ms (median of ${ROUNDS}) → ratio ${row.ratio}; RAM check ${row.ramCheckGiBps} GiB/s over 1 GiB\n`,
+  );
+  mkdirSync(dirname(OUT), { recursive: true });
+  writeFileSync(OUT, JSON.stringify({ host: base.host.kernel.release, qemu: base.host.qemu.version, measuredAt: new Date().toISOString(), cases: [row] }, null, 2) + '\n');
+  process.stdout.write(`written: ${OUT}\n`);
+}
+
+await main();
