@@ -9,6 +9,7 @@ import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readCounterexample } from '../reports/counterexample.js';
+import { processesMatching } from '../harness/runtime.js';
 import { PROJECT_ROOT } from '../suites/lib/options.js';
 import { familyNamed } from '../suites/registry.js';
 
@@ -88,6 +89,49 @@ describe('kvmprop run', () => {
     const replayed = readResults(join(work, 'again', 'results.json')).properties[0]!;
     expect(replayed.reason?.split(' (also:')[0]).toBe(failed.reason?.split(' (also:')[0]);
   }, 600_000);
+});
+
+/** Processes of a run: its vitest processes (by their environment) and its QEMUs (by their command line). */
+function processesOfRun(root: string): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const env = readFileSync(`/proc/${entry}/environ`, 'latin1');
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'latin1');
+      if (env.includes(`KVMPROP_RUNTIME_ROOT=${root}\0`) || cmd.includes(root)) out.push(Number(entry));
+    } catch {
+      // it ended while we looked
+    }
+  }
+  return out;
+}
+
+describe('kvmprop run, interrupted', () => {
+  it('a SIGINT to the CLI alone ends its vitest workers and QEMUs too, exits 130, and keeps what it has', async () => {
+    const out = join(work, 'interrupted');
+    const run = execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'run', '--family', 'migration', '--property', 'migration.resume', '--runs', '1000', '--out', out], { reject: false, cwd: work });
+    let stderr = '';
+    run.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const deadline = Date.now() + 120_000;
+    let root: string | undefined;
+    // Wait until a case runs: a QEMU whose command line names the run root.
+    while (Date.now() < deadline) {
+      root ??= /run root (\S+)/.exec(stderr)?.[1];
+      if (root && processesMatching(root).length > 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(root, stderr).toBeDefined();
+    expect(processesOfRun(root!).length).toBeGreaterThan(1);
+    process.kill(run.pid!, 'SIGINT');
+    const r = await run;
+    expect(r.exitCode, r.stderr).toBe(130);
+    for (let i = 0; i < 50 && processesOfRun(root!).length > 0; i++) await new Promise((res) => setTimeout(res, 100));
+    expect(processesOfRun(root!)).toEqual([]);
+    expect(existsSync(root!)).toBe(false);
+    const results = readResults(join(out, 'results.json'));
+    expect(results.errors.join('\n')).toMatch(/run interrupted by SIGINT/);
+  }, 180_000);
 });
 
 describe('bad input gets one clear line and a non-zero exit', () => {

@@ -17,7 +17,7 @@ import { execa } from 'execa';
 import { collectFingerprint, doctorVerdicts, fingerprintId, formatFingerprint, type HostFingerprint } from '../harness/fingerprint.js';
 import { buildGuest, GuestBuildError } from '../harness/guest/build.js';
 import { fillAndFreeHostMemory } from '../harness/hostPattern.js';
-import { createRunRoot, removeRunRoot, RUNTIME_ROOT_ENV } from '../harness/runtime.js';
+import { createRunRoot, delegateSignals, removeRunRoot, RUNTIME_ROOT_ENV } from '../harness/runtime.js';
 import { readCounterexample, CounterexampleError } from '../reports/counterexample.js';
 import { OutDirError, prepareOutDir } from '../reports/outdir.js';
 import { VCPU_CHOICE_ENV, type VcpuModelChoice } from '../harness/vcpuChoice.js';
@@ -167,20 +167,26 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
       env: { ...optionsToEnv(o), [RUNTIME_ROOT_ENV]: root, [VCPU_CHOICE_ENV]: JSON.stringify(choice) },
       stdio: ['ignore', 'inherit', 'inherit'],
       reject: false,
+      // Its own process group, signalled as a whole: vitest's main process exits on SIGINT without
+      // waiting for its workers, and a worker nobody signals runs its case on, QEMUs and all (seen:
+      // a run interrupted by a SIGINT to this process alone left a worker and three QEMUs behind).
+      detached: true,
     });
     const forward = (sig: NodeJS.Signals) => {
       interrupted = sig;
-      child.kill(sig);
+      try {
+        if (child.pid) process.kill(-child.pid, sig);
+      } catch {
+        child.kill(sig);
+      }
     };
-    process.on('SIGINT', forward);
-    process.on('SIGTERM', forward);
+    const undelegate = delegateSignals(forward);
     try {
       const r = await child;
       if (interrupted) errors.push(`run interrupted by ${interrupted}`);
       else if (r.exitCode !== 0 && r.exitCode !== 1) errors.push(`vitest exited with status ${r.exitCode ?? r.signal}`);
     } finally {
-      process.off('SIGINT', forward);
-      process.off('SIGTERM', forward);
+      undelegate();
       // Whatever a worker could not clean up (it was killed) goes with the run root; its QEMUs died
       // with it (setpriv --pdeathsig).
       removeRunRoot(root);

@@ -115,6 +115,19 @@ export function cleanupNow(): void {
   processRoot = null;
 }
 
+let signalDelegate: ((sig: NodeJS.Signals) => void) | null = null;
+
+/**
+ * Exit now. Inside a vitest worker process.exit is replaced by one that only reports the call, so
+ * a worker told to stop would run its next case (seen: a SIGINT'd run's worker booted three more
+ * QEMUs); Node's own process.reallyExit is what process.exit ends in.
+ */
+function hardExit(code: number): never {
+  const really = (process as unknown as { reallyExit?: (code: number) => never }).reallyExit;
+  if (typeof really === 'function') really.call(process, code);
+  process.exit(code);
+}
+
 function installHandlers(): void {
   if (handlersInstalled) return;
   handlersInstalled = true;
@@ -122,9 +135,23 @@ function installHandlers(): void {
   for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.on(sig, () => {
       cleanupNow();
-      process.exit(code);
+      if (signalDelegate) signalDelegate(sig);
+      else hardExit(code);
     });
   }
+}
+
+/**
+ * While `delegate` is set, a signal still kills and removes what this process started, but the
+ * process does not exit: the delegate decides (the CLI passes it on to the vitest run it waits
+ * for, which then ends with its workers and their QEMUs). Returns the undo.
+ */
+export function delegateSignals(delegate: (sig: NodeJS.Signals) => void): () => void {
+  installHandlers();
+  signalDelegate = delegate;
+  return () => {
+    if (signalDelegate === delegate) signalDelegate = null;
+  };
 }
 
 /** For tests: what this process still holds. */
