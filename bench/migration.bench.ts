@@ -35,7 +35,7 @@ const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { typ
 const ROUNDS = Number(values.rounds ?? 5);
 const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench-migration.json');
 
-/** 64 MiB, one vCPU rewriting 256 pages (1 MiB) with MOV as fast as it can, dirty bitmap, plain precopy. */
+/** 64 MiB, one vCPU rewriting 256 pages (1 MiB) with MOV as fast as it can and watching TSC and kvmclock, a deadline 50 ms out, dirty bitmap, plain precopy. */
 const CASE: MigrationCase = {
   cpus: 1,
   ramMiB: 64,
@@ -47,6 +47,8 @@ const CASE: MigrationCase = {
   runAfterMs: 20,
   sentinels: 1,
   threads: [{ delayUs: 0, regions: [{ pages: 256, stridePages: 1, placement: 'page-start', offset: 8, writer: 'mov', passes: 1, gapPages: 0 }] }],
+  kvmclock: true,
+  deadlineMs: 50,
 };
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

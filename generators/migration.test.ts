@@ -5,7 +5,7 @@ import { encodeProgram } from '../harness/bytecode.js';
 import { layoutProblems } from '../models/migration/dirty.js';
 import { ARENA_BASE, layoutWorkload, migrationCaseArb, migrationProgram, workingSetPages } from './migration.js';
 
-const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, tscHz: 2e9 };
+const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, kvmclock: true, tscDeadline: true, tscHz: 2e9 };
 
 describe('migration cases', () => {
   it('lay out regions that never overlap, inside the arena, with no split lock, and programs that encode', () => {
@@ -13,6 +13,7 @@ describe('migration cases', () => {
       fc.property(migrationCaseArb(lim), (c) => {
         const { workload } = layoutWorkload(c);
         expect(layoutProblems(workload)).toEqual([]);
+        expect(workload.watches.filter((x) => x.kind === 'kvmclock').length).toBe(c.kvmclock ? c.cpus : 0);
         expect(workload.threads.length).toBe(c.cpus);
         const p = migrationProgram(c, workload, lim.tscHz);
         expect(p.threads.length).toBe(c.cpus);

@@ -12,7 +12,9 @@
 import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
-import { WRITER_CODES, type BodyStep, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
+import { LAYOUT } from '../harness/guest/abi.js';
+import { WRITER_CODES, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
+import { APIC_LVTT, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE } from './timers.js';
 
 export const PAGE = 4096;
 /** The arena starts above the guest's own areas (observations end well below 32 MiB here). */
@@ -71,6 +73,10 @@ export interface MigrationCase {
   readonly runAfterMs: number;
   readonly sentinels: number;
   readonly threads: readonly ThreadSpec[];
+  /** Every thread also watches kvmclock (TSC always) for steps back across the switchovers. */
+  readonly kvmclock: boolean;
+  /** vCPU 0 arms a TSC deadline this far ahead before the migration (it may fall before, during or after it). */
+  readonly deadlineMs: number | null;
 }
 
 export interface CaseLimits {
@@ -81,6 +87,9 @@ export interface CaseLimits {
   readonly postcopy: boolean;
   /** TSC Hz, for delays. */
   readonly tscHz: number;
+  /** kvmclock exists (KVM). */
+  readonly kvmclock: boolean;
+  readonly tscDeadline: boolean;
   /** Only plain precopy (a stream proxy that understands nothing else), one hop, the smallest RAM. */
   readonly plainStream?: boolean;
 }
@@ -129,6 +138,8 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     runAfterMs: fc.integer({ min: 20, max: 200 }),
     sentinels: fc.integer({ min: 1, max: 8 }),
     threads: fc.array(threadArb, { minLength: 2, maxLength: 2 }),
+    kvmclock: lim.kvmclock ? fc.boolean() : fc.constant(false),
+    deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
   }).map((c) => ({ ...c, threads: c.threads.slice(0, c.cpus) }));
 }
 
@@ -155,7 +166,7 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
       const start = cursor + r.gapPages * PAGE;
       const base = start + offsetOf(r);
       const end = base + (r.pages - 1) * stride + 8;
-      if (end > arenaEnd - (c.sentinels + 1) * PAGE) {
+      if (end > arenaEnd - (c.sentinels + 2) * PAGE) { // room for the sentinels and the watch page
         dropped++;
         continue;
       }
@@ -166,6 +177,12 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
     return { delayUs: t.delayUs, body };
   });
   const sentinels = Array.from({ length: c.sentinels }, (_, i) => cursor + (i + 1) * PAGE);
+  // The clock watches' page, after the sentinels (its words change as the guest runs).
+  const watchPage = cursor + (c.sentinels + 1) * PAGE;
+  const watches: ClockWatch[] = threads.flatMap((_, t) => [
+    { thread: t, kind: 'tsc' as const, slot: watchPage + t * 64 },
+    ...(c.kvmclock ? [{ thread: t, kind: 'kvmclock' as const, slot: watchPage + t * 64 + 32 }] : []),
+  ]);
   return {
     workload: {
       arenaBase: ARENA_BASE,
@@ -173,32 +190,87 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
       regions,
       sentinels,
       magic: SENTINEL_MAGIC,
+      watches,
+      reserved: [{ addr: watchPage, len: PAGE }],
       threads: threads.map((t, i) => ({
-        preludeOps: (i === 0 ? 2 * sentinels.length : 0) + 1,
-        body: t.delayUs ? [...t.body, { kind: 'delay' as const }] : t.body,
+        preludeOps: preludeOf(c, sentinels, i).length,
+        body: [
+          ...t.body,
+          ...(t.delayUs ? [{ kind: 'delay' as const }] : []),
+          ...watches.filter((w) => w.thread === i).map(() => ({ kind: 'watch' as const })),
+        ],
       })),
     },
     dropped,
   };
 }
 
+/** The guest-physical address of vCPU t's kvmclock area (harness/guest/abi.ts LAYOUT.pvclock). */
+export function pvclockOf(t: number): number {
+  return LAYOUT.pvclock + t * LAYOUT.pvclockStride;
+}
+
+/**
+ * What a thread does once, before its loop: thread 0 writes the sentinels and arms the deadline
+ * (LVTT in TSC-deadline mode, IA32_TSC_DEADLINE = now + the distance, interrupts on), every thread
+ * turns its kvmclock on and fills its vector registers; the last op publishes the marker the host
+ * waits for.
+ */
+function preludeOf(c: MigrationCase, sentinels: readonly number[], t: number): Op[] {
+  const ops: Op[] = [];
+  if (t === 0) {
+    sentinels.forEach((page, i) => {
+      ops.push({ op: 'mmioWrite', addr: BigInt(page), width: 8, value: SENTINEL_MAGIC }, { op: 'mmioWrite', addr: BigInt(page + 8), width: 8, value: BigInt(i) });
+    });
+  }
+  if (c.kvmclock) ops.push({ op: 'wrmsr', msr: MSR_KVM_SYSTEM_TIME_NEW, value: BigInt(pvclockOf(t)) | 1n });
+  ops.push({ op: 'fillXmm', seed: xmmSeed(t) });
+  if (t === 0 && c.deadlineMs !== null) {
+    ops.push(
+      { op: 'apicWrite', reg: APIC_LVTT, value: BigInt(lvttValue('tsc-deadline', false)) },
+      // relative 1: the TSC just before the write plus the distance; the record keeps the value written.
+      { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative: 1, value: 0n }, // the distance in cycles: migrationProgram knows the TSC rate
+      { op: 'sti' },
+    );
+  }
+  ops.push({ op: 'mark', value: LOOPING_MARK });
+  return ops;
+}
+
+/** The seed of thread t's vector-register pattern (ir/ops.ts fillXmm). */
+export function xmmSeed(t: number): bigint {
+  return 0x584d_4d00_0000_0000n + (BigInt(t) << 32n);
+}
+
+/** What XMMi of thread t's vCPU holds, as QEMU's `info registers` prints it: high quadword, then low. */
+export function xmmPattern(t: number, i: number): string {
+  const lo = BigInt.asUintN(64, xmmSeed(t) + BigInt(i));
+  const hi = BigInt.asUintN(64, ~lo);
+  return `${hi.toString(16).padStart(16, '0')} ${lo.toString(16).padStart(16, '0')}`;
+}
+
+/** The vector the deadline interrupts with (the timer family's). */
+export const DEADLINE_VECTOR = LAPIC_VECTOR;
+
 /** The guest program of a workload: sentinels and a marker, then each thread's loop forever. */
 export function migrationProgram(c: MigrationCase, w: DirtyWorkload, tscHz: number): Program {
   const threads = w.threads.map((t, ti): Op[] => {
-    const prelude: Op[] =
-      ti === 0
-        ? w.sentinels.flatMap((page, i): Op[] => [
-            { op: 'mmioWrite', addr: BigInt(page), width: 8, value: w.magic },
-            { op: 'mmioWrite', addr: BigInt(page + 8), width: 8, value: BigInt(i) },
-          ])
-        : [];
+    const prelude = preludeOf(c, w.sentinels, ti).map((o) =>
+      o.op === 'wrmsrAt' ? { ...o, value: BigInt(Math.round((c.deadlineMs ?? 0) * 1e-3 * tscHz)) } : o,
+    );
     const delayCycles = BigInt(Math.round((c.threads[ti]!.delayUs * tscHz) / 1e6));
+    const watches = w.watches.filter((x) => x.thread === ti);
+    let wi = 0;
     const body = t.body.map((s): Op => {
       if (s.kind === 'delay') return { op: 'delayTsc', cycles: delayCycles };
+      if (s.kind === 'watch') {
+        const x = watches[wi++]!;
+        return { op: 'clockWatch', slot: BigInt(x.slot), kind: x.kind === 'tsc' ? 0 : 1, clock: BigInt(pvclockOf(ti)) };
+      }
       const r = w.regions[s.region]!;
       return { op: 'dirtyWrite', base: BigInt(r.base), pages: r.pages, stride: r.stride, writer: WRITER_CODES[r.writer] };
     });
-    return [...prelude, { op: 'mark', value: LOOPING_MARK }, { op: 'loopBegin', count: 0 }, ...body, { op: 'loopEnd' }];
+    return [...prelude, { op: 'loopBegin', count: 0 }, ...body, { op: 'loopEnd' }];
   });
   return { threads, canary: DEFAULT_CANARY };
 }

@@ -89,6 +89,8 @@ export interface MigrationInfo {
   readonly 'expected-downtime'?: number;
   readonly 'setup-time'?: number;
   readonly 'error-desc'?: string;
+  /** Set by migrateTo: the highest cpu-throttle-percentage (auto-converge) seen while it ran. */
+  readonly throttleReached?: number;
   readonly ram?: {
     readonly transferred: number;
     readonly remaining: number;
@@ -280,12 +282,15 @@ export class VmHandle {
     let continued = false;
     let cancelled = false;
     let postcopied = false;
+    // The final answer no longer carries cpu-throttle-percentage: keep the highest seen on the way.
+    let throttle = 0;
     let info: MigrationInfo;
     for (;;) {
       info = await this.vm.qmp.execute<MigrationInfo>('query-migrate').catch((e: unknown) => {
         if (!this.vm.hasExited && !this.vm.qmp.closed) throw e;
         throw new MigrationError(`migration ${this.name} → ${dst.name}: the source's QEMU went away: ${qemuWords(this.vm.stderr) || String(e)}`, null);
       });
+      throttle = Math.max(throttle, Number(info['cpu-throttle-percentage'] ?? 0));
       if (MIGRATE_TERMINAL.has(info.status)) break;
       const elapsed = Date.now() - started;
       if (opts.cancelAfterMs !== undefined && !cancelled && elapsed >= opts.cancelAfterMs) {
@@ -330,6 +335,7 @@ export class VmHandle {
       if (Date.now() >= deadline) throw new MigrationError(`migration ${this.name} → ${dst.name}: the destination still loads after ${timeoutMs} ms`, info);
       await sleep(pollMs);
     }
+    info = { ...info, throttleReached: throttle };
     dst.program ??= this.program;
     if (!dst.nthreads) dst.nthreads = this.nthreads;
     if (resume && (await dst.status()) !== 'running') await dst.cont();

@@ -205,6 +205,22 @@ export const OPS = {
       "migration's dirty tracking must see every kind; an address may straddle two pages (not with LOCK: a split lock).",
     { allowed: { writer: [0, 1, 2, 3, 4] } },
   ),
+  clockWatch: op(
+    0x46,
+    [['slot', 'u64'], ['kind', 'u8'], ['clock', 'u64']],
+    null,
+    'Read a clock (kind 0: RDTSC; 1: kvmclock, the pvclock area at clock, read as kvmclockRead does) and update the ' +
+      'watch at slot (u64s: last value, times it went back, the largest step back, samples). The watch lives in guest ' +
+      'RAM, so across a migration it compares the destination\'s clock with the source\'s last reading.',
+    { allowed: { kind: [0, 1] } },
+  ),
+  fillXmm: op(
+    0x47,
+    [['seed', 'u64']],
+    null,
+    'Load XMM0-15 with a pattern from seed: XMMi = (~(seed + i) << 64) | (seed + i). The guest\'s own code never ' +
+      'touches vector registers (-mgeneral-regs-only), so they keep it: vector state a migration must carry.',
+  ),
 } as const satisfies Record<string, OpDef>;
 
 export type OpName = keyof typeof OPS;

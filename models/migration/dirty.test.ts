@@ -13,6 +13,8 @@ const w: DirtyWorkload = {
   ],
   sentinels: [0x300_0000],
   magic: 0x1234n,
+  watches: [],
+  reserved: [],
   threads: [{ preludeOps: 3, body: [{ kind: 'pass', region: 0 }, { kind: 'pass', region: 1 }, { kind: 'pass', region: 0 }, { kind: 'delay' }] }],
 };
 
@@ -78,5 +80,22 @@ describe('whether precopy converges', () => {
   });
   it('cannot converge when even one page never fits a downtime', () => {
     expect(predictConvergence({ workingSetBytes: 4096, bandwidth: 1 << 20, downtimeMs: 1, postcopy: false })).toBe('cannot');
+  });
+});
+
+describe('time across a migration', async () => {
+  const { judgeWatches, judgeDeadline } = await import('./time.js');
+  it('a watch that went back is named, with its worst step', () => {
+    expect(judgeWatches([{ thread: 0, kind: 'tsc', last: 10n, backwards: 0n, worstBack: 0n, samples: 5n }])).toEqual([]);
+    expect(judgeWatches([{ thread: 1, kind: 'kvmclock', last: 10n, backwards: 2n, worstBack: 700n, samples: 5n }])[0]!.summary).toBe("vCPU 1's kvmclock went back 2 time(s) in 5 readings, at worst by 700 ns");
+  });
+  it('a deadline interrupts once, not early, and not never', () => {
+    const base = { deadline: 1000n, graceTsc: 100n };
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [1010n] })).toEqual([]);
+    expect(judgeDeadline({ ...base, nowTsc: 900n, interrupts: [] })).toEqual([]);
+    expect(judgeDeadline({ ...base, nowTsc: 1050n, interrupts: [] })).toEqual([]); // inside the grace: no claim yet
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [] }).map((d) => d.rule)).toEqual(['deadline-delivered']);
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [999n] }).map((d) => d.rule)).toEqual(['deadline-not-early']);
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [1001n, 1200n] }).map((d) => d.rule)).toEqual(['deadline-once']);
   });
 });

@@ -39,6 +39,17 @@ export const MIGRATION_MUTANTS: readonly Mutant[] = [
     `A proxy between source and destination flips byte 0x${CORRUPT_OFFSET.toString(16)} of the first page record it sees of a sentinel page (written once, before the migration): the destination loads a page the source never had.`,
     { kind: 'corrupt-byte', offset: CORRUPT_OFFSET },
   ),
+  {
+    name: 'migration-model-late-deadline',
+    description:
+      'The time model with its clock wrong: it takes the TSC deadline vCPU 0 armed before the migration as one second later than the value written, so a correct host delivers the interrupt before the model allows.',
+    breaks: ['migration.resume'],
+    roles: [],
+    modelVariant: { migrationTime: { deadlineShiftMs: 1000 } },
+    async qemuArgs() {
+      return [];
+    },
+  },
   proxyMutant(
     'stream-drop-page-record',
     'A proxy between source and destination drops the first page record it sees of a sentinel page (written once, before the migration): the destination never receives that page and keeps zeroes.',

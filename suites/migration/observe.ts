@@ -14,13 +14,60 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { layoutWorkload, LOOPING_MARK, migrationProgram, workingSetPages, type MigrationCase } from '../../generators/migration.js';
 import { captureVmState, diffVmState } from '../../harness/vmState.js';
 import { compareRam, MigrationError, withVms, type MigrateOptions, type MigrationInfo, type PageDifference, type StreamIntercept, type VmHandle, type VmSpec } from '../../harness/session.js';
-import { judgeCounters, expectedCounters, knownSpans, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
+import { judgeCounters, expectedCounters, knownSpans, unpredictedOrKnown, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
 import { predictConvergence, type Convergence } from '../../models/migration/convergence.js';
+import { judgeDeadline, judgeWatches, type TimeDifference, type WatchReading } from '../../models/migration/time.js';
+import { DEADLINE_VECTOR, xmmPattern } from '../../generators/migration.js';
+import { decodeRecords } from '../../harness/bytecode.js';
+import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU } from '../../harness/irqLog.js';
+import { LAYOUT } from '../../harness/guest/abi.js';
+import type { Program } from '../../ir/program.js';
 import { machineConfig } from '../lib/options.js';
 import type { Observation, PropertyEnv } from '../lib/property.js';
 
 export interface MigrationFacts {
   readonly tscHz: number;
+}
+
+/** How late the deadline's interrupt may come while vCPU 0 runs with interrupts on. */
+export const DEADLINE_GRACE_MS = 50;
+
+/** The clock watches of a stopped VM (four u64 each: last, backwards, worst step back, samples). */
+async function readWatches(vm: VmHandle, w: DirtyWorkload): Promise<WatchReading[]> {
+  return Promise.all(
+    w.watches.map(async (x) => {
+      const b = Buffer.from(await vm.vm.readPhys(x.slot, 32));
+      return { thread: x.thread, kind: x.kind, last: b.readBigUInt64LE(0), backwards: b.readBigUInt64LE(8), worstBack: b.readBigUInt64LE(16), samples: b.readBigUInt64LE(24) };
+    }),
+  );
+}
+
+/** The deadline vCPU 0 wrote before its loop (its wrmsrAt record), or null when the case arms none. */
+async function deadlineWritten(vm: VmHandle, program: Program): Promise<bigint | null> {
+  const ops = program.threads[0]!;
+  const prelude = ops.slice(0, ops.findIndex((o) => o.op === 'loopBegin'));
+  if (!prelude.some((o) => o.op === 'wrmsrAt')) return null;
+  const region = vm.program!.regions[0]!;
+  const used = Number((await vm.vm.readMailbox()).threads[0]!.obs_used ?? 0n);
+  const records = decodeRecords(prelude, await vm.vm.readPhys(region.addr, Math.min(used, region.len)), Math.min(used, region.len));
+  const r = records.find((x) => x.op.op === 'wrmsrAt');
+  return r && r.faultVector === null ? (r.fields as Record<string, bigint>).written! : null;
+}
+
+async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz: number, env: PropertyEnv): Promise<{ watches: WatchReading[]; time: TimeDifference[] }> {
+  const watches = await readWatches(vm, w);
+  const time = judgeWatches(watches);
+  const written = await deadlineWritten(vm, program);
+  // A model-variant mutant may take the deadline as later than written (mutants.ts migration-model-late-deadline).
+  const shiftMs = Number((env.mutant?.modelVariant?.migrationTime as { deadlineShiftMs?: number } | undefined)?.deadlineShiftMs ?? 0);
+  const deadline = written === null ? null : written + BigInt(Math.round((shiftMs * tscHz) / 1000));
+  const tsc0 = watches.find((x) => x.thread === 0 && x.kind === 'tsc');
+  if (deadline !== null && tsc0) {
+    const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
+    const interrupts = log.entries.filter((e) => e.vector === DEADLINE_VECTOR).map((e) => e.tsc);
+    time.push(...judgeDeadline({ deadline, nowTsc: tsc0.last, interrupts, graceTsc: BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000)) }));
+  }
+  return { watches, time };
 }
 
 /** QEMU 7.2's defaults (migration/migration.c: MAX_THROTTLE, DEFAULT_MIGRATE_SET_DOWNTIME). */
@@ -62,6 +109,11 @@ export interface Hop {
     readonly opsDone: readonly number[];
     /** The workload's arena against the model, at the destination's ops_done. */
     readonly arena: readonly ArenaDifference[];
+    /** The clock watches, and time's rules over them and the deadline armed before the migration. */
+    readonly watches: readonly WatchReading[];
+    readonly time: readonly TimeDifference[];
+    /** Vector registers whose pattern (filled before the migration) is not what the destination holds. */
+    readonly vectors: readonly { readonly cpu: number; readonly reg: string; readonly expected: string; readonly observed: string | null }[];
   } | null;
 }
 
@@ -97,6 +149,7 @@ export function migrateOptions(c: MigrationCase): Pick<MigrateOptions, 'capabili
 /** Read the arena of a stopped VM and judge it against the model at these ops_done counts. */
 export async function judgeArena(vm: VmHandle, w: DirtyWorkload, opsDone: readonly number[]): Promise<ArenaDifference[]> {
   const spans = knownSpans(w);
+  const skipped = unpredictedOrKnown(w);
   const words = new Map<number, bigint>();
   const out: ArenaDifference[] = [];
   const CHUNK = 1 << 20;
@@ -108,8 +161,8 @@ export async function judgeArena(vm: VmHandle, w: DirtyWorkload, opsDone: readon
     const buf = Buffer.from(await vm.vm.readPhys(at, Math.min(len + 8, w.arenaEnd - at)));
     for (; si < spans.length && spans[si]!.addr < at + len; si++) words.set(spans[si]!.addr, buf.readBigUInt64LE(spans[si]!.addr - at));
     const rest = Buffer.from(buf.subarray(0, len));
-    while (zi < spans.length && spans[zi]!.addr + spans[zi]!.len <= at) zi++;
-    for (let k = zi; k < spans.length && spans[k]!.addr < at + len; k++) rest.fill(0, Math.max(0, spans[k]!.addr - at), Math.min(len, spans[k]!.addr + spans[k]!.len - at));
+    while (zi < skipped.length && skipped[zi]!.addr + skipped[zi]!.len <= at) zi++;
+    for (let k = zi; k < skipped.length && skipped[k]!.addr < at + len; k++) rest.fill(0, Math.max(0, skipped[k]!.addr - at), Math.min(len, skipped[k]!.addr + skipped[k]!.len - at));
     for (let i = rest.findIndex((b) => b !== 0); i >= 0 && out.length < 16; ) {
       out.push({ addr: at + i, expected: '0x0', observed: `0x${rest[i]!.toString(16)}`, why: 'a byte the workload never writes' });
       const next = rest.subarray(i + 1).findIndex((b) => b !== 0);
@@ -175,7 +228,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
         const hops: Hop[] = [];
         const route = c.pingPong ? [['a', 'b'], ['b', 'c']] : [['a', 'b']];
         for (const [from, to] of route as [string, string][]) {
-          const hop = await migrateHop(vms[from]!, vms[to]!, { c, workload, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
+          const hop = await migrateHop(vms[from]!, vms[to]!, { c, workload, program, tscHz: facts.tscHz, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
           hops.push(hop);
           if (!hop.resumed) break;
         }
@@ -197,7 +250,7 @@ async function untilRunning(vm: VmHandle): Promise<void> {
 async function migrateHop(
   src: VmHandle,
   dst: VmHandle,
-  x: { c: MigrationCase; workload: DirtyWorkload; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
+  x: { c: MigrationCase; workload: DirtyWorkload; program: Program; tscHz: number; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
 ): Promise<Hop> {
   const { c, workload, nthreads, prediction, env } = x;
   const base = { from: src.name, to: dst.name, prediction };
@@ -210,10 +263,12 @@ async function migrateHop(
     env.metrics.add('migrations');
     const gaveUp = prediction !== 'converges' && /did not end within/.test(e.message);
     if (gaveUp) env.metrics.add('migrationsNotConverged');
+    env.metrics.sample('migration.completed', 0, { ...caseLabels(c), prediction });
     return { ...base, info: e.info, error: e.message, gaveUp, ram: null, state: null, progress: null, resumed: null };
   }
   env.metrics.add('migrations');
   env.metrics.add('migrationsCompleted');
+  env.metrics.sample('migration.completed', 1, { ...caseLabels(c), prediction });
   recordFigures(env, c, info);
   // Both stopped: the source at completion, the destination with everything loaded.
   const ram = await compareRam(src, dst, 4096, { details: 8 });
@@ -234,6 +289,15 @@ async function migrateHop(
   const second = await opsDone(dst, nthreads);
   const sourceNow = await opsDone(src, nthreads);
   const arena = await judgeArena(dst, workload, second);
+  const time = await judgeTime(dst, workload, x.program, x.tscHz, env);
+  const after = await captureVmState(dst.vm.qmp, c.cpus);
+  const vectors = Array.from({ length: nthreads }, (_, cpu) =>
+    Array.from({ length: 16 }, (_, i) => {
+      const reg = `XMM${String(i).padStart(2, '0')}`;
+      const observed = after.items.find((it) => it.section === `cpu${cpu}.registers` && it.key === reg)?.value ?? null;
+      return { cpu, reg, expected: xmmPattern(cpu, i), observed };
+    }).filter((v) => v.observed !== v.expected),
+  ).flat();
   return {
     ...base,
     info,
@@ -250,13 +314,15 @@ async function migrateHop(
       sourceStill: sourceNow.every((v, i) => v === progress.source[i]) && (await src.status()) === 'postmigrate',
       opsDone: second,
       arena,
+      ...time,
+      vectors,
     },
   };
 }
 
-/** Every completed migration's figures, labelled by what the case asked for (results' measurements). */
-function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo): void {
-  const labels = {
+/** What a case asked of the migration, as measurement labels: success rate and figures per configuration. */
+function caseLabels(c: MigrationCase): Record<string, string | number> {
+  return {
     tracking: c.tracking.kind === 'ring' ? `ring-${c.tracking.size}` : 'bitmap',
     multifd: c.stream.multifdChannels ?? 0,
     xbzrle: c.stream.xbzrleCacheMiB ? 'on' : 'off',
@@ -265,6 +331,11 @@ function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo):
     ramMiB: c.ramMiB,
     cpus: c.cpus,
   };
+}
+
+/** Every completed migration's figures, labelled by what the case asked for (results' measurements). */
+function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo): void {
+  const labels = caseLabels(c);
   const figures: Record<string, number | undefined> = {
     totalTimeMs: info['total-time'],
     downtimeMs: info.downtime,
@@ -273,7 +344,7 @@ function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo):
     dirtySyncCount: info.ram?.['dirty-sync-count'],
     mbps: info.ram?.mbps,
     pagesPerSecond: info.ram?.['pages-per-second'] as number | undefined,
-    throttlePercent: (info['cpu-throttle-percentage'] as number | undefined) ?? 0,
+    throttlePercent: info.throttleReached ?? 0,
   };
   for (const [k, v] of Object.entries(figures)) if (typeof v === 'number') env.metrics.sample(`migration.${k}`, v, labels);
 }

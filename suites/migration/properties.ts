@@ -30,8 +30,12 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
     dirtyRing: env.options.accel === 'kvm' && env.host.kvm.dirtyRing === true,
     // Postcopy needs guest RAM that userfaultfd can track: a tmpfs file (harness/runtime.ts).
     postcopy: runRootFilesystem() === 'tmpfs',
+    kvmclock: env.options.accel === 'kvm',
+    tscDeadline: env.options.accel === 'tcg' || env.host.kvm.tscDeadline === true,
     tscHz: f.tscHz,
-    ...(env.mutant?.migrationIntercept ? { plainStream: true } : {}),
+    // A mutant's run: plain precopy (all a stream proxy understands), one hop, the smallest RAM:
+    // cheap cases, which shrink fast.
+    ...(env.mutant?.migrationIntercept || env.mutant?.modelVariant?.migrationTime ? { plainStream: true } : {}),
   });
 }
 
@@ -126,6 +130,25 @@ const modelAfterResume: Rule<MigrationObservation> = rule('RAM matches the model
   }
 });
 
+const timeGoesOn: Rule<MigrationObservation> = rule('time never goes back, and a deadline armed before fires once, not early', function* (o) {
+  for (const h of o.hops) {
+    for (const d of h.resumed?.time ?? []) yield difference(`${where(h)}: ${d.summary}`, d.expected, d.observed, { evidence: { watches: h.resumed!.watches.map((w) => ({ ...w, last: w.last.toString(), backwards: w.backwards.toString(), worstBack: w.worstBack.toString(), samples: w.samples.toString() })), qemu: words(o) } });
+  }
+});
+
+const vectorsKept: Rule<MigrationObservation> = rule('vector registers keep their pattern', function* (o) {
+  for (const h of o.hops) {
+    const v = h.resumed?.vectors ?? [];
+    if (v.length === 0) continue;
+    yield difference(
+      `${where(h)}: after the destination ran, vCPU ${v[0]!.cpu} ${v[0]!.reg} holds ${v[0]!.observed ?? '(not shown)'}, the pattern filled before the migration is ${v[0]!.expected}${v.length > 1 ? `; ${v.length - 1} more` : ''}`,
+      v.map((x) => ({ cpu: x.cpu, reg: x.reg, value: x.expected })),
+      v.map((x) => ({ cpu: x.cpu, reg: x.reg, value: x.observed })),
+      { evidence: { qemu: words(o) } },
+    );
+  }
+});
+
 function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[]) {
   return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, skip, facts, arbitrary, observe, rules });
 }
@@ -138,8 +161,8 @@ export const migrationSwitchover = migrationProperty(
 
 export const migrationResume = migrationProperty(
   'migration.resume',
-  'After a live migration the destination runs the guest on from where the source stopped and stops when told, the source stays stopped, and the memory the workload wrote is exactly what the model predicts for the progress the destination reports (every counter its count, one +1 edge in the pass in progress, sentinel pages intact, every other byte zero)',
-  [completes, runsOn, stopStops, modelAfterResume],
+  'After a live migration the destination runs the guest on from where the source stopped and stops when told, the source stays stopped, and the memory the workload wrote is exactly what the model predicts for the progress the destination reports (every counter its count, one +1 edge in the pass in progress, sentinel pages intact, every other byte zero), the vector registers hold the pattern filled before it; TSC and kvmclock never go back across it, and a TSC deadline armed before it interrupts exactly once, not early and not lost',
+  [completes, runsOn, stopStops, modelAfterResume, vectorsKept, timeGoesOn],
 );
 
 export type { Difference };

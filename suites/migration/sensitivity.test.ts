@@ -4,6 +4,8 @@
  * makes migration.switchover fail on real KVM (RAM differs at the switchover: the page, the
  * offset, both sides' bytes) and migration.resume fail (the page is not what the model says), each
  * with a shrunk counterexample that `kvmprop replay` fails again: the proxy hits every migration.
+ * A time model with its clock wrong (a deadline taken as a second later) makes the time rule of
+ * migration.resume fail on a correct host.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -45,6 +47,14 @@ describe('migration properties fail on a broken stream', () => {
     expect(w.threads[0]!.regions.length).toBe(1);
     expect(w.sentinels).toBe(1);
     await replays(file, 'migration.switchover');
+  }, 600_000);
+
+  it('migration-model-late-deadline: a deadline armed before the migration looks early, shrunk to the deadline alone, replayed', async () => {
+    const { r, file, c } = await failing('migration.resume', 'migration-model-late-deadline');
+    expect(r.rule).toBe('time never goes back, and a deadline armed before fires once, not early');
+    expect(r.reason).toMatch(/before its deadline/);
+    expect((c.workload as { deadlineMs: number | null }).deadlineMs).not.toBeNull();
+    await replays(file, 'migration.resume');
   }, 600_000);
 
   it('stream-drop-page-record: the destination lacks the page the model says is there, shrunk and replayed', async () => {

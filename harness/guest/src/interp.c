@@ -302,41 +302,92 @@ struct pvclock_info {
 	u8 flags, pad[2];
 };
 
-static inline void exec_kvmclock_read(struct ctx *x, const struct op_kvmclock_read *o, struct res_kvmclock_read *r)
-{
-	volatile struct pvclock_info *p = (volatile struct pvclock_info *)o->addr;
-	u32 v0, v1;
-	u64 ts, st, tsc;
-	u32 mul;
+/* One consistent read of a pvclock area (version even and unchanged, at most 1000 tries) and the ABI's ns. */
+struct pvclock_sample {
+	u64 ns, tsc, ts, st;
+	u32 mul, v0, v1;
 	s8 shift;
 	u8 flags;
+};
+
+static inline void pvclock_sample(volatile struct pvclock_info *p, struct pvclock_sample *s)
+{
 	for (int tries = 0;; tries++) {
-		v0 = p->version;
+		s->v0 = p->version;
 		barrier();
-		ts = p->tsc_timestamp;
-		st = p->system_time;
-		mul = p->mul;
-		shift = p->shift;
-		flags = p->flags;
-		tsc = rdtsc();
+		s->ts = p->tsc_timestamp;
+		s->st = p->system_time;
+		s->mul = p->mul;
+		s->shift = p->shift;
+		s->flags = p->flags;
+		s->tsc = rdtsc();
 		barrier();
-		v1 = p->version;
-		if (((v0 & 1) == 0 && v0 == v1) || tries >= 1000)
+		s->v1 = p->version;
+		if (((s->v0 & 1) == 0 && s->v0 == s->v1) || tries >= 1000)
 			break;
 	}
-	u64 delta = tsc - ts;
-	if (shift < 0)
-		delta >>= -shift;
+	u64 delta = s->tsc - s->ts;
+	if (s->shift < 0)
+		delta >>= -s->shift;
 	else
-		delta <<= shift;
-	r->ns = st + (u64)(((unsigned __int128)delta * mul) >> 32);
-	r->tsc = tsc;
-	r->tsc_timestamp = ts;
-	r->system_time = st;
-	r->mul = mul;
-	r->version = v0;
-	r->version_after = v1;
-	r->shift_flags = (u8)shift | ((u32)flags << 8);
+		delta <<= s->shift;
+	s->ns = s->st + (u64)(((unsigned __int128)delta * s->mul) >> 32);
+}
+
+static inline void exec_kvmclock_read(struct ctx *x, const struct op_kvmclock_read *o, struct res_kvmclock_read *r)
+{
+	struct pvclock_sample s;
+	(void)x;
+	pvclock_sample((volatile struct pvclock_info *)o->addr, &s);
+	r->ns = s.ns;
+	r->tsc = s.tsc;
+	r->tsc_timestamp = s.ts;
+	r->system_time = s.st;
+	r->mul = s.mul;
+	r->version = s.v0;
+	r->version_after = s.v1;
+	r->shift_flags = (u8)s.shift | ((u32)s.flags << 8);
+}
+
+static inline void exec_fill_xmm(struct ctx *x, const struct op_fill_xmm *o)
+{
+	u64 v[32];
+	(void)x;
+	for (int i = 0; i < 16; i++) {
+		v[2 * i] = o->seed + (u64)i;
+		v[2 * i + 1] = ~(o->seed + (u64)i);
+	}
+	__asm__ volatile("movdqu 0(%0), %%xmm0\n\tmovdqu 16(%0), %%xmm1\n\tmovdqu 32(%0), %%xmm2\n\tmovdqu 48(%0), %%xmm3\n\t"
+			 "movdqu 64(%0), %%xmm4\n\tmovdqu 80(%0), %%xmm5\n\tmovdqu 96(%0), %%xmm6\n\tmovdqu 112(%0), %%xmm7\n\t"
+			 "movdqu 128(%0), %%xmm8\n\tmovdqu 144(%0), %%xmm9\n\tmovdqu 160(%0), %%xmm10\n\tmovdqu 176(%0), %%xmm11\n\t"
+			 "movdqu 192(%0), %%xmm12\n\tmovdqu 208(%0), %%xmm13\n\tmovdqu 224(%0), %%xmm14\n\tmovdqu 240(%0), %%xmm15"
+			 : : "r"(v) : "memory");
+}
+
+/* A clock watch in guest RAM: it migrates with the guest, so a step back across a switchover is counted. */
+struct clock_watch {
+	u64 last, backwards, worst_back, samples;
+};
+
+static inline void exec_clock_watch(struct ctx *x, const struct op_clock_watch *o)
+{
+	volatile struct clock_watch *w = (volatile struct clock_watch *)o->slot;
+	u64 now;
+	(void)x;
+	if (o->kind == 1) {
+		struct pvclock_sample s;
+		pvclock_sample((volatile struct pvclock_info *)o->clock, &s);
+		now = s.ns;
+	} else {
+		now = rdtsc();
+	}
+	if (w->samples && now < w->last) {
+		w->backwards++;
+		if (w->last - now > w->worst_back)
+			w->worst_back = w->last - now;
+	}
+	w->last = now;
+	w->samples++;
 }
 
 static void barrier_wait(struct thread_status *st, u32 id)

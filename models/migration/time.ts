@@ -1,0 +1,70 @@
+/**
+ * Time across a migration. Two claims, each about state that lives in guest RAM and so moves
+ * with the guest:
+ *  - a clock watch (ir/ops.ts clockWatch) never sees its clock go back: the destination's first
+ *    reading is compared with the source's last one. TSC: KVM and QEMU carry the guest TSC over
+ *    (SDM Vol. 3B §17.17: the TSC increases monotonically); kvmclock: the pvclock ABI promises a
+ *    monotonic clock with PVCLOCK_TSC_STABLE_BIT (Linux Documentation/virt/kvm/x86/msr.rst), and
+ *    QEMU's kvmclock device migrates its value for exactly this (hw/i386/kvm/clock.c).
+ *  - a TSC deadline armed before the switchover interrupts exactly once, not before the deadline
+ *    (SDM Vol. 3A §10.5.4.1: one interrupt when the TSC reaches the deadline, then the MSR reads
+ *    0 and the timer is disarmed), and not later than `graceTsc` after it while the guest runs.
+ */
+export interface WatchReading {
+  readonly thread: number;
+  readonly kind: 'tsc' | 'kvmclock';
+  readonly last: bigint;
+  readonly backwards: bigint;
+  readonly worstBack: bigint;
+  readonly samples: bigint;
+}
+
+export interface TimeDifference {
+  readonly rule: 'clock-monotonic' | 'deadline-once' | 'deadline-not-early' | 'deadline-delivered';
+  readonly summary: string;
+  readonly expected: unknown;
+  readonly observed: unknown;
+}
+
+export function judgeWatches(readings: readonly WatchReading[]): TimeDifference[] {
+  return readings
+    .filter((r) => r.backwards !== 0n)
+    .map((r) => ({
+      rule: 'clock-monotonic' as const,
+      summary: `vCPU ${r.thread}'s ${r.kind === 'tsc' ? 'TSC' : 'kvmclock'} went back ${r.backwards} time(s) in ${r.samples} readings, at worst by ${r.worstBack} ${r.kind === 'tsc' ? 'cycles' : 'ns'}`,
+      expected: { backwards: 0 },
+      observed: { backwards: r.backwards.toString(), worstBack: r.worstBack.toString(), samples: r.samples.toString() },
+    }));
+}
+
+export interface DeadlineObservation {
+  /** The IA32_TSC_DEADLINE value written. */
+  readonly deadline: bigint;
+  /** The latest TSC vCPU 0 is known to have run at (its TSC watch's last reading). */
+  readonly nowTsc: bigint;
+  /** TSC at ISR entry of every interrupt with the deadline's vector. */
+  readonly interrupts: readonly bigint[];
+  /** How late an interrupt may come while the guest runs with interrupts on. */
+  readonly graceTsc: bigint;
+}
+
+export function judgeDeadline(o: DeadlineObservation): TimeDifference[] {
+  const out: TimeDifference[] = [];
+  const hex = (v: bigint) => `0x${v.toString(16)}`;
+  if (o.interrupts.length > 1) {
+    out.push({ rule: 'deadline-once', summary: `a TSC deadline of ${hex(o.deadline)} interrupted ${o.interrupts.length} times`, expected: 1, observed: o.interrupts.map(hex) });
+  }
+  const early = o.interrupts.filter((t) => t < o.deadline);
+  if (early.length) {
+    out.push({ rule: 'deadline-not-early', summary: `the timer interrupted at TSC ${hex(early[0]!)}, ${o.deadline - early[0]!} cycles before its deadline ${hex(o.deadline)}`, expected: `at or after ${hex(o.deadline)}`, observed: early.map(hex) });
+  }
+  if (o.interrupts.length === 0 && o.nowTsc >= o.deadline + o.graceTsc) {
+    out.push({
+      rule: 'deadline-delivered',
+      summary: `a TSC deadline of ${hex(o.deadline)} never interrupted, though vCPU 0 ran with interrupts on until TSC ${hex(o.nowTsc)} (${o.nowTsc - o.deadline} cycles after it)`,
+      expected: 1,
+      observed: 0,
+    });
+  }
+  return out;
+}
