@@ -49,6 +49,7 @@ const CASE: MigrationCase = {
   threads: [{ delayUs: 0, regions: [{ pages: 256, stridePages: 1, placement: 'page-start', offset: 8, writer: 'mov', passes: 1, gapPages: 0 }] }],
   kvmclock: true,
   deadlineMs: 50,
+  maskedForMs: null,
 };
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

@@ -77,6 +77,12 @@ export interface MigrationCase {
   readonly kvmclock: boolean;
   /** vCPU 0 arms a TSC deadline this far ahead before the migration (it may fall before, during or after it). */
   readonly deadlineMs: number | null;
+  /**
+   * With a deadline: vCPU 0 keeps interrupts off this long after arming it (the marker comes first,
+   * so the migration starts meanwhile): a deadline that passes then is pending, perhaps across
+   * the switchover, and must be delivered once, after STI.
+   */
+  readonly maskedForMs: number | null;
 }
 
 export interface CaseLimits {
@@ -140,7 +146,8 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     threads: fc.array(threadArb, { minLength: 2, maxLength: 2 }),
     kvmclock: lim.kvmclock ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
-  }).map((c) => ({ ...c, threads: c.threads.slice(0, c.cpus) }));
+    maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
+  }).map((c) => ({ ...c, threads: c.threads.slice(0, c.cpus), maskedForMs: c.deadlineMs === null ? null : c.maskedForMs }));
 }
 
 /** Where a region's first counter goes, relative to its first page. */
@@ -212,11 +219,12 @@ export function pvclockOf(t: number): number {
 
 /**
  * What a thread does once, before its loop: thread 0 writes the sentinels and arms the deadline
- * (LVTT in TSC-deadline mode, IA32_TSC_DEADLINE = now + the distance, interrupts on), every thread
- * turns its kvmclock on and fills its vector registers; the last op publishes the marker the host
- * waits for.
+ * (LVTT in TSC-deadline mode, IA32_TSC_DEADLINE = now + the distance, interrupts on, or on only
+ * after maskedForMs), every thread turns its kvmclock on and fills its vector registers; a marker
+ * tells the host the migration may start.
  */
-function preludeOf(c: MigrationCase, sentinels: readonly number[], t: number): Op[] {
+function preludeOf(c: MigrationCase, sentinels: readonly number[], t: number, tscHz = 0): Op[] {
+  const cycles = (ms: number) => BigInt(Math.round(ms * 1e-3 * tscHz));
   const ops: Op[] = [];
   if (t === 0) {
     sentinels.forEach((page, i) => {
@@ -225,16 +233,12 @@ function preludeOf(c: MigrationCase, sentinels: readonly number[], t: number): O
   }
   if (c.kvmclock) ops.push({ op: 'wrmsr', msr: MSR_KVM_SYSTEM_TIME_NEW, value: BigInt(pvclockOf(t)) | 1n });
   ops.push({ op: 'fillXmm', seed: xmmSeed(t) });
-  if (t === 0 && c.deadlineMs !== null) {
-    ops.push(
-      { op: 'apicWrite', reg: APIC_LVTT, value: BigInt(lvttValue('tsc-deadline', false)) },
-      // relative 1: the TSC just before the write plus the distance; the record keeps the value written.
-      { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative: 1, value: 0n }, // the distance in cycles: migrationProgram knows the TSC rate
-      { op: 'sti' },
-    );
-  }
-  ops.push({ op: 'mark', value: LOOPING_MARK });
-  return ops;
+  if (t !== 0 || c.deadlineMs === null) return [...ops, { op: 'mark', value: LOOPING_MARK }];
+  // relative 1: the TSC just before the write plus the distance; the record keeps the value written.
+  ops.push({ op: 'apicWrite', reg: APIC_LVTT, value: BigInt(lvttValue('tsc-deadline', false)) }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative: 1, value: cycles(c.deadlineMs) });
+  if (c.maskedForMs === null) return [...ops, { op: 'sti' }, { op: 'mark', value: LOOPING_MARK }];
+  // Interrupts stay off for a while with the migration under way; the rdtsc record says when they came on.
+  return [...ops, { op: 'mark', value: LOOPING_MARK }, { op: 'delayTsc', cycles: cycles(c.maskedForMs) }, { op: 'rdtsc' }, { op: 'sti' }];
 }
 
 /** The seed of thread t's vector-register pattern (ir/ops.ts fillXmm). */
@@ -255,9 +259,7 @@ export const DEADLINE_VECTOR = LAPIC_VECTOR;
 /** The guest program of a workload: sentinels and a marker, then each thread's loop forever. */
 export function migrationProgram(c: MigrationCase, w: DirtyWorkload, tscHz: number): Program {
   const threads = w.threads.map((t, ti): Op[] => {
-    const prelude = preludeOf(c, w.sentinels, ti).map((o) =>
-      o.op === 'wrmsrAt' ? { ...o, value: BigInt(Math.round((c.deadlineMs ?? 0) * 1e-3 * tscHz)) } : o,
-    );
+    const prelude = preludeOf(c, w.sentinels, ti, tscHz);
     const delayCycles = BigInt(Math.round((c.threads[ti]!.delayUs * tscHz) / 1e6));
     const watches = w.watches.filter((x) => x.thread === ti);
     let wi = 0;

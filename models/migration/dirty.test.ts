@@ -98,4 +98,38 @@ describe('time across a migration', async () => {
     expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [999n] }).map((d) => d.rule)).toEqual(['deadline-not-early']);
     expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [1001n, 1200n] }).map((d) => d.rule)).toEqual(['deadline-once']);
   });
+  it('with interrupts off after arming, the expired deadline waits for STI, then comes once', () => {
+    const base = { deadline: 1000n, graceTsc: 100n, unmaskedAt: 3000n };
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [3005n] })).toEqual([]);
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [1500n] }).map((d) => d.summary)).toEqual(['the timer interrupted at TSC 0x5dc, while interrupts were off (until 0xbb8)']);
+    expect(judgeDeadline({ ...base, nowTsc: 3050n, interrupts: [] })).toEqual([]); // due at STI, inside the grace
+    expect(judgeDeadline({ ...base, nowTsc: 5000n, interrupts: [] }).map((d) => d.rule)).toEqual(['deadline-delivered']);
+  });
+});
+
+describe('kvmclock areas at the switchover', async () => {
+  const { explainPvclockPage } = await import('./pvclock.js');
+  const page = 0x68_0000;
+  const src = Buffer.alloc(4096);
+  src.writeUInt32LE(4, 0);
+  src.writeBigUInt64LE(0x1234n, 8);
+  src.writeBigUInt64LE(1000n, 16);
+  it('allows a later, complete update inside an enabled area, and nothing else', () => {
+    const later = Buffer.from(src);
+    later.writeUInt32LE(6, 0);
+    later.writeBigUInt64LE(1010n, 16);
+    expect(explainPvclockPage(page, src, later, [page])).toMatchObject({ explained: true, updates: [{ addr: page, source: { version: 4 }, destination: { version: 6 } }] });
+    const outside = Buffer.from(later);
+    outside[64] = 1;
+    expect(explainPvclockPage(page, src, outside, [page])).toEqual({ explained: false, why: 'byte 0x680040 differs outside every enabled kvmclock area' });
+    expect(explainPvclockPage(page, src, later, [])).toMatchObject({ explained: false });
+  });
+  it('a stale or torn copy is still a difference', () => {
+    const stale = Buffer.from(src);
+    stale.writeUInt32LE(2, 0);
+    expect(explainPvclockPage(page, src, stale, [page])).toMatchObject({ explained: false, why: expect.stringMatching(/not a later update/) });
+    const torn = Buffer.from(src);
+    torn.writeUInt32LE(5, 0);
+    expect(explainPvclockPage(page, src, torn, [page])).toMatchObject({ explained: false, why: expect.stringMatching(/mid-update/) });
+  });
 });

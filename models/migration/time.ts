@@ -9,6 +9,8 @@
  *  - a TSC deadline armed before the switchover interrupts exactly once, not before the deadline
  *    (SDM Vol. 3A §10.5.4.1: one interrupt when the TSC reaches the deadline, then the MSR reads
  *    0 and the timer is disarmed), and not later than `graceTsc` after it while the guest runs.
+ *    While the guest keeps interrupts off (RFLAGS.IF = 0), an expired deadline stays pending in
+ *    the IRR (SDM Vol. 3A §10.8.4) and is delivered once after STI, perhaps across a switchover.
  */
 export interface WatchReading {
   readonly thread: number;
@@ -46,6 +48,8 @@ export interface DeadlineObservation {
   readonly interrupts: readonly bigint[];
   /** How late an interrupt may come while the guest runs with interrupts on. */
   readonly graceTsc: bigint;
+  /** When vCPU 0 turned interrupts on, if it kept them off after arming (TSC just before STI). */
+  readonly unmaskedAt?: bigint;
 }
 
 export function judgeDeadline(o: DeadlineObservation): TimeDifference[] {
@@ -58,10 +62,16 @@ export function judgeDeadline(o: DeadlineObservation): TimeDifference[] {
   if (early.length) {
     out.push({ rule: 'deadline-not-early', summary: `the timer interrupted at TSC ${hex(early[0]!)}, ${o.deadline - early[0]!} cycles before its deadline ${hex(o.deadline)}`, expected: `at or after ${hex(o.deadline)}`, observed: early.map(hex) });
   }
-  if (o.interrupts.length === 0 && o.nowTsc >= o.deadline + o.graceTsc) {
+  // With interrupts off until unmaskedAt, an expired deadline waits in the IRR: not before STI.
+  const masked = o.unmaskedAt === undefined ? [] : o.interrupts.filter((t) => t >= o.deadline && t < o.unmaskedAt!);
+  if (masked.length) {
+    out.push({ rule: 'deadline-not-early', summary: `the timer interrupted at TSC ${hex(masked[0]!)}, while interrupts were off (until ${hex(o.unmaskedAt!)})`, expected: `at or after ${hex(o.unmaskedAt!)}`, observed: masked.map(hex) });
+  }
+  const due = o.unmaskedAt !== undefined && o.unmaskedAt > o.deadline ? o.unmaskedAt : o.deadline;
+  if (o.interrupts.length === 0 && o.nowTsc >= due + o.graceTsc) {
     out.push({
       rule: 'deadline-delivered',
-      summary: `a TSC deadline of ${hex(o.deadline)} never interrupted, though vCPU 0 ran with interrupts on until TSC ${hex(o.nowTsc)} (${o.nowTsc - o.deadline} cycles after it)`,
+      summary: `a TSC deadline of ${hex(o.deadline)} never interrupted, though vCPU 0 ran with interrupts on${due > o.deadline ? ` (from ${hex(due)})` : ''} until TSC ${hex(o.nowTsc)} (${o.nowTsc - due} cycles after it was due)`,
       expected: 1,
       observed: 0,
     });

@@ -17,7 +17,8 @@ import { compareRam, MigrationError, withVms, type MigrateOptions, type Migratio
 import { judgeCounters, expectedCounters, knownSpans, unpredictedOrKnown, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
 import { predictConvergence, type Convergence } from '../../models/migration/convergence.js';
 import { judgeDeadline, judgeWatches, type TimeDifference, type WatchReading } from '../../models/migration/time.js';
-import { DEADLINE_VECTOR, xmmPattern } from '../../generators/migration.js';
+import { DEADLINE_VECTOR, pvclockOf, xmmPattern } from '../../generators/migration.js';
+import { explainPvclockPage, type PvclockUpdate } from '../../models/migration/pvclock.js';
 import { decodeRecords } from '../../harness/bytecode.js';
 import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU } from '../../harness/irqLog.js';
 import { LAYOUT } from '../../harness/guest/abi.js';
@@ -42,8 +43,8 @@ async function readWatches(vm: VmHandle, w: DirtyWorkload): Promise<WatchReading
   );
 }
 
-/** The deadline vCPU 0 wrote before its loop (its wrmsrAt record), or null when the case arms none. */
-async function deadlineWritten(vm: VmHandle, program: Program): Promise<bigint | null> {
+/** The deadline vCPU 0 wrote before its loop (its wrmsrAt record) and when it turned interrupts on (its rdtsc record), or null. */
+async function deadlineWritten(vm: VmHandle, program: Program): Promise<{ deadline: bigint; unmaskedAt?: bigint } | null> {
   const ops = program.threads[0]!;
   const prelude = ops.slice(0, ops.findIndex((o) => o.op === 'loopBegin'));
   if (!prelude.some((o) => o.op === 'wrmsrAt')) return null;
@@ -51,7 +52,9 @@ async function deadlineWritten(vm: VmHandle, program: Program): Promise<bigint |
   const used = Number((await vm.vm.readMailbox()).threads[0]!.obs_used ?? 0n);
   const records = decodeRecords(prelude, await vm.vm.readPhys(region.addr, Math.min(used, region.len)), Math.min(used, region.len));
   const r = records.find((x) => x.op.op === 'wrmsrAt');
-  return r && r.faultVector === null ? (r.fields as Record<string, bigint>).written! : null;
+  const unmask = records.find((x) => x.op.op === 'rdtsc');
+  if (!r || r.faultVector !== null) return null;
+  return { deadline: (r.fields as Record<string, bigint>).written!, ...(unmask ? { unmaskedAt: (unmask.fields as Record<string, bigint>).tsc! } : {}) };
 }
 
 async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz: number, env: PropertyEnv): Promise<{ watches: WatchReading[]; time: TimeDifference[] }> {
@@ -60,12 +63,12 @@ async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz
   const written = await deadlineWritten(vm, program);
   // A model-variant mutant may take the deadline as later than written (mutants.ts migration-model-late-deadline).
   const shiftMs = Number((env.mutant?.modelVariant?.migrationTime as { deadlineShiftMs?: number } | undefined)?.deadlineShiftMs ?? 0);
-  const deadline = written === null ? null : written + BigInt(Math.round((shiftMs * tscHz) / 1000));
+  const deadline = written === null ? null : written.deadline + BigInt(Math.round((shiftMs * tscHz) / 1000));
   const tsc0 = watches.find((x) => x.thread === 0 && x.kind === 'tsc');
-  if (deadline !== null && tsc0) {
+  if (deadline !== null && tsc0 && tsc0.samples > 0n) {
     const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
     const interrupts = log.entries.filter((e) => e.vector === DEADLINE_VECTOR).map((e) => e.tsc);
-    time.push(...judgeDeadline({ deadline, nowTsc: tsc0.last, interrupts, graceTsc: BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000)) }));
+    time.push(...judgeDeadline({ deadline, nowTsc: tsc0.last, interrupts, graceTsc: BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000)), ...(written!.unmaskedAt !== undefined ? { unmaskedAt: written!.unmaskedAt } : {}) }));
   }
   return { watches, time };
 }
@@ -93,7 +96,13 @@ export interface Hop {
   readonly error: string | null;
   /** Did not complete within the time a case allows, where the model makes no claim. */
   readonly gaveUp: boolean;
-  readonly ram: { readonly identical: boolean; readonly differingPages: number; readonly pages: readonly PageDifference[] } | null;
+  readonly ram: {
+    readonly identical: boolean;
+    readonly differingPages: number;
+    readonly pages: readonly (PageDifference & { readonly why?: string })[];
+    /** kvmclock areas the destination's KVM updated after loading them (allowed: models/migration/pvclock.ts). */
+    readonly kvmclockUpdates: readonly PvclockUpdate[];
+  } | null;
   readonly state: readonly StateDifference[] | null;
   readonly stateEvidence?: { readonly source: Readonly<Record<string, string>>; readonly destination: Readonly<Record<string, string>> };
   /** Each thread's ops_done on the source at its switchover, and on the destination before it runs. */
@@ -177,6 +186,26 @@ export async function judgeArena(vm: VmHandle, w: DirtyWorkload, opsDone: readon
   return out;
 }
 
+/** RAM at the switchover, with the kvmclock areas' permitted updates (pvclock.ts) taken out of the differences. */
+async function sameRamBut(src: VmHandle, dst: VmHandle, pvclocks: readonly number[]): Promise<NonNullable<Hop['ram']>> {
+  const r = await compareRam(src, dst, 4096, { details: 64 });
+  const kvmclockUpdates: PvclockUpdate[] = [];
+  const pages: (PageDifference & { why?: string })[] = [];
+  for (const p of r.pages) {
+    const structs = pvclocks.filter((a) => a >= p.page && a < p.page + 4096);
+    if (!structs.length) {
+      pages.push(p);
+      continue;
+    }
+    const [a, b] = await Promise.all([src.vm.readPhys(p.page, 4096), dst.vm.readPhys(p.page, 4096)]);
+    const verdict = explainPvclockPage(p.page, Buffer.from(a), Buffer.from(b), structs);
+    if (verdict.explained) kvmclockUpdates.push(...verdict.updates);
+    else pages.push({ ...p, why: verdict.why });
+  }
+  const differingPages = r.differingPages - (r.pages.length - pages.length);
+  return { identical: differingPages === 0, differingPages, pages, kvmclockUpdates };
+}
+
 async function opsDone(vm: VmHandle, threads: number): Promise<number[]> {
   const { threads: t } = await vm.vm.readMailbox();
   return t.slice(0, threads).map((x) => Number(x.ops_done ?? 0n));
@@ -203,7 +232,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   });
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
-  for (const [k, on] of Object.entries({ multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2 })) {
+  for (const [k, on] of Object.entries({ multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
   const stderr: Record<string, string> = {};
@@ -271,7 +300,8 @@ async function migrateHop(
   env.metrics.sample('migration.completed', 1, { ...caseLabels(c), prediction });
   recordFigures(env, c, info);
   // Both stopped: the source at completion, the destination with everything loaded.
-  const ram = await compareRam(src, dst, 4096, { details: 8 });
+  const ram = await sameRamBut(src, dst, c.kvmclock ? Array.from({ length: nthreads }, (_, t) => pvclockOf(t)) : []);
+  if (ram.kvmclockUpdates.length) env.metrics.add('migration.kvmclockUpdatedOnLoad');
   const [sa, sb] = await Promise.all([captureVmState(src.vm.qmp, c.cpus), captureVmState(dst.vm.qmp, c.cpus)]);
   const state = diffVmState(sa, sb);
   const progress = { source: await opsDone(src, nthreads), destination: await opsDone(dst, nthreads) };
@@ -303,7 +333,7 @@ async function migrateHop(
     info,
     error: null,
     gaveUp: false,
-    ram: { identical: ram.identical, differingPages: ram.differingPages, pages: ram.pages },
+    ram,
     state,
     ...(state.length ? { stateEvidence: { source: sa.raw, destination: sb.raw } } : {}),
     progress,

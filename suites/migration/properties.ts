@@ -77,7 +77,7 @@ const ramIdentical: Rule<MigrationObservation> = rule('RAM identical at switchov
   for (const h of o.hops) {
     if (!h.ram || h.ram.identical) continue;
     const p = h.ram.pages[0];
-    const at = p ? ` (first: page 0x${p.page.toString(16)} + 0x${p.offset.toString(16)}, source ${p.a}, destination ${p.b})` : '';
+    const at = p ? ` (first: page 0x${p.page.toString(16)} + 0x${p.offset.toString(16)}, source ${p.a}, destination ${p.b}${p.why ? `: ${p.why}` : ''})` : '';
     yield difference(`${where(h)}: ${h.ram.differingPages} page(s) of guest RAM differ at the switchover${at}`, { differingPages: 0 }, { differingPages: h.ram.differingPages, pages: h.ram.pages }, { evidence: { qemu: words(o), info: h.info } });
   }
 });
@@ -155,7 +155,7 @@ function migrationProperty(id: string, statement: string, rules: readonly Rule<M
 
 export const migrationSwitchover = migrationProperty(
   'migration.switchover',
-  'A live migration of a guest that dirties memory (generated writers, layouts and rates; dirty bitmap or ring; multifd, xbzrle, auto-converge, postcopy, bandwidth and downtime limits; cancel-then-retry; ping-pong) completes when the model says it converges and does not when it cannot; at the switchover the stopped source and the loaded destination hold byte-identical guest RAM, the same vCPU and device state and the same guest progress',
+  'A live migration of a guest that dirties memory (generated writers, layouts and rates; dirty bitmap or ring; multifd, xbzrle, auto-converge, postcopy, bandwidth and downtime limits; cancel-then-retry; ping-pong) completes when the model says it converges and does not when it cannot; at the switchover the stopped source and the loaded destination hold byte-identical guest RAM (where the destination KVM may only have completed a later update of an enabled kvmclock area, which msr.rst allows at any time), the same vCPU and device state and the same guest progress',
   [completes, hopeless, ramIdentical, stateIdentical, progressIdentical],
 );
 
