@@ -78,8 +78,15 @@ describe('whether precopy converges', () => {
     expect(predictConvergence({ workingSetBytes: 20 << 20, bandwidth: 128 << 20, downtimeMs: 300, postcopy: false })).toBe('no-claim');
     expect(predictConvergence({ workingSetBytes: 1 << 30, bandwidth: 1 << 20, downtimeMs: 1, postcopy: true })).toBe('converges');
   });
-  it('cannot converge when even one page never fits a downtime', () => {
-    expect(predictConvergence({ workingSetBytes: 4096, bandwidth: 1 << 20, downtimeMs: 1, postcopy: false })).toBe('cannot');
+  it('claims nothing from a working set that does not fit: a descheduled guest dirties nothing', () => {
+    expect(predictConvergence({ workingSetBytes: 4096, bandwidth: 1 << 20, downtimeMs: 1, postcopy: false })).toBe('no-claim');
+  });
+  it('cannot complete within a window when the pages it must send take longer at its rate limit', async () => {
+    const { cannotCompleteWithin, firstPassBytes } = await import('./convergence.js');
+    // 64 MiB: 16,384 zero-page records of 9 bytes; at 16 KiB/s in 300 ms at most 4 windows of 1.6 + 8 KiB.
+    expect(firstPassBytes(64 << 20)).toBe(147_456);
+    expect(cannotCompleteWithin(firstPassBytes(64 << 20), 16 << 10, 300)).toBe(true);
+    expect(cannotCompleteWithin(firstPassBytes(64 << 20), 1 << 20, 300)).toBe(false);
   });
 });
 

@@ -15,7 +15,7 @@ import { layoutWorkload, LOOPING_MARK, migrationProgram, workingSetPages, type M
 import { captureVmState, diffVmState } from '../../harness/vmState.js';
 import { compareRam, MigrationError, withVms, type MigrateOptions, type MigrationInfo, type PageDifference, type StreamIntercept, type VmHandle, type VmSpec } from '../../harness/session.js';
 import { judgeCounters, expectedCounters, knownSpans, unpredictedOrKnown, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
-import { predictConvergence, type Convergence } from '../../models/migration/convergence.js';
+import { cannotCompleteWithin, firstPassBytes, predictConvergence, type Convergence } from '../../models/migration/convergence.js';
 import { judgeDeadline, judgeWatches, type TimeDifference, type WatchReading } from '../../models/migration/time.js';
 import { DEADLINE_VECTOR, pvclockOf, xmmPattern } from '../../generators/migration.js';
 import { explainPvclockPage, type PvclockUpdate } from '../../models/migration/pvclock.js';
@@ -77,8 +77,13 @@ async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz
 export const QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20;
 export const QEMU_DEFAULT_DOWNTIME_MS = 300;
 
-/** The attempt that must not converge: 1 MiB/s and 1 ms of downtime for a working set of at least a page. */
-export const HOPELESS = { bandwidth: 1 << 20, downtimeMs: 1, cancelAfterMs: 300 } as const;
+/**
+ * The attempt that must not complete: capped at 16 KiB/s and cancelled after 300 ms, while its
+ * first pass alone puts at least 9 bytes per page of RAM on the wire (147 KB for 64 MiB, 9 s at
+ * that rate; models/migration/convergence.ts cannotCompleteWithin).
+ */
+export const HOPELESS = { bandwidth: 16 << 10, downtimeMs: 1, cancelAfterMs: 300 } as const;
+if (!cannotCompleteWithin(firstPassBytes(64 << 20), HOPELESS.bandwidth, HOPELESS.cancelAfterMs)) throw new Error('HOPELESS could complete in its window: raise the RAM floor or lower its bandwidth');
 
 export interface StateDifference {
   readonly section: string;
@@ -129,6 +134,8 @@ export interface Hop {
 export interface MigrationObservation {
   readonly workload: DirtyWorkload;
   readonly workingSetPages: number;
+  /** The least the first pass of this case's RAM puts on the wire. */
+  readonly firstPassBytes: number;
   readonly hopeless: { readonly status: string; readonly info: MigrationInfo | null; readonly error: string | null } | null;
   readonly hops: readonly Hop[];
   readonly qemuStderr: Readonly<Record<string, string>>;
@@ -245,14 +252,19 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
         await sleep(c.warmupMs);
         let hopeless: MigrationObservation['hopeless'] = null;
         if (c.cancelFirst) {
-          // The model says this cannot converge: a working set of at least a page, 1 KiB a downtime.
+          // It cannot complete before it is cancelled: the pages it must send once take longer at its rate limit.
           const info = await a
             .migrateTo(vms.a0!, { parameters: { 'max-bandwidth': HOPELESS.bandwidth, 'downtime-limit': HOPELESS.downtimeMs }, cancelAfterMs: HOPELESS.cancelAfterMs, timeoutMs: 20_000 })
             .then((i) => ({ status: i.status, info: i, error: null }))
             .catch((e: unknown) => (e instanceof MigrationError ? { status: e.info?.status ?? 'failed', info: e.info, error: e.message } : Promise.reject(e)));
           hopeless = info;
           env.metrics.add('migrations');
-          if (info.status === 'cancelled') await untilRunning(a);
+          if (info.status !== 'cancelled') {
+            // It ended some other way: the source is gone or stopped, and that is the finding.
+            for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
+            return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops: [], qemuStderr: stderr } };
+          }
+          await untilRunning(a);
         }
         const hops: Hop[] = [];
         const route = c.pingPong ? [['a', 'b'], ['b', 'c']] : [['a', 'b']];
@@ -262,7 +274,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
           if (!hop.resumed) break;
         }
         for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
-        return { ok: true as const, value: { workload, workingSetPages: ws, hopeless, hops, qemuStderr: stderr } };
+        return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops, qemuStderr: stderr } };
       },
       { guestElf: env.guestElf },
     );
