@@ -17,7 +17,8 @@ import { open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { layoutWorkload, migrationProgram, type MigrationCase } from '../generators/migration.js';
+import { layoutWorkload, LOOPING_MARK, migrationProgram, type MigrationCase } from '../generators/migration.js';
+import { LAYOUT, MAILBOX_THREADS_OFFSET, readStruct, structBytes } from '../harness/guest/abi.js';
 import { encodeProgram } from '../harness/bytecode.js';
 import { QmpClient } from '../harness/qmp.js';
 import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
@@ -78,6 +79,22 @@ function rawArgs(all: readonly string[], qmp: string, keepS: boolean): string[] 
   return [...out, '-qmp', `unix:${qmp},server=on,wait=off`];
 }
 
+async function untilLooping(ram: string): Promise<void> {
+  const at = LAYOUT.mailbox + MAILBOX_THREADS_OFFSET;
+  const bytes = structBytes('thread_status');
+  for (let i = 0; i < 1000; i++) {
+    const f = await open(ram, 'r').catch(() => null);
+    if (f) {
+      const buf = Buffer.alloc(bytes);
+      await f.read(buf, 0, bytes, at);
+      await f.close();
+      if (readStruct('thread_status', buf).marker === LOOPING_MARK) return;
+    }
+    await sleep(5);
+  }
+  throw new Error('the raw guest never reached its loop');
+}
+
 async function timeRaw(env: PropertyEnv, tscHz: number): Promise<number> {
   const { workload } = layoutWorkload(CASE);
   const image = encodeProgram(migrationProgram(CASE, workload, tscHz));
@@ -95,8 +112,9 @@ async function timeRaw(env: PropertyEnv, tscHz: number): Promise<number> {
     const [qa, qb] = await Promise.all([QmpClient.connect(join(dir, 'a.sock')), QmpClient.connect(join(dir, 'b.sock'))]);
     const o = migrateOptions(CASE);
     for (const q of [qa, qb]) await q.execute('migrate-set-parameters', { ...o.parameters });
-    // The harness starts migrating once the guest loops; so does this, after the same boot.
-    await sleep(100);
+    // The harness starts migrating once the guest loops; so does this: thread 0's marker, read
+    // straight from the RAM file.
+    await untilLooping(join(dir, 'ram-a'));
     await qa.execute('migrate', { uri: `unix:${mig}` });
     for (;;) {
       const s = await qa.execute<{ status: string }>('query-migrate');
