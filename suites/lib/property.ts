@@ -94,6 +94,13 @@ export interface PropertyDef<W, F, O> {
   observe(c: W, facts: F, env: PropertyEnv): Promise<Observation<O>>;
   /** The claim, rule by rule. */
   readonly rules: readonly Rule<O>[];
+  /**
+   * How many times in a row a smaller case must fail to replace the one that failed (default 1).
+   * A timing-dependent failure otherwise shrinks to the edge of the host's noise, where the
+   * smallest case fails on one run in many and its replay no longer shows it (seen: a timer
+   * mutant's shrunk case passed 5 replays of 5).
+   */
+  readonly confirmShrinks?: number;
 }
 
 /** Properties are generic in their case, facts and observation; the registry does not care which. */

@@ -75,3 +75,34 @@ describe('runProperty on a stateful property', () => {
     expect(again.reason).toBe(r.reason);
   });
 });
+
+describe('confirmShrinks', () => {
+  // A flaky system: any case with n >= 10 fails, but near the edge (10 <= n < 20) only every other time it runs.
+  const make = (confirmShrinks?: number) => {
+    const runsOf = new Map<number, number>();
+    return defineProperty({
+      id: 'toy.flaky',
+      family: 'toy',
+      statement: 'n stays below 10',
+      facts: async () => null,
+      arbitrary: () => fc.integer({ min: 0, max: 1000 }),
+      observe: async (n: number) => {
+        const k = (runsOf.get(n) ?? 0) + 1;
+        runsOf.set(n, k);
+        return { ok: true as const, value: { n, fails: n >= 20 || (n >= 10 && k % 2 === 1) } };
+      },
+      rules: [
+        rule('n below 10', function* (o: { n: number; fails: boolean }) {
+          if (o.fails) yield difference(`n = ${o.n}`, '< 10', o.n);
+        }),
+      ],
+      ...(confirmShrinks ? { confirmShrinks } : {}),
+    });
+  };
+  it('without it, shrinking walks into the flaky edge; with it, the counterexample is one that fails every time', async () => {
+    const loose = await runProperty(make(), base({ seed: 3, runs: 100 }));
+    const strict = await runProperty(make(3), base({ seed: 3, runs: 100 }));
+    expect(loose.reason).toMatch(/^n = 1\d$/);
+    expect(strict.reason).toBe('n = 20');
+  });
+});

@@ -111,10 +111,17 @@ type CasesRun =
 async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiver: Waiver): Promise<CasesRun> {
   const o = env.options;
   let executed = 0;
+  let failedOnce = false;
   const prop = fc.asyncProperty(def.arbitrary(facts, env), async (c: unknown) => {
     executed++;
-    const f = await checkCase(def, c, facts, env, waiver);
-    if (f) throw new CaseFailed(f);
+    let f = await checkCase(def, c, facts, env, waiver);
+    // Once a case has failed, fast-check tries only smaller ones; with confirmShrinks a smaller one
+    // replaces it only if it fails every time (property.ts says why).
+    for (let i = 1; f && failedOnce && i < (def.confirmShrinks ?? 1); i++) f = await checkCase(def, c, facts, env, waiver);
+    if (f) {
+      failedOnce = true;
+      throw new CaseFailed(f);
+    }
   });
   const details = await fc.check(prop, { seed: o.seed, numRuns: o.runs, ...(o.path ? { path: o.path } : {}) });
   if (!details.failed) return { failed: false, executed };
