@@ -26,9 +26,10 @@ import { lapicSchedule } from '../suites/timers/lapic.js';
 import type { TimerFacts } from '../suites/timers/clock.js';
 import { cpuidRules } from '../suites/leaks/cpuid.js';
 import { accessCount, deviceReadsDefinedBytes } from '../suites/leaks/deviceReads.js';
-import { defaultOptions, machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
-import { Metrics, type AnyProperty, type PropertyEnv } from '../suites/lib/property.js';
-import { checkCase, propertyEnv } from '../suites/lib/runner.js';
+import { machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
+import type { AnyProperty, PropertyEnv } from '../suites/lib/property.js';
+import { checkCase } from '../suites/lib/runner.js';
+import { benchEnv } from './env.js';
 import { Waiver } from '../suites/lib/waive.js';
 import { loadDeviations } from '../reports/deviations.js';
 
@@ -123,9 +124,7 @@ async function timeRaw(c: Case, env: PropertyEnv): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const options = defaultOptions({ out: dirname(OUT) });
-  const base = await propertyEnv(options);
-  const env: PropertyEnv = { ...base, metrics: new Metrics() };
+  const { base, env } = await benchEnv(OUT);
   const cpuidFacts = await cpuidRules.facts(env);
   const deviceFacts = await deviceReadsDefinedBytes.facts(env);
   const cpuidOpsList = cpuidOps({ ...CPUID_CASE });

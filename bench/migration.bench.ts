@@ -25,9 +25,10 @@ import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
 import { compareRamFiles } from '../harness/session.js';
 import { qemuArgs } from '../harness/vm.js';
 import { loadDeviations } from '../reports/deviations.js';
-import { defaultOptions, machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
-import { Metrics, type PropertyEnv } from '../suites/lib/property.js';
-import { checkCase, propertyEnv } from '../suites/lib/runner.js';
+import { machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
+import type { PropertyEnv } from '../suites/lib/property.js';
+import { checkCase } from '../suites/lib/runner.js';
+import { benchEnv } from './env.js';
 import { Waiver } from '../suites/lib/waive.js';
 import { migrateOptions } from '../suites/migration/observe.js';
 import { migrationSwitchover } from '../suites/migration/properties.js';
@@ -154,9 +155,7 @@ async function ramCheckGiBps(): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const options = defaultOptions({ out: dirname(OUT) });
-  const base = await propertyEnv(options);
-  const env: PropertyEnv = { ...base, metrics: new Metrics() };
+  const { base, env } = await benchEnv(OUT);
   const facts = (await migrationSwitchover.facts(env)) as { tscHz: number };
   await timeHarness(env, facts);
   await timeRaw(env, facts.tscHz);
