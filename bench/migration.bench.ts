@@ -147,7 +147,7 @@ async function ramCheckGiBps(): Promise<number> {
     }
     await compareRamFiles(a, b, len);
     const t = performance.now();
-    if (!(await compareRamFiles(a, b, len))) throw new Error('identical files compared unequal');
+    if (!(await compareRamFiles(a, b, len)).identical) throw new Error('identical files compared unequal');
     return 1 / ((performance.now() - t) / 1000);
   } finally {
     await removePrivateDir(dir);

@@ -350,10 +350,7 @@ export class VmHandle {
   }
 }
 
-/**
- * Where two VMs' RAM differs: how many `pageBytes` pages, and the first differing byte's address.
- * Both should be stopped for the answer to mean anything.
- */
+/** One page that differs between two RAM files. */
 export interface PageDifference {
   /** Guest-physical address of the page. */
   readonly page: number;
@@ -364,24 +361,42 @@ export interface PageDifference {
   readonly differingBytes: number;
 }
 
+/**
+ * Where two VMs' RAM differs: how many `pageBytes` pages, the first differing byte's address, and
+ * the first `details` pages. Both should be stopped for the answer to mean anything.
+ */
 export async function compareRam(
   a: VmHandle,
   b: VmHandle,
   pageBytes = 4096,
   opts: { details?: number } = {},
-): Promise<{ identical: boolean; differingPages: number; firstDifference: number | null; pages: PageDifference[] }> {
-  const len = Math.max(a.vm.config.ramMiB, b.vm.config.ramMiB) << 20;
+): Promise<RamComparison> {
+  return compareRamFiles(a.vm.ramPath, b.vm.ramPath, Math.max(a.vm.config.ramMiB, b.vm.config.ramMiB) << 20, pageBytes, opts);
+}
+
+export interface RamComparison {
+  readonly identical: boolean;
+  readonly differingPages: number;
+  readonly firstDifference: number | null;
+  /** The first `details` differing pages. */
+  readonly pages: PageDifference[];
+}
+
+/** compareRam over two RAM files of `len` bytes (what compareRam runs, and the bench times). */
+export async function compareRamFiles(pathA: string, pathB: string, len: number, pageBytes = 4096, opts: { details?: number } = {}): Promise<RamComparison> {
   let differingPages = 0;
   let firstDifference: number | null = null;
   const pages: PageDifference[] = [];
   const details = opts.details ?? 0;
-  await forEachRamChunk([a.vm.ramPath, b.vm.ramPath], { addr: 0, len }, ([x, y], at) => {
+  await forEachRamChunk([pathA, pathB], { addr: 0, len }, ([x, y], at) => {
     if (x!.equals(y!)) return;
     for (let p = 0; p < x!.length; p += pageBytes) {
       const px = x!.subarray(p, p + pageBytes);
       const py = y!.subarray(p, p + pageBytes);
       if (px.equals(py)) continue;
       differingPages++;
+      // Where in the page it differs: only for the first difference and the pages reported.
+      if (firstDifference !== null && pages.length >= details) continue;
       let i = 0;
       while (i < px.length && px[i] === py[i]) i++;
       if (firstDifference === null) firstDifference = at + p + i;
@@ -426,15 +441,6 @@ async function forEachRamChunk(paths: readonly string[], range: { addr: number; 
   } finally {
     await Promise.all(files.map((f) => f.close()));
   }
-}
-
-/** compareRam over two RAM files (what the bench times). */
-export async function compareRamFiles(a: string, b: string, len: number): Promise<boolean> {
-  let same = true;
-  await forEachRamChunk([a, b], { addr: 0, len }, ([x, y]) => {
-    if (same && !x!.equals(y!)) same = false;
-  });
-  return same;
 }
 
 /**
