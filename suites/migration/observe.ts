@@ -12,9 +12,9 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { layoutWorkload, LOOPING_MARK, migrationProgram, workingSetPages, type MigrationCase } from '../../generators/migration.js';
-import { captureVmState, diffVmState } from '../../harness/vmState.js';
+import { captureVmState, diffVmState, type VmStateDifference } from '../../harness/vmState.js';
 import { compareRam, MigrationError, withVms, type MigrateOptions, type MigrationInfo, type PageDifference, type StreamIntercept, type VmHandle, type VmSpec } from '../../harness/session.js';
-import { judgeCounters, expectedCounters, knownSpans, unpredictedOrKnown, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
+import { judgeCounters, expectedCounters, knownSpans, sentinelWords, unpredictedOrKnown, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
 import { cannotCompleteWithin, firstPassBytes, predictConvergence, type Convergence } from '../../models/migration/convergence.js';
 import { judgeDeadline, judgeWatches, type TimeDifference, type WatchReading } from '../../models/migration/time.js';
 import { DEADLINE_VECTOR, pvclockOf, xmmPattern } from '../../generators/migration.js';
@@ -73,9 +73,8 @@ async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz
   return { watches, time };
 }
 
-/** QEMU 7.2's defaults (migration/migration.c: MAX_THROTTLE, DEFAULT_MIGRATE_SET_DOWNTIME). */
+/** QEMU 7.2's default max-bandwidth (migration/migration.c: MAX_THROTTLE). */
 export const QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20;
-export const QEMU_DEFAULT_DOWNTIME_MS = 300;
 
 /**
  * The attempt that must not complete: capped at 16 KiB/s and cancelled after 300 ms, while its
@@ -84,13 +83,6 @@ export const QEMU_DEFAULT_DOWNTIME_MS = 300;
  */
 export const HOPELESS = { bandwidth: 16 << 10, downtimeMs: 1, cancelAfterMs: 300 } as const;
 if (!cannotCompleteWithin(firstPassBytes(64 << 20), HOPELESS.bandwidth, HOPELESS.cancelAfterMs)) throw new Error('HOPELESS could complete in its window: raise the RAM floor or lower its bandwidth');
-
-export interface StateDifference {
-  readonly section: string;
-  readonly key: string;
-  readonly a: string | null;
-  readonly b: string | null;
-}
 
 export interface Hop {
   readonly from: string;
@@ -108,7 +100,7 @@ export interface Hop {
     /** kvmclock areas the destination's KVM updated after loading them (allowed: models/migration/pvclock.ts). */
     readonly kvmclockUpdates: readonly PvclockUpdate[];
   } | null;
-  readonly state: readonly StateDifference[] | null;
+  readonly state: readonly VmStateDifference[] | null;
   readonly stateEvidence?: { readonly source: Readonly<Record<string, string>>; readonly destination: Readonly<Record<string, string>> };
   /** Each thread's ops_done on the source at its switchover, and on the destination before it runs. */
   readonly progress: { readonly source: readonly number[]; readonly destination: readonly number[] } | null;
@@ -190,7 +182,7 @@ export async function judgeArena(vm: VmHandle, w: DirtyWorkload, opsDone: readon
     }
   }
   const read = (addr: number) => words.get(addr) ?? 0n;
-  for (const s of w.sentinels.flatMap((page, i) => [{ addr: page, value: w.magic }, { addr: page + 8, value: BigInt(i) }])) {
+  for (const s of sentinelWords(w)) {
     if (read(s.addr) !== s.value) out.push({ addr: s.addr, expected: `0x${s.value.toString(16)}`, observed: `0x${read(s.addr).toString(16)}`, why: 'sentinel page (written once, before the migration)' });
   }
   out.push(...judgeCounters(expectedCounters(w, opsDone), read));
@@ -251,6 +243,10 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
     return await withVms(
       specs,
       async (vms) => {
+        const observed = (hopeless: MigrationObservation['hopeless'], hops: Hop[]) => {
+          for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
+          return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops, qemuStderr: stderr } };
+        };
         const a = vms.a!;
         for (let t = 0; t < nthreads; t++) await a.untilMarker(t, LOOPING_MARK, { timeoutMs: 20_000 });
         await sleep(c.warmupMs);
@@ -263,11 +259,8 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
             .catch((e: unknown) => (e instanceof MigrationError ? { status: e.info?.status ?? 'failed', info: e.info, error: e.message } : Promise.reject(e)));
           hopeless = info;
           env.metrics.add('migrations');
-          if (info.status !== 'cancelled') {
-            // It ended some other way: the source is gone or stopped, and that is the finding.
-            for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
-            return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops: [], qemuStderr: stderr } };
-          }
+          // It ended some other way: the source is gone or stopped, and that is the finding.
+          if (info.status !== 'cancelled') return observed(hopeless, []);
           await untilRunning(a);
         }
         const hops: Hop[] = [];
@@ -277,8 +270,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
           hops.push(hop);
           if (!hop.resumed) break;
         }
-        for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
-        return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops, qemuStderr: stderr } };
+        return observed(hopeless, hops);
       },
       { guestElf: env.guestElf },
     );
@@ -335,11 +327,11 @@ async function migrateHop(
   }
   await dst.stop();
   // Ops done and heartbeats (busy-waits and long passes beat as they go): a running vCPU moves one of them within 10 ms.
-  const pulse = async () => (await dst.vm.readMailbox()).threads.slice(0, nthreads).map((t) => `${t.ops_done}/${t.heartbeat}`);
+  const pulse = async () => (await dst.vm.readMailbox()).threads.slice(0, nthreads);
   const beat = await pulse();
   await sleep(10);
   const stillBeat = await pulse();
-  const second = await opsDone(dst, nthreads);
+  const second = stillBeat.map((t) => Number(t.ops_done ?? 0n));
   const sourceNow = await opsDone(src, nthreads);
   const arena = await judgeArena(dst, workload, second);
   const time = await judgeTime(dst, workload, x.program, x.tscHz, env);
@@ -363,7 +355,7 @@ async function migrateHop(
     resumed: {
       ran: ranWhy === null,
       ranWhy,
-      stopped: beat.every((v, i) => v === stillBeat[i]),
+      stopped: beat.every((t, i) => t.ops_done === stillBeat[i]!.ops_done && t.heartbeat === stillBeat[i]!.heartbeat),
       sourceStill: sourceNow.every((v, i) => v === progress.source[i]) && (await src.status()) === 'postmigrate',
       opsDone: second,
       arena,

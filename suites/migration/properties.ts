@@ -39,10 +39,6 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
   });
 }
 
-function skip(env: PropertyEnv): string | null {
-  return env.options.machine === 'microvm' || env.options.machine === 'pc' || env.options.machine === 'q35' ? null : `no migration on ${env.options.machine}`;
-}
-
 function observe(c: MigrationCase, f: MigrationFacts, env: PropertyEnv) {
   const m = env.mutant?.migrationIntercept;
   return observeMigration(c, f, env, m ? (w) => m({ pages: w.sentinels, magic: w.magic }) : undefined);
@@ -150,7 +146,7 @@ const vectorsKept: Rule<MigrationObservation> = rule('vector registers keep thei
 });
 
 function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[]) {
-  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, skip, facts, arbitrary, observe, rules });
+  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, facts, arbitrary, observe, rules });
 }
 
 export const migrationSwitchover = migrationProperty(
