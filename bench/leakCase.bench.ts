@@ -29,7 +29,7 @@ import { accessCount, deviceReadsDefinedBytes } from '../suites/leaks/deviceRead
 import { machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
 import type { AnyProperty, PropertyEnv } from '../suites/lib/property.js';
 import { checkCase } from '../suites/lib/runner.js';
-import { benchEnv } from './env.js';
+import { benchEnv, rawQemuArgs } from './env.js';
 import { Waiver } from '../suites/lib/waive.js';
 import { loadDeviations } from '../reports/deviations.js';
 
@@ -104,15 +104,7 @@ async function timeRaw(c: Case, env: PropertyEnv): Promise<number> {
     const program = join(dir, 'program.bin');
     writeFileSync(program, image.image);
     const all = qemuArgs(cfg, { kernel: env.guestElf, ram: join(dir, 'ram'), qmpSocket: join(dir, 'unused.sock'), program });
-    const args: string[] = [];
-    for (let i = 0; i < all.length; i++) {
-      if (all[i] === '-S') continue;
-      if ((all[i] === '-chardev' && all[i + 1]!.startsWith('socket,id=qmp')) || all[i] === '-mon') {
-        i++;
-        continue;
-      }
-      args.push(all[i]!);
-    }
+    const args = rawQemuArgs(all);
     const t = performance.now();
     const r = await execa(cfg.qemu, args, { reject: false, stdin: 'ignore' });
     const ms = performance.now() - t;

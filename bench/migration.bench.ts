@@ -28,7 +28,7 @@ import { loadDeviations } from '../reports/deviations.js';
 import { machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
 import type { PropertyEnv } from '../suites/lib/property.js';
 import { checkCase } from '../suites/lib/runner.js';
-import { benchEnv } from './env.js';
+import { benchEnv, rawQemuArgs } from './env.js';
 import { Waiver } from '../suites/lib/waive.js';
 import { migrateOptions } from '../suites/migration/observe.js';
 import { migrationSwitchover } from '../suites/migration/properties.js';
@@ -66,18 +66,9 @@ async function timeHarness(env: PropertyEnv, facts: unknown): Promise<number> {
   return ms;
 }
 
-/** Our QMP arguments swapped for a plain QMP server socket, and no -S on the source. */
+/** Our arguments without the harness, and a plain QMP server socket to drive the migration. */
 function rawArgs(all: readonly string[], qmp: string, keepS: boolean): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < all.length; i++) {
-    if (all[i] === '-S' && !keepS) continue;
-    if ((all[i] === '-chardev' && all[i + 1]!.startsWith('socket,id=qmp')) || all[i] === '-mon') {
-      i++;
-      continue;
-    }
-    out.push(all[i]!);
-  }
-  return [...out, '-qmp', `unix:${qmp},server=on,wait=off`];
+  return [...rawQemuArgs(all, { keepS }), '-qmp', `unix:${qmp},server=on,wait=off`];
 }
 
 async function untilLooping(ram: string): Promise<void> {
