@@ -33,7 +33,8 @@ export interface Mutant {
    * CPUID is the reference on any host, whatever its vendor or its KVM.
    */
   readonly sensitivity?: { readonly accel: 'kvm' | 'tcg'; readonly cpu?: string };
-  qemuArgs(vm: MutantVm): Promise<readonly string[]>;
+  /** Arguments it adds to a VM of its roles (none: the mutant breaks the model or the stream, not QEMU). */
+  qemuArgs?(vm: MutantVm): Promise<readonly string[]>;
   /** Disturbs a running VM of its roles through QMP (stop/cont at chosen moments), until `done`. */
   during?(vm: Vm, done: AbortSignal): Promise<void>;
   /**

@@ -24,8 +24,9 @@ export type VmRole = 'facts' | 'calibration' | 'workload' | 'a' | 'b' | 'source'
 /** The per-VM prepare hook of the run's mutant, for a VM of this role, or undefined. */
 function mutantPrepare(env: PropertyEnv, role: VmRole, config: MachineConfig): ((dir: string) => Promise<readonly string[]>) | undefined {
   const m = env.mutant;
-  if (!m || (m.roles !== 'all' && !m.roles.includes(role))) return undefined;
-  return (dir) => m.qemuArgs({ role, dir, config });
+  if (!m?.qemuArgs || (m.roles !== 'all' && !m.roles.includes(role))) return undefined;
+  const args = m.qemuArgs.bind(m);
+  return (dir) => args({ role, dir, config });
 }
 
 function describeOp(o: Op | undefined): string {

@@ -20,9 +20,6 @@ function proxyMutant(name: string, description: string, mutation: PageMutation):
     description,
     breaks: ['migration.switchover', 'migration.resume'],
     roles: [],
-    async qemuArgs() {
-      return [];
-    },
     migrationIntercept: (target) => async (dstUri, dstDir) => {
       if (!dstUri.startsWith('unix:')) throw new Error(`the stream proxy needs a unix destination, not ${dstUri}`);
       return startStreamProxy({ listenPath: join(dstDir, 'proxy.sock'), targetPath: dstUri.slice('unix:'.length), pages: target.pages, magic: le64(target.magic), mutation });
@@ -46,9 +43,6 @@ export const MIGRATION_MUTANTS: readonly Mutant[] = [
     breaks: ['migration.resume'],
     roles: [],
     modelVariant: { migrationTime: { deadlineShiftMs: 1000 } },
-    async qemuArgs() {
-      return [];
-    },
   },
   proxyMutant(
     'stream-drop-page-record',

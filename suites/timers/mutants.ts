@@ -28,9 +28,6 @@ export const TIMER_MUTANTS: readonly Mutant[] = [
     description: `QMP stop for ${STOP_MS} ms, cont, and stop again at once, for as long as a workload VM runs: the guest's TSC runs on, timers expire while it cannot take interrupts, and every interrupt due in a pause comes up to ${STOP_MS} ms late.`,
     breaks: ['timers.lapic.schedule', 'timers.rtc.periodic'],
     roles: ['workload'],
-    async qemuArgs() {
-      return [];
-    },
     during: stopAndGo,
   },
   {
@@ -40,9 +37,6 @@ export const TIMER_MUTANTS: readonly Mutant[] = [
     breaks: ['timers.lapic.schedule'],
     roles: [],
     modelVariant: { lapicClock: { apicBusScale: 0.5 } },
-    async qemuArgs() {
-      return [];
-    },
   },
   {
     name: 'lapic-model-tdcr-next-reload',
@@ -51,8 +45,5 @@ export const TIMER_MUTANTS: readonly Mutant[] = [
     breaks: ['timers.lapic.schedule'],
     roles: [],
     modelVariant: { lapic: { tdcrMidCount: 'next-reload' } },
-    async qemuArgs() {
-      return [];
-    },
   },
 ];
