@@ -5,7 +5,8 @@ import { encodeProgram } from '../harness/bytecode.js';
 import { layoutProblems } from '../models/migration/dirty.js';
 import { ARENA_BASE, layoutWorkload, migrationCaseArb, migrationProgram, workingSetPages } from './migration.js';
 
-const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, kvmclock: true, tscDeadline: true, tscHz: 2e9 };
+const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, kvmclock: true, tscDeadline: true };
+const TSC_HZ = 2e9;
 
 describe('migration cases', () => {
   it('lay out regions that never overlap, inside the arena, with no split lock, and programs that encode', () => {
@@ -15,7 +16,7 @@ describe('migration cases', () => {
         expect(layoutProblems(workload)).toEqual([]);
         expect(workload.watches.filter((x) => x.kind === 'kvmclock').length).toBe(c.kvmclock ? c.cpus : 0);
         expect(workload.threads.length).toBe(c.cpus);
-        const p = migrationProgram(c, workload, lim.tscHz);
+        const p = migrationProgram(c, workload, TSC_HZ);
         expect(p.threads.length).toBe(c.cpus);
         encodeProgram(p);
         // The model's prelude count is the program's: every op before loopBegin.

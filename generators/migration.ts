@@ -91,8 +91,6 @@ export interface CaseLimits {
   readonly maxCpus: 1 | 2;
   readonly dirtyRing: boolean;
   readonly postcopy: boolean;
-  /** TSC Hz, for delays. */
-  readonly tscHz: number;
   /** kvmclock exists (KVM). */
   readonly kvmclock: boolean;
   readonly tscDeadline: boolean;

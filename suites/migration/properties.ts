@@ -23,7 +23,7 @@ function facts(env: PropertyEnv): Promise<MigrationFacts> {
   return Promise.resolve({ tscHz: khz ? khz * 1000 : 2e9 });
 }
 
-function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
+function arbitrary(_facts: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
   return migrationCaseArb({
     ramMiB: RAM_SIZES,
     maxCpus: 2,
@@ -32,7 +32,6 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
     postcopy: runRootFilesystem() === 'tmpfs',
     kvmclock: env.options.accel === 'kvm',
     tscDeadline: env.options.accel === 'tcg' || env.host.kvm.tscDeadline === true,
-    tscHz: f.tscHz,
     // A mutant's run: plain precopy (all a stream proxy understands), one hop, the smallest RAM:
     // cheap cases, which shrink fast.
     ...(env.mutant?.migrationIntercept || env.mutant?.modelVariant?.migrationTime ? { plainStream: true } : {}),
