@@ -46,6 +46,27 @@ describe('timer schedules', () => {
     });
   }
 
+  it('rtc: with interrupts on, no interrupt can fall between a CMOS index write and its data write', () => {
+    // The ISR selects register C (OUT 0x70, 0x0C) to acknowledge: an interrupt between the index
+    // and the data access would send the data to the wrong register.
+    fc.assert(
+      fc.property(commandsArb(families.rtc, { maxCommands: 24, size: '+1' }), (w) => {
+        const built = buildFromCommands<TimerSchedule>(w, () => emptySchedule(1), { maxThreads: 1, threads: 1 });
+        let on = false;
+        const ops = built.program.threads[0]!;
+        ops.forEach((o, i) => {
+          if (o.op === 'sti') on = true;
+          if (o.op === 'cli') on = false;
+          if (o.op === 'pioOut' && o.port === 0x70) {
+            expect(ops[i + 1]).toMatchObject({ port: 0x71 });
+            if (ops[i + 1]!.op === 'pioOut') expect(on, `op ${i}: CMOS write with interrupts on`).toBe(false);
+          }
+        });
+      }),
+      { numRuns: 100, seed: 2 },
+    );
+  });
+
   it('a schedule is plain data: a built case survives JSON and structuredClone unchanged', () => {
     const [w] = fc.sample(commandsArb(families.lapic, { maxCommands: 24, size: '+1' }), { numRuns: 1, seed: 3 });
     const built = buildFromCommands<TimerSchedule>(w!, () => emptySchedule(2), { maxThreads: 2, threads: 2 });

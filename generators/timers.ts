@@ -354,12 +354,20 @@ export const rtcRegA = (rs: number) => 0x20 | (rs & 0xf);
  */
 export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
   const t = 0;
+  // The index (port 0x70) and data (0x71) writes are one access: the ISR selects register C to
+  // acknowledge, so an interrupt taken between them sends the data to register C, where it is lost
+  // (seed 111 kept 8192 Hz after an RS=10 write). As Linux's CMOS_WRITE does under rtc_lock with
+  // interrupts off, the pair runs inside CLI..STI, stamped as control events so the models see the
+  // interrupts held back.
   const write = (m: TimerSchedule, b: ProgramBuilder, kind: 'writeA' | 'writeB', reg: number, value: number) => {
     ensureRtcRouted(m, b);
+    const masked = m.threads[t]!.interrupts;
+    if (masked) bracketed(m, b, t, { source: 'control', kind: 'cli' }, [{ op: 'cli' }]);
     bracketed(m, b, t, { source: 'rtc', kind, value }, [
       { op: 'pioOut', port: 0x70, width: 1, value: reg },
       { op: 'pioOut', port: 0x71, width: 1, value },
     ]);
+    if (masked) bracketed(m, b, t, { source: 'control', kind: 'sti' }, [{ op: 'sti' }]);
   };
   // Windows flips between 64 and 1024 Hz (RS 10 and 6); every other rate, and the same rate again, too.
   const rates = slowRates
