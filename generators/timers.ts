@@ -293,6 +293,33 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
         cmd(us === 0 ? `cpu${t} TMICT 0 (stop)` : `cpu${t} TMICT ${us}us`, t, (m, b) => apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us))),
       ),
     },
+    // A divide change in the middle of a running count, then TMCCT at once and again a while later,
+    // still within the count: the case the TDCR rule is about (c301b909e4b9: TMCCT does not jump,
+    // only its slope changes at once). The later read is what tells the slopes apart: the two rules
+    // differ by (1/old − 1/new divide) × the time since the write. As separate commands this order
+    // is rare; as one it is about one LAPIC command in twelve.
+    {
+      weight: 2,
+      arbitrary: fc
+        .tuple(threads, fc.constantFrom('one-shot' as const, 'periodic' as const), fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 7 }), timeSpan(1000, 3000), fc.noShrink(fc.integer({ min: 20, max: 60 })), fc.noShrink(fc.integer({ min: 30, max: 70 })))
+        .map(([t, mode, from, to, us, pct, laterPct]) => {
+          const to2 = to === from ? (to + 1) % 8 : to;
+          const midUs = Math.round((us * pct) / 100);
+          // What is left of the count runs at the new divide; read again within it, at most 2 ms on.
+          const leftUs = ((us - midUs) * (1 << to2)) / (1 << from);
+          const laterUs = Math.max(20, Math.min(2000, Math.round((leftUs * laterPct) / 100)));
+          return cmd(`cpu${t} ${mode} ÷${1 << from} ${us}us, at ${midUs}us TDCR ÷${1 << to2}, read TMCCT then and ${laterUs}us later`, t, (m, b) => {
+            apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, false));
+            setDivide(m, b, t, from);
+            apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us));
+            wait(m, b, t, midUs, lim);
+            setDivide(m, b, t, to2);
+            bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0);
+            wait(m, b, t, laterUs, lim);
+            bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0);
+          }, (m) => m.threads[t]!.waitedUs + midUs + laterUs <= lim.maxWaitUs);
+        }),
+    },
     {
       weight: 2,
       arbitrary: threads.map((t) => cmd(`cpu${t} read TMCCT`, t, (m, b) => bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0))),

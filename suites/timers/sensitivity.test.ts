@@ -5,6 +5,9 @@
  *    program fails again under `kvmprop replay`. An interrupt comes a whole count (50 µs to 3 ms,
  *    durations never shrink) before the model allows, but a short count can still be hidden by
  *    the host's lateness noise on one replay: one of five replays must fail again;
+ *  - a model with the TDCR rule flipped (lapic-model-tdcr-next-reload: a mid-count divide change
+ *    applies at the next reload) disagrees with KVM's TMCCT reads; the difference is hundreds of
+ *    µs of count, so its one-command counterexample fails again on the first replay;
  *  - an injected delay (vcpu-stop-cont: QMP stop/cont of the workload VM) makes the RTC property
  *    fail with a shrunk, saved counterexample. Its replay is not asserted: where a stop lands in a
  *    program of about a millisecond is up to the host's timing, so the shrunk case is not hit by
@@ -46,6 +49,19 @@ describe('timer properties fail on deliberately broken systems', () => {
     const replayOnce = () => execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
     let replay = await replayOnce();
     for (let i = 1; i < 5 && replay.exitCode !== 1; i++) replay = await replayOnce();
+    expect(replay.exitCode, replay.stderr).toBe(1);
+    expect(replay.stdout).toContain('timers.lapic.schedule fails again');
+  }, 600_000);
+
+  it('lapic-model-tdcr-next-reload fails the TMCCT rule with a one-command case that replays', async () => {
+    // The flipped rule predicts TMCCT at the old slope after a mid-count TDCR write; KVM changes the
+    // slope at once. The generator's "TDCR mid-count, read TMCCT then and later" command makes the
+    // difference (1/old − 1/new divide) × hundreds of µs: far outside the read's stamp width.
+    const { r, w, file } = await failing('timers.lapic.schedule', 'lapic-model-tdcr-next-reload');
+    expect(r.rule).toBe('TMCCT in range and continuous');
+    expect(w.ran.some((c) => /TDCR/.test(c))).toBe(true);
+    expect(w.ran.length).toBeLessThanOrEqual(4);
+    const replay = await execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
     expect(replay.exitCode, replay.stderr).toBe(1);
     expect(replay.stdout).toContain('timers.lapic.schedule fails again');
   }, 600_000);
