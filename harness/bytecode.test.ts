@@ -138,17 +138,19 @@ describe('encodeProgram', () => {
       ops_hash: BigInt(OPS_HASH),
       nthreads: 2n,
       canary: DEFAULT_CANARY,
-      flags: PROGRAM_FLAGS.x2apic | PROGRAM_FLAGS.ring0,
+      flags: PROGRAM_FLAGS.x2apic | PROGRAM_FLAGS.ring0 | PROGRAM_FLAGS.holdExit,
       map_limit: 1n << 36n,
     });
   });
 
-  it('sets no flags and map_limit 0 by default', () => {
+  it('sets only holdExit and map_limit 0 by default', () => {
     const h = readStruct('prog_header', encodeProgram({ threads: [t0], canary: 1n }).image);
-    expect(h.flags).toBe(0n);
+    expect(h.flags).toBe(PROGRAM_FLAGS.holdExit);
     expect(h.map_limit).toBe(0n);
-    expect(readStruct('prog_header', encodeProgram({ threads: [t0], canary: 1n, x2apic: true }).image).flags).toBe(PROGRAM_FLAGS.x2apic);
-    expect(readStruct('prog_header', encodeProgram({ threads: [t0], canary: 1n, ring0: true }).image).flags).toBe(PROGRAM_FLAGS.ring0);
+    const flags = (over: Partial<Program>) => readStruct('prog_header', encodeProgram({ threads: [t0], canary: 1n, holdExit: false, ...over }).image).flags;
+    expect(flags({})).toBe(0n);
+    expect(flags({ x2apic: true })).toBe(PROGRAM_FLAGS.x2apic);
+    expect(flags({ ring0: true })).toBe(PROGRAM_FLAGS.ring0);
   });
 
   it('describes each thread: its code after the descriptors, and a page-aligned observation region', () => {

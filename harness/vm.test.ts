@@ -121,6 +121,20 @@ describe('a VM that runs its program to the end', () => {
     expect(recordsOf(t0!, 'cpuid')[0]!.fields.rax).toBeGreaterThan(0n); // highest basic leaf
     expect(t1!.map((r) => [r.op.op, r.faultVector])).toEqual([['rdtsc', null], ['exec', 6]]); // ud2 in ring 3: #UD
     expect(recordsOf(t1!, 'rdtsc')[0]!.fields.tsc).toBeGreaterThan(0n);
+    // The exit handshake let the host read QEMU's threads' scheduler accounting before it exited.
+    expect(run.vm.hostWait).not.toBeNull();
+    expect(run.vm.hostWait!.vcpusNs).toHaveLength(2);
+  });
+
+  it('a guest holds its exit until the host has read QEMU; a program without holdExit leaves on its own', async () => {
+    const prog = program([[{ op: 'delayTsc', cycles: 100_000_000n }]]);
+    const held = await runWorkload(defaultMachineConfig(), prog, { guestElf, label: 'hold' });
+    expect(held.vm.outcome).toEqual({ kind: 'completed', exitCode: 33 });
+    // QEMU was still there after the last op: its threads' schedstat could be read, and the answer given.
+    expect(held.vm.hostWait).not.toBeNull();
+    expect(held.vm.mailbox.exit_ack).toBe(1n);
+    const free = await runWorkload(defaultMachineConfig(), { ...prog, holdExit: false }, { guestElf, label: 'nohold' });
+    expect(free.vm.outcome).toEqual({ kind: 'completed', exitCode: 33 });
   });
 });
 

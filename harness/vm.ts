@@ -14,13 +14,13 @@
  * The watching itself lives in harness/watchdog.ts (it also knows the run states of migration);
  * waitForOutcome here is a thin user of it.
  */
-import { open, writeFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { Parser } from 'tap-parser';
 import { QmpClient, QmpClosedError, listenQmp } from './qmp.js';
 import { createPrivateDir, removePrivateDir, trackPid, untrackPid } from './runtime.js';
-import { LAYOUT, MAILBOX_MAGIC, MAILBOX_THREADS_OFFSET, readStruct, structBytes } from './guest/abi.js';
+import { fieldOffset, LAYOUT, MAILBOX_MAGIC, MAILBOX_THREADS_OFFSET, readStruct, structBytes } from './guest/abi.js';
 import type { ProgramImage } from './bytecode.js';
 import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU, type IrqLog } from './irqLog.js';
 import { qemuWords, watchVm, type VmOutcome, type WatchOptions, type WatchTarget } from './watchdog.js';
@@ -129,6 +129,38 @@ export interface VmRunResult {
   readonly threads: readonly ThreadResult[];
   readonly durationMs: number;
   readonly args: readonly string[];
+  /** How long the host kept QEMU's threads waiting to run while the guest ran (hostWait()), or null where /proc does not say. */
+  readonly hostWait: HostWait | null;
+}
+
+/**
+ * Time the host scheduler kept QEMU's threads runnable but not running: `run_delay`, the second
+ * field of /proc/PID/task/TID/schedstat (ns, the kernel's sched_info; what a guest sees as steal
+ * time). A vCPU thread that waits to run delays every interrupt due meanwhile; no hypervisor bug
+ * shows up here, since KVM delaying an injection leaves the thread running or idle, not waiting.
+ */
+export interface HostWait {
+  /** Per vCPU (cpu-index order), ns. */
+  readonly vcpusNs: readonly number[];
+  /** QEMU's main loop thread (its device timers: RTC, user-space PIT), ns. */
+  readonly mainNs: number;
+}
+
+/** The run_delay of one host thread, ns, or null when its schedstat cannot be read. */
+async function runDelayNs(pid: number, tid: number): Promise<number | null> {
+  try {
+    const f = (await readFile(`/proc/${pid}/task/${tid}/schedstat`, 'utf8')).trim().split(/\s+/);
+    const v = Number(f[1]);
+    return Number.isFinite(v) ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+/** after − before, per thread; null when either is unknown. */
+export function hostWaitBetween(before: HostWait | null, after: HostWait | null): HostWait | null {
+  if (!before || !after || before.vcpusNs.length !== after.vcpusNs.length) return null;
+  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs) };
 }
 
 /** Raised when a VM cannot be started: QEMU refused its arguments, aborted, or never connected. */
@@ -362,7 +394,44 @@ export class Vm implements WatchTarget {
   }
 
   /** Collect the verdict and observations after waitForOutcome. */
-  async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number): Promise<VmRunResult> {
+  private vcpuTids: number[] | null = null;
+  /** hostWait() read when the guest finished, before it was let go (guestFinished). */
+  private finishedHostWait: HostWait | null = null;
+
+  /** The exit handshake's host side: take the last readings, then set mailbox.exit_ack. */
+  async guestFinished(): Promise<void> {
+    this.finishedHostWait = await this.hostWait();
+    const fd = await open(this.ramPath, 'r+');
+    try {
+      const ack = new Uint8Array(4);
+      new DataView(ack.buffer).setUint32(0, 1, true);
+      await fd.write(ack, 0, 4, LAYOUT.mailbox + fieldOffset('mailbox', 'exit_ack'));
+    } finally {
+      await fd.close();
+    }
+  }
+
+  /** What hostWait() said when the guest finished (null: it did not finish, or /proc did not say). */
+  get hostWaitAtFinish(): HostWait | null {
+    return this.finishedHostWait;
+  }
+
+  /** The run_delay so far of each vCPU thread and the main thread (HostWait), or null where it cannot be read. */
+  async hostWait(): Promise<HostWait | null> {
+    const pid = this.proc.pid;
+    if (!pid || this.exited) return null;
+    try {
+      this.vcpuTids ??= (await this.qmp.execute<{ 'cpu-index': number; 'thread-id': number }[]>('query-cpus-fast')).sort((a, b) => a['cpu-index'] - b['cpu-index']).map((c) => c['thread-id']);
+    } catch {
+      return null;
+    }
+    const vcpus = await Promise.all(this.vcpuTids.map((tid) => runDelayNs(pid, tid)));
+    const main = await runDelayNs(pid, pid);
+    if (main === null || vcpus.some((v) => v === null)) return null;
+    return { vcpusNs: vcpus as number[], mainNs: main };
+  }
+
+  async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number, hostWait: HostWait | null = null): Promise<VmRunResult> {
     const { mailbox, threads } = await this.readMailbox();
     const results: ThreadResult[] = [];
     for (let i = 0; i < nthreads; i++) {
@@ -382,6 +451,7 @@ export class Vm implements WatchTarget {
       threads: results,
       durationMs: Date.now() - this.startedAt,
       args: this.args,
+      hostWait,
     };
   }
 
@@ -441,10 +511,11 @@ export async function runVm(
   const done = new AbortController();
   const beside = opts.during ? opts.during(vm, done.signal).catch(() => undefined) : Promise.resolve();
   try {
+    const waitBefore = await vm.hostWait();
     const outcome = await vm.waitForOutcome({ nthreads: opts.nthreads, timeoutMs: opts.timeoutMs ?? 60_000, stallMs: opts.stallMs ?? 2000 });
     done.abort();
     await beside;
-    return await vm.collect(outcome, opts.program, opts.nthreads);
+    return await vm.collect(outcome, opts.program, opts.nthreads, hostWaitBetween(waitBefore, vm.hostWaitAtFinish));
   } finally {
     done.abort();
     await vm.dispose();

@@ -53,6 +53,11 @@ export interface WatchTarget {
   /** HMP `info registers -a`, bounded in time; null when it cannot be had. */
   registers(): Promise<string | null>;
   kill(): Promise<void>;
+  /**
+   * The guest has finished and waits for the host's answer before it exits (abi.ts
+   * PROGRAM_FLAGS.holdExit): read what needs a live QEMU, then let it go.
+   */
+  guestFinished?(): Promise<void>;
 }
 
 export interface WatchOptions {
@@ -189,7 +194,8 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
         return { kind: 'hang', thread: -1, stalledMs: bootRunMs, registers: await t.registers() };
       }
       if (!MIGRATING_STATES.has(state) && (mailbox.state === BigInt(MAILBOX_STATE.done) || mailbox.state === BigInt(MAILBOX_STATE.failed))) {
-        // The guest is finished; it leaves through isa-debug-exit, or we end it.
+        // The guest is finished; it leaves through isa-debug-exit once answered, or we end it.
+        if (t.guestFinished && !t.hasExited) await t.guestFinished().catch(() => undefined);
         await Promise.race([t.whenExited, sleep(200)]);
         if (!t.hasExited) await t.kill();
         break;

@@ -14,6 +14,11 @@ export interface Program {
    * ring 3 is the default). Instructions that only misbehave in supervisor mode need it.
    */
   readonly ring0?: boolean;
+  /**
+   * The guest waits for the host's answer before it exits (abi.ts PROGRAM_FLAGS.holdExit). Default
+   * true: the harness always answers; false for a program run by plain QEMU with no harness.
+   */
+  readonly holdExit?: boolean;
   /** Switch every vCPU to x2APIC mode before its thread starts. */
   readonly x2apic?: boolean;
   /** Identity-map guest-physical memory up to this address (default 4 GiB). */

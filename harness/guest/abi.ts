@@ -12,8 +12,9 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
 /**
  * 2: the mailbox carries the guest's whole verdict (bail_reason and its arguments, nthreads) and a
  * thread's status says why an op was bad (bad_opcode, bad_reason).
+ * 3: the exit handshake (PROGRAM_FLAGS.holdExit, mailbox.exit_ack).
  */
-export const GUEST_ABI_VERSION = 2;
+export const GUEST_ABI_VERSION = 3;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -63,7 +64,16 @@ export const PROGRAM_FLAGS = {
    * in user mode (IOPL 3) and asks ring 0 only for what needs it (RDMSR/WRMSR).
    */
   ring0: 1n << 2n,
+  /**
+   * Before leaving through isa-debug-exit the guest waits (at most EXIT_HOLD_TSC cycles) for the
+   * host to set mailbox.exit_ack: the host reads what only a live QEMU can tell (its threads'
+   * scheduler accounting, QEMU's statistics) after the last op and before QEMU is gone.
+   */
+  holdExit: 1n << 3n,
 } as const;
+
+/** The longest a holdExit guest waits for mailbox.exit_ack, TSC cycles (~3.5 s at 2.4 GHz). */
+export const EXIT_HOLD_TSC = 1n << 33n;
 
 /**
  * The verdict the host judges (harness/workload.ts guestProblems) is the mailbox and the thread
@@ -186,6 +196,9 @@ export const STRUCTS = {
     ['nthreads', 'u32'],
     ['bail_arg0', 'u64'],
     ['bail_arg1', 'u64'],
+    /** Set by the host (through the shared RAM file) to let a holdExit guest leave. */
+    ['exit_ack', 'u32'],
+    ['pad0', 'u32'],
   ],
   thread_status: [
     ['state', 'u32'],
@@ -219,6 +232,16 @@ export type StructName = keyof typeof STRUCTS;
 
 export function structBytes(name: StructName): number {
   return STRUCTS[name].reduce((n, [, t]) => n + FIELD_BYTES[t], 0);
+}
+
+/** Byte offset of a field in a packed structure. */
+export function fieldOffset(name: StructName, field: string): number {
+  let at = 0;
+  for (const [f, t] of STRUCTS[name]) {
+    if (f === field) return at;
+    at += FIELD_BYTES[t];
+  }
+  throw new Error(`no field ${field} in ${name}`);
 }
 
 /** The mailbox: header, then thread_status[maxCpus] starting at this offset. */

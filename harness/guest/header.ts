@@ -19,6 +19,7 @@ import {
   MAILBOX_MAGIC,
   MAILBOX_STATE,
   MAILBOX_THREADS_OFFSET,
+  EXIT_HOLD_TSC,
   PROGRAM_FLAGS,
   PROGRAM_MAGIC,
   STRUCTS,
@@ -59,6 +60,7 @@ export function renderGuestHeader(): string {
   out.push(`#define NO_FAULT ${hex(NO_FAULT)}`);
   for (const [k, v] of Object.entries(LAYOUT)) out.push(`#define LAYOUT_${snake(k).toUpperCase()} ${hex(v)}ul`);
   for (const [k, v] of Object.entries(PROGRAM_FLAGS)) out.push(`#define PROGRAM_FLAG_${snake(k).toUpperCase()} ${hex(v)}ul`);
+  out.push(`#define EXIT_HOLD_TSC ${hex(EXIT_HOLD_TSC)}ul`);
   for (const [k, v] of Object.entries(MAILBOX_STATE)) out.push(`#define MAILBOX_${snake(k).toUpperCase()} ${v}`);
   for (const [k, v] of Object.entries(THREAD_STATE)) out.push(`#define THREAD_${snake(k).toUpperCase()} ${v}`);
   out.push(`#define MAILBOX_THREADS_OFFSET ${MAILBOX_THREADS_OFFSET}`);

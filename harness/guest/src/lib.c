@@ -61,6 +61,14 @@ void lapic_eoi(struct cpu *c) { apic_write(c, APIC_REG_EOI, 0); }
 #define DEBUG_EXIT_PORT 0xf4
 NORETURN void guest_exit(int failed)
 {
+	/* The exit handshake (abi.ts PROGRAM_FLAGS.holdExit): QEMU stays up until the host has read
+	 * what only a live QEMU can tell, or until EXIT_HOLD_TSC has passed without an answer. */
+	const struct prog_header *p = PROGRAM;
+	if (p->magic == PROGRAM_MAGIC && p->abi == KVMPROP_ABI_VERSION && (p->flags & PROGRAM_FLAG_HOLD_EXIT)) {
+		u64 from = rdtsc();
+		while (!MAILBOX->exit_ack && rdtsc() - from < EXIT_HOLD_TSC)
+			cpu_relax();
+	}
 	outb(DEBUG_EXIT_PORT, failed ? 0x11 : 0x10);
 	for (;;)
 		asm volatile("cli; hlt");
