@@ -400,6 +400,39 @@ describe('a masked periodic timer', () => {
   });
 });
 
+describe('a TDCR write whose stamps span several periods (the vCPU descheduled inside it)', () => {
+  // Periodic 250 000 counts at ÷1 = 500 000 TSC per period (above the 200 µs floor); the write's
+  // stamps are 2 500 000 TSC apart (5 periods) and it goes to ÷2: 1 000 000 TSC per period.
+  const P = 500_000n;
+  const arm = T0 + 10_000n;
+  const w = arm + 700_000n;
+  const WIDTH = 5n * P;
+  const events = [...setup(PERIODIC, DIV1), at(arm, { kind: 'tmict', value: 250_000 }), at(w, { kind: 'tdcr', value: DIV2 }, WIDTH)];
+  const end = w + WIDTH + 8n * P;
+  const old = (k: bigint) => arm + P * k + 50n;
+  const train = (first: bigint) => {
+    const out: ObservedInterrupt[] = [];
+    for (let t = first; t < end - 2n * P; t += 2n * P) out.push(irq(t + 50n));
+    return out;
+  };
+
+  it('the write landed late: old-rate interrupts all through the window, then the new period', () => {
+    const late = w + WIDTH; // it took effect at the window's end
+    const inWindow = [1n, 2n, 3n, 4n, 5n, 6n].map(old).filter((t) => t < late);
+    const next = late + (arm + P * BigInt(inWindow.length + 1) - late) * 2n;
+    expect(judge(events, end, [...inWindow.map((t) => irq(t)), ...train(next)])).toEqual([]);
+  });
+
+  it('the write landed early: the new, slower period from the start of the window', () => {
+    const next = w + (arm + 2n * P - w) * 2n; // remaining count of period 2 at half the rate
+    expect(judge(events, end, [irq(old(1n)), ...train(next)])).toEqual([]);
+  });
+
+  it('still catches an interrupt before the first expiry', () => {
+    expect(rules(judge(events, end, [irq(old(1n) - 100_000n)]))).toContain('never-early');
+  });
+});
+
 describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => {
   const arm = T0 + 10_000n;
   const expiry = arm + 2_000_000n;

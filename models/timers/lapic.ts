@@ -605,6 +605,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         advance(w.lo);
         if (!hasPending(armed) || armed !== c) break;
         let iv = nextOf(c);
+        let spans = false;
         if (iv.lo <= w.hi) {
           // The expiry races the write: it fires in either branch, at its own time or rescaled.
           const rescaledHi = w.hi + durHi(maxB(iv.hi - w.lo, 0n), r, ppb);
@@ -616,9 +617,20 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
             break;
           }
           iv = { lo: iv.lo + durLo(1n, c.period, ppb), hi: iv.hi + durHi(1n, c.period, ppb) };
+          // A write whose stamps span more old-rate expiries (the host kept the vCPU from running
+          // inside it): each of them fires only if the write came after it, and where in the window
+          // the slope changed is unknown.
+          while (iv.lo <= w.hi) {
+            spans = true;
+            deliver(c, iv, false);
+            c.emitted++;
+            iv = { lo: iv.lo + durLo(1n, c.period, ppb), hi: iv.hi + durHi(1n, c.period, ppb) };
+          }
         }
         // KVM update_target_expiration(): remaining × new/old from the write; period recomputed (and raised) at the new divide.
-        const rescaled = rescaleInterval(iv, w, r, ppb);
+        // Spanning: the first expiry after a write at t in the window is t + (next old expiry − t) × new/old, which is
+        // no earlier than the window's start and no later than its end plus one old period × new/old.
+        const rescaled = spans ? { lo: w.lo, hi: w.hi + durHi(1n, { num: c.period.num * r.num, den: c.period.den * r.den }, ppb) } : rescaleInterval(iv, w, r, ppb);
         c.anchor = rescaled;
         c.k = 0n;
         c.divide = nd;
