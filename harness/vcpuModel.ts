@@ -4,7 +4,8 @@
  * The default is `host` under KVM (`max` under TCG). Some hosts cannot start it: on AMD EPYC hosts
  * with kvm_pvm, KVM advertises IA32_ARCH_CAPABILITIES (MSR 0x10a) in its feature MSRs, QEMU 7.2
  * writes the advertised value back at vCPU set-up, KVM refuses it and QEMU aborts
- * (`error: failed to set MSR 0x10a to 0x69`, then `kvm_buf_set_msrs: Assertion ... failed`). That
+ * (`error: failed to set MSR 0x10a to 0x69`, then `kvm_buf_set_msrs: Assertion ... failed`); with
+ * kernel-irqchip=off, KVM refuses MSR_KVM_ASYNC_PF_INT the same way on any host. That
  * is a finding about the host, reported once; the run then uses the nearest model that starts:
  * the default minus the feature QEMU's error names. A model the user gives with --cpu is used as
  * given, with no fallback.
@@ -41,6 +42,9 @@ export const MSR_FEATURES: Readonly<Record<number, { name: string; feature: stri
   0x10a: { name: 'IA32_ARCH_CAPABILITIES', feature: 'arch-capabilities' },
   0x345: { name: 'IA32_PERF_CAPABILITIES', feature: 'pdcm' },
   0x480: { name: 'IA32_VMX_BASIC', feature: 'vmx' },
+  // kvm_put_msrs() writes it when CPUID 0x4000_0001 has KVM_FEATURE_ASYNC_PF_INT; KVM refuses it
+  // without an in-kernel LAPIC (kernel-irqchip=off): kvm_pv_enable_async_pf_int().
+  0x4b564d06: { name: 'MSR_KVM_ASYNC_PF_INT', feature: 'kvm-asyncpf-int' },
 };
 
 /** How many features kvmprop drops, one after another, before it gives up on a default model. */

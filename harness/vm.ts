@@ -38,7 +38,7 @@ export interface MachineConfig {
   readonly qemu: string;
   readonly machine: MachineType;
   readonly accel: Accel;
-  readonly kernelIrqchip?: 'on' | 'split';
+  readonly kernelIrqchip?: 'on' | 'split' | 'off';
   /** Accelerator properties a case needs (KVM's dirty-ring-size=N), appended to -accel. */
   readonly accelProps?: readonly string[];
   readonly cpus: number;

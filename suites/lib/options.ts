@@ -33,7 +33,7 @@ export interface RunOptions {
    * (`max` under TCG) or the nearest model that starts on this host (harness/vcpuModel.ts).
    */
   readonly cpu?: string;
-  readonly kernelIrqchip?: 'on' | 'split';
+  readonly kernelIrqchip?: 'on' | 'split' | 'off';
   readonly qemu: string;
   readonly qemuArgs: readonly string[];
   /** Absolute output directory (results.json, properties/, counterexamples/). */
@@ -89,7 +89,7 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   opt({ key: 'machine', flag: 'machine', kind: 'enum', arg: 'M', values: MACHINE_TYPES, help: 'machine type', rerun: true, record: true }),
   opt({ key: 'accel', flag: 'accel', kind: 'enum', arg: 'A', values: ['kvm', 'tcg'], help: 'accelerator', rerun: true, record: true }),
   opt({ key: 'cpu', flag: 'cpu', kind: 'string', arg: 'MODEL', help: '-cpu model, used as given (default: host, or what this host can start; max under tcg)', rerun: true, record: false }),
-  opt({ key: 'kernelIrqchip', flag: 'kernel-irqchip', kind: 'enum', arg: 'X', values: ['on', 'split'], help: 'KVM irqchip: in the kernel, or split with QEMU', rerun: true, record: true }),
+  opt({ key: 'kernelIrqchip', flag: 'kernel-irqchip', kind: 'enum', arg: 'X', values: ['on', 'split', 'off'], help: 'KVM irqchip: in the kernel, split with QEMU, or off (QEMU emulates the APIC, IOAPIC, PIC and PIT)', rerun: true, record: true }),
   opt({ key: 'qemu', flag: 'qemu', kind: 'string', arg: 'PATH', help: 'QEMU binary (default $KVMPROP_QEMU or qemu-system-x86_64)', rerun: true, record: true }),
   opt({ key: 'qemuArgs', flag: 'qemu-arg', kind: 'list', arg: 'A', help: 'extra QEMU argument, appended as is (repeatable)', rerun: true, record: true }),
   opt({ key: 'mutant', flag: 'mutant', kind: 'string', arg: 'NAME', help: 'run against a deliberately broken system (kvmprop list)', rerun: true, record: true }),

@@ -126,6 +126,8 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
     throw new Error('no TSC rate: the guest sees none in CPUID (0x15/0x16/0x4000_0010) and KVM_GET_TSC_KHZ gave none');
   }
   const kvm = env.options.accel === 'kvm';
+  // With kernel-irqchip=off QEMU's own APIC (hw/intc/apic.c) counts the LAPIC timer, as under TCG.
+  const kvmLapic = kvm && env.options.kernelIrqchip !== 'off';
   const apicBusHz = rates?.apicBusHz ? Number(rates.apicBusHz) : 1e9;
   const minUs = Number(env.host.kvm.modules.find((m) => m.name === 'kvm')?.parameters.min_timer_period_us ?? '200');
   const bound = env.options.latenessBoundUs === undefined ? latenessBoundNs(noise) : env.options.latenessBoundUs * 1000;
@@ -135,7 +137,7 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
     tscSource,
     apicBusHz,
     apicBusSource: rates?.apicBusHz ? 'CPUID 0x40000010 EBX' : 'KVM and QEMU count the APIC timer in ns (1 GHz)',
-    minPeriodNs: kvm ? minUs * 1000 : 0,
+    minPeriodNs: kvmLapic ? minUs * 1000 : 0,
     tscDeadline: ((Number(l1.rcx) >>> 24) & 1) === 1,
     x2apic: ((Number(l1.rcx) >>> 21) & 1) === 1,
     kvmclock: (kvmFeatures & (1 << 3)) !== 0,
@@ -147,7 +149,7 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
         : `--lateness-bound-us ${env.options.latenessBoundUs}`,
     lostAfterNs: Math.max(LOST_FLOOR_NS, LOST_FACTOR * bound),
     machine,
-    lapicImpl: kvm ? 'kvm' : 'qemu',
+    lapicImpl: kvmLapic ? 'kvm' : 'qemu',
     pitImpl: pitImplOf(env),
   };
 }
