@@ -46,7 +46,7 @@ describe('classes (SDM Table 6-4)', () => {
   });
 });
 
-describe('combining (SDM Table 6-5, APM Table 8-7)', () => {
+describe('combining (SDM Table 6-5, APM §8.2.9)', () => {
   const table: [FaultClass, Exclude<FaultClass, 'double-fault'>, string][] = [
     ['benign', 'benign', 'serial'],
     ['benign', 'contributory', 'serial'],

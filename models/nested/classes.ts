@@ -6,7 +6,8 @@
  * abort, interrupt) and whether delivery pushes an error code (SDM §6.13; APM §8.4). Vectors the
  * manuals reserve are listed as 'reserved' so that every vector 0–31 has an entry.
  *
- * Classes (SDM §6.15 "Interrupt 8—Double Fault Exception", Table 6-4; APM §8.2.9 Table 8-7):
+ * Classes (SDM §6.15 "Interrupt 8—Double Fault Exception", Table 6-4; APM §8.2.9 and its table of
+ * double-fault conditions):
  *  - contributory: #DE 0, #TS 10, #NP 11, #SS 12, #GP 13, and #CP 21 in SDMs with CET (a switch);
  *  - page fault: #PF 14, and #VE 20 on Intel (a switch: vector 20 is reserved on AMD, and KVM's
  *    exception_class() in arch/x86/kvm/x86.c files it as benign);
@@ -14,7 +15,7 @@
  *    lists "All INT n" and "All INTR" as benign);
  *  - #DF 8 is a class of its own: any fault while delivering it is a triple fault.
  *
- * Combining (SDM Table 6-5; APM Table 8-7), first event × second exception:
+ * Combining (SDM Table 6-5; APM §8.2.9), first event × second exception:
  *  - benign × anything → the second is handled serially;
  *  - contributory × contributory → #DF; contributory × page fault → serially;
  *  - page fault × benign → serially; page fault × (contributory or page fault) → #DF;
@@ -138,7 +139,7 @@ export function classOfVector(vector: number, sw: VectorClassSwitches): FaultCla
 export type Combination = 'serial' | 'double-fault' | 'shutdown';
 
 /**
- * SDM Table 6-5 / APM Table 8-7. `second` cannot be 'double-fault': delivering an event never
+ * SDM Table 6-5 / APM §8.2.9. `second` cannot be 'double-fault': delivering an event never
  * raises #DF directly, only this rule does.
  */
 export function combine(first: FaultClass, second: Exclude<FaultClass, 'double-fault'>): Combination {

@@ -379,8 +379,8 @@ export const CITATIONS: Readonly<Record<DeliveryRule, string>> = Object.freeze({
   'rip-non-canonical': `${INT_PSEUDOCODE}: instruction pointer from the IDT gate not canonical → #GP(EXT)`,
   'stack-push-fault': `${INT_PSEUDOCODE}: pushing the interrupt frame faults; SDM §4.7 / APM §8.4.2 page-fault error code, CR2 = the address`,
   'handler-entered': 'delivery complete: the handler runs with the frame (and error code) pushed (SDM §6.12.1; APM §8.9.3)',
-  serial: 'SDM Vol. 3A §6.15 Interrupt 8, Table 6-5 / APM Vol. 2 §8.2.9 Table 8-7: handle exceptions serially',
-  'double-fault': 'SDM Vol. 3A §6.15 Interrupt 8, Table 6-5 / APM Vol. 2 §8.2.9 Table 8-7: generate #DF, error code 0',
+  serial: 'SDM Vol. 3A §6.15 Interrupt 8, Table 6-5 / APM Vol. 2 §8.2.9: handle exceptions serially',
+  'double-fault': 'SDM Vol. 3A §6.15 Interrupt 8, Table 6-5 / APM Vol. 2 §8.2.9: generate #DF, error code 0',
   'triple-fault': 'SDM Vol. 3A §6.15 Interrupt 8: a fault while calling the #DF handler → shutdown; APM Vol. 2 §8.2.9',
   intercepted: 'APM Vol. 2 §15.12 exception intercepts (EXITCODE 40h + vector, EXITINFO1 error code, EXITINFO2 #PF address), §15.7.2 EXITINTINFO, §15.20 EVENTINJ',
   'shutdown-intercepted': 'APM Vol. 2 ch. 15 SHUTDOWN intercept: #VMEXIT(SHUTDOWN), EXITCODE 7Fh',
@@ -630,7 +630,7 @@ export const FAULTING_INSTRUCTIONS = Object.freeze({
   },
   'fwait-unmasked-x87': {
     description: 'FWAIT with an unmasked x87 exception pending (after FDIV by 0 with FCW.ZM = 0)',
-    citation: 'SDM Interrupt 16 (#MF): with CR0.NE = 1; WAIT with CR0.MP = 1 and TS = 1 is #NM first (SDM Interrupt 7); APM §8.2.15',
+    citation: 'SDM Interrupt 16 (#MF): with CR0.NE = 1; WAIT with CR0.MP = 1 and TS = 1 is #NM first (SDM Interrupt 7); APM §8.2.16',
     raises: (ctx: InstructionContext) => {
       if (ctx.cr0?.mp && ctx.cr0.ts) return fault(NM);
       if (!ctx.cr0?.ne) throw new Error('fwait-unmasked-x87: CR0.NE = 0 (external FERR#) is not modelled');
