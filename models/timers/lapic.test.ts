@@ -450,4 +450,14 @@ describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => 
     expect(predictLapic(CLOCK, tl(events, end), sw).interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_000n, tdcrAt]);
     expect(judge(events, end, delivered, [], sw)).toEqual([]);
   });
+  it("'refires' also explains a re-fire after a periodic → one-shot switch that raced the expiry (seed 303)", () => {
+    // Periodic 1 000 000 counts at ÷1 (2 000 000 TSC); LVTT to one-shot with its stamps around the
+    // second expiry, so the count may have ended there; then a TDCR write, and an interrupt inside it.
+    const lvttAt = arm + 4_000_000n - 300_000n;
+    const ev = [...setup(PERIODIC), at(arm, { kind: 'tmict', value: 1_000_000 }), at(lvttAt, { kind: 'lvtt', value: ONE_SHOT }, 600_000n), at(lvttAt + 1_000_000n, { kind: 'tdcr', value: DIV2 }, 300_000n)];
+    const seen = [irq(arm + 2_000_050n), irq(arm + 4_000_050n), irq(lvttAt + 1_000_100n)];
+    const sw = { ...KVM_LAPIC, tdcrAfterOneShotExpiry: 'refires' as const };
+    expect(rules(judge(ev, lvttAt + 20_000_000n, seen)).length).toBeGreaterThan(0); // a count rule under every preset
+    expect(judge(ev, lvttAt + 20_000_000n, seen, [], sw)).toEqual([]);
+  });
 });

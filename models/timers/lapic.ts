@@ -594,6 +594,9 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
             }
             break;
           }
+          // A one-shot that a racing periodic → one-shot switch may have ended (lvtt: 'uncertain'):
+          // if it did, the write re-fires it; if not, it counts on, rescaled below.
+          if (c.uncertain && mode === 'one-shot') deliver(c, { lo: w.lo, hi: w.hi }, false);
         }
         if (!c || c.expired || c.tmict === 0n || (mode !== 'one-shot' && mode !== 'periodic')) break;
         if (switches.tdcrMidCount === 'next-reload') {
