@@ -177,6 +177,51 @@ static void report_fatal(struct cpu *c, struct frame *f)
 	guest_exit(1);
 }
 
+/* kvm_steal_time (Linux arch/x86/include/uapi/asm/kvm_para.h): KVM adds the vCPU task's run_delay
+ * to `steal` at each entry after the vCPU waited to run, with `version` odd while it writes. */
+struct steal_time {
+	u64 steal;
+	u32 version;
+	u32 flags;
+	u8 preempted;
+	u8 pad8[3];
+	u32 pad[11];
+};
+#define MSR_KVM_STEAL_TIME 0x4b564d03
+#define KVM_FEATURE_STEAL_TIME 5
+
+static void steal_time_on(struct cpu *c)
+{
+	u32 a, b, cc, d;
+	cpuid4(0x40000000, 0, &a, &b, &cc, &d);
+	if (b != 0x4b4d564b || a < 0x40000001) /* "KVMK": KVM's leaves */
+		return;
+	cpuid4(0x40000001, 0, &a, &b, &cc, &d);
+	if (!(a & (1u << KVM_FEATURE_STEAL_TIME)))
+		return;
+	volatile struct steal_time *st = (volatile struct steal_time *)(LAYOUT_STEAL_TIME + c->index * LAYOUT_STEAL_TIME_STRIDE);
+	memset((void *)st, 0, sizeof(*st));
+	c->steal = st;
+	wrmsr(MSR_KVM_STEAL_TIME, (u64)st | 1);
+}
+
+/* The steal so far, µs (0 without steal time): one consistent read (version even and unchanged). */
+static u32 steal_us(struct cpu *c)
+{
+	volatile struct steal_time *st = c->steal;
+	if (!st)
+		return 0;
+	for (int tries = 0; tries < 100; tries++) {
+		u32 v = st->version;
+		barrier();
+		u64 ns = st->steal;
+		barrier();
+		if (!(v & 1) && v == st->version)
+			return (u32)(ns / 1000);
+	}
+	return 0;
+}
+
 static void irq_record(struct cpu *c, u64 vector, u64 tsc)
 {
 	u8 *log = c->irq_log;
@@ -187,6 +232,7 @@ static void irq_record(struct cpu *c, u64 vector, u64 tsc)
 	u8 *e = ring + (n % IRQ_LOG_RING_ENTRIES) * IRQ_LOG_ENTRY_BYTES;
 	*(u64 *)e = tsc;
 	*(u32 *)(e + 8) = (u32)vector;
+	*(u32 *)(e + 12) = steal_us(c);
 	counts[vector]++;
 	h->next = n + 1;
 	h->total++;
@@ -330,7 +376,9 @@ static int start_ap(struct cpu *c, u32 index, u32 dest)
 	apic_send_ipi(c, dest, 0x00004500); /* INIT, assert */
 	for (int sipi = 0; sipi < 2; sipi++) {
 		apic_send_ipi(c, dest, 0x00004600 | (LAYOUT_AP_TRAMPOLINE >> 12)); /* STARTUP */
-		u64 until = rdtsc() + 200000000ul;
+		/* ~1.6 s at 2.4 GHz: on a loaded host the AP's vCPU thread may wait that long to run (seed 314
+		 * bailed after 80 ms with two runs on two cores); the watchdog's boot-hang limit is longer. */
+		u64 until = rdtsc() + 4000000000ul;
 		while (cpus_online == before && rdtsc() < until)
 			cpu_relax();
 		if (cpus_online != before)
@@ -356,6 +404,8 @@ static void run_own_thread(struct cpu *c)
 	struct thread_status *st = c->status;
 	if (PROGRAM->flags & PROGRAM_FLAG_X2APIC)
 		lapic_x2apic_on(c);
+	if (PROGRAM->flags & PROGRAM_FLAG_STEAL_TIME)
+		steal_time_on(c);
 	if (catch_set(&cf) == 0) {
 		c->catch_thread = &cf;
 		if (PROGRAM->flags & PROGRAM_FLAG_RING0) {
