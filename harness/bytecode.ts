@@ -102,6 +102,7 @@ export function encodeProgram(p: Program): ProgramImage {
   if (p.x2apic) flags |= PROGRAM_FLAGS.x2apic;
   if (p.ring0) flags |= PROGRAM_FLAGS.ring0;
   if (p.holdExit ?? true) flags |= PROGRAM_FLAGS.holdExit;
+  if (p.stealTime) flags |= PROGRAM_FLAGS.stealTime;
   // prog_header, in abi.ts order.
   view.setUint32(0, PROGRAM_MAGIC, true);
   view.setUint32(4, GUEST_ABI_VERSION, true);

@@ -2,7 +2,8 @@
  * One vCPU's interrupt log, decoded. The guest keeps it at LAYOUT.irqLog + vcpu * LAYOUT.irqLogStride
  * (harness/guest/abi.ts): u32 counts[256] (interrupts taken per vector), then irq_log_head { u64 total;
  * u64 next } (next: entries ever written), then a ring of IRQ_LOG_RING_ENTRIES entries
- * { u64 tsc; u32 vector; u32 pad }, entry n at slot n % IRQ_LOG_RING_ENTRIES. The guest's interrupt
+ * { u64 tsc; u32 vector; u32 steal_us }, entry n at slot n % IRQ_LOG_RING_ENTRIES (steal_us: the
+ * vCPU's KVM steal time so far in µs, wrapping, with PROGRAM_FLAGS.stealTime; else 0). The guest's interrupt
  * handler (main.c irq_record) writes the entry, then the count, then next, in ring 0, for every
  * vector but the exceptions (NMI, vector 2, included); read it with the VM stopped or finished.
  */
@@ -24,7 +25,7 @@ export interface IrqLog {
   /** Interrupts taken per vector; vectors never taken are absent. */
   counts: Map<number, number>;
   /** The entries the ring still holds, oldest first. */
-  entries: { tsc: bigint; vector: number }[];
+  entries: { tsc: bigint; vector: number; stealUs: number }[];
   /** Entries the ring overwrote (written, no longer held). */
   lost: number;
 }
@@ -45,10 +46,10 @@ export function decodeIrqLog(bytes: Uint8Array): IrqLog {
   const ring = BigInt(IRQ_LOG_RING_ENTRIES);
   const held = written < ring ? written : ring;
   const first = written - held;
-  const entries: { tsc: bigint; vector: number }[] = [];
+  const entries: { tsc: bigint; vector: number; stealUs: number }[] = [];
   for (let n = first; n < written; n++) {
     const at = IRQ_LOG_RING_OFFSET + Number(n % ring) * IRQ_LOG_ENTRY_BYTES;
-    entries.push({ tsc: view.getBigUint64(at, true), vector: view.getUint32(at + 8, true) });
+    entries.push({ tsc: view.getBigUint64(at, true), vector: view.getUint32(at + 8, true), stealUs: view.getUint32(at + 12, true) });
   }
   return { total: head.total!, counts, entries, lost: Number(first) };
 }

@@ -13,8 +13,9 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * 2: the mailbox carries the guest's whole verdict (bail_reason and its arguments, nthreads) and a
  * thread's status says why an op was bad (bad_opcode, bad_reason).
  * 3: the exit handshake (PROGRAM_FLAGS.holdExit, mailbox.exit_ack).
+ * 4: steal time (PROGRAM_FLAGS.stealTime, LAYOUT.stealTime) and its reading in each irq log entry.
  */
-export const GUEST_ABI_VERSION = 3;
+export const GUEST_ABI_VERSION = 4;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -37,6 +38,12 @@ export const LAYOUT = {
    */
   pvclock: 0x0068_0000,
   pvclockStride: 64,
+  /**
+   * Per-vCPU steal time areas (kvm_steal_time, 64 bytes, 64-byte aligned) for programs with
+   * PROGRAM_FLAGS.stealTime: MSR_KVM_STEAL_TIME of vCPU i points at stealTime + i * stealTimeStride.
+   */
+  stealTime: 0x0069_0000,
+  stealTimeStride: 64,
   /** Per-vCPU interrupt logs: counts per vector and a ring of (TSC, vector). */
   irqLog: 0x0070_0000,
   irqLogStride: 0x0001_0000,
@@ -70,6 +77,13 @@ export const PROGRAM_FLAGS = {
    * scheduler accounting, QEMU's statistics) after the last op and before QEMU is gone.
    */
   holdExit: 1n << 3n,
+  /**
+   * Each vCPU enables KVM steal time (MSR_KVM_STEAL_TIME, where CPUID 0x4000_0001 EAX bit 5 offers
+   * it) before its thread, and its interrupt handler logs the steal so far with each interrupt (the
+   * irq log entry's second u32, µs, wrapping): how long the host kept the vCPU runnable but not
+   * running, the delay an interrupt may owe to the host rather than to the timer under test.
+   */
+  stealTime: 1n << 4n,
 } as const;
 
 /** The longest a holdExit guest waits for mailbox.exit_ack, TSC cycles (~3.5 s at 2.4 GHz). */

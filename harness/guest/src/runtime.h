@@ -73,6 +73,8 @@ struct tss {
 	u8 iomap[8192 + 1];
 } __attribute__((packed));
 
+struct steal_time;
+
 struct cpu {
 	u32 index;
 	u32 apic_id;
@@ -84,6 +86,7 @@ struct cpu {
 	struct fault fault;		/* the last caught fault */
 	struct thread_status *status;
 	u8 *irq_log;
+	volatile struct steal_time *steal;	/* this vCPU's steal time area, when enabled (PROGRAM_FLAGS.stealTime) */
 	u8 isr_action[256];		/* per vector: ISR_ACTION_* (the isrAction op) */
 	struct tss tss;
 };
