@@ -44,6 +44,8 @@ describe('judging helpers', () => {
       { earliest: 100n, expiryLatest: 110n, count: 'once', latest: null },
       { earliest: 200n, expiryLatest: 210n, count: 'at-most-once', latest: null },
     ];
-    expect(latenessOf(exp, [1110n], (t) => t, 5000n, 1e6)).toEqual([{ index: 0, us: 1000 }]);
+    expect(latenessOf(exp, [1110n], (t) => t, 5000n, 1e6)).toEqual([{ index: 0, us: 1000, excusedUs: 0 }]);
+    // A delivery whose vCPU waited 400 µs to run owes that much of its lateness to the host.
+    expect(latenessOf(exp, [1110n], (t) => t, 5000n, 1e6, new Map([[1110n, 400]]))).toEqual([{ index: 0, us: 600, excusedUs: 400 }]);
   });
 });

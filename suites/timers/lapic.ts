@@ -11,7 +11,7 @@ import { decodeLvtt, divideOf, judgeLapic, KVM_LAPIC, predictLapic, QEMU_USERSPA
 import type { PropertyEnv } from '../lib/property.js';
 import { isrEntryTsc, nsToTsc, type TimerFacts } from './clock.js';
 import { interruptsFor, type SourceTimeline, type ThreadView } from './observe.js';
-import { attributeRootCauses, latenessOf, timerProperty, type Judgement } from './timerProperty.js';
+import { attributeRootCauses, latenessOf, stealExcuses, timerProperty, type Judgement } from './timerProperty.js';
 
 export function lapicSwitches(f: TimerFacts, env: PropertyEnv): LapicSwitches {
   const base = f.lapicImpl === 'kvm' ? KVM_LAPIC : QEMU_USERSPACE_LAPIC;
@@ -66,7 +66,7 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
     return { mode: decodeLvtt(lvtt, f.tscDeadline).mode, divide: divideOf(tdcr) };
   });
   const unblock = unblockedFrom(prediction.blocked);
-  const late = latenessOf(prediction.interrupts, observed.map((o) => o.tsc), unblock, t.endTsc, f.tscHz);
+  const late = latenessOf(prediction.interrupts, observed.map((o) => o.tsc), unblock, t.endTsc, f.tscHz, stealExcuses(view));
   const switched = [...view.records.values()].some((r) => r.op.op === 'wrmsr' && r.op.msr === 0x1b && r.faultVector === null);
   const apic = switched ? 'xapic→x2apic' : 'xapic';
   const lateness = late.map((l) => {

@@ -34,7 +34,8 @@ export function threadViews(run: WorkloadRun): ThreadView[] {
     const log = run.vm.threads[i]?.irqLog;
     return {
       records: byOp,
-      interrupts: (log?.entries ?? []).map((e) => ({ tsc: e.tsc, vector: e.vector })),
+      // The steal between consecutive entries of this vCPU (any vector), modulo the u32 µs counter.
+      interrupts: (log?.entries ?? []).map((e, k, all) => ({ tsc: e.tsc, vector: e.vector, stealGapUs: (e.stealUs - (k > 0 ? all[k - 1]!.stealUs : 0)) >>> 0 })),
       lostLogEntries: log?.lost ?? 0,
     };
   });
