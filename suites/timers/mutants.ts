@@ -46,4 +46,13 @@ export const TIMER_MUTANTS: readonly Mutant[] = [
     roles: [],
     modelVariant: { lapic: { tdcrMidCount: 'next-reload' } },
   },
+  ...(['lapic', 'rtc', 'pit'] as const).flatMap((source) =>
+    ([['fast', 1.01], ['slow', 0.99]] as const).map(([dir, rate]): Mutant => ({
+      name: `${source}-model-rate-${dir}`,
+      description: `The ${source.toUpperCase()} model with the source's clock 1% ${dir === 'fast' ? 'faster' : 'slower'} than it is: it predicts every ${source} duration ${dir === 'fast' ? '1% too short' : '1% too long'}, as a correct model would judge a host whose ${source} runs 1% ${dir === 'fast' ? 'slow' : 'fast'}. The accuracy requirement: a 1% rate error must not pass the default budget.`,
+      breaks: [{ lapic: 'timers.lapic.schedule', rtc: 'timers.rtc.periodic', pit: 'timers.pit.channel0' }[source]],
+      roles: [],
+      modelVariant: { sourceRate: { rate, sources: [source] } },
+    })),
+  ),
 ];
