@@ -138,11 +138,16 @@ const aligned8 = (lo: bigint, hi: bigint) => fc.bigInt({ min: lo / 8n, max: hi /
  * (PDPT entries 4–511 are zero), in PML4 slots 1–255, and in the upper half (slots 256–511). Each
  * 8-byte aligned, so an 8-byte access stays in one page.
  */
-export const unmappedAddressArb: fc.Arbitrary<bigint> = fc.oneof(
-  aligned8(GUEST_MAP_LIMIT, 512n * GIB),
-  aligned8(512n * GIB, LOWER_HALF_END),
-  aligned8(UPPER_HALF_START, 1n << 64n),
-);
+export const UNMAPPED_REGIONS = {
+  'above-map': aligned8(GUEST_MAP_LIMIT, 512n * GIB),
+  'lower-half': aligned8(512n * GIB, LOWER_HALF_END),
+  'upper-half': aligned8(UPPER_HALF_START, 1n << 64n),
+} as const;
+
+export type UnmappedRegion = keyof typeof UNMAPPED_REGIONS;
+
+export const unmappedAddressArb = (regions: readonly UnmappedRegion[] = ['above-map', 'lower-half', 'upper-half']): fc.Arbitrary<bigint> =>
+  fc.oneof(...regions.map((r) => UNMAPPED_REGIONS[r]));
 
 /** Non-canonical addresses, 8-byte aligned, the whole access non-canonical. */
 export const nonCanonicalAddressArb: fc.Arbitrary<bigint> = aligned8(LOWER_HALF_END, UPPER_HALF_START);
@@ -160,7 +165,7 @@ export const CPL0_INT_VECTORS: readonly number[] = Array.from({ length: 32 }, (_
 // The arbitrary
 
 /** A step of one instruction, with the operands it needs. */
-function instructionArb(instruction: SingleLevelInstruction, cpl: Cpl): fc.Arbitrary<ExceptionStep> {
+function instructionArb(instruction: SingleLevelInstruction, cpl: Cpl, regions?: readonly UnmappedRegion[]): fc.Arbitrary<ExceptionStep> {
   switch (instruction) {
     case 'int-n':
       return (cpl === 3 ? fc.integer({ min: 0, max: 255 }) : fc.constantFrom(...CPL0_INT_VECTORS)).map((intVector) => ({ instruction, intVector }));
@@ -170,7 +175,7 @@ function instructionArb(instruction: SingleLevelInstruction, cpl: Cpl): fc.Arbit
       return stackOffsetArb.map((address) => ({ instruction, address }));
     case 'load-unmapped':
     case 'store-unmapped':
-      return unmappedAddressArb.map((address) => ({ instruction, address }));
+      return unmappedAddressArb(regions).map((address) => ({ instruction, address }));
     default:
       return fc.constant({ instruction });
   }
@@ -181,6 +186,8 @@ export interface SingleLevelArbOptions {
   /** The instructions to draw from (default: all of SINGLE_LEVEL_INSTRUCTIONS). */
   readonly instructions?: readonly SingleLevelInstruction[];
   readonly maxSteps?: number;
+  /** Where unmapped addresses come from (default: all three regions). */
+  readonly unmappedRegions?: readonly UnmappedRegion[];
 }
 
 /** A CPL (3 first: it shrinks towards CPL 3), then 1–6 steps, each an instruction with its operands. */
@@ -190,7 +197,7 @@ export function singleLevelCaseArb(opts: SingleLevelArbOptions = {}): fc.Arbitra
   return fc.constantFrom(...cpls).chain((cpl) =>
     fc.record({
       cpl: fc.constant(cpl),
-      steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
+      steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl, opts.unmappedRegions))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
     }),
   );
 }
