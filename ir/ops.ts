@@ -127,11 +127,13 @@ export const OPS = {
   exec: op(
     0x28,
     [['lo', 'u64'], ['hi', 'u64']],
-    [['rax', 'u64'], ['rdx', 'u64'], ['rflags', 'u64']],
+    [['rax', 'u64'], ['rdx', 'u64'], ['rflags', 'u64'], ['codeBase', 'u64'], ['faultRip', 'u64'], ['cr2', 'u64'], ['exceptionsBefore', 'u64'], ['exceptionsAfter', 'u64']],
     'Call 16 bytes of x86-64 code (lo then hi, little-endian; pad with NOPs), followed by RET, under a catch. ' +
       'RAX and RDX start as the canary; the code may change RAX, RCX, RDX, RSI, RDI, R8-R11 and flags. ' +
       'Records RAX, RDX and RFLAGS afterwards (in ring 3 under a hypervisor that runs user mode natively, ' +
-      'RFLAGS.IF/IOPL are what the host CPU holds, not the guest view).',
+      'RFLAGS.IF/IOPL are what the host CPU holds, not the guest view); where the 16 bytes lay (codeBase); ' +
+      'after a fault, the RIP in its frame (faultRip) and CR2 as the handler read them (0 when nothing faulted); ' +
+      "and the vCPU's count of exceptions its handlers caught before and after the op (a fault resumes with RFLAGS.TF clear).",
   ),
 
   apicRead: op(

@@ -6,9 +6,10 @@ import type { Family, Mutant } from './lib/family.js';
 import type { AnyProperty } from './lib/property.js';
 import { leaks } from './leaks/manifest.js';
 import { migration } from './migration/manifest.js';
+import { nested } from './nested/manifest.js';
 import { timers } from './timers/manifest.js';
 
-export const FAMILIES: readonly Family[] = [leaks, timers, migration];
+export const FAMILIES: readonly Family[] = [leaks, timers, migration, nested];
 
 export const FAMILY_NAMES = FAMILIES.map((f) => f.name);
 

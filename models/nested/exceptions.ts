@@ -657,6 +657,11 @@ export const FAULTING_INSTRUCTIONS = Object.freeze({
     citation: 'SDM Vol. 2A HLT: #GP(0) if CPL ≠ 0',
     raises: (ctx: InstructionContext) => (ctx.cpl === 0 ? null : fault(GP, 0)),
   },
+  'mov-from-cr-unprivileged': {
+    description: 'MOV r64, CR0 (0F 20 /r) at CPL > 0',
+    citation: 'SDM Vol. 2B MOV—Move to/from Control Registers: #GP(0) "If the current privilege level is not 0"; APM Vol. 3 MOV CRn',
+    raises: (ctx: InstructionContext) => (ctx.cpl === 0 ? null : fault(GP, 0)),
+  },
   'load-unmapped': {
     description: 'MOV r64, [address] with no translation',
     citation: 'SDM Vol. 3A §4.7: P = 0, W = 0, U = (CPL = 3); CR2 = the address; APM §8.4.2',

@@ -55,6 +55,12 @@ static void record_fault(u8 *payload, struct cpu *c)
 	struct record_header *h = (struct record_header *)(payload - RECORD_HEADER_BYTES);
 	h->fault_vector = (u8)c->fault.vector;
 	h->error_code = (u32)c->fault.error;
+	if (h->opcode == OP_EXEC) { /* exec also records where the fault was, CR2 and the handler count */
+		struct res_exec *r = (struct res_exec *)payload;
+		r->fault_rip = c->fault.rip;
+		r->cr2 = c->fault.cr2;
+		r->exceptions_after = c->exceptions;
+	}
 }
 
 /* Run one exec function under an op-level catch, so the interpreter's own state never lives across
@@ -189,6 +195,9 @@ static inline void exec_exec(struct ctx *x, const struct op_exec *o, struct res_
 	memcpy(code + 8, &o->hi, 8);
 	code[16] = 0xc3; /* ret */
 	u64 rax = x->canary, rdx = x->canary, flags;
+	r->code_base = (u64)code;
+	r->exceptions_before = x->cpu->exceptions;
+	r->exceptions_after = x->cpu->exceptions; /* until the code has run: a fault overwrites it */
 	asm volatile("call *%3; pushfq; popq %2"
 		     : "+a"(rax), "+d"(rdx), "=r"(flags)
 		     : "r"(code)
@@ -196,6 +205,7 @@ static inline void exec_exec(struct ctx *x, const struct op_exec *o, struct res_
 	r->rax = rax;
 	r->rdx = rdx;
 	r->rflags = flags;
+	r->exceptions_after = x->cpu->exceptions;
 }
 
 static inline void exec_rdmsr(struct ctx *x, const struct op_rdmsr *o, struct res_rdmsr *r)

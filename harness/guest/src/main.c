@@ -253,6 +253,9 @@ static void resume_at(struct frame *f, struct catch_frame *cf, u64 rax)
 	f->cs = cf->cs;
 	f->ss = cf->ss;
 	f->rax = rax;
+	/* Resume with single-stepping off: a trap from RFLAGS.TF (an exec op that set it) must not
+	 * follow the thread into the interpreter. */
+	f->rflags &= ~0x100ul;
 }
 
 /*
@@ -315,6 +318,7 @@ void isr_dispatch(struct frame *f)
 		struct catch_frame *cf = c->catch_op ? c->catch_op : c->catch_thread;
 		if (!cf)
 			report_fatal(c, f);
+		c->exceptions++;
 		c->fault.vector = f->vector;
 		c->fault.error = f->error;
 		c->fault.rip = f->rip;

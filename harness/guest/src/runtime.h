@@ -84,6 +84,7 @@ struct cpu {
 	struct catch_frame *catch_thread;	/* armed while a thread runs: a fault ends the thread */
 	struct catch_frame *catch_exit;	/* where a ring-3 thread's VEC_THREAD_EXIT lands */
 	struct fault fault;		/* the last caught fault */
+	u64 exceptions;			/* exceptions (vectors 0-31 but NMI) that reached isr_dispatch's catch path */
 	struct thread_status *status;
 	u8 *irq_log;
 	volatile struct steal_time *steal;	/* this vCPU's steal time area, when enabled (PROGRAM_FLAGS.stealTime) */

@@ -1,0 +1,102 @@
+/** The single-level exception generator: encodings, operands the guest can take, and the examples the model predicts. */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { APM_EXCEPTIONS, SDM_EXCEPTIONS } from '../models/nested/exceptions.js';
+import { predictStep } from '../suites/nested/singleLevel.js';
+import {
+  CPL0_INT_VECTORS,
+  GUEST_MAP_LIMIT,
+  SINGLE_LEVEL_EXAMPLES,
+  SINGLE_LEVEL_INSTRUCTIONS,
+  encodeStep,
+  isCanonical,
+  singleLevelCaseArb,
+  singleLevelOps,
+} from './nested.js';
+
+const facts = { switches: APM_EXCEPTIONS, variant: {} };
+
+describe('encodeStep', () => {
+  it('fits every step in one exec op, with the raising instruction inside it', () => {
+    fc.assert(
+      fc.property(singleLevelCaseArb(), (c) => {
+        for (const s of c.steps) {
+          const e = encodeStep(s);
+          expect(e.bytes.length).toBeLessThanOrEqual(16);
+          expect(e.at).toBeLessThan(e.after);
+          expect(e.after).toBeLessThanOrEqual(e.bytes.length);
+        }
+        expect(singleLevelOps(c)).toHaveLength(c.steps.length);
+      }),
+    );
+  });
+  it('writes the address little-endian after MOVABS', () => {
+    expect(encodeStep({ instruction: 'load-unmapped', address: 0x1122_3344_5566_7788n }).bytes).toEqual([0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x48, 0x8b, 0x00]);
+  });
+});
+
+describe('singleLevelCaseArb', () => {
+  it('draws operands the guest can take: CPL-0 INT n only below 32 without an error code or NMI; addresses of the right kind', () => {
+    expect(CPL0_INT_VECTORS).not.toContain(2);
+    expect(CPL0_INT_VECTORS).not.toContain(13);
+    fc.assert(
+      fc.property(singleLevelCaseArb(), (c) => {
+        expect(c.steps.length).toBeGreaterThanOrEqual(1);
+        expect(c.steps.length).toBeLessThanOrEqual(6);
+        for (const s of c.steps) {
+          if (s.instruction === 'int-n' && c.cpl === 0) expect(CPL0_INT_VECTORS).toContain(s.intVector);
+          if (s.instruction === 'load-unmapped' || s.instruction === 'store-unmapped') {
+            expect(isCanonical(s.address!)).toBe(true);
+            expect(s.address! >= GUEST_MAP_LIMIT).toBe(true);
+          }
+          if (s.instruction === 'load-non-canonical') expect(isCanonical(s.address!)).toBe(false);
+        }
+      }),
+    );
+  });
+  it('draws only the instructions it is given', () => {
+    fc.assert(fc.property(singleLevelCaseArb({ instructions: ['ud2'], cpls: [0] }), (c) => c.cpl === 0 && c.steps.every((s) => s.instruction === 'ud2')));
+  });
+  it('covers every instruction it lists', () => {
+    const seen = new Set(fc.sample(singleLevelCaseArb(), { numRuns: 300, seed: 1 }).flatMap((c) => c.steps.map((s) => s.instruction)));
+    expect([...seen].sort()).toEqual([...SINGLE_LEVEL_INSTRUCTIONS].sort());
+  });
+});
+
+describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
+  const vectors = (name: string) => SINGLE_LEVEL_EXAMPLES[name]!.steps.map((s) => predictStep(s, SINGLE_LEVEL_EXAMPLES[name]!.cpl, facts).entry?.vector ?? null);
+  it('one fixed case per vector', () => {
+    expect(vectors('#DE')).toEqual([0]);
+    expect(vectors('#DB')).toEqual([1]);
+    expect(vectors('#BP')).toEqual([3]);
+    expect(vectors('#UD')).toEqual([6, 6]);
+    expect(vectors('#SS')).toEqual([12]);
+    expect(vectors('#GP')).toEqual([13, 13, 13, 13]);
+    expect(vectors('#PF')).toEqual([14, 14, 14]);
+    expect(vectors('#XM')).toEqual([19]);
+    expect(vectors('INT n at CPL 0')).toEqual([0, 31, null]);
+    expect(vectors('#PF at CPL 0')).toEqual([14, 14]);
+  });
+  it('error codes, CR2 and RIP: #GP(vector·8 | IDT) for INT n at CPL 3, #PF with U at CPL 3, traps after the instruction', () => {
+    const gp = SINGLE_LEVEL_EXAMPLES['#GP']!;
+    expect(gp.steps.map((s) => predictStep(s, 3, facts).entry?.errorCode)).toEqual([0x1a, 0x402, 0, 0]);
+    expect(gp.steps.map((s) => predictStep(s, 3, facts).ripOffset)).toEqual([0, 0, 10, 0]);
+    const pf = SINGLE_LEVEL_EXAMPLES['#PF']!.steps.map((s) => predictStep(s, 3, facts).entry);
+    expect(pf.map((e) => [e?.errorCode, e?.cr2])).toEqual([[4, 0x10_0000_0000n], [6, 0x7fff_ffff_f000n], [4, 0xffff_8000_0000_0000n]]);
+    expect(predictStep({ instruction: 'store-unmapped', address: 0x10_0000_0000n }, 0, facts).entry?.errorCode).toBe(2);
+    expect(predictStep({ instruction: 'int3' }, 0, facts).ripOffset).toBe(1);
+    expect(predictStep({ instruction: 'single-step' }, 3, facts).ripOffset).toBe(11);
+    expect(predictStep({ instruction: 'div-by-zero' }, 3, facts).ripOffset).toBe(2);
+  });
+  it('the SDM and APM presets agree on every generated case (no delivery fault but the EXT-free gate-DPL #GP)', () => {
+    fc.assert(
+      fc.property(singleLevelCaseArb(), (c) => {
+        for (const s of c.steps) expect(predictStep(s, c.cpl, { switches: SDM_EXCEPTIONS, variant: {} }).entry).toEqual(predictStep(s, c.cpl, facts).entry);
+      }),
+    );
+  });
+  it('the mutants change what the model predicts', () => {
+    expect(predictStep({ instruction: 'mov-from-cr-unprivileged' }, 3, { ...facts, variant: { gpAsUd: true } }).entry?.vector).toBe(6);
+    expect(predictStep({ instruction: 'load-unmapped', address: 0x10_0000_0000n }, 3, { ...facts, variant: { pageFaultUserBit: false } }).entry?.errorCode).toBe(0);
+  });
+});

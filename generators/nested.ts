@@ -1,0 +1,232 @@
+/**
+ * Single-level exception cases: a short sequence (1–6) of faulting instructions from the nested
+ * model's FAULTING_INSTRUCTIONS (models/nested/exceptions.ts), each one `exec` op of at most 16
+ * bytes, run at CPL 3 (the default: under kvm_pvm that code runs natively and every exception is
+ * taken by the host and re-injected) or CPL 0 (Program.ring0). The guest's own IDT is the set-up:
+ * 256 present 64-bit interrupt gates, DPL 0, IST 1 for vectors 2, 8 and 18 (harness/guest/src/
+ * main.c setup_idt), so the model sees goodIdt().
+ *
+ * A case is plain data: the CPL and, per step, the instruction's name and the model's inputs (the
+ * address it touches, INT n's vector). `encodeStep` turns a step into its bytes and says where in
+ * them the raising instruction starts and ends, for the RIP the handler must see.
+ *
+ * What the guest runtime cannot do, so the generator leaves out:
+ *  - hlt-unprivileged: main.c emulate_for_user takes a CPL-3 HLT's #GP and performs the HLT (with
+ *    IF = 0, forever); RDMSR/WRMSR/CLI/STI at CPL 3 likewise, so no #GP reaches the op's catch;
+ *  - misaligned-load (#AC): the guest never sets CR0.AM, so no #AC can arise (the model predicts
+ *    none; a case would only check that nothing happens);
+ *  - x87-with-ts, fwait-unmasked-x87: CR0.TS is 0 and CR0.NE is not set by the guest (PVH boot),
+ *    which the model does not cover (external FERR#);
+ *  - store-read-only, fetch-no-execute, load-reserved-bit, user-load-supervisor-page: every page is
+ *    a present, writable, executable user page (entry.S build_page_tables: 2 MiB pages, 0x87);
+ *    these need a guest op that edits a paging entry;
+ *  - bound-64: 62h starts an EVEX prefix on this CPU, the same #UD as UD2 by another decoder path,
+ *    whose length the model does not know;
+ *  - INT n at CPL 0 for a vector whose exception pushes an error code (INT n pushes none, and the
+ *    guest's stub for that vector expects one), for NMI (2, the guest's NMI path) and for 32–255
+ *    (the guest's interrupt path, which does not catch): only the other vectors below 32;
+ *  - descriptor-table set-ups that make delivery fault (#DF, triple fault): the guest has one IDT.
+ */
+import fc from 'fast-check';
+import type { Op } from '../ir/ops.js';
+import type { FaultingInstructionName } from '../models/nested/exceptions.js';
+import { vectorInfo } from '../models/nested/classes.js';
+
+export type Cpl = 0 | 3;
+
+/** The instructions the guest can execute for the model, from FAULTING_INSTRUCTIONS. */
+export const SINGLE_LEVEL_INSTRUCTIONS = [
+  'div-by-zero',
+  'ud2',
+  'into-64',
+  'int3',
+  'int-n',
+  'single-step',
+  'sse-unmasked',
+  'load-non-canonical',
+  'stack-load-non-canonical',
+  'mov-from-cr-unprivileged',
+  'load-unmapped',
+  'store-unmapped',
+] as const satisfies readonly FaultingInstructionName[];
+
+export type SingleLevelInstruction = (typeof SINGLE_LEVEL_INSTRUCTIONS)[number];
+
+export interface ExceptionStep {
+  readonly instruction: SingleLevelInstruction;
+  /** load/store: the address touched (CR2 of its #PF); stack-load-non-canonical: the offset added to RSP. */
+  readonly address?: bigint;
+  /** int-n: the immediate. */
+  readonly intVector?: number;
+}
+
+export interface SingleLevelCase {
+  readonly cpl: Cpl;
+  readonly steps: readonly ExceptionStep[];
+}
+
+/** The bytes of a step and where the instruction that raises starts and ends in them. */
+export interface EncodedStep {
+  readonly bytes: readonly number[];
+  readonly at: number;
+  readonly after: number;
+}
+
+const le64 = (v: bigint): number[] => Array.from({ length: 8 }, (_, i) => Number((v >> BigInt(8 * i)) & 0xffn));
+
+function addressOf(s: ExceptionStep): bigint {
+  if (s.address === undefined) throw new Error(`${s.instruction}: needs an address`);
+  return s.address;
+}
+
+export function encodeStep(s: ExceptionStep): EncodedStep {
+  switch (s.instruction) {
+    case 'div-by-zero': // xor ecx, ecx; div rcx
+      return { bytes: [0x31, 0xc9, 0x48, 0xf7, 0xf1], at: 2, after: 5 };
+    case 'ud2':
+      return { bytes: [0x0f, 0x0b], at: 0, after: 2 };
+    case 'into-64':
+      return { bytes: [0xce], at: 0, after: 1 };
+    case 'int3':
+      return { bytes: [0xcc], at: 0, after: 1 };
+    case 'int-n':
+      if (s.intVector === undefined) throw new Error('int-n: needs intVector');
+      return { bytes: [0xcd, s.intVector & 0xff], at: 0, after: 2 };
+    case 'single-step': // pushfq; or qword [rsp], 0x100 (TF); popfq; nop: the trap follows the NOP
+      return { bytes: [0x9c, 0x48, 0x81, 0x0c, 0x24, 0x00, 0x01, 0x00, 0x00, 0x9d, 0x90], at: 10, after: 11 };
+    case 'sse-unmasked': // push 0x1d00 (MXCSR: IM, ZM unmasked); ldmxcsr [rsp]; pop rax; xorps xmm0, xmm0; divps xmm0, xmm0 (0/0: #I)
+      return { bytes: [0x68, 0x00, 0x1d, 0x00, 0x00, 0x0f, 0xae, 0x14, 0x24, 0x58, 0x0f, 0x57, 0xc0, 0x0f, 0x5e, 0xc0], at: 13, after: 16 };
+    case 'load-non-canonical':
+    case 'load-unmapped': // movabs rax, address; mov rax, [rax]
+      return { bytes: [0x48, 0xb8, ...le64(addressOf(s)), 0x48, 0x8b, 0x00], at: 10, after: 13 };
+    case 'store-unmapped': // movabs rax, address; mov [rax], rax
+      return { bytes: [0x48, 0xb8, ...le64(addressOf(s)), 0x48, 0x89, 0x00], at: 10, after: 13 };
+    case 'stack-load-non-canonical': // movabs rcx, offset; mov rax, [rsp + rcx] (SS: the base is RSP)
+      return { bytes: [0x48, 0xb9, ...le64(addressOf(s)), 0x48, 0x8b, 0x04, 0x0c], at: 10, after: 14 };
+    case 'mov-from-cr-unprivileged': // mov rax, cr0
+      return { bytes: [0x0f, 0x20, 0xc0], at: 0, after: 3 };
+  }
+}
+
+/** The exec op running `bytes`, padded with NOPs to 16. */
+export function execOp(bytes: readonly number[]): Op {
+  if (bytes.length > 16) throw new RangeError(`exec takes at most 16 bytes, got ${bytes.length}`);
+  const padded = [...bytes, ...new Array<number>(16 - bytes.length).fill(0x90)];
+  const le = (b: readonly number[]) => b.reduce((acc, v, i) => acc | (BigInt(v) << BigInt(8 * i)), 0n);
+  return { op: 'exec', lo: le(padded.slice(0, 8)), hi: le(padded.slice(8, 16)) };
+}
+
+export function singleLevelOps(c: SingleLevelCase): Op[] {
+  return c.steps.map((s) => execOp(encodeStep(s).bytes));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses
+
+const GIB = 1n << 30n;
+/** What the guest identity-maps by default (entry.S: 0–4 GiB; map_high adds nothing below Program.mapLimit = 4 GiB). */
+export const GUEST_MAP_LIMIT = 4n * GIB;
+const LOWER_HALF_END = 1n << 47n;
+const UPPER_HALF_START = (1n << 64n) - (1n << 47n);
+
+export const isCanonical = (a: bigint): boolean => a < LOWER_HALF_END || a >= UPPER_HALF_START;
+
+const aligned8 = (lo: bigint, hi: bigint) => fc.bigInt({ min: lo / 8n, max: hi / 8n - 1n }).map((q) => q * 8n);
+
+/**
+ * Canonical addresses with no translation: above the 4 GiB identity map in the first PML4 slot
+ * (PDPT entries 4–511 are zero), in PML4 slots 1–255, and in the upper half (slots 256–511). Each
+ * 8-byte aligned, so an 8-byte access stays in one page.
+ */
+export const UNMAPPED_REGIONS = {
+  'above-map': aligned8(GUEST_MAP_LIMIT, 512n * GIB),
+  'lower-half': aligned8(512n * GIB, LOWER_HALF_END),
+  'upper-half': aligned8(UPPER_HALF_START, 1n << 64n),
+} as const;
+
+export type UnmappedRegion = keyof typeof UNMAPPED_REGIONS;
+
+export const unmappedAddressArb = (regions: readonly UnmappedRegion[] = ['above-map', 'lower-half', 'upper-half']): fc.Arbitrary<bigint> =>
+  fc.oneof(...regions.map((r) => UNMAPPED_REGIONS[r]));
+
+/** Non-canonical addresses, 8-byte aligned, the whole access non-canonical. */
+export const nonCanonicalAddressArb: fc.Arbitrary<bigint> = aligned8(LOWER_HALF_END, UPPER_HALF_START);
+
+/**
+ * Offsets that make RSP + offset non-canonical for any RSP the guest uses (below 4 GiB): 2^63 to
+ * 2^63 + 2^62, so the sum lies in [2^63, 2^63 + 2^62 + 4 GiB).
+ */
+export const stackOffsetArb: fc.Arbitrary<bigint> = aligned8(1n << 63n, (1n << 63n) + (1n << 62n));
+
+/** INT n vectors a CPL-0 thread may use (see the module doc). */
+export const CPL0_INT_VECTORS: readonly number[] = Array.from({ length: 32 }, (_, v) => v).filter((v) => v !== 2 && !vectorInfo(v).pushesErrorCode);
+
+// ---------------------------------------------------------------------------------------------
+// The arbitrary
+
+/** A step of one instruction, with the operands it needs. */
+function instructionArb(instruction: SingleLevelInstruction, cpl: Cpl, regions?: readonly UnmappedRegion[]): fc.Arbitrary<ExceptionStep> {
+  switch (instruction) {
+    case 'int-n':
+      return (cpl === 3 ? fc.integer({ min: 0, max: 255 }) : fc.constantFrom(...CPL0_INT_VECTORS)).map((intVector) => ({ instruction, intVector }));
+    case 'load-non-canonical':
+      return nonCanonicalAddressArb.map((address) => ({ instruction, address }));
+    case 'stack-load-non-canonical':
+      return stackOffsetArb.map((address) => ({ instruction, address }));
+    case 'load-unmapped':
+    case 'store-unmapped':
+      return unmappedAddressArb(regions).map((address) => ({ instruction, address }));
+    default:
+      return fc.constant({ instruction });
+  }
+}
+
+export interface SingleLevelArbOptions {
+  readonly cpls?: readonly Cpl[];
+  /** The instructions to draw from (default: all of SINGLE_LEVEL_INSTRUCTIONS). */
+  readonly instructions?: readonly SingleLevelInstruction[];
+  readonly maxSteps?: number;
+  /** Where unmapped addresses come from (default: all three regions). */
+  readonly unmappedRegions?: readonly UnmappedRegion[];
+}
+
+/** A CPL (3 first: it shrinks towards CPL 3), then 1–6 steps, each an instruction with its operands. */
+export function singleLevelCaseArb(opts: SingleLevelArbOptions = {}): fc.Arbitrary<SingleLevelCase> {
+  const cpls = opts.cpls ?? [3, 0];
+  const instructions = opts.instructions ?? SINGLE_LEVEL_INSTRUCTIONS;
+  return fc.constantFrom(...cpls).chain((cpl) =>
+    fc.record({
+      cpl: fc.constant(cpl),
+      steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl, opts.unmappedRegions))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
+    }),
+  );
+}
+
+/** One fixed case per vector the family covers, at the CPL that raises it (the vector in the key). */
+export const SINGLE_LEVEL_EXAMPLES: Readonly<Record<string, SingleLevelCase>> = Object.freeze({
+  '#DE': { cpl: 3, steps: [{ instruction: 'div-by-zero' }] },
+  '#DB': { cpl: 3, steps: [{ instruction: 'single-step' }] },
+  '#BP': { cpl: 0, steps: [{ instruction: 'int3' }] },
+  '#UD': { cpl: 3, steps: [{ instruction: 'ud2' }, { instruction: 'into-64' }] },
+  '#SS': { cpl: 3, steps: [{ instruction: 'stack-load-non-canonical', address: 1n << 63n }] },
+  '#GP': {
+    cpl: 3,
+    steps: [
+      { instruction: 'int3' },
+      { instruction: 'int-n', intVector: 0x80 },
+      { instruction: 'load-non-canonical', address: 0x8000_0000_0000_0000n },
+      { instruction: 'mov-from-cr-unprivileged' },
+    ],
+  },
+  '#PF': {
+    cpl: 3,
+    steps: [
+      { instruction: 'load-unmapped', address: 0x10_0000_0000n },
+      { instruction: 'store-unmapped', address: 0x0000_7fff_ffff_f000n },
+      { instruction: 'load-unmapped', address: 0xffff_8000_0000_0000n },
+    ],
+  },
+  '#XM': { cpl: 3, steps: [{ instruction: 'sse-unmasked' }] },
+  'INT n at CPL 0': { cpl: 0, steps: [{ instruction: 'int-n', intVector: 0 }, { instruction: 'int-n', intVector: 31 }, { instruction: 'mov-from-cr-unprivileged' }] },
+  '#PF at CPL 0': { cpl: 0, steps: [{ instruction: 'load-unmapped', address: 0x10_0000_0000n }, { instruction: 'store-unmapped', address: 0xffff_ffff_ffff_f000n }] },
+});

@@ -1,0 +1,26 @@
+/**
+ * Family: exception delivery, single level and (not yet) nested. The single-level property runs
+ * generated faulting instructions in the guest on the host's KVM (singleLevel.ts); the nested SVM
+ * property (svm.ts) skips until an L1 exists. The model is models/nested/; the mutants mutants.ts.
+ */
+import { defineFamily } from '../lib/family.js';
+import { NESTED_MUTANTS } from './mutants.js';
+import { singleLevelDelivery } from './singleLevel.js';
+import { svmDelivery } from './svm.js';
+
+export const nested = defineFamily({
+  name: 'nested',
+  title: 'Exception delivery: faulting instructions at CPL 3 and CPL 0 through the guest IDT (single level); nested SVM (not yet)',
+  properties: [singleLevelDelivery, svmDelivery],
+  roles: {
+    workload: "a case's VM: one vCPU running the case's faulting instructions, at CPL 3 or CPL 0",
+  },
+  requires: [{ name: 'kvm', why: 'the exception delivery under test is KVM’s (or QEMU’s under --accel tcg)' }],
+  metrics: [
+    { key: 'exceptionCases', label: 'exception cases' },
+    { key: 'faultingInstructions', label: 'faulting instructions' },
+    { key: 'handlerEntries', label: 'handler entries' },
+    { key: 'vms', label: 'VMs' },
+  ],
+  mutants: NESTED_MUTANTS,
+});

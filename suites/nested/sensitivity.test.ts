@@ -1,0 +1,57 @@
+/**
+ * The single-level oracle can fail: each mutant (a model with one rule broken, mutants.ts) makes
+ * nested.single-level.delivery fail on the real host with a one-instruction counterexample that
+ * `kvmprop replay` reproduces, and the same case passes against the unbroken model, so the
+ * failure is the mutant's and not the host's.
+ *
+ * Each draws only from instructions this host's KVM is known to get right (kvm_pvm here: INT n,
+ * INT3 and SSE instructions at CPL 0 stop the VM with an emulation failure, and INT n/INT3 at CPL 3
+ * are mis-delivered, and a CPL-3 #PF on an upper-half address sometimes carries P|RSVD: the
+ * family's own findings), so that a host deviation is not what fails.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, describe, expect, it } from 'vitest';
+import { singleLevelCaseArb, type SingleLevelCase, type SingleLevelInstruction } from '../../generators/nested.js';
+import { readCounterexample } from '../../reports/counterexample.js';
+import { defaultOptions, PROJECT_ROOT } from '../lib/options.js';
+import { Metrics } from '../lib/property.js';
+import { checkCase, propertyEnv, runProperty } from '../lib/runner.js';
+import { Waiver } from '../lib/waive.js';
+import { singleLevelDelivery } from './singleLevel.js';
+
+const out = mkdtempSync(join(tmpdir(), 'kvmprop-nested-sensitivity-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+const CASES: readonly { mutant: string; instructions: readonly SingleLevelInstruction[]; rule: string }[] = [
+  { mutant: 'nested-model-gp-as-ud', instructions: ['load-non-canonical', 'div-by-zero', 'ud2', 'load-unmapped'], rule: 'vector as the model predicts' },
+  { mutant: 'nested-model-pf-no-user-bit', instructions: ['load-unmapped', 'store-unmapped', 'div-by-zero', 'ud2'], rule: 'error code as the model predicts' },
+];
+
+describe('nested.single-level.delivery fails on deliberately broken models', () => {
+  for (const { mutant, instructions, rule } of CASES) {
+    it(`${mutant}: a one-instruction counterexample that replays, and passes without the mutant`, async () => {
+      const def = { ...singleLevelDelivery, arbitrary: () => singleLevelCaseArb({ instructions, unmappedRegions: ['above-map', 'lower-half'] }) };
+      const options = defaultOptions({ families: ['nested'], properties: [def.id], runs: 20, seed: 7, mutant, out: join(out, mutant) });
+      const r = await runProperty(def, await propertyEnv(options));
+      expect(r.status, r.reason).toBe('fail');
+      expect(r.rule).toBe(rule);
+      const file = join(options.out, r.counterexample!);
+      const c = readCounterexample(file);
+      const w = c.workload as SingleLevelCase;
+      expect(w.steps).toHaveLength(1);
+      expect(c.seed).toBe(7);
+
+      const plain = await propertyEnv(defaultOptions({ families: ['nested'], out: join(out, `${mutant}-plain`) }));
+      const env = { ...plain, metrics: new Metrics() };
+      const facts = await def.facts(env);
+      expect(await checkCase(def, w, facts, env, Waiver.none(def.id, env.host))).toBeNull();
+
+      const replay = await execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
+      expect(replay.exitCode, replay.stderr).toBe(1);
+      expect(replay.stdout).toContain(`${def.id} fails again`);
+    }, 120_000);
+  }
+});
