@@ -407,9 +407,11 @@ export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrar
     { weight: 2, arbitrary: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }).map((on) => cmd(`RTC periodic interrupt ${on ? 'on' : 'off'}`, t, (m, b) => {
       write(m, b, 'writeB', 0x0b, 0x02 | (on ? 0x40 : 0)); // 24-hour mode, PIE
     })) },
-    // A steady stretch: one rate, on for 12-25 ms, then off. The rate-drift rule needs a run of
-    // ticks delivered one each to tell a clock 1% off; short, changing schedules rarely give one.
-    { weight: 1, arbitrary: fc.tuple(slowRates ? fc.constantFrom(8, 9) : fc.constantFrom(5, 6, 7, 8), timeSpan(12_000, 25_000)).map(([rs, us]) => cmd(`RTC steady RS=${rs} (${32768 / (1 << (rs - 1))} Hz) for ${us}us`, t, (m, b) => {
+    // A steady stretch: one rate (1024 or 2048 Hz), on for 12-25 ms, then off. The rate-drift rule
+    // needs a run of 15 or more ticks delivered one each, each within half a period of its tick
+    // (1% of 25 ms is half a 2048 Hz period), to tell a clock 1% off; short, changing schedules
+    // rarely give one.
+    { weight: 1, arbitrary: fc.tuple(slowRates ? fc.constantFrom(8, 9) : fc.constantFrom(5, 6), timeSpan(12_000, 25_000)).map(([rs, us]) => cmd(`RTC steady RS=${rs} (${32768 / (1 << (rs - 1))} Hz) for ${us}us`, t, (m, b) => {
       write(m, b, 'writeA', 0x0a, rtcRegA(rs));
       write(m, b, 'writeB', 0x0b, 0x02 | 0x40);
       wait(m, b, t, us, lim);
@@ -446,8 +448,9 @@ export function pitCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<Ti
         { op: 'pioOut', port: 0x40, width: 1, value: count >> 8 },
       ]);
     })) },
-    // A steady stretch: mode 2 at one period for 12-25 ms (the rate-drift rule's run of ticks).
-    { weight: 1, arbitrary: fc.tuple(timeSpan(500, 2000), timeSpan(12_000, 25_000)).map(([periodUs, us]) => cmd(`PIT steady mode 2, ${periodUs}us for ${us}us`, t, (m, b) => {
+    // A steady stretch: mode 2 at one period (0.6-1 ms) for 18-25 ms: the rate-drift rule's run of
+    // 18 or more ticks, each period long enough that 1% of the stretch stays under half of it.
+    { weight: 1, arbitrary: fc.tuple(timeSpan(600, 1000), timeSpan(18_000, 25_000)).map(([periodUs, us]) => cmd(`PIT steady mode 2, ${periodUs}us for ${us}us`, t, (m, b) => {
       ensurePitRouted(m, b);
       m.pitOn = true;
       const count = countOf(periodUs);

@@ -144,6 +144,8 @@ export interface HostWait {
   readonly vcpusNs: readonly number[];
   /** QEMU's main loop thread (its device timers: RTC, user-space PIT), ns. */
   readonly mainNs: number;
+  /** KVM's in-kernel PIT worker thread (`kvm-pit/PID`, which injects its ticks), ns; absent without one. */
+  readonly pitNs?: number;
 }
 
 /** The run_delay of one host thread, ns, or null when its schedstat cannot be read. */
@@ -160,7 +162,19 @@ async function runDelayNs(pid: number, tid: number): Promise<number | null> {
 /** after − before, per thread; null when either is unknown. */
 export function hostWaitBetween(before: HostWait | null, after: HostWait | null): HostWait | null {
   if (!before || !after || before.vcpusNs.length !== after.vcpusNs.length) return null;
-  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs) };
+  const pit = before.pitNs !== undefined && after.pitNs !== undefined ? { pitNs: Math.max(0, after.pitNs - before.pitNs) } : {};
+  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs), ...pit };
+}
+
+/** The pid of KVM's PIT worker kthread for the VM of QEMU `pid` (comm `kvm-pit/PID`), or null. */
+async function kvmPitThread(pid: number): Promise<number | null> {
+  const { readdir } = await import('node:fs/promises');
+  for (const name of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(name)) continue;
+    const comm = await readFile(`/proc/${name}/comm`, 'utf8').catch(() => '');
+    if (comm.trim() === `kvm-pit/${pid}`) return Number(name);
+  }
+  return null;
 }
 
 /** Raised when a VM cannot be started: QEMU refused its arguments, aborted, or never connected. */
@@ -395,6 +409,7 @@ export class Vm implements WatchTarget {
 
   /** Collect the verdict and observations after waitForOutcome. */
   private vcpuTids: number[] | null = null;
+  private pitTid: number | null | undefined = undefined;
   /** hostWait() read when the guest finished, before it was let go (guestFinished). */
   private finishedHostWait: HostWait | null = null;
 
@@ -428,7 +443,10 @@ export class Vm implements WatchTarget {
     const vcpus = await Promise.all(this.vcpuTids.map((tid) => runDelayNs(pid, tid)));
     const main = await runDelayNs(pid, pid);
     if (main === null || vcpus.some((v) => v === null)) return null;
-    return { vcpusNs: vcpus as number[], mainNs: main };
+    // The kthread exists once the guest has programmed the in-kernel PIT: look until found.
+    this.pitTid ??= await kvmPitThread(pid);
+    const pit = this.pitTid === null ? null : await runDelayNs(this.pitTid, this.pitTid);
+    return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }) };
   }
 
   async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number, hostWait: HostWait | null = null): Promise<VmRunResult> {

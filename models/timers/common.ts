@@ -552,7 +552,9 @@ export interface DriftOptions {
   readonly tolerancePpm: number;
   /** Fixed allowance for the floor of delivery delays, TSC cycles. */
   readonly jitterTsc: bigint;
-  /** Fewest consecutive one-to-one deliveries a stretch needs to be judged (default 9). */
+  /** TSC cycles per µs, to take each delivery's steal gap (ObservedInterrupt.stealGapUs) off its delay. */
+  readonly tscPerUs: bigint;
+  /** Fewest consecutive one-to-one deliveries a stretch needs to be judged (default 15: five a third). */
   readonly minPairs?: number;
 }
 
@@ -561,7 +563,8 @@ export interface DriftOptions {
  * from the model's tick, so the delays (delivery − due) drift linearly; a correct source's delays
  * are its delivery latency, which host noise only raises. Over every stretch of consecutive ticks
  * of one segment that were each delivered once (one delivery between a tick and the next, so the
- * pairing is certain), the lowest delay is taken in each third; it fails when it moves by more
+ * pairing is certain, and each delivery within half a period of its tick), the lowest delay is
+ * taken in each third; it fails when it moves by more
  * than tolerancePpm × the time between them (+ half the jitter) from the first third to the
  * second and again, the same way, from the second to the third. The lowest delay, not the mean:
  * noise adds delay to some deliveries, and lifts the lowest of a third only when it delayed all of
@@ -569,10 +572,12 @@ export interface DriftOptions {
  * last), never both the same way as a clock off in rate does. Slow (delays grow) and fast (they
  * shrink) alike; a fast source is usually caught earlier, by never-early.
  */
-export function judgeDrift(ticks: readonly PeriodicTick[], observed: readonly bigint[], source: string, opts: DriftOptions, eventIndexOf: (segment: number) => number | null = () => null): TimerDifference[] {
+export function judgeDrift(ticks: readonly PeriodicTick[], observed: readonly ObservedInterrupt[], source: string, opts: DriftOptions, eventIndexOf: (segment: number) => number | null = () => null): TimerDifference[] {
   const diffs: TimerDifference[] = [];
-  const obs = [...observed].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  const minPairs = opts.minPairs ?? 9;
+  const obs = observed.map((o) => o.tsc).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  // A delivery's delay net of the steal time before it: what the host's scheduler owed it.
+  const stealTsc = new Map(observed.map((o) => [o.tsc, (BigInt(o.stealGapUs ?? 0) * opts.tscPerUs)]));
+  const minPairs = opts.minPairs ?? 15;
   const sorted = [...ticks].sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
   const stretches: { tick: PeriodicTick; at: bigint }[][] = [];
   let cur: { tick: PeriodicTick; at: bigint }[] = [];
@@ -603,7 +608,19 @@ export function judgeDrift(ticks: readonly PeriodicTick[], observed: readonly bi
   for (const st of stretches) {
     const third = Math.floor(st.length / 3);
     const parts = [st.slice(0, third), st.slice(third, st.length - third), st.slice(st.length - third)];
-    const delay = (p: { tick: PeriodicTick; at: bigint }) => p.at - p.tick.hi;
+    // Net of the steal before it, but never below no delay: the gap since the previous delivery may hold more steal than this one owes.
+    const delay = (p: { tick: PeriodicTick; at: bigint }) => {
+      const raw = p.at - p.tick.hi;
+      if (raw <= 0n) return raw;
+      const net = raw - (stealTsc.get(p.at) ?? 0n);
+      return net > 0n ? net : 0n;
+    };
+    // The pairing is certain only while every delivery is within half a period of its tick: a
+    // source that fell behind by whole periods (KVM's PIT re-injecting missed ticks, QEMU's RTC
+    // timer catching up after its main loop was late) also leaves one delivery per tick window,
+    // each for an older tick. Such a stretch says nothing about the rate.
+    const periodOf = (k: number) => (st[k + 1] ?? st[k - 1]!).tick.lo - st[k]!.tick.lo;
+    if (st.some((p, k) => { const d = p.at - p.tick.lo; const half = (periodOf(k) < 0n ? -periodOf(k) : periodOf(k)) / 2n; return d >= half; })) continue;
     const floors = parts.map((xs) => xs.reduce((m, p) => (delay(p) < m ? delay(p) : m), delay(xs[0]!)));
     const mids = parts.map((xs) => xs[Math.floor(xs.length / 2)]!.tick.hi);
     // The drift between consecutive thirds, each against its own allowance.

@@ -200,4 +200,4 @@ export function quantile(values: readonly number[], q: number): number | null {
  */
 export const DRIFT_TOLERANCE_PPM = 3000;
 export const DRIFT_JITTER_NS = 20_000;
-export const driftOptions = (f: TimerFacts) => ({ tolerancePpm: DRIFT_TOLERANCE_PPM, jitterTsc: nsToTsc(DRIFT_JITTER_NS, f) });
+export const driftOptions = (f: TimerFacts) => ({ tolerancePpm: DRIFT_TOLERANCE_PPM, jitterTsc: nsToTsc(DRIFT_JITTER_NS, f), tscPerUs: nsToTsc(1000, f) });

@@ -67,7 +67,7 @@ function judgePitTimeline(t: SourceTimeline, view: ThreadView, f: TimerFacts, en
     ...attributeRootCauses(judgePit(p, observed, judgeOpts), PIT_ROOT_CAUSES.filter((c) => c.impl === f.pitImpl), (v) => judgePit(predict(v), observed, judgeOpts)),
     ...judgeDrift(
       p.interrupts.filter((x) => x.count === 'once' && x.vector === PIT_VECTOR).map((x) => ({ lo: x.earliest, hi: x.expiryLatest, segment: x.eventIndex })),
-      observed.map((o) => o.tsc),
+      observed,
       'PIT channel 0',
       driftOptions(f),
       (segment) => segment,

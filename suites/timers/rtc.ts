@@ -42,7 +42,7 @@ function rtcJudge(base: RtcSwitches, slew: boolean) {
     const differences = [
       ...judgeRtc(p, observed, { latenessTsc: nsToTsc(f.lostAfterNs, f), windowLatenessTsc: nsToTsc(f.latenessBoundNs, f), isrTsc: nsToTsc(50_000, f) }),
       // Under slew re-injected ticks come at 2-8× the rate: no one-to-one pairing to measure a rate by.
-      ...(slew ? [] : judgeDrift(p.ticks.filter((k) => k.count === 'once'), observed.map((o) => o.tsc), 'RTC', driftOptions(f), (seg) => p.segments[seg]?.startEvent ?? null)),
+      ...(slew ? [] : judgeDrift(p.ticks.filter((k) => k.count === 'once'), observed, 'RTC', driftOptions(f), (seg) => p.segments[seg]?.startEvent ?? null)),
     ];
     const unblock = unblockedFrom(p.blocked);
     const late = latenessOf(
