@@ -433,6 +433,51 @@ describe('a TDCR write whose stamps span several periods (the vCPU descheduled i
   });
 });
 
+describe('an LVTT write to periodic, unmasked, whose stamps span several periods (seed 502)', () => {
+  // Periodic 250 000 counts at ÷1 (500 000 TSC), switched to one-shot masked, then back to periodic
+  // unmasked by a write whose stamps are 5 periods apart: it may have landed before the one-shot
+  // expired (the count goes on reloading) or after (KVM leaves an expired one-shot at 0).
+  const P = 500_000n;
+  const arm = T0 + 10_000n;
+  const masked = arm + 600_000n;
+  const w = masked + 10_000n;
+  const events = [...setup(PERIODIC), at(arm, { kind: 'tmict', value: 250_000 }), at(masked, { kind: 'lvtt', value: ONE_SHOT | MASKED }), at(w, { kind: 'lvtt', value: PERIODIC }, 5n * P)];
+  const end = w + 5n * P + 4n * P;
+  it('the write came early: interrupts every period inside the window and after it', () => {
+    const seen: ObservedInterrupt[] = [];
+    for (let t = arm + 2n * P + 100n; t < end - P; t += P) seen.push(irq(t));
+    expect(judge(events, end, [irq(arm + P + 100n), ...seen])).toEqual([]);
+  });
+  it('the write came late: the one-shot expired masked, delivered at the unmask, then nothing', () => {
+    expect(judge(events, end, [irq(arm + P + 100n), irq(w + 5n * P + 50n)])).toEqual([]);
+  });
+});
+
+describe('periodicLateCallback: a periodic expiry handled after the next was due (seed 405)', () => {
+  // Periodic 1 000 000 counts at ÷1: 2 000 000 TSC a period. The first interrupt comes 2.5 periods
+  // late (the host did not run KVM's callback); KVM then moves its target to that moment, so a
+  // TMCCT read half a period later reads 0 (target − now < 0), where the hrtimer's phase says half.
+  const arm = T0 + 10_000n;
+  const readAt = arm + 5_000_000n;
+  const events = [...setup(PERIODIC), at(arm, { kind: 'tmict', value: 1_000_000 }), at(readAt, { kind: 'readTmcct' })];
+  const end = arm + 20_000_000n;
+  const seen = [irq(arm + 4_500_000n), irq(arm + 6_000_100n), irq(arm + 8_000_100n)];
+  const reads = [{ eventIndex: 3, value: 0 }];
+  const judgeWith = (sw: LapicSwitches) =>
+    judgeLapic(predictLapic(CLOCK, tl(events, end), sw, { deliveries: seen.map((o) => o.tsc) }), seen, reads, { latenessTsc: 3_000_000n });
+
+  it("'keeps-phase' (the SDM) judges the read against the hrtimer's phase", () => {
+    expect(rules(judgeWith({ ...KVM_LAPIC, periodicLateCallback: 'keeps-phase' }))).toContain('tmcct-range');
+  });
+  it("KVM's 'target-to-now' allows it, and only after a delivery that late", () => {
+    expect(KVM_LAPIC.periodicLateCallback).toBe('target-to-now');
+    expect(judgeWith(KVM_LAPIC)).toEqual([]);
+    const onTime = [irq(arm + 2_000_100n), irq(arm + 4_000_100n), irq(arm + 6_000_100n), irq(arm + 8_000_100n)];
+    const p = predictLapic(CLOCK, tl(events, end), KVM_LAPIC, { deliveries: onTime.map((o) => o.tsc) });
+    expect(rules(judgeLapic(p, onTime, reads, { latenessTsc: 3_000_000n }))).toContain('tmcct-range');
+  });
+});
+
 describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => {
   const arm = T0 + 10_000n;
   const expiry = arm + 2_000_000n;

@@ -126,6 +126,12 @@ export interface LapicPredictOptions {
    * calibrated injection latency.
    */
   readonly raceTsc?: bigint;
+  /**
+   * The TSCs at which the timer's interrupts were delivered (the observation), for
+   * periodicLateCallback 'target-to-now' only: a delivery that came after the next period was
+   * already due shows that KVM's timer callback may have run that late. Default none.
+   */
+  readonly deliveries?: readonly bigint[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,6 +205,19 @@ export interface LapicSwitches {
    *    manual: the property layer predicts with it only to name the root cause of a difference.
    */
   readonly tdcrAfterOneShotExpiry?: 'nothing' | 'refires';
+  /**
+   * A periodic timer whose expiry was handled only after the next period was already due (the
+   * host did not run the timer's callback in time).
+   *  - 'keeps-phase' (SDM §10.5.4: the count reloads from the initial count at 0 and goes on; a
+   *    real APIC is never late);
+   *  - 'target-to-now' (KVM advance_periodic_target_expiration(): "If the new expiration is in the
+   *    past ... force the expiration to "now" and don't try to play catch-up with the missed
+   *    events"): the hrtimer keeps its phase, but the target that TMCCT reads and a later TDCR
+   *    write rescales from moves to the callback's time, somewhere up to the late delivery. The
+   *    model then knows the count's phase no better than "anywhere in the count" (uncertain) until
+   *    the next TMICT write. Needs LapicPredictOptions.deliveries.
+   */
+  readonly periodicLateCallback?: 'keeps-phase' | 'target-to-now';
 }
 
 export const KVM_LAPIC: LapicSwitches = Object.freeze({
@@ -209,6 +228,7 @@ export const KVM_LAPIC: LapicSwitches = Object.freeze({
   maskedDeadlineClearsMsr: false,
   periodicClamp: 'kvm',
   immediateBy: 'action-stamp',
+  periodicLateCallback: 'target-to-now',
 });
 
 /** The bare-metal reading of the SDM (the expired one-shot → periodic case is unknown there; KVM's choice stands). */
@@ -314,6 +334,8 @@ interface Count {
   periodCounts: bigint;
   expired: boolean;
   uncertain: boolean;
+  /** periodicLateCallback: how far KVM's target may have moved past the hrtimer's phase (0: not at all). */
+  targetLag: bigint;
   /** The TMICT write: the phase origin for 'rearms'. */
   load: Interval;
   emitted: number;
@@ -412,6 +434,18 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
     }
   };
 
+  const deliveries = [...(options.deliveries ?? [])].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
+  /**
+   * When the delivery covering an expiry at iv came only after the following one was due
+   * (periodicLateCallback): how far past that following expiry the target may have moved; else null.
+   */
+  const lateCallback = (a: Count, iv: Interval): bigint | null => {
+    if (switches.periodicLateCallback !== 'target-to-now') return null;
+    const o = deliveries.find((d) => d >= iv.lo);
+    const next = iv.lo + durLo(1n, a.period, ppb);
+    return o !== undefined && o > iv.hi + durHi(1n, a.period, ppb) ? o - next : null;
+  };
+
   /** Move the timer past its next expiry (reload, stop, or fire the deadline). */
   const step = (a: Count | Deadline, iv: Interval, asMode: LvttMode = mode) => {
     if (a.kind === 'deadline') {
@@ -419,6 +453,11 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
       return;
     }
     a.emitted++;
+    const lag = asMode === 'periodic' ? lateCallback(a, iv) : null;
+    if (lag !== null) {
+      a.uncertain = true;
+      a.targetLag = maxB(a.targetLag, lag);
+    }
     if (asMode === 'periodic') {
       if (a.pendingDivide !== null) {
         // 'next-reload': the new divisor takes over at this reload.
@@ -496,14 +535,23 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
           }
         } else {
           advance(w.lo);
+          let racing = 0;
           while (hasPending(armed) && nextOf(armed).lo <= w.hi) {
             const a = armed;
             const iv = nextOf(a);
             if (maskOff) {
               // Before the unmask: held (and delivered at it) or dropped; after it: delivered.
-              const owed = switches.maskedExpiry === 'held' && !(held && held.definite);
-              deliver(a, iv, owed, true, nv.vector);
-              step(a, iv);
+              const owed = racing === 0 && switches.maskedExpiry === 'held' && !(held && held.definite);
+              // Held, it comes at its expiry or at the unmask, whichever is later: by the window's end.
+              deliver(a, owed ? { lo: iv.lo, hi: maxB(iv.hi, w.hi) } : iv, owed, true, nv.vector);
+              // A write to periodic may have come before this expiry, so the count may go on
+              // reloading inside a window that spans periods (an interrupt storm or a descheduled
+              // vCPU stretched it: seed 502, 87 ms); each later one at most once, and the count's
+              // state after the window unknown.
+              const toPeriodic = modeChanged && nv.mode === 'periodic';
+              step(a, iv, toPeriodic ? 'periodic' : mode);
+              if (toPeriodic && a.kind === 'count') a.uncertain = true;
+              racing++;
             } else if (modeChanged) {
               // one-shot ↔ periodic, still counting: the expiry fires in either branch.
               deliver(a, iv, true, false);
@@ -633,7 +681,9 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         // KVM update_target_expiration(): remaining × new/old from the write; period recomputed (and raised) at the new divide.
         // Spanning: the first expiry after a write at t in the window is t + (next old expiry − t) × new/old, which is
         // no earlier than the window's start and no later than its end plus one old period × new/old.
-        const rescaled = spans ? { lo: w.lo, hi: w.hi + durHi(1n, { num: c.period.num * r.num, den: c.period.den * r.den }, ppb) } : rescaleInterval(iv, w, r, ppb);
+        const base = spans ? { lo: w.lo, hi: w.hi + durHi(1n, { num: c.period.num * r.num, den: c.period.den * r.den }, ppb) } : rescaleInterval(iv, w, r, ppb);
+        // KVM rescales from its target, which a late callback moved up to targetLag past the phase.
+        const rescaled = c.targetLag > 0n ? { lo: base.lo, hi: base.hi + durHi(1n, { num: c.targetLag * r.num, den: r.den }, ppb) } : base;
         c.anchor = rescaled;
         c.k = 0n;
         c.divide = nd;
@@ -666,6 +716,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
             periodCounts: p.counts,
             expired: false,
             uncertain: mode === 'reserved',
+            targetLag: 0n,
             load: w,
             emitted: 0,
             lastRead: null,

@@ -50,10 +50,14 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
   const busScale = Number((env.mutant?.modelVariant?.lapicClock as { apicBusScale?: number } | undefined)?.apicBusScale ?? 1);
   const busHz = BigInt(Math.round(f.apicBusHz * busScale));
   const clock = { tscHz: BigInt(Math.round(f.tscHz)), apicBusHz: busHz, minPeriodNs: f.minPeriodNs, tscDeadline: f.tscDeadline };
+  const timeline = { events, endTsc: t.endTsc, interruptsEnabled: false };
+  // The vectors first (a prediction that needs no observation), then the deliveries of those
+  // vectors, which KVM's late-callback rule (periodicLateCallback) reads.
+  const vectors = predictLapic(clock, timeline, { ...lapicSwitches(f, env), periodicLateCallback: 'keeps-phase' }).vectors;
+  const observed = interruptsFor(view, new Set(vectors.length ? vectors : [LAPIC_VECTOR]), t.endTsc);
   const predict = (variant: Partial<LapicSwitches>) =>
-    predictLapic(clock, { events, endTsc: t.endTsc, interruptsEnabled: false }, { ...lapicSwitches(f, env), ...variant }, { raceTsc: nsToTsc(f.latenessBoundNs, f) });
+    predictLapic(clock, timeline, { ...lapicSwitches(f, env), ...variant }, { raceTsc: nsToTsc(f.latenessBoundNs, f), deliveries: observed.map((o) => o.tsc) });
   const prediction = predict({});
-  const observed = interruptsFor(view, new Set(prediction.vectors.length ? prediction.vectors : [LAPIC_VECTOR]), t.endTsc);
   const reads = t.events.flatMap((e, eventIndex) => (e.read === undefined || e.faulted ? [] : [{ eventIndex, value: e.read }]));
   const judgeOpts = { latenessTsc: lostAfter, isrEntryTsc: isrEntryTsc(f) };
   const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), LAPIC_ROOT_CAUSES, (v) => judgeLapic(predict(v), observed, reads, judgeOpts));
