@@ -72,8 +72,7 @@ export type TimerRule =
   | 'kvmclock-monotonic-vcpu'
   | 'kvmclock-monotonic-cross-vcpu'
   | 'kvmclock-vs-tsc'
-  | 'kvmclock-rate'
-  | 'rate-drift';
+  | 'kvmclock-rate';
 
 /**
  * One way the observation differs from the model. The property layer turns it into its own
@@ -535,116 +534,4 @@ export function judgeExpiries(
 /** Deliveries of a vector set within [from, to). */
 export function countIn(observed: readonly ObservedInterrupt[], vectors: ReadonlySet<number>, from: bigint, to: bigint): number {
   return observed.filter((o) => vectors.has(o.vector) && o.tsc >= from && o.tsc < to).length;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rate: do deliveries drift against the predicted ticks?
-
-/** One periodic tick the model is sure of: no delivery before lo, due by hi; `segment` groups ticks of one count or rate. */
-export interface PeriodicTick {
-  readonly lo: bigint;
-  readonly hi: bigint;
-  readonly segment: number;
-}
-
-export interface DriftOptions {
-  /** Drift allowed per elapsed time, ppm: a source off by more fails (1% = 10 000). */
-  readonly tolerancePpm: number;
-  /** Fixed allowance for the floor of delivery delays, TSC cycles. */
-  readonly jitterTsc: bigint;
-  /** TSC cycles per µs, to take each delivery's steal gap (ObservedInterrupt.stealGapUs) off its delay. */
-  readonly tscPerUs: bigint;
-  /** Fewest consecutive one-to-one deliveries a stretch needs to be judged (default 15: five a third). */
-  readonly minPairs?: number;
-}
-
-/**
- * rate-drift: a source whose clock is off by a fraction ε delivers its k-th tick k·ε·period away
- * from the model's tick, so the delays (delivery − due) drift linearly; a correct source's delays
- * are its delivery latency, which host noise only raises. Over every stretch of consecutive ticks
- * of one segment that were each delivered once (one delivery between a tick and the next, so the
- * pairing is certain, and each delivery within half a period of its tick), the lowest delay is
- * taken in each third; it fails when it moves by more
- * than tolerancePpm × the time between them (+ half the jitter) from the first third to the
- * second and again, the same way, from the second to the third. The lowest delay, not the mean:
- * noise adds delay to some deliveries, and lifts the lowest of a third only when it delayed all of
- * them; and such a host lifts one third, which moves one step up and the next down (or only the
- * last), never both the same way as a clock off in rate does. Slow (delays grow) and fast (they
- * shrink) alike; a fast source is usually caught earlier, by never-early.
- */
-export function judgeDrift(ticks: readonly PeriodicTick[], observed: readonly ObservedInterrupt[], source: string, opts: DriftOptions, eventIndexOf: (segment: number) => number | null = () => null): TimerDifference[] {
-  const diffs: TimerDifference[] = [];
-  const obs = observed.map((o) => o.tsc).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  // A delivery's delay net of the steal time before it: what the host's scheduler owed it.
-  const stealTsc = new Map(observed.map((o) => [o.tsc, (BigInt(o.stealGapUs ?? 0) * opts.tscPerUs)]));
-  const minPairs = opts.minPairs ?? 15;
-  const sorted = [...ticks].sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
-  const stretches: { tick: PeriodicTick; at: bigint }[][] = [];
-  let cur: { tick: PeriodicTick; at: bigint }[] = [];
-  const flush = () => {
-    if (cur.length >= minPairs) stretches.push(cur);
-    cur = [];
-  };
-  for (let k = 0; k < sorted.length; k++) {
-    const t = sorted[k]!;
-    const next = sorted[k + 1];
-    if (cur.length && cur[cur.length - 1]!.tick.segment !== t.segment) flush();
-    // The window this tick owns: from its earliest to the next tick's earliest (the last one: one period on).
-    const prev = sorted[k - 1];
-    const period = next && next.segment === t.segment ? next.lo - t.lo : prev && prev.segment === t.segment ? t.lo - prev.lo : null;
-    if (period === null || period <= 0n) {
-      flush();
-      continue;
-    }
-    const end = next && next.segment === t.segment ? next.lo : t.lo + period;
-    const inside = obs.filter((o) => o >= t.lo && o < end);
-    if (inside.length !== 1) {
-      flush();
-      continue;
-    }
-    cur.push({ tick: t, at: inside[0]! });
-  }
-  flush();
-  for (const st of stretches) {
-    const third = Math.floor(st.length / 3);
-    const parts = [st.slice(0, third), st.slice(third, st.length - third), st.slice(st.length - third)];
-    // Net of the steal before it, but never below no delay: the gap since the previous delivery may hold more steal than this one owes.
-    const delay = (p: { tick: PeriodicTick; at: bigint }) => {
-      const raw = p.at - p.tick.hi;
-      if (raw <= 0n) return raw;
-      const net = raw - (stealTsc.get(p.at) ?? 0n);
-      return net > 0n ? net : 0n;
-    };
-    // The pairing is certain only while every delivery is within half a period of its tick: a
-    // source that fell behind by whole periods (KVM's PIT re-injecting missed ticks, QEMU's RTC
-    // timer catching up after its main loop was late) also leaves one delivery per tick window,
-    // each for an older tick. Such a stretch says nothing about the rate.
-    const periodOf = (k: number) => (st[k + 1] ?? st[k - 1]!).tick.lo - st[k]!.tick.lo;
-    if (st.some((p, k) => { const d = p.at - p.tick.lo; const half = (periodOf(k) < 0n ? -periodOf(k) : periodOf(k)) / 2n; return d >= half; })) continue;
-    const floors = parts.map((xs) => xs.reduce((m, p) => (delay(p) < m ? delay(p) : m), delay(xs[0]!)));
-    const mids = parts.map((xs) => xs[Math.floor(xs.length / 2)]!.tick.hi);
-    // The drift between consecutive thirds, each against its own allowance.
-    const steps = [0, 1].map((k) => {
-      const elapsed = mids[k + 1]! - mids[k]!;
-      return { drift: floors[k + 1]! - floors[k]!, elapsed, allowed: (elapsed * BigInt(Math.round(opts.tolerancePpm))) / 1_000_000n + opts.jitterTsc / 2n };
-    });
-    const elapsed = mids[2]! - mids[0]!;
-    const drift = floors[2]! - floors[0]!;
-    const allowed = steps[0]!.allowed + steps[1]!.allowed;
-    // A source off in rate drifts in both halves, the same way; a host that delayed every delivery
-    // of one third lifts one floor only, a step up and then down (or the last step alone).
-    const sign = (x: bigint) => (x > 0n ? 1 : x < 0n ? -1 : 0);
-    const beyond = steps.every((x) => (x.drift < 0n ? -x.drift : x.drift) > x.allowed && sign(x.drift) === sign(steps[0]!.drift));
-    if (beyond) {
-      const ppm = Number((drift * 1_000_000n) / (elapsed > 0n ? elapsed : 1n));
-      diffs.push({
-        rule: 'rate-drift',
-        summary: `${source}: over ${st.length} ticks delivered one each, the lowest delivery delay ${drift > 0n ? 'grew' : 'shrank'} by ${drift < 0n ? -drift : drift} TSC in ${elapsed} TSC, in both halves (${(ppm / 10_000).toFixed(2)}%: the source runs ${drift > 0n ? 'slow' : 'fast'}; allowed ${allowed} TSC: ${opts.tolerancePpm / 10_000}% + jitter)`,
-        expected: { driftAtMost: allowed, tolerancePpm: opts.tolerancePpm },
-        observed: { drift, elapsed, ppm, floors, pairs: st.length },
-        eventIndex: eventIndexOf(st[0]!.tick.segment),
-      });
-    }
-  }
-  return diffs;
 }

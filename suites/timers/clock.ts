@@ -192,12 +192,3 @@ export function quantile(values: readonly number[], q: number): number | null {
   const s = [...values].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
 }
-
-/**
- * The rate-drift rule's settings (common.ts judgeDrift): a source off by more than 0.3% fails
- * (the accuracy requirement is 1%: the margin covers the floor's own noise), with 20 µs for the
- * jitter of the lowest delivery delay.
- */
-export const DRIFT_TOLERANCE_PPM = 3000;
-export const DRIFT_JITTER_NS = 20_000;
-export const driftOptions = (f: TimerFacts) => ({ tolerancePpm: DRIFT_TOLERANCE_PPM, jitterTsc: nsToTsc(DRIFT_JITTER_NS, f), tscPerUs: nsToTsc(1000, f) });

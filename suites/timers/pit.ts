@@ -3,10 +3,10 @@
  * missed ticks) and QEMU's own (kernel-irqchip=split, and TCG). The model is models/timers/pit.ts.
  */
 import { pitCommands, PIT_VECTOR } from '../../generators/timers.js';
-import { judgeDrift, unblockedFrom } from '../../models/timers/common.js';
+import { unblockedFrom } from '../../models/timers/common.js';
 import { judgePit, KVM_PIT, predictPit, type PitEvent, type PitSwitches } from '../../models/timers/pit.js';
 import type { PropertyEnv } from '../lib/property.js';
-import { driftOptions, isrEntryTsc, nsToTsc, type TimerFacts } from './clock.js';
+import { isrEntryTsc, nsToTsc, type TimerFacts } from './clock.js';
 import { interruptsFor, type SourceTimeline, type ThreadView } from './observe.js';
 import { attributeRootCauses, latenessOf, stealExcuses, timerProperty, type Judgement } from './timerProperty.js';
 
@@ -63,16 +63,7 @@ function judgePitTimeline(t: SourceTimeline, view: ThreadView, f: TimerFacts, en
   const p = predict({});
   const observed = interruptsFor(view, new Set([PIT_VECTOR]), t.endTsc);
   const judgeOpts = { latenessTsc: nsToTsc(f.lostAfterNs, f), isrEntryTsc: isrEntryTsc(f) };
-  const differences = [
-    ...attributeRootCauses(judgePit(p, observed, judgeOpts), PIT_ROOT_CAUSES.filter((c) => c.impl === f.pitImpl), (v) => judgePit(predict(v), observed, judgeOpts)),
-    ...judgeDrift(
-      p.interrupts.filter((x) => x.count === 'once' && x.vector === PIT_VECTOR).map((x) => ({ lo: x.earliest, hi: x.expiryLatest, segment: x.eventIndex })),
-      observed,
-      'PIT channel 0',
-      driftOptions(f),
-      (segment) => segment,
-    ),
-  ];
+  const differences = attributeRootCauses(judgePit(p, observed, judgeOpts), PIT_ROOT_CAUSES.filter((c) => c.impl === f.pitImpl), (v) => judgePit(predict(v), observed, judgeOpts));
   const late = latenessOf(p.interrupts, observed.map((o) => o.tsc), unblockedFrom(p.blocked), t.endTsc, f.tscHz, stealExcuses(view));
   const modeOf = (i: number) => events.slice(0, i + 1).reverse().find((e) => e.kind === 'program') as { mode: number } | undefined;
   const labels = { timer: 'pit', impl: f.pitImpl, accel: env.options.accel, irqchip: env.options.kernelIrqchip ?? 'on' };
@@ -100,7 +91,6 @@ export const pitChannel0 = timerProperty({
     ['exact count', ['exact-count']],
     ['none after disarm', ['spurious-after-disarm']],
     ['count per window', ['window-count']],
-    ['rate within 0.3%', ['rate-drift']],
   ],
   latenessRule: true,
 });

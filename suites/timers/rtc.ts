@@ -7,10 +7,10 @@
  * the divider chain), not QEMU's own choice of phase.
  */
 import { rtcCommands, RTC_VECTOR } from '../../generators/timers.js';
-import { judgeDrift, unblockedFrom } from '../../models/timers/common.js';
+import { unblockedFrom } from '../../models/timers/common.js';
 import { DATASHEET_RTC, judgeRtc, predictRtc, rtcRateHz, type RtcEvent, type RtcSwitches } from '../../models/timers/rtc.js';
 import type { PropertyEnv } from '../lib/property.js';
-import { driftOptions, nsToTsc, type TimerFacts } from './clock.js';
+import { nsToTsc, type TimerFacts } from './clock.js';
 import { interruptsFor, type SourceTimeline, type ThreadView } from './observe.js';
 import { latenessOf, stealExcuses, timerProperty, type Judgement } from './timerProperty.js';
 
@@ -39,11 +39,7 @@ function rtcJudge(base: RtcSwitches, slew: boolean) {
     const events = toRtcEvents(t);
     const p = predictRtc({ tscHz: BigInt(Math.round(f.tscHz)) }, { events, endTsc: t.endTsc, vector: RTC_VECTOR, interruptsEnabled: false }, switches);
     const observed = interruptsFor(view, new Set([RTC_VECTOR]), t.endTsc);
-    const differences = [
-      ...judgeRtc(p, observed, { latenessTsc: nsToTsc(f.lostAfterNs, f), windowLatenessTsc: nsToTsc(f.latenessBoundNs, f), isrTsc: nsToTsc(50_000, f) }),
-      // Under slew re-injected ticks come at 2-8× the rate: no one-to-one pairing to measure a rate by.
-      ...(slew ? [] : judgeDrift(p.ticks.filter((k) => k.count === 'once'), observed, 'RTC', driftOptions(f), (seg) => p.segments[seg]?.startEvent ?? null)),
-    ];
+    const differences = judgeRtc(p, observed, { latenessTsc: nsToTsc(f.lostAfterNs, f), windowLatenessTsc: nsToTsc(f.latenessBoundNs, f), isrTsc: nsToTsc(50_000, f) });
     const unblock = unblockedFrom(p.blocked);
     const late = latenessOf(
       p.ticks.map((k) => ({ earliest: k.lo, expiryLatest: k.hi, count: k.count, latest: null })),
@@ -74,7 +70,6 @@ const RTC_RULES = [
   ['exact count', ['exact-count']],
   ['none after disarm', ['spurious-after-disarm']],
   ['count per window', ['window-count']],
-  ['rate within 0.3%', ['rate-drift']],
 ] as const;
 
 export const rtcPeriodic = timerProperty({
