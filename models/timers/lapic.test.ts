@@ -433,6 +433,21 @@ describe('a TDCR write whose stamps span several periods (the vCPU descheduled i
   });
 });
 
+describe('a TDCR write whose stamps span a one-shot expiry (seed 507)', () => {
+  // One-shot 1 000 000 counts at ÷1 (expiry at arm + 2 000 000); TDCR ÷8 with stamps from arm +
+  // 1 500 000 to arm + 3 000 000. Written early, the rest (500 000 TSC) runs 8× slower: expiry at
+  // arm + 5 500 000, so a read at arm + 3 100 000 sees 2 400 000 TSC / 16 = 150 000 counts.
+  const arm = T0 + 10_000n;
+  const events = [...setup(ONE_SHOT), at(arm, { kind: 'tmict', value: 1_000_000 }), at(arm + 1_500_000n, { kind: 'tdcr', value: 0x2 }, 1_500_000n), at(arm + 3_100_000n, { kind: 'readTmcct' })];
+  const end = arm + 4_000_000n;
+  it('a read after the window may see the count still running', () => {
+    expect(judge(events, end, [], [{ eventIndex: 4, value: 150_000 }])).toEqual([]);
+  });
+  it('or 0, when the write came after the expiry', () => {
+    expect(judge(events, end, [irq(arm + 2_000_100n)], [{ eventIndex: 4, value: 0 }])).toEqual([]);
+  });
+});
+
 describe('an LVTT write to periodic, unmasked, whose stamps span several periods (seed 502)', () => {
   // Periodic 250 000 counts at ÷1 (500 000 TSC), switched to one-shot masked, then back to periodic
   // unmasked by a write whose stamps are 5 periods apart: it may have landed before the one-shot

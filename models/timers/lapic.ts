@@ -665,6 +665,9 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
           if (mode === 'one-shot') {
             c.expired = true;
             c.divide = nd;
+            // A write that came before the expiry pushed it to rescaledHi: past the window (its
+            // stamps span the expiry: seed 507, 4.9 ms), a read may still see the count running.
+            if (rescaledHi > w.hi) c.uncertain = true;
             break;
           }
           iv = { lo: iv.lo + durLo(1n, c.period, ppb), hi: iv.hi + durHi(1n, c.period, ppb) };
