@@ -14,7 +14,7 @@
  * The watching itself lives in harness/watchdog.ts (it also knows the run states of migration);
  * waitForOutcome here is a thin user of it.
  */
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { Parser } from 'tap-parser';
@@ -168,7 +168,6 @@ export function hostWaitBetween(before: HostWait | null, after: HostWait | null)
 
 /** The pid of KVM's PIT worker kthread for the VM of QEMU `pid` (comm `kvm-pit/PID`), or null. */
 async function kvmPitThread(pid: number): Promise<number | null> {
-  const { readdir } = await import('node:fs/promises');
   for (const name of await readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(name)) continue;
     const comm = await readFile(`/proc/${name}/comm`, 'utf8').catch(() => '');
@@ -443,8 +442,8 @@ export class Vm implements WatchTarget {
     const vcpus = await Promise.all(this.vcpuTids.map((tid) => runDelayNs(pid, tid)));
     const main = await runDelayNs(pid, pid);
     if (main === null || vcpus.some((v) => v === null)) return null;
-    // The kthread exists once the guest has programmed the in-kernel PIT: look until found.
-    this.pitTid ??= await kvmPitThread(pid);
+    // KVM creates the kthread with the in-kernel PIT (KVM_CREATE_PIT2, at VM creation): one scan of /proc per VM.
+    if (this.pitTid === undefined) this.pitTid = await kvmPitThread(pid);
     const pit = this.pitTid === null ? null : await runDelayNs(this.pitTid, this.pitTid);
     return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }) };
   }
