@@ -223,6 +223,26 @@ export const OPS = {
     'Load XMM0-15 with a pattern from seed: XMMi = (~(seed + i) << 64) | (seed + i). The guest\'s own code never ' +
       'touches vector registers (-mgeneral-regs-only), so they keep it: vector state a migration must carry.',
   ),
+
+  svmRun: op(
+    0x50,
+    [['lo', 'u64'], ['hi', 'u64'], ['eventInj', 'u64'], ['exceptions', 'u32'], ['idtNotPresent', 'u32'], ['idtLimit', 'u16'], ['flags', 'u8']],
+    [
+      ['exitCode', 'u64'], ['exitInfo1', 'u64'], ['exitInfo2', 'u64'], ['exitIntInfo', 'u64'], ['exitRip', 'u64'], ['codeBase', 'u64'],
+      ['entries', 'u32'], ['vector', 'u32'], ['errorCode', 'u32'], ['hasErrorCode', 'u32'], ['handlerRip', 'u64'], ['handlerCr2', 'u64'],
+    ],
+    'Act as an SVM hypervisor (L1) for one VMRUN: run an L2 guest at CPL 0 in 64-bit mode on the same page tables (and, ' +
+      'flags bit 2, with nested paging on, N_CR3 = the guest\'s own identity map), whose code is the 16 bytes lo, hi ' +
+      'followed by VMMCALL, with RFLAGS = 2 (IF = 0), RSP 16-byte aligned on a stack of its own, and an IDT of its own: ' +
+      '256 64-bit interrupt gates, DPL 0, IST 0, limit idtLimit, P = 0 for the vectors 0-31 set in idtNotPresent. Each ' +
+      'gate leads to an L2 handler that logs its entry (vector, the error code if the frame has one, the RIP in the frame, ' +
+      'CR2) and executes VMMCALL. The VMCB intercepts VMRUN and VMMCALL always, the exceptions set in `exceptions`, ' +
+      'SHUTDOWN when flags bit 0 is set and INTn when bit 1 is; EVENTINJ = eventInj. Records EXITCODE, EXITINFO1, ' +
+      "EXITINFO2, EXITINTINFO and L2's RIP from the VMCB after the #VMEXIT, where the code lay, and the L2 handler " +
+      'entries (at most one: the handler exits). An L1 fault (no SVM: the EFER.SVME write raises #GP) is recorded in the ' +
+      'header. Ring 0 and vCPU 0 only.',
+    { allowed: { flags: [0, 1, 2, 3, 4, 5, 6, 7] }, guestCheck: 'a ring-0 thread on vCPU 0' },
+  ),
 } as const satisfies Record<string, OpDef>;
 
 export type OpName = keyof typeof OPS;

@@ -374,6 +374,20 @@ static inline void exec_fill_xmm(struct ctx *x, const struct op_fill_xmm *o)
 			 : : "r"(v) : "memory");
 }
 
+/* svm.c */
+void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r);
+
+static inline int check_svm_run(struct ctx *x, const struct op_svm_run *o)
+{
+	/* svm.c has one VMCB and one L2 report: vCPU 0 only, and VMRUN needs CPL 0. */
+	return cpl() == 0 && x->cpu->index == 0;
+}
+
+static inline void exec_svm_run(struct ctx *x, const struct op_svm_run *o, struct res_svm_run *r)
+{
+	svm_run_l2(o, r);
+}
+
 /* A clock watch in guest RAM: it migrates with the guest, so a step back across a switchover is counted. */
 struct clock_watch {
 	u64 last, backwards, worst_back, samples;
