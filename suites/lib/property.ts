@@ -90,6 +90,8 @@ export interface PropertyDef<W, F, O> {
   /** Facts the generator and the model need, gathered once per run. */
   facts(env: PropertyEnv): Promise<F>;
   arbitrary(facts: F, env: PropertyEnv): fc.Arbitrary<W>;
+  /** Fixed cases that run before the generated ones (a peer suite's sequence, say), within --runs. */
+  examples?(facts: F, env: PropertyEnv): readonly W[];
   /** Run the case on the real system. */
   observe(c: W, facts: F, env: PropertyEnv): Promise<Observation<O>>;
   /** The claim, rule by rule. */

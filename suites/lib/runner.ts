@@ -123,7 +123,9 @@ async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiv
       throw new CaseFailed(f);
     }
   });
-  const details = await fc.check(prop, { seed: o.seed, numRuns: o.runs, ...(o.path ? { path: o.path } : {}) });
+  // Fixed cases run first, within the run count (fast-check `examples`); a path counts them too.
+  const examples = def.examples?.(facts, env).map((e: unknown) => [e] as [unknown]) ?? [];
+  const details = await fc.check(prop, { seed: o.seed, numRuns: o.runs, ...(examples.length ? { examples } : {}), ...(o.path ? { path: o.path } : {}) });
   if (!details.failed) return { failed: false, executed };
   const err = details.errorInstance;
   if (!(err instanceof CaseFailed)) return { failed: true, executed, error: err, ...(details.counterexamplePath ? { path: details.counterexamplePath } : {}) };

@@ -1,7 +1,8 @@
 /**
  * Family: exception delivery, single level and (not yet) nested. The single-level property runs
  * generated faulting instructions in the guest on the host's KVM (singleLevel.ts); the nested SVM
- * property (svm.ts) skips until an L1 exists. The model is models/nested/; the mutants mutants.ts.
+ * property (svm.ts) runs the guest as an SVM hypervisor (L1)
+ * where one can run: under TCG, or on a KVM with nested SVM. The model is models/nested/; the mutants mutants.ts.
  */
 import { defineFamily } from '../lib/family.js';
 import { NESTED_MUTANTS } from './mutants.js';
@@ -10,7 +11,7 @@ import { svmDelivery } from './svm.js';
 
 export const nested = defineFamily({
   name: 'nested',
-  title: 'Exception delivery: faulting instructions at CPL 3 and CPL 0 through the guest IDT (single level); nested SVM (not yet)',
+  title: 'Exception delivery: faulting instructions at CPL 3 and CPL 0 through the guest IDT (single level); nested SVM (L1 in the guest: under TCG, or KVM with nested SVM)',
   properties: [singleLevelDelivery, svmDelivery],
   roles: {
     workload: "a case's VM: one vCPU running the case's faulting instructions, at CPL 3 or CPL 0",
@@ -20,6 +21,13 @@ export const nested = defineFamily({
     { key: 'exceptionCases', label: 'exception cases' },
     { key: 'faultingInstructions', label: 'faulting instructions' },
     { key: 'handlerEntries', label: 'handler entries' },
+    { key: 'svmCases', label: 'SVM cases' },
+    { key: 'l2Runs', label: 'L2 runs' },
+    { key: 'eventInjections', label: 'EVENTINJ runs' },
+    { key: 'vmexits', label: 'exception #VMEXITs' },
+    { key: 'shutdownExits', label: 'SHUTDOWN #VMEXITs' },
+    { key: 'l2HandlerEntries', label: 'L2 handler entries' },
+    { key: 'doubleFaults', label: 'double faults' },
     { key: 'vms', label: 'VMs' },
   ],
   mutants: NESTED_MUTANTS,

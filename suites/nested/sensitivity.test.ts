@@ -16,11 +16,14 @@ import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { singleLevelCaseArb, type SingleLevelCase, type SingleLevelInstruction } from '../../generators/nested.js';
 import { readCounterexample } from '../../reports/counterexample.js';
+import { loadDeviations } from '../../reports/deviations.js';
 import { defaultOptions, PROJECT_ROOT } from '../lib/options.js';
 import { Metrics } from '../lib/property.js';
 import { checkCase, propertyEnv, runProperty } from '../lib/runner.js';
 import { Waiver } from '../lib/waive.js';
 import { singleLevelDelivery } from './singleLevel.js';
+import { svmDelivery } from './svm.js';
+import type { SvmCase } from '../../generators/nestedSvm.js';
 
 const out = mkdtempSync(join(tmpdir(), 'kvmprop-nested-sensitivity-'));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
@@ -54,4 +57,31 @@ describe('nested.single-level.delivery fails on deliberately broken models', () 
       expect(replay.stdout).toContain(`${def.id} fails again`);
     }, 120_000);
   }
+});
+
+describe('nested.svm.delivery fails on an L1 that drops an intercept it claims to set', () => {
+  it('nested-l1-drops-gp-intercept (under TCG): a one-run counterexample that replays, and passes with the intercept kept', async () => {
+    const mutant = 'nested-l1-drops-gp-intercept';
+    const options = defaultOptions({ families: ['nested'], properties: [svmDelivery.id], accel: 'tcg', runs: 30, seed: 7, mutant, out: join(out, mutant) });
+    const r = await runProperty(svmDelivery, await propertyEnv(options));
+    expect(r.status, r.reason).toBe('fail');
+    const file = join(options.out, r.counterexample!);
+    const c = readCounterexample(file);
+    const w = c.workload as SvmCase;
+    expect(w.runs).toHaveLength(1);
+    // What the broken L1 changed: the run intercepts #GP.
+    expect((w.runs[0]!.intercepts.exceptions >>> 13) & 1).toBe(1);
+
+    // The same run with the intercept kept: nothing but QEMU's own documented TCG deviations.
+    const plainOptions = defaultOptions({ families: ['nested'], properties: [svmDelivery.id], accel: 'tcg', out: join(out, `${mutant}-plain`) });
+    const plain = await propertyEnv(plainOptions);
+    const env = { ...plain, metrics: new Metrics() };
+    const facts = await svmDelivery.facts(env);
+    const waiver = new Waiver(loadDeviations(plainOptions.deviations), svmDelivery.id, env.host, { accel: 'tcg', machine: plainOptions.machine });
+    expect(await checkCase(svmDelivery, w, facts, env, waiver)).toBeNull();
+
+    const replay = await execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
+    expect(replay.exitCode, replay.stderr).toBe(1);
+    expect(replay.stdout).toContain(`${svmDelivery.id} fails again`);
+  }, 180_000);
 });

@@ -21,6 +21,7 @@ import {
   PF_U,
   SDM_EXCEPTIONS,
   deliver,
+  describeErrorCode,
   goodIdt,
   hex,
   raisedBy,
@@ -155,7 +156,7 @@ function* errorCodeRule(o: SingleLevelObservation): Iterable<Difference> {
     if (!e || j.record.faultVector !== e.vector) continue;
     const want = e.errorCode ?? 0;
     if (j.record.errorCode === want) continue;
-    yield difference(`${where(o, j)}: ${mnemonic(e.vector)} error code ${hex(j.record.errorCode)}, the model predicts ${hex(want)}`, { errorCode: hex(want) }, { errorCode: hex(j.record.errorCode) }, extras(o, j));
+    yield difference(`${where(o, j)}: ${mnemonic(e.vector)} error code ${describeErrorCode(e.vector, j.record.errorCode)}, the model predicts ${describeErrorCode(e.vector, want)}`, { errorCode: hex(want) }, { errorCode: hex(j.record.errorCode) }, extras(o, j));
   }
 }
 

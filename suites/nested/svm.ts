@@ -1,34 +1,400 @@
 /**
- * nested.svm.delivery: the nested part of the family (models/nested/svm.ts: an L2 guest under an
- * L1 that intercepts some exceptions, after KVM's nested_exceptions_test). It needs an L1 that can
- * run VMRUN, and neither way to get one is here yet:
- *  - on real KVM, a host whose KVM offers guests SVM (the fingerprint's kvm.nested); kvm_pvm
- *    offers no VMX/SVM at all;
- *  - under TCG, which emulates SVM on any host, an L1 hypervisor in the guest: not built yet.
- * So it always skips, saying which; it never passes.
+ * nested.svm.delivery: exceptions in an SVM guest. The guest is L1, a minimal SVM hypervisor (the
+ * svmRun op, harness/guest/src/svm.c); each case is a few L2 runs (generators/nestedSvm.ts), each
+ * one VMRUN with its own intercepts, L2 IDT set-up and event: an instruction L2 executes or an
+ * EVENTINJ. models/nested/svm.ts predicts, per run, the one place the event ends up: L2's handler
+ * (vector, error code, RIP, CR2), or a #VMEXIT to L1 (EXITCODE, EXITINFO1/2, EXITINTINFO, the RIP
+ * L2 stopped at), a shutdown exit included; a run with no event ends in L1's VMMCALL intercept.
+ *
+ * Where an L1 with SVM exists:
+ *  - under `--accel tcg`, QEMU's SVM emulation on any host (then this checks QEMU's SVM, not KVM's);
+ *  - under KVM, on a host whose KVM offers guests nested SVM (kvm_amd nested=1).
+ * Elsewhere it skips with the reason; it never passes without running.
+ *
+ * The switches are the APM's (SVM is AMD's architecture): models/nested/svm.ts APM_SVM.
  */
 import fc from 'fast-check';
-import { defineProperty, type PropertyEnv } from '../lib/property.js';
+import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, firstVectorOf, svmCaseArb, svmCaseOps, svmRunOp, type L2IdtSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
+import { encodeStep, type ExceptionStep } from '../../generators/nested.js';
+import { recordsOf, NO_FAULT, type RecordOf } from '../../ir/ops.js';
+import { DEFAULT_CANARY } from '../../ir/program.js';
+import { THREAD_STATE } from '../../harness/guest/abi.js';
+import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
+import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type InstructionContext, type RaisedEvent } from '../../models/nested/exceptions.js';
+import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
+import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv } from '../lib/property.js';
+import { observeProgram } from '../lib/run.js';
 
-export function svmSkipReason(env: Pick<PropertyEnv, 'host' | 'options'>): string {
+/** The VMMCALL intercept: how L2 hands back after its handler ran or its code ended. */
+export const SVM_EXIT_VMMCALL = 0x81;
+/** EXITCODE of a VMRUN whose VMCB fails the consistency checks (−1; QEMU 7.2 TCG writes it as a u32, 0xffffffff). */
+export const SVM_EXIT_INVALID = 0xffff_ffff_ffff_ffffn;
+const SVM_EXIT_INVALID_U32 = 0xffff_ffffn;
+/** Where L2's code ends and the VMMCALL that closes it begins: svmRun runs 16 bytes, then VMMCALL. */
+const CODE_END = 16;
+
+/**
+ * A broken L1 (a mutant's modelVariant.nestedL1): the hypervisor under test leaves out one
+ * exception intercept bit it claims to set, so the exception reaches L2's IDT instead of L1.
+ */
+export interface L1Variant {
+  readonly dropInterceptVector?: number;
+}
+
+export interface SvmFacts {
+  readonly switches: SvmSwitches;
+  readonly l1: L1Variant;
+}
+
+export function svmSkipReason(env: Pick<PropertyEnv, 'host' | 'options'>): string | null {
+  if (env.options.accel === 'tcg') return null;
   const kvm = env.host.kvm;
-  const host =
-    kvm.nested === true
-      ? 'this host offers nested virtualization'
-      : `this host's KVM offers guests no nested SVM (${kvm.vendorModules.includes('kvm_pvm') ? 'kvm_pvm gives guests no VMX/SVM' : `kvm.nested = ${String(kvm.nested)}`})`;
-  return `${host}, and the guest has no L1 (VMRUN, VMCB, intercepts) yet; the TCG-based nested runs are not built yet, so models/nested/svm.ts is checked by its unit tests only`;
+  if (kvm.nested === true) return null;
+  const why = kvm.vendorModules.includes('kvm_pvm') ? 'kvm_pvm gives guests no VMX/SVM' : `kvm.nested = ${String(kvm.nested)}`;
+  return `this host's KVM offers guests no nested SVM (${why}); run it under --accel tcg to check QEMU's SVM emulation with the same model`;
+}
+
+export function l2IdtOf(s: L2IdtSetup): DeliverySetup {
+  const gates: Record<number, GateSetup> = {};
+  for (let v = 0; v < 256; v++) gates[v] = v < 32 && ((s.notPresent >>> v) & 1) === 1 ? { ...GOOD_GATE, present: false } : GOOD_GATE;
+  return { idt: { limit: s.limit, gates, stack: OK_STACK }, cpl: 0 };
+}
+
+/** L2's state for an instruction (svm.c: L1's CR0/CR4, RFLAGS = 2 with TF set by the single-step code). */
+function contextOf(s: ExceptionStep): InstructionContext {
+  return {
+    cpl: 0,
+    cr0: { am: false, ts: false, mp: true },
+    cr4: { osxmmexcpt: true },
+    rflags: { ac: false, tf: s.instruction === 'single-step' },
+    ...(s.address === undefined || s.instruction === 'stack-load-non-canonical' ? {} : { address: s.address }),
+    ...(s.intVector === undefined ? {} : { intVector: s.intVector }),
+  };
+}
+
+export interface RunPrediction {
+  /** null: nothing happens; L2 runs to its VMMCALL. */
+  readonly outcome: NestedOutcome | null;
+  /**
+   * The RIP the event reports, as an offset into L2's code, where the model claims one: what L2's
+   * handler finds in its frame and, for an exit, the RIP the VMCB saves (SDM §6.5, APM §8.2: a
+   * fault reports its instruction, a trap the next; a fault while vectoring, the RIP the first
+   * event would have pushed; an EVENTINJ, the VMCB's RIP (and NextRIP, which svm.c sets to it)).
+   */
+  readonly ripOffset: number | null;
+  readonly chain: readonly DeliveryStep[];
+}
+
+export function predictRun(r: SvmRun, f: SvmFacts): RunPrediction {
+  const l2 = l2IdtOf(r.idt);
+  const intercepts = r.intercepts;
+  if (r.event.kind === 'eventinj') {
+    const res = deliverNested({ l2, intercepts, event: { kind: 'eventinj', eventInj: r.event.eventInj } }, f.switches);
+    const out = res.outcomes[0]!;
+    return { outcome: out, ripOffset: out.kind === 'shutdown' || (out.kind === 'vmexit' && out.exitCode === SVM_EXIT.SHUTDOWN) ? null : 0, chain: res.chain };
+  }
+  const step = r.event.step;
+  const raised: RaisedEvent | null = raisedBy(step.instruction, contextOf(step), f.switches.exceptions);
+  if (!raised) return { outcome: null, ripOffset: CODE_END, chain: [] };
+  const res = deliverNested({ l2, intercepts, event: { kind: 'raised', raised } }, f.switches);
+  const out = res.outcomes[0]!;
+  const enc = encodeStep(step);
+  // Whether delivering the first event faulted (not merely ended: entered, intercepted, shut down).
+  const ends = new Set(['raised', 'handler-entered', 'intercepted', 'shutdown-intercepted', 'shutdown-not-intercepted']);
+  const vectoringFaulted = res.chain.some((c) => !ends.has(c.rule));
+  const softwareInt = raised.source === 'software-int';
+  let ripOffset: number | null;
+  if (out.kind === 'shutdown' || (out.kind === 'vmexit' && out.exitCode === SVM_EXIT.SHUTDOWN)) ripOffset = null;
+  else if (step.instruction === 'single-step') ripOffset = enc.after; // the #DB trap: the NOP has completed
+  // An intercepted INT n or INT3: the manuals do not say which RIP the VMCB saves (KVM's
+  // bp_interception reads save.rip as the INT3's own address, where a pushed frame has the next).
+  else if (softwareInt && out.kind === 'vmexit' && !vectoringFaulted) ripOffset = null;
+  else if (softwareInt && !vectoringFaulted) ripOffset = enc.after; // delivered: INT n and INT3 are traps
+  else ripOffset = enc.at;
+  return { outcome: out, ripOffset, chain: res.chain };
+}
+
+function describeEvent(r: SvmRun): string {
+  if (r.event.kind === 'eventinj') {
+    const e = r.event.eventInj;
+    return `EVENTINJ ${e.type} ${hex(e.vector)}${e.errorCodeValid ? `(${hex(e.errorCode)})` : ''}`;
+  }
+  const s = r.event.step;
+  if (s.instruction === 'int-n') return `INT ${hex(s.intVector ?? 0)}`;
+  if (s.address !== undefined) return `${s.instruction} ${hex(s.address)}`;
+  return s.instruction;
+}
+
+function describeSetup(r: SvmRun): string {
+  const vecs = (bits: number) => Array.from({ length: 32 }, (_, v) => v).filter((v) => ((bits >>> v) & 1) === 1).map((v) => mnemonic(v)).join(',') || 'none';
+  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.npt ? '; NPT' : ''}`;
+}
+
+export function describeOutcome(o: NestedOutcome | null): string {
+  if (o === null) return 'no event (L2 reaches its VMMCALL)';
+  switch (o.kind) {
+    case 'handler':
+      return `L2's ${mnemonic(o.vector)} handler${o.errorCode === null ? '' : ` with error code ${hex(o.errorCode)}`}`;
+    case 'vmexit':
+      return `#VMEXIT(${hex(o.exitCode)})${o.exitInfo1 === null ? '' : ` EXITINFO1 ${hex(o.exitInfo1)}`}${o.exitIntInfo === null ? '' : ` EXITINTINFO ${hex(o.exitIntInfo)}`}`;
+    case 'shutdown':
+      return 'a shutdown of L1';
+  }
+}
+
+/** What one run did, read from its record. */
+export type ObservedOutcome =
+  | { readonly kind: 'l1-fault'; readonly vector: number; readonly errorCode: number }
+  | { readonly kind: 'invalid' }
+  | { readonly kind: 'none'; readonly exitRip: bigint }
+  | { readonly kind: 'handler'; readonly vector: number; readonly errorCode: number | null; readonly rip: bigint; readonly cr2: bigint; readonly entries: number }
+  | { readonly kind: 'vmexit'; readonly exitCode: number; readonly exitInfo1: bigint; readonly exitInfo2: bigint; readonly exitIntInfo: bigint; readonly exitRip: bigint };
+
+export function observedOf(rec: RecordOf<'svmRun'>): ObservedOutcome {
+  const f = rec.fields;
+  if (rec.faultVector !== null && rec.faultVector !== NO_FAULT) return { kind: 'l1-fault', vector: rec.faultVector, errorCode: rec.errorCode };
+  if (f.exitCode === SVM_EXIT_INVALID || f.exitCode === SVM_EXIT_INVALID_U32) return { kind: 'invalid' };
+  if (f.exitCode === BigInt(SVM_EXIT_VMMCALL)) {
+    if (f.entries === 0n) return { kind: 'none', exitRip: f.exitRip };
+    return { kind: 'handler', vector: Number(f.vector), errorCode: f.hasErrorCode ? Number(f.errorCode) : null, rip: f.handlerRip, cr2: f.handlerCr2, entries: Number(f.entries) };
+  }
+  return { kind: 'vmexit', exitCode: Number(f.exitCode), exitInfo1: f.exitInfo1, exitInfo2: f.exitInfo2, exitIntInfo: f.exitIntInfo, exitRip: f.exitRip };
+}
+
+function describeObserved(o: ObservedOutcome): string {
+  switch (o.kind) {
+    case 'l1-fault':
+      return `L1 took ${mnemonic(o.vector)}(${hex(o.errorCode)}) running VMRUN`;
+    case 'invalid':
+      return '#VMEXIT(INVALID): the VMCB failed VMRUN\'s checks';
+    case 'none':
+      return 'no event (L2 reached its VMMCALL)';
+    case 'handler':
+      return `L2's ${o.vector < 32 ? mnemonic(o.vector) : `vector ${hex(o.vector)}`} handler${o.errorCode === null ? '' : ` with error code ${hex(o.errorCode)}`}`;
+    case 'vmexit':
+      return `#VMEXIT(${hex(o.exitCode)}) EXITINFO1 ${hex(o.exitInfo1)} EXITINTINFO ${hex(o.exitIntInfo)}`;
+  }
+}
+
+export interface JudgedRun {
+  readonly index: number;
+  readonly run: SvmRun;
+  readonly predicted: RunPrediction;
+  readonly record?: RecordOf<'svmRun'>;
+}
+
+export interface SvmObservation {
+  readonly c: SvmCase;
+  readonly runs: readonly JudgedRun[];
+  readonly threadState: number;
+  readonly recordCount: number;
+}
+
+type Recorded = JudgedRun & { readonly record: RecordOf<'svmRun'>; readonly seen: ObservedOutcome };
+
+function* recorded(o: SvmObservation): Iterable<Recorded> {
+  for (const j of o.runs) if (j.record) yield { ...j, record: j.record, seen: observedOf(j.record) } as Recorded;
+}
+
+const where = (j: JudgedRun) => `run ${j.index} ${describeEvent(j.run)} (${describeSetup(j.run)})`;
+const extras = (j: Recorded) => ({
+  witness: { runs: [j.run] } satisfies SvmCase,
+  evidence: {
+    chain: j.predicted.chain.map((c) => `${c.rule}: ${c.summary}`),
+    op: Object.fromEntries(Object.entries(svmRunOp(j.run)).map(([k, v]) => [k, typeof v === 'bigint' ? hex(v) : v])),
+    record: { faultVector: j.record.faultVector, errorCode: hex(j.record.errorCode), ...Object.fromEntries(Object.entries(j.record.fields).map(([k, v]) => [k, hex(v as bigint | number)])) },
+    ...(j.record.fields.exitIntInfo !== 0n ? { exitIntInfoDecoded: safeDecode(j.record.fields.exitIntInfo) } : {}),
+  },
+});
+
+function safeDecode(bits: bigint): unknown {
+  try {
+    return decodeEventInj(bits);
+  } catch (e) {
+    return String(e);
+  }
+}
+
+/** Which place the event ended up in: "none", "L2 handler N", "exit 0xNN", "L1 shutdown". */
+function placeOf(o: NestedOutcome | null): string {
+  if (o === null) return 'none';
+  if (o.kind === 'handler') return `handler ${o.vector}`;
+  if (o.kind === 'vmexit') return `exit ${hex(o.exitCode)}`;
+  return 'L1 shutdown';
+}
+function placeSeen(o: ObservedOutcome): string {
+  switch (o.kind) {
+    case 'none': return 'none';
+    case 'handler': return `handler ${o.vector}`;
+    case 'vmexit': return `exit ${hex(o.exitCode)}`;
+    default: return o.kind;
+  }
+}
+
+function* vmrunRule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    if (j.seen.kind !== 'l1-fault' && j.seen.kind !== 'invalid') continue;
+    yield difference(`${where(j)}: ${describeObserved(j.seen)}`, 'VMRUN enters L2', describeObserved(j.seen), extras(j));
+  }
+}
+
+function* placeRule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    if (j.seen.kind === 'l1-fault' || j.seen.kind === 'invalid') continue;
+    const want = placeOf(j.predicted.outcome);
+    const got = placeSeen(j.seen);
+    if (want === got) continue;
+    yield difference(`${where(j)}: ${describeObserved(j.seen)}, the model predicts ${describeOutcome(j.predicted.outcome)}`, { outcome: want }, { outcome: got }, extras(j));
+  }
+}
+
+/** Error code of an L2 handler entry, EXITINFO1/EXITINFO2 of an exit, where the model claims them. */
+function* errorCodeRule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    const p = j.predicted.outcome;
+    const s = j.seen;
+    if (p?.kind === 'handler' && s.kind === 'handler' && s.vector === p.vector && s.errorCode !== p.errorCode) {
+      yield difference(`${where(j)}: L2's ${mnemonic(p.vector)} handler found error code ${describeErrorCode(p.vector, s.errorCode)}, the model predicts ${describeErrorCode(p.vector, p.errorCode)}`, { errorCode: p.errorCode }, { errorCode: s.errorCode }, extras(j));
+    }
+    if (p?.kind === 'vmexit' && s.kind === 'vmexit' && s.exitCode === p.exitCode) {
+      if (p.exitInfo1 !== null && s.exitInfo1 !== p.exitInfo1) {
+        const vec = p.exitCode - SVM_EXIT.EXCP_BASE;
+        const code = (v: bigint) => (v <= 0xffff_ffffn ? describeErrorCode(vec, Number(v)) : hex(v));
+        yield difference(`${where(j)}: #VMEXIT(${hex(p.exitCode)}) EXITINFO1 ${code(s.exitInfo1)}, the model predicts ${code(p.exitInfo1)}`, { exitInfo1: hex(p.exitInfo1) }, { exitInfo1: hex(s.exitInfo1) }, extras(j));
+      }
+      if (p.exitInfo2 !== null && s.exitInfo2 !== p.exitInfo2) {
+        yield difference(`${where(j)}: #VMEXIT(${hex(p.exitCode)}) EXITINFO2 ${hex(s.exitInfo2)}, the model predicts ${hex(p.exitInfo2)}`, { exitInfo2: hex(p.exitInfo2) }, { exitInfo2: hex(s.exitInfo2) }, extras(j));
+      }
+    }
+  }
+}
+
+const EXITINTINFO_V = 1n << 31n;
+
+/**
+ * EXITINTINFO in full when the model predicts an event (V = 1); when it predicts none, only V = 0:
+ * the APM defines the other bits only for a valid entry (§15.7.2: "V—Valid. Set to 1 if an event
+ * was being delivered"; the rest describe that event).
+ */
+function* exitIntInfoRule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    const p = j.predicted.outcome;
+    const s = j.seen;
+    if (p?.kind !== 'vmexit' || s.kind !== 'vmexit' || s.exitCode !== p.exitCode || p.exitIntInfo === null) continue;
+    if ((p.exitIntInfo & EXITINTINFO_V) === 0n ? (s.exitIntInfo & EXITINTINFO_V) === 0n : s.exitIntInfo === p.exitIntInfo) continue;
+    yield difference(`${where(j)}: #VMEXIT(${hex(p.exitCode)}) EXITINTINFO ${hex(s.exitIntInfo)}, the model predicts ${hex(p.exitIntInfo)}`, { exitIntInfo: hex(p.exitIntInfo) }, { exitIntInfo: hex(s.exitIntInfo) }, extras(j));
+  }
+}
+
+function* cr2Rule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    const p = j.predicted.outcome;
+    const s = j.seen;
+    if (p?.kind !== 'handler' || s.kind !== 'handler' || s.vector !== p.vector || p.cr2 === undefined || s.cr2 === p.cr2) continue;
+    yield difference(`${where(j)}: L2's #PF handler read CR2 ${hex(s.cr2)}, the model predicts ${hex(p.cr2)}`, { cr2: hex(p.cr2) }, { cr2: hex(s.cr2) }, extras(j));
+  }
+}
+
+function* ripRule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    const want = j.predicted.ripOffset;
+    if (want === null || placeOf(j.predicted.outcome) !== placeSeen(j.seen)) continue;
+    const s = j.seen;
+    const rip = s.kind === 'handler' ? s.rip : s.kind === 'vmexit' || s.kind === 'none' ? s.exitRip : null;
+    if (rip === null) continue;
+    const offset = rip - j.record.fields.codeBase;
+    if (offset === BigInt(want)) continue;
+    const what = s.kind === 'handler' ? "the RIP in L2's frame" : "L2's RIP in the VMCB";
+    yield difference(`${where(j)}: ${what} is code + ${offset}, the model predicts code + ${want}`, { ripOffset: want }, { rip: hex(rip), codeBase: hex(j.record.fields.codeBase) }, extras(j));
+  }
+}
+
+function* oneEntryRule(o: SvmObservation): Iterable<Difference> {
+  for (const j of recorded(o)) {
+    if (j.seen.kind !== 'handler' || j.seen.entries === 1) continue;
+    yield difference(`${where(j)}: L2's handlers were entered ${j.seen.entries} times`, { entries: 1 }, { entries: j.seen.entries }, extras(j));
+  }
+}
+
+function* continuesRule(o: SvmObservation): Iterable<Difference> {
+  const missing = o.runs.find((j) => !j.record);
+  if (missing) {
+    yield difference(`${where(missing)}: no record (L1 did not go on after run ${missing.index - 1})`, { records: o.runs.length }, { records: o.recordCount });
+  } else if (o.recordCount !== o.runs.length) {
+    yield difference(`${o.recordCount} records for ${o.runs.length} L2 runs`, { records: o.runs.length }, { records: o.recordCount });
+  } else if (o.threadState !== THREAD_STATE.done) {
+    yield difference(`L1's thread ended in state ${o.threadState} after its last L2 run`, { state: THREAD_STATE.done }, { state: o.threadState });
+  }
+}
+
+export function l1VariantOf(env: PropertyEnv): L1Variant {
+  return (env.mutant?.modelVariant?.nestedL1 ?? {}) as L1Variant;
+}
+
+/** The op L1 really runs: the case's, unless the mutant's L1 drops an intercept bit. */
+function opsFor(c: SvmCase, l1: L1Variant) {
+  const ops = svmCaseOps(c);
+  const v = l1.dropInterceptVector;
+  if (v === undefined) return ops;
+  return ops.map((op) => (op.op === 'svmRun' ? { ...op, exceptions: (op.exceptions & ~(1 << v)) >>> 0 } : op));
+}
+
+function countMetrics(env: PropertyEnv, j: JudgedRun): void {
+  env.metrics.add('l2Runs');
+  const p = j.predicted.outcome;
+  if (j.run.event.kind === 'eventinj') env.metrics.add('eventInjections');
+  if (p?.kind === 'vmexit') env.metrics.add(p.exitCode === SVM_EXIT.SHUTDOWN ? 'shutdownExits' : 'vmexits');
+  if (p?.kind === 'handler') env.metrics.add('l2HandlerEntries');
+  for (const step of j.predicted.chain) {
+    if (step.rule === 'triple-fault') env.metrics.add('tripleFaults');
+    if (step.rule !== 'double-fault') continue;
+    env.metrics.add('doubleFaults');
+    // "contributory #SS(..) then contributory #GP(..): #DF" → df.contributory+contributory
+    const m = /^(\S+) .* then (\S+) /.exec(step.summary);
+    if (m) env.metrics.add(`df.${m[1]}+${m[2]}`);
+  }
+  const v = firstVectorOf(j.run.event);
+  if (v !== null && v < 32) {
+    env.metrics.add(`class.${vectorInfo(v).defaultClass}`);
+    env.metrics.add(((j.run.intercepts.exceptions >>> v) & 1) === 1 ? 'intercept.own-vector' : 'intercept.not-own-vector');
+  }
+  if (j.run.idt.limit !== FULL_IDT_LIMIT) env.metrics.add(j.run.idt.limit === 0 ? 'idt.empty' : 'idt.cut');
+  if (j.run.idt.notPresent !== 0) env.metrics.add('idt.not-present-gates');
+  if (j.run.npt) env.metrics.add('npt');
+}
+
+export async function observeSvm(c: SvmCase, f: SvmFacts, env: PropertyEnv): Promise<Observation<SvmObservation>> {
+  const run = await observeProgram(env, { threads: [opsFor(c, f.l1)], canary: DEFAULT_CANARY, ring0: true }, { role: 'workload' });
+  if (!run.ok) return run;
+  const records = recordsOf(run.value.records[0] ?? [], 'svmRun');
+  const runs = c.runs.map((r, index) => {
+    const record = records.find((x) => x.opIndex === index);
+    return { index, run: r, predicted: predictRun(r, f), ...(record ? { record } : {}) };
+  });
+  env.metrics.add('svmCases');
+  for (const j of runs) countMetrics(env, j);
+  return { ok: true, value: { c, runs, threadState: Number(run.value.vm.threads[0]?.status.state ?? -1n), recordCount: (run.value.records[0] ?? []).length } };
 }
 
 export const svmDelivery = defineProperty({
   id: 'nested.svm.delivery',
   family: 'nested',
   statement:
-    "An exception in an SVM guest (L2) reaches L1 as the #VMEXIT its intercepts select (exit code, EXITINFO1/2, EXITINTINFO), or L2's own handler, or #DF/shutdown, as models/nested/svm.ts predicts",
+    "An event in an SVM guest (L2) — an exception an instruction raises or an EVENTINJ — ends in exactly the place models/nested/svm.ts predicts: L2's own handler (vector, error code, RIP, CR2) or one #VMEXIT to L1 (EXITCODE, EXITINFO1/2, EXITINTINFO, RIP), #DF and SHUTDOWN included; L1 goes on after each",
   skip: svmSkipReason,
-  facts: async () => null,
-  arbitrary: () => fc.constant(null),
-  observe: async () => {
-    throw new Error('nested.svm.delivery has no observation yet: it always skips');
-  },
-  rules: [],
+  facts: async (env: PropertyEnv): Promise<SvmFacts> => ({ switches: APM_SVM, l1: l1VariantOf(env) }),
+  arbitrary: (): fc.Arbitrary<SvmCase> => svmCaseArb(),
+  examples: () => [KVM_NESTED_EXCEPTIONS_CASE],
+  observe: observeSvm,
+  rules: [
+    rule('L1 runs VMRUN', vmrunRule),
+    rule('the event ends where the model predicts (L2 handler, #VMEXIT code, none)', placeRule),
+    rule('error code / EXITINFO1 / EXITINFO2 as the model predicts', errorCodeRule),
+    rule('EXITINTINFO as the model predicts', exitIntInfoRule),
+    rule('CR2 as the model predicts (L2 #PF handler)', cr2Rule),
+    rule('RIP as the model predicts', ripRule),
+    rule('exactly one L2 handler entry', oneEntryRule),
+    rule('L1 goes on after each L2 run', continuesRule),
+  ],
 });
+

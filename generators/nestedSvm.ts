@@ -1,0 +1,206 @@
+/**
+ * Nested SVM cases: a short sequence (1–4) of L2 runs, each one VMRUN of the guest's L1 (the
+ * svmRun op, harness/guest/src/svm.c) with its own VMCB: L1's intercepts, L2's IDT set-up and one
+ * event — an instruction in L2 from the single-level set (at CPL 0), or an EVENTINJ.
+ *
+ * L2's IDT is 256 good gates (DPL 0, IST 0) with an IDTR limit (full, empty as in KVM's
+ * nested_exceptions_test, or cut below some vector) and some gates of vectors 0–31 not present,
+ * so that delivery itself faults: #GP(vector·8 | 2 | EXT) beyond the limit, #NP(vector·8 | 2 | EXT)
+ * for a not-present gate, and the #DF and triple fault that follow when those gates are missing too.
+ * The vectors the set-ups and intercepts pick are drawn mostly from the ones that matter to the
+ * event (its own vector, #DF, #NP, #GP, #SS, #PF), so the interesting combinations are common.
+ *
+ * What L1 cannot do yet, so the generator leaves out: SHUTDOWN not intercepted (the whole VM would
+ * shut down: l2ShutdownWithoutIntercept), L2 at CPL 3, bad stacks (TSS/IST set-ups), NMI and INTR
+ * intercepts with real interrupts (L2 runs with IF = 0 and nothing interrupts it).
+ */
+import fc from 'fast-check';
+import type { Op } from '../ir/ops.js';
+import { vectorInfo } from '../models/nested/classes.js';
+import { encodeEventInj, type EventInj } from '../models/nested/svm.js';
+import { encodeStep, execOp, nonCanonicalAddressArb, stackOffsetArb, unmappedAddressArb, type ExceptionStep, type SingleLevelInstruction } from './nested.js';
+
+/** What L2 runs: single-level instructions at CPL 0 (mov-from-cr raises nothing there: a run with no event). */
+export const L2_INSTRUCTIONS = [
+  'div-by-zero',
+  'ud2',
+  'into-64',
+  'int3',
+  'int-n',
+  'single-step',
+  'sse-unmasked',
+  'load-non-canonical',
+  'stack-load-non-canonical',
+  'mov-from-cr-unprivileged',
+  'load-unmapped',
+  'store-unmapped',
+] as const satisfies readonly SingleLevelInstruction[];
+
+export type L2Instruction = (typeof L2_INSTRUCTIONS)[number];
+
+export interface L2IdtSetup {
+  /** IDTR.limit. */
+  readonly limit: number;
+  /** Bit v (0–31): the gate of vector v has P = 0. */
+  readonly notPresent: number;
+}
+
+export interface L1Intercepts {
+  /** Exception intercept vector (bit n: vector n). */
+  readonly exceptions: number;
+  readonly shutdown: boolean;
+  readonly intn: boolean;
+}
+
+export type L2Event = { readonly kind: 'instruction'; readonly step: ExceptionStep } | { readonly kind: 'eventinj'; readonly eventInj: EventInj };
+
+export interface SvmRun {
+  readonly intercepts: L1Intercepts;
+  readonly idt: L2IdtSetup;
+  readonly npt: boolean;
+  readonly event: L2Event;
+}
+
+export interface SvmCase {
+  readonly runs: readonly SvmRun[];
+}
+
+export const FULL_IDT_LIMIT = 0xfff;
+
+const FLAG_SHUTDOWN = 1;
+const FLAG_INTN = 2;
+const FLAG_NPT = 4;
+
+/** The NOP-only code of an EVENTINJ run: the event is delivered before L2's first instruction. */
+const NOPS: readonly number[] = [];
+
+export function svmRunOp(r: SvmRun): Op {
+  const bytes = r.event.kind === 'instruction' ? encodeStep(r.event.step).bytes : NOPS;
+  const exec = execOp(bytes) as Extract<Op, { op: 'exec' }>;
+  return {
+    op: 'svmRun',
+    lo: exec.lo,
+    hi: exec.hi,
+    eventInj: r.event.kind === 'eventinj' ? encodeEventInj(r.event.eventInj) : 0n,
+    exceptions: r.intercepts.exceptions >>> 0,
+    idtNotPresent: r.idt.notPresent >>> 0,
+    idtLimit: r.idt.limit,
+    flags: (r.intercepts.shutdown ? FLAG_SHUTDOWN : 0) | (r.intercepts.intn ? FLAG_INTN : 0) | (r.npt ? FLAG_NPT : 0),
+  };
+}
+
+export const svmCaseOps = (c: SvmCase): Op[] => c.runs.map(svmRunOp);
+
+// ---------------------------------------------------------------------------------------------
+// The arbitrary
+
+function stepArb(instruction: L2Instruction): fc.Arbitrary<ExceptionStep> {
+  switch (instruction) {
+    case 'int-n':
+      return fc.integer({ min: 0, max: 255 }).map((intVector) => ({ instruction, intVector }));
+    case 'load-non-canonical':
+      return nonCanonicalAddressArb.map((address) => ({ instruction, address }));
+    case 'stack-load-non-canonical':
+      return stackOffsetArb.map((address) => ({ instruction, address }));
+    case 'load-unmapped':
+    case 'store-unmapped':
+      return unmappedAddressArb().map((address) => ({ instruction, address }));
+    default:
+      return fc.constant({ instruction });
+  }
+}
+
+const EXCEPTION_VECTORS = Array.from({ length: 32 }, (_, v) => v).filter((v) => v !== 2 && vectorInfo(v).kind !== 'reserved');
+
+/** EVENTINJ: an exception (EV where the vector pushes an error code), a software interrupt, an external interrupt or an NMI. */
+export const eventInjArb: fc.Arbitrary<EventInj> = fc.oneof(
+  { weight: 6, arbitrary: fc.constantFrom(...EXCEPTION_VECTORS).chain((vector) =>
+      (vectorInfo(vector).pushesErrorCode ? fc.oneof(fc.constant(0), fc.constant(0xdeadbeef), fc.nat()) : fc.constant(null)).map((code): EventInj => ({
+        vector, type: 'exception', errorCodeValid: code !== null, errorCode: code ?? 0,
+      })),
+    ) },
+  { weight: 2, arbitrary: fc.integer({ min: 0, max: 255 }).map((vector): EventInj => ({ vector, type: 'soft-int', errorCodeValid: false, errorCode: 0 })) },
+  { weight: 1, arbitrary: fc.integer({ min: 32, max: 255 }).map((vector): EventInj => ({ vector, type: 'ext-intr', errorCodeValid: false, errorCode: 0 })) },
+  { weight: 1, arbitrary: fc.constant<EventInj>({ vector: 2, type: 'nmi', errorCodeValid: false, errorCode: 0 }) },
+);
+
+export const l2EventArb: fc.Arbitrary<L2Event> = fc.oneof(
+  { weight: 3, arbitrary: fc.constantFrom(...L2_INSTRUCTIONS).chain(stepArb).map((step): L2Event => ({ kind: 'instruction', step })) },
+  { weight: 2, arbitrary: eventInjArb.map((eventInj): L2Event => ({ kind: 'eventinj', eventInj })) },
+);
+
+/** The vectors that matter to delivery faults: the ones nested faults land on. */
+const FAULT_VECTORS = [8, 10, 11, 12, 13, 14] as const;
+
+const bitsOf = (vectors: readonly number[]): number => vectors.reduce((m, v) => (v < 32 ? (m | (1 << v)) >>> 0 : m), 0);
+
+/** The vector an event would be delivered through first (for biasing set-ups and intercepts towards it). */
+export function firstVectorOf(e: L2Event): number | null {
+  if (e.kind === 'eventinj') return e.eventInj.vector;
+  switch (e.step.instruction) {
+    case 'div-by-zero': return 0;
+    case 'single-step': return 1;
+    case 'int3': return 3;
+    case 'int-n': return e.step.intVector ?? null;
+    case 'ud2': case 'into-64': return 6;
+    case 'stack-load-non-canonical': return 12;
+    case 'load-non-canonical': return 13;
+    case 'load-unmapped': case 'store-unmapped': return 14;
+    case 'sse-unmasked': return 19;
+    case 'mov-from-cr-unprivileged': return null;
+  }
+}
+
+function vectorSetArb(own: number | null): fc.Arbitrary<number> {
+  const pool = [...new Set([...(own !== null && own < 32 ? [own] : []), ...FAULT_VECTORS])];
+  return fc.oneof(
+    { weight: 2, arbitrary: fc.constant(0) },
+    { weight: 5, arbitrary: fc.subarray(pool, { minLength: 1 }).map(bitsOf) },
+    { weight: 1, arbitrary: fc.nat({ max: 0xffff_ffff }) },
+  );
+}
+
+function idtArb(own: number | null): fc.Arbitrary<L2IdtSetup> {
+  const limit = fc.oneof(
+    { weight: 5, arbitrary: fc.constant(FULL_IDT_LIMIT) },
+    { weight: 2, arbitrary: fc.constant(0) },
+    // Cut so that the gate of vector v is the first one beyond the limit (or partly beyond it).
+    { weight: 2, arbitrary: fc.tuple(fc.integer({ min: 1, max: 32 }), fc.integer({ min: 1, max: 16 })).map(([v, k]) => 16 * v - k) },
+  );
+  return fc.record({ limit, notPresent: vectorSetArb(own) });
+}
+
+function interceptsArb(own: number | null): fc.Arbitrary<L1Intercepts> {
+  return fc.record({ exceptions: vectorSetArb(own), shutdown: fc.constant(true), intn: fc.boolean() });
+}
+
+export const svmRunArb: fc.Arbitrary<SvmRun> = l2EventArb.chain((event) => {
+  const own = firstVectorOf(event);
+  return fc.record({ intercepts: interceptsArb(own), idt: idtArb(own), npt: fc.boolean(), event: fc.constant(event) });
+});
+
+export function svmCaseArb(opts: { readonly maxRuns?: number } = {}): fc.Arbitrary<SvmCase> {
+  return fc.record({ runs: fc.array(svmRunArb, { minLength: 1, maxLength: opts.maxRuns ?? 4 }) });
+}
+
+// ---------------------------------------------------------------------------------------------
+// KVM's nested_exceptions_test, as L2 runs
+
+const SS_0XDEADBEEF: EventInj = { vector: 12, type: 'exception', errorCodeValid: true, errorCode: 0xdeadbeef };
+const EMPTY_IDT: L2IdtSetup = { limit: 0, notPresent: 0 };
+const bits = (...v: number[]) => bitsOf(v);
+
+/**
+ * tools/testing/selftests/kvm/x86/nested_exceptions_test.c (l1_svm_code), as our L1 can run it:
+ * L2 with an empty IDT, SHUTDOWN intercepted. KVM queues its first #SS as *pending* (0xdeadbeef
+ * via KVM_SET_VCPU_EVENTS), which an L1 cannot do; here an instruction raises that #SS (error
+ * code 0). The other three inject #SS(0xdeadbeef) with EVENTINJ: intercepting #GP gives #GP(0x62)
+ * (vector·8 | IDT); without #GP, #DF(0); without #DF, the triple fault's SHUTDOWN exit.
+ */
+const KVM_RUNS: readonly SvmRun[] = [
+    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'instruction', step: { instruction: 'stack-load-non-canonical', address: 1n << 63n } } },
+    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+    { intercepts: { exceptions: bits(12, 8), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+    { intercepts: { exceptions: bits(12), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+];
+export const KVM_NESTED_EXCEPTIONS_CASE: SvmCase = Object.freeze({ runs: KVM_RUNS });
