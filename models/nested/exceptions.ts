@@ -318,6 +318,19 @@ export function describeEvent(e: VectoredEvent): string {
 
 export const hex = (n: number | bigint): string => `0x${n.toString(16)}`;
 
+/** Selector-format error codes (#TS, #NP, #SS, #GP): EXT bit 0, IDT bit 1, TI bit 2, index 15:3 (SDM §6.13, APM §8.4.1). */
+const SELECTOR_ERROR_VECTORS = new Set([10, 11, 12, 13]);
+
+/**
+ * An error code as a reader wants it: hex, and for a selector-format code with IDT set, the IDT
+ * vector it names — `0x62 (IDT vector 0xc)`, `0x13 (IDT vector 0x2, EXT)`.
+ */
+export function describeErrorCode(vector: number, code: number | null): string {
+  if (code === null) return 'none';
+  if (!SELECTOR_ERROR_VECTORS.has(vector) || (code & 2) === 0) return hex(code);
+  return `${hex(code)} (IDT vector ${hex((code & 0xffff) >>> 3)}${code & 1 ? ', EXT' : ''})`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Outcomes and the chain
 
