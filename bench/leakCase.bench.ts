@@ -12,13 +12,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { execa } from 'execa';
 import { cpuidOps, queryCount, type CpuidWorkload } from '../generators/cpuid.js';
 import { deviceReadOps, mmioLimit, type DeviceReadWorkload } from '../generators/deviceReads.js';
-import { DEFAULT_CANARY, type Program } from '../ir/program.js';
-import { encodeProgram } from '../harness/bytecode.js';
-import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
-import { qemuArgs, type MachineConfig } from '../harness/vm.js';
+import { DEFAULT_CANARY } from '../ir/program.js';
 import fc from 'fast-check';
 import { buildFromCommands, savedCase } from '../generators/commands.js';
 import { emptySchedule, type TimerSchedule } from '../generators/timers.js';
@@ -26,12 +22,8 @@ import { lapicSchedule } from '../suites/timers/lapic.js';
 import type { TimerFacts } from '../suites/timers/clock.js';
 import { cpuidRules } from '../suites/leaks/cpuid.js';
 import { accessCount, deviceReadsDefinedBytes } from '../suites/leaks/deviceReads.js';
-import { machineConfig, PROJECT_ROOT } from '../suites/lib/options.js';
-import type { AnyProperty, PropertyEnv } from '../suites/lib/property.js';
-import { checkCase } from '../suites/lib/runner.js';
-import { benchEnv, rawQemuArgs } from './env.js';
-import { Waiver } from '../suites/lib/waive.js';
-import { loadDeviations } from '../reports/deviations.js';
+import { PROJECT_ROOT } from '../suites/lib/options.js';
+import { benchCases, benchEnv, type BenchCase } from './env.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 7);
@@ -70,58 +62,13 @@ const DEVICE_CASE: DeviceReadWorkload = {
   ],
 };
 
-interface Case {
-  readonly name: string;
-  readonly property: AnyProperty;
-  readonly workload: unknown;
-  readonly program: Program;
-  /** What the rate counts: CPUID queries or device accesses. */
-  readonly unit: string;
-  readonly units: number;
-  readonly cpus: number;
-  /** The machine the property's VMs run (timers: KVM's irqchip, microvm's RTC and PIT, the TSC rate). */
-  readonly config?: Partial<MachineConfig>;
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-async function timeHarness(c: Case, facts: unknown, env: PropertyEnv): Promise<number> {
-  // The host's known deviations are waived, as in a run.
-  const waiver = new Waiver(loadDeviations(env.options.deviations), c.property.id, env.host, { accel: env.options.accel, machine: env.options.machine });
-  const t = performance.now();
-  const f = await checkCase(c.property, c.workload, facts, env, waiver);
-  const ms = performance.now() - t;
-  if (f) throw new Error(`${c.name}: the case failed (${f.rule}): ${f.difference.summary}`);
-  return ms;
-}
-
-/** The same VM without the harness: same binary, same program, same RAM file, no QMP, no -S. */
-async function timeRaw(c: Case, env: PropertyEnv): Promise<number> {
-  const image = encodeProgram(c.program);
-  const cfg = machineConfig(env.options, { ...c.config, cpus: c.cpus, ramMiB: Math.max(64, image.minRamMiB) });
-  const dir = await createPrivateDir('bench-raw');
-  try {
-    const program = join(dir, 'program.bin');
-    writeFileSync(program, image.image);
-    const all = qemuArgs(cfg, { kernel: env.guestElf, ram: join(dir, 'ram'), qmpSocket: join(dir, 'unused.sock'), program });
-    const args = rawQemuArgs(all);
-    const t = performance.now();
-    const r = await execa(cfg.qemu, args, { reject: false, stdin: 'ignore' });
-    const ms = performance.now() - t;
-    if (r.exitCode !== 33) throw new Error(`${c.name}: raw QEMU exited ${r.exitCode}: ${r.stderr.slice(0, 300)}`);
-    return ms;
-  } finally {
-    await removePrivateDir(dir);
-  }
-}
-
 async function main(): Promise<void> {
   const { base, env } = await benchEnv(OUT);
   const cpuidFacts = await cpuidRules.facts(env);
   const deviceFacts = await deviceReadsDefinedBytes.facts(env);
   const cpuidOpsList = cpuidOps({ ...CPUID_CASE });
   const deviceOps = deviceReadOps(DEVICE_CASE);
-  const cases: { c: Case; facts: unknown }[] = [
+  const cases: BenchCase[] = [
     {
       facts: cpuidFacts,
       c: {
@@ -165,38 +112,7 @@ async function main(): Promise<void> {
       config: timerFacts.machine,
     },
   });
-  const report: Record<string, unknown>[] = [];
-  for (const { c, facts } of cases) {
-    // The rules case runs 6,656 queries per vCPU with repeat 2 in the raw program; the property
-    // itself runs the same ops (cpuidOps), so both sides execute the same guest work.
-    const harness: number[] = [];
-    const raw: number[] = [];
-    await timeHarness(c, facts, env); // warm caches (page cache, tsx, JIT)
-    await timeRaw(c, env);
-    for (let r = 0; r < ROUNDS; r++) {
-      harness.push(await timeHarness(c, facts, env));
-      raw.push(await timeRaw(c, env));
-    }
-    const h = median(harness);
-    const w = median(raw);
-    const row = {
-      case: c.name,
-      rounds: ROUNDS,
-      units: c.units,
-      unit: c.unit,
-      harnessMsMedian: Math.round(h),
-      rawMsMedian: Math.round(w),
-      ratio: Number((h / w).toFixed(3)),
-      endToEndPerSecond: Math.round((c.units / h) * 1000),
-      rawPerSecond: Math.round((c.units / w) * 1000),
-      harnessMs: harness.map(Math.round),
-      rawMs: raw.map(Math.round),
-    };
-    report.push(row);
-    process.stdout.write(
-      `${c.name}: ${c.units} ${c.unit}; harness ${row.harnessMsMedian} ms vs raw boot-to-exit ${row.rawMsMedian} ms (median of ${ROUNDS}) → ratio ${row.ratio}; end to end ${row.endToEndPerSecond} ${c.unit}/s (raw ${row.rawPerSecond}/s)\n`,
-    );
-  }
+  const report = await benchCases(cases, env, ROUNDS);
   mkdirSync(dirname(OUT), { recursive: true });
   writeFileSync(OUT, JSON.stringify({ host: base.host.kernel.release, qemu: base.host.qemu.version, measuredAt: new Date().toISOString(), cases: report }, null, 2) + '\n');
   process.stdout.write(`written: ${OUT}\n`);
