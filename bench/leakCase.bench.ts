@@ -27,7 +27,7 @@ import { benchCases, benchEnv, type BenchCase } from './env.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 7);
-const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench.json');
+const OUT = values.out ?? join(PROJECT_ROOT, 'bench', 'results', 'bench.json');
 
 /** A CPUID case across every range: 6,656 queries on each of 2 vCPUs, at CPL 0 as leaks.cpuid.rules asks them. */
 const CPUID_CASE: CpuidWorkload = {

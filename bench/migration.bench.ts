@@ -35,7 +35,7 @@ import { migrationSwitchover } from '../suites/migration/properties.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 5);
-const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench-migration.json');
+const OUT = values.out ?? join(PROJECT_ROOT, 'bench', 'results', 'bench-migration.json');
 
 /** 64 MiB, one vCPU rewriting 256 pages (1 MiB) with MOV as fast as it can and watching TSC and kvmclock, a deadline 50 ms out, dirty bitmap, plain precopy. */
 const CASE: MigrationCase = {

@@ -20,7 +20,7 @@ import { benchCases, benchEnv, type BenchCase } from './env.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, out: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 7);
-const OUT = values.out ?? join(PROJECT_ROOT, 'results', 'bench-nested.json');
+const OUT = values.out ?? join(PROJECT_ROOT, 'bench', 'results', 'bench-nested.json');
 
 /** Exceptions this host's KVM delivers right at CPL 3 (the family's kvm_pvm findings avoided). */
 const SINGLE: SingleLevelCase = {
