@@ -64,7 +64,10 @@ describe('singleLevelCaseArb', () => {
 });
 
 describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
-  const vectors = (name: string) => SINGLE_LEVEL_EXAMPLES[name]!.steps.map((s) => predictStep(s, SINGLE_LEVEL_EXAMPLES[name]!.cpl, facts).entry?.vector ?? null);
+  const vectors = (name: string) => {
+    const c = SINGLE_LEVEL_EXAMPLES[name]!;
+    return c.steps.map((s) => predictStep(s, c.cpl, facts, c.alignmentCheck ?? false).entry?.vector ?? null);
+  };
   it('one fixed case per vector', () => {
     expect(vectors('#DE')).toEqual([0]);
     expect(vectors('#DB')).toEqual([1]);
@@ -74,6 +77,8 @@ describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
     expect(vectors('#GP')).toEqual([13, 13, 13, 13]);
     expect(vectors('#PF')).toEqual([14, 14, 14]);
     expect(vectors('#XM')).toEqual([19]);
+    expect(vectors('#AC')).toEqual([17]);
+    expect(vectors('no #AC without CR0.AM')).toEqual([null]);
     expect(vectors('INT n at CPL 0')).toEqual([0, 31, null]);
     expect(vectors('#PF at CPL 0')).toEqual([14, 14]);
   });

@@ -13,8 +13,10 @@
  * What the guest runtime cannot do, so the generator leaves out:
  *  - hlt-unprivileged: main.c emulate_for_user takes a CPL-3 HLT's #GP and performs the HLT (with
  *    IF = 0, forever); RDMSR/WRMSR/CLI/STI at CPL 3 likewise, so no #GP reaches the op's catch;
- *  - misaligned-load (#AC): the guest never sets CR0.AM, so no #AC can arise (the model predicts
- *    none; a case would only check that nothing happens);
+ *  - misaligned-load runs with RFLAGS.AC set by its own code (the interpreter clears it after the
+ *    op); the case's alignmentCheck sets CR0.AM, so #AC arises at CPL 3 exactly when it is on
+ *    (a hypervisor that runs guest user mode on the host's CR0, where Linux sets AM, must not
+ *    raise it when the guest's CR0.AM is clear);
  *  - x87-with-ts, fwait-unmasked-x87: CR0.TS is 0 and CR0.NE is not set by the guest (PVH boot),
  *    which the model does not cover (external FERR#);
  *  - store-read-only, fetch-no-execute, load-reserved-bit, user-load-supervisor-page: every page is
@@ -48,6 +50,7 @@ export const SINGLE_LEVEL_INSTRUCTIONS = [
   'mov-from-cr-unprivileged',
   'load-unmapped',
   'store-unmapped',
+  'misaligned-load',
 ] as const satisfies readonly FaultingInstructionName[];
 
 export type SingleLevelInstruction = (typeof SINGLE_LEVEL_INSTRUCTIONS)[number];
@@ -62,6 +65,8 @@ export interface ExceptionStep {
 
 export interface SingleLevelCase {
   readonly cpl: Cpl;
+  /** CR0.AM (Program.alignmentCheck): with RFLAGS.AC, a CPL-3 misaligned access raises #AC. Default off. */
+  readonly alignmentCheck?: boolean;
   readonly steps: readonly ExceptionStep[];
 }
 
@@ -105,6 +110,8 @@ export function encodeStep(s: ExceptionStep): EncodedStep {
       return { bytes: [0x48, 0xb9, ...le64(addressOf(s)), 0x48, 0x8b, 0x04, 0x0c], at: 10, after: 14 };
     case 'mov-from-cr-unprivileged': // mov rax, cr0
       return { bytes: [0x0f, 0x20, 0xc0], at: 0, after: 3 };
+    case 'misaligned-load': // pushfq; or dword [rsp], 0x40000 (AC); popfq; mov rax, [rsp - 7] (RSP is 8-aligned: 1 off)
+      return { bytes: [0x9c, 0x81, 0x0c, 0x24, 0x00, 0x00, 0x04, 0x00, 0x9d, 0x48, 0x8b, 0x44, 0x24, 0xf9], at: 9, after: 14 };
   }
 }
 
@@ -197,6 +204,7 @@ export function singleLevelCaseArb(opts: SingleLevelArbOptions = {}): fc.Arbitra
   return fc.constantFrom(...cpls).chain((cpl) =>
     fc.record({
       cpl: fc.constant(cpl),
+      alignmentCheck: fc.boolean(),
       steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl, opts.unmappedRegions))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
     }),
   );
@@ -227,6 +235,8 @@ export const SINGLE_LEVEL_EXAMPLES: Readonly<Record<string, SingleLevelCase>> = 
     ],
   },
   '#XM': { cpl: 3, steps: [{ instruction: 'sse-unmasked' }] },
+  '#AC': { cpl: 3, alignmentCheck: true, steps: [{ instruction: 'misaligned-load' }] },
+  'no #AC without CR0.AM': { cpl: 3, steps: [{ instruction: 'misaligned-load' }] },
   'INT n at CPL 0': { cpl: 0, steps: [{ instruction: 'int-n', intVector: 0 }, { instruction: 'int-n', intVector: 31 }, { instruction: 'mov-from-cr-unprivileged' }] },
   '#PF at CPL 0': { cpl: 0, steps: [{ instruction: 'load-unmapped', address: 0x10_0000_0000n }, { instruction: 'store-unmapped', address: 0xffff_ffff_ffff_f000n }] },
 });

@@ -147,6 +147,7 @@ export function firstVectorOf(e: L2Event): number | null {
     case 'load-non-canonical': return 13;
     case 'load-unmapped': case 'store-unmapped': return 14;
     case 'sse-unmasked': return 19;
+    case 'misaligned-load': return 17;
     case 'mov-from-cr-unprivileged': return null;
   }
 }

@@ -103,6 +103,7 @@ export function encodeProgram(p: Program): ProgramImage {
   if (p.ring0) flags |= PROGRAM_FLAGS.ring0;
   if (p.holdExit ?? true) flags |= PROGRAM_FLAGS.holdExit;
   if (p.stealTime) flags |= PROGRAM_FLAGS.stealTime;
+  if (p.alignmentCheck) flags |= PROGRAM_FLAGS.alignmentCheck;
   // prog_header, in abi.ts order.
   view.setUint32(0, PROGRAM_MAGIC, true);
   view.setUint32(4, GUEST_ABI_VERSION, true);

@@ -19,6 +19,8 @@ export interface Program {
    * true: the harness always answers; false for a program run by plain QEMU with no harness.
    */
   readonly holdExit?: boolean;
+  /** Set CR0.AM on every vCPU (abi.ts PROGRAM_FLAGS.alignmentCheck): CPL-3 misaligned accesses with RFLAGS.AC raise #AC. */
+  readonly alignmentCheck?: boolean;
   /** Every vCPU enables KVM steal time and logs it with each interrupt (abi.ts PROGRAM_FLAGS.stealTime). */
   readonly stealTime?: boolean;
   /** Switch every vCPU to x2APIC mode before its thread starts. */

@@ -14,8 +14,9 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * thread's status says why an op was bad (bad_opcode, bad_reason).
  * 3: the exit handshake (PROGRAM_FLAGS.holdExit, mailbox.exit_ack).
  * 4: steal time (PROGRAM_FLAGS.stealTime, LAYOUT.stealTime) and its reading in each irq log entry.
+ * 5: CR0.AM on request (PROGRAM_FLAGS.alignmentCheck); RFLAGS.AC cleared after every op.
  */
-export const GUEST_ABI_VERSION = 4;
+export const GUEST_ABI_VERSION = 5;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -84,6 +85,12 @@ export const PROGRAM_FLAGS = {
    * running, the delay an interrupt may owe to the host rather than to the timer under test.
    */
   stealTime: 1n << 4n,
+  /**
+   * Set CR0.AM on every vCPU, so that a CPL-3 access to a misaligned address with RFLAGS.AC = 1
+   * raises #AC (SDM Interrupt 17). Off by default: then #AC must never arise, whatever RFLAGS.AC
+   * says. (Every op runs with RFLAGS.AC clear: the interpreter clears it after each op.)
+   */
+  alignmentCheck: 1n << 5n,
 } as const;
 
 /** The longest a holdExit guest waits for mailbox.exit_ack, TSC cycles (~3.5 s at 2.4 GHz). */

@@ -63,19 +63,20 @@ export interface StepPrediction {
 const GUEST_IDT = goodIdt();
 
 /** The guest state an instruction's exception depends on (main.c enable_sse, entry.S). */
-function contextOf(s: ExceptionStep, cpl: 0 | 3): InstructionContext {
+function contextOf(s: ExceptionStep, cpl: 0 | 3, alignmentCheck: boolean): InstructionContext {
   return {
     cpl,
-    cr0: { am: false, ts: false, mp: true },
+    cr0: { am: alignmentCheck, ts: false, mp: true },
     cr4: { osxmmexcpt: true },
-    rflags: { ac: false, tf: s.instruction === 'single-step' },
+    // Only misaligned-load's own code sets RFLAGS.AC (the interpreter clears it after each op).
+    rflags: { ac: s.instruction === 'misaligned-load', tf: s.instruction === 'single-step' },
     ...(s.address === undefined || s.instruction === 'stack-load-non-canonical' ? {} : { address: s.address }),
     ...(s.intVector === undefined ? {} : { intVector: s.intVector }),
   };
 }
 
-export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts): StepPrediction {
-  let raised = raisedBy(s.instruction, contextOf(s, cpl), f.switches);
+export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, alignmentCheck = false): StepPrediction {
+  let raised = raisedBy(s.instruction, contextOf(s, cpl, alignmentCheck), f.switches);
   if (!raised) return { entry: null, ripOffset: null, chain: [] };
   if (f.variant.gpAsUd && raised.source === 'instruction' && raised.vector === GP) raised = { vector: UD, source: 'instruction' };
   if (f.variant.pageFaultUserBit === false && raised.vector === PF && raised.errorCode !== undefined) raised = { ...raised, errorCode: raised.errorCode & ~PF_U };
@@ -118,10 +119,10 @@ export interface SingleLevelObservation {
   readonly recordCount: number;
 }
 
-const cplText = (c: SingleLevelCase) => `CPL ${c.cpl}`;
+const cplText = (c: SingleLevelCase) => `CPL ${c.cpl}${c.alignmentCheck ? ' with CR0.AM' : ''}`;
 const where = (o: SingleLevelObservation, j: JudgedStep) => `step ${j.index} ${describeStep(j.step)} at ${cplText(o.c)}`;
 /** The case of this one step: what a difference offers for shrinking. */
-const single = (o: SingleLevelObservation, j: JudgedStep) => ({ witness: { cpl: o.c.cpl, steps: [j.step] } satisfies SingleLevelCase });
+const single = (o: SingleLevelObservation, j: JudgedStep) => ({ witness: { cpl: o.c.cpl, ...(o.c.alignmentCheck ? { alignmentCheck: true } : {}), steps: [j.step] } satisfies SingleLevelCase });
 const evidence = (j: JudgedStep) => ({
   evidence: {
     bytes: encodeStep(j.step).bytes.map((b) => b.toString(16).padStart(2, '0')).join(' '),
@@ -213,12 +214,16 @@ export function variantOf(env: PropertyEnv): NestedModelVariant {
 }
 
 export async function observeSingleLevel(c: SingleLevelCase, f: SingleLevelFacts, env: PropertyEnv): Promise<Observation<SingleLevelObservation>> {
-  const run = await observeProgram(env, { threads: [singleLevelOps(c)], canary: DEFAULT_CANARY, ...(c.cpl === 0 ? { ring0: true } : {}) }, { role: 'workload' });
+  const run = await observeProgram(
+    env,
+    { threads: [singleLevelOps(c)], canary: DEFAULT_CANARY, ...(c.cpl === 0 ? { ring0: true } : {}), ...(c.alignmentCheck ? { alignmentCheck: true } : {}) },
+    { role: 'workload' },
+  );
   if (!run.ok) return run;
   const records = recordsOf(run.value.records[0] ?? [], 'exec');
   const steps = c.steps.map((step, index) => {
     const record = records.find((r) => r.opIndex === index);
-    return { index, step, predicted: predictStep(step, c.cpl, f), ...(record ? { record } : {}) };
+    return { index, step, predicted: predictStep(step, c.cpl, f, c.alignmentCheck ?? false), ...(record ? { record } : {}) };
   });
   env.metrics.add('exceptionCases');
   env.metrics.add('faultingInstructions', c.steps.length);

@@ -65,15 +65,22 @@ static void record_fault(u8 *payload, struct cpu *c)
 
 /* Run one exec function under an op-level catch, so the interpreter's own state never lives across
  * a longjmp; a fault lands in the record header. (The generated dispatch calls it.) */
+static inline void clear_ac(void)
+{
+	asm volatile("pushfq; andq $~0x40000, (%%rsp); popfq" ::: "memory", "cc");
+}
+
 static __attribute__((noinline)) int run_caught(struct ctx *x, exec_fn fn, const void *op, u8 *res)
 {
 	struct catch_frame cf;
 	if (catch_set(&cf)) {
+		clear_ac(); /* an exec op's code may have set RFLAGS.AC: the interpreter runs without it */
 		record_fault(res, x->cpu);
 		return 0;
 	}
 	x->cpu->catch_op = &cf;
 	fn(x, op, res);
+	clear_ac();
 	x->cpu->catch_op = NULL;
 	return 1;
 }

@@ -87,12 +87,16 @@ static void lapic_x2apic_on(struct cpu *c)
 }
 
 /* SSE on (CR0.MP, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
- * never does (-mgeneral-regs-only). */
+ * never does (-mgeneral-regs-only). CR0.AM as the program asks (PROGRAM_FLAG_ALIGNMENT_CHECK). */
 static void enable_sse(void)
 {
 	u64 cr0, cr4;
 	asm volatile("mov %%cr0, %0" : "=r"(cr0));
 	cr0 = (cr0 & ~(1ul << 2)) | (1ul << 1);
+	if (PROGRAM->flags & PROGRAM_FLAG_ALIGNMENT_CHECK)
+		cr0 |= 1ul << 18; /* AM */
+	else
+		cr0 &= ~(1ul << 18);
 	asm volatile("mov %0, %%cr0" ::"r"(cr0));
 	asm volatile("mov %%cr4, %0" : "=r"(cr4));
 	cr4 |= (1ul << 9) | (1ul << 10);
