@@ -3,14 +3,16 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { encodeOps } from '../harness/bytecode.js';
 import { APM_SVM, SVM_EXIT, encodeEventInj } from '../models/nested/svm.js';
-import { l2IdtOf, predictRun, observedOf } from '../suites/nested/svm.js';
-import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, svmCaseArb, svmCaseOps, svmRunOp, type SvmRun } from './nestedSvm.js';
+import { l2SetupOf, predictRun, observedOf } from '../suites/nested/svm.js';
+import { FULL_IDT_LIMIT, GOOD_TSS, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, svmCaseArb, svmCaseOps, svmRunOp, type SvmRun } from './nestedSvm.js';
 
 const facts = { switches: APM_SVM, l1: {} };
 
 const run = (over: Partial<SvmRun>): SvmRun => ({
   intercepts: { exceptions: 0, shutdown: true, intn: false },
-  idt: { limit: FULL_IDT_LIMIT, notPresent: 0 },
+  cpl: 0,
+  tss: GOOD_TSS,
+  idt: { limit: FULL_IDT_LIMIT, notPresent: 0, ist: 0 },
   npt: false,
   event: { kind: 'instruction', step: { instruction: 'ud2' } },
   ...over,
@@ -19,8 +21,8 @@ const run = (over: Partial<SvmRun>): SvmRun => ({
 describe('svmRunOp', () => {
   it('puts the intercepts, the IDT set-up, NPT and EVENTINJ in the op', () => {
     const eventInj = { vector: 12, type: 'exception', errorCodeValid: true, errorCode: 0xdeadbeef } as const;
-    const op = svmRunOp(run({ intercepts: { exceptions: 0x3100, shutdown: true, intn: true }, idt: { limit: 0, notPresent: 1 << 13 }, npt: true, event: { kind: 'eventinj', eventInj } }));
-    expect(op).toMatchObject({ op: 'svmRun', exceptions: 0x3100, idtNotPresent: 1 << 13, idtLimit: 0, flags: 7, eventInj: encodeEventInj(eventInj) });
+    const op = svmRunOp(run({ intercepts: { exceptions: 0x3100, shutdown: true, intn: true }, idt: { limit: 0, notPresent: 1 << 13, ist: 1 << 8 }, cpl: 3, tss: { rsp0: 'non-canonical', ist1: 'ok', limitCut: true }, npt: true, event: { kind: 'eventinj', eventInj } }));
+    expect(op).toMatchObject({ op: 'svmRun', exceptions: 0x3100, idtNotPresent: 1 << 13, istVectors: 1 << 8, idtLimit: 0, flags: 7, l2Cpl: 3, stack: 5, eventInj: encodeEventInj(eventInj) });
     expect(encodeEventInj(eventInj)).toBe(0xdeadbeef_80000b0cn);
     // An EVENTINJ run's code is NOPs: the event comes before L2's first instruction.
     expect((op as { lo: bigint }).lo).toBe(0x9090909090909090n);
@@ -52,7 +54,7 @@ describe('svmRunOp', () => {
 
 describe("L2's IDT under the model", () => {
   it('marks the not-present gates of vectors 0-31 and keeps the rest good', () => {
-    const s = l2IdtOf({ limit: 0x7f, notPresent: (1 << 13) | (1 << 8) });
+    const s = l2SetupOf({ cpl: 0, tss: GOOD_TSS, idt: { limit: 0x7f, notPresent: (1 << 13) | (1 << 8), ist: 0 } });
     expect(s.idt.limit).toBe(0x7f);
     expect(s.idt.gates[13]!.present).toBe(false);
     expect(s.idt.gates[8]!.present).toBe(false);
@@ -61,8 +63,8 @@ describe("L2's IDT under the model", () => {
   });
 
   it('a not-present #UD gate turns ud2 into #NP(0x32), then #DF when #NP is missing too', () => {
-    expect(predictRun(run({ idt: { limit: FULL_IDT_LIMIT, notPresent: 1 << 6 } }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 11, errorCode: 0x32 });
-    expect(predictRun(run({ idt: { limit: FULL_IDT_LIMIT, notPresent: (1 << 6) | (1 << 11) } }), facts).outcome).toMatchObject({ kind: 'handler', vector: 8, errorCode: 0 });
+    expect(predictRun(run({ idt: { limit: FULL_IDT_LIMIT, notPresent: 1 << 6, ist: 0 } }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 11, errorCode: 0x32 });
+    expect(predictRun(run({ idt: { limit: FULL_IDT_LIMIT, notPresent: (1 << 6) | (1 << 11), ist: 0 } }), facts).outcome).toMatchObject({ kind: 'handler', vector: 8, errorCode: 0 });
   });
 
   it('an intercepted exception exits with RIP at the faulting instruction; a delivered INT n reports the next one', () => {
@@ -76,6 +78,21 @@ describe("L2's IDT under the model", () => {
     const intercepted = predictRun(run({ intercepts: { exceptions: 0, shutdown: true, intn: true }, event: { kind: 'instruction', step: { instruction: 'int-n', intVector: 0x40 } } }), facts);
     expect(intercepted.outcome).toMatchObject({ kind: 'vmexit', exitCode: 0x75 });
     expect(intercepted.ripOffset).toBeNull();
+  });
+
+  it("L2's TSS: from CPL 3 a bad RSP0 gives #SS, a cut TR.limit #TS(selector); at CPL 0 an IST-0 gate reads neither", () => {
+    const cpl3 = (tss: typeof GOOD_TSS, ist = 0) => predictRun(run({ cpl: 3, tss, idt: { limit: FULL_IDT_LIMIT, notPresent: 0, ist } }), facts).outcome;
+    // Every delivery from CPL 3 needs RSP0: #UD → #SS → #DF → triple fault, SHUTDOWN intercepted.
+    expect(cpl3({ rsp0: 'non-canonical', ist1: 'ok', limitCut: false })).toMatchObject({ kind: 'vmexit', exitCode: 0x7f });
+    // With #SS on IST 1 its handler runs (EXT = 0 for an exception under the APM switches).
+    expect(cpl3({ rsp0: 'non-canonical', ist1: 'ok', limitCut: false }, 1 << 12)).toEqual({ level: 'L2', kind: 'handler', vector: 12, errorCode: 0 });
+    // A cut TR.limit: #TS(0x40); on IST 1 the slot is beyond the limit too, so #TS again: #DF, then shutdown.
+    expect(cpl3({ rsp0: 'ok', ist1: 'ok', limitCut: true }, 1 << 10)).toMatchObject({ kind: 'vmexit', exitCode: 0x7f });
+    expect(predictRun(run({ cpl: 0, tss: { rsp0: 'non-canonical', ist1: 'ok', limitCut: true } }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 6, errorCode: null });
+    // An IST-1 gate with a cut TSS: #TS(0x40) from CPL 0, its gate on IST 0 delivers it.
+    expect(predictRun(run({ cpl: 0, tss: { rsp0: 'ok', ist1: 'ok', limitCut: true }, idt: { limit: FULL_IDT_LIMIT, notPresent: 0, ist: 1 << 6 } }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 10, errorCode: L2_TR_SELECTOR });
+    // At CPL 3 the DPL-0 gates refuse INT n: #GP(vector·8 | 2).
+    expect(predictRun(run({ cpl: 3, event: { kind: 'instruction', step: { instruction: 'int-n', intVector: 0x80 } } }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 13, errorCode: 0x402 });
   });
 
   it('a run with no event ends at the VMMCALL after the 16 bytes', () => {

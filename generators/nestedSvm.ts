@@ -10,9 +10,12 @@
  * The vectors the set-ups and intercepts pick are drawn mostly from the ones that matter to the
  * event (its own vector, #DF, #NP, #GP, #SS, #PF), so the interesting combinations are common.
  *
+ * L2 runs at CPL 0 or 3, with a TSS of its own whose RSP0 or IST1 may be non-canonical (#SS) or
+ * lie beyond TR.limit (#TS), and some gates on IST 1.
+ *
  * What L1 cannot do yet, so the generator leaves out: SHUTDOWN not intercepted (the whole VM would
- * shut down: l2ShutdownWithoutIntercept), L2 at CPL 3, bad stacks (TSS/IST set-ups), NMI and INTR
- * intercepts with real interrupts (L2 runs with IF = 0 and nothing interrupts it).
+ * shut down: l2ShutdownWithoutIntercept), NMI and INTR intercepts with real interrupts (L2 runs
+ * with IF = 0 and nothing interrupts it), stacks whose frame pushes fault (#PF during delivery).
  */
 import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
@@ -20,7 +23,7 @@ import { vectorInfo } from '../models/nested/classes.js';
 import { encodeEventInj, type EventInj } from '../models/nested/svm.js';
 import { encodeStep, execOp, nonCanonicalAddressArb, stackOffsetArb, unmappedAddressArb, type ExceptionStep, type SingleLevelInstruction } from './nested.js';
 
-/** What L2 runs: single-level instructions at CPL 0 (mov-from-cr raises nothing there: a run with no event). */
+/** What L2 runs: the single-level instructions (at CPL 0 mov-from-cr raises nothing: a run with no event). */
 export const L2_INSTRUCTIONS = [
   'div-by-zero',
   'ud2',
@@ -43,7 +46,20 @@ export interface L2IdtSetup {
   readonly limit: number;
   /** Bit v (0–31): the gate of vector v has P = 0. */
   readonly notPresent: number;
+  /** Bit v (0–31): the gate of vector v uses IST 1 (the others IST 0). */
+  readonly ist: number;
 }
+
+/** L2's TSS: the stacks a delivery switches to (RSP0 from CPL 3, IST1 for IST gates). */
+export interface L2TssSetup {
+  readonly rsp0: 'ok' | 'non-canonical';
+  readonly ist1: 'ok' | 'non-canonical';
+  /** TR.limit 3: neither slot lies inside the TSS (#TS on every stack switch). */
+  readonly limitCut: boolean;
+}
+
+/** The TR selector svm.c gives L2 (only its value matters: the #TS error code). */
+export const L2_TR_SELECTOR = 0x40;
 
 export interface L1Intercepts {
   /** Exception intercept vector (bit n: vector n). */
@@ -56,6 +72,9 @@ export type L2Event = { readonly kind: 'instruction'; readonly step: ExceptionSt
 
 export interface SvmRun {
   readonly intercepts: L1Intercepts;
+  /** L2's CPL when the event arrives. */
+  readonly cpl: 0 | 3;
+  readonly tss: L2TssSetup;
   readonly idt: L2IdtSetup;
   readonly npt: boolean;
   readonly event: L2Event;
@@ -84,8 +103,11 @@ export function svmRunOp(r: SvmRun): Op {
     eventInj: r.event.kind === 'eventinj' ? encodeEventInj(r.event.eventInj) : 0n,
     exceptions: r.intercepts.exceptions >>> 0,
     idtNotPresent: r.idt.notPresent >>> 0,
+    istVectors: r.idt.ist >>> 0,
     idtLimit: r.idt.limit,
     flags: (r.intercepts.shutdown ? FLAG_SHUTDOWN : 0) | (r.intercepts.intn ? FLAG_INTN : 0) | (r.npt ? FLAG_NPT : 0),
+    l2Cpl: r.cpl,
+    stack: (r.tss.rsp0 === 'non-canonical' ? 1 : 0) | (r.tss.ist1 === 'non-canonical' ? 2 : 0) | (r.tss.limitCut ? 4 : 0),
   };
 }
 
@@ -168,8 +190,17 @@ function idtArb(own: number | null): fc.Arbitrary<L2IdtSetup> {
     // Cut so that the gate of vector v is the first one beyond the limit (or partly beyond it).
     { weight: 2, arbitrary: fc.tuple(fc.integer({ min: 1, max: 32 }), fc.integer({ min: 1, max: 16 })).map(([v, k]) => 16 * v - k) },
   );
-  return fc.record({ limit, notPresent: vectorSetArb(own) });
+  return fc.record({ limit, notPresent: vectorSetArb(own), ist: fc.oneof({ weight: 3, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: vectorSetArb(own) }) });
 }
+
+export const GOOD_TSS: L2TssSetup = Object.freeze({ rsp0: 'ok', ist1: 'ok', limitCut: false });
+
+const tssArb: fc.Arbitrary<L2TssSetup> = fc.oneof(
+  { weight: 4, arbitrary: fc.constant(GOOD_TSS) },
+  { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'non-canonical', ist1: 'ok', limitCut: false }) },
+  { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'ok', ist1: 'non-canonical', limitCut: false }) },
+  { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'ok', ist1: 'ok', limitCut: true }) },
+);
 
 function interceptsArb(own: number | null): fc.Arbitrary<L1Intercepts> {
   return fc.record({ exceptions: vectorSetArb(own), shutdown: fc.constant(true), intn: fc.boolean() });
@@ -177,7 +208,7 @@ function interceptsArb(own: number | null): fc.Arbitrary<L1Intercepts> {
 
 export const svmRunArb: fc.Arbitrary<SvmRun> = l2EventArb.chain((event) => {
   const own = firstVectorOf(event);
-  return fc.record({ intercepts: interceptsArb(own), idt: idtArb(own), npt: fc.boolean(), event: fc.constant(event) });
+  return fc.record({ intercepts: interceptsArb(own), cpl: fc.constantFrom<0 | 3>(0, 3), tss: tssArb, idt: idtArb(own), npt: fc.boolean(), event: fc.constant(event) });
 });
 
 export function svmCaseArb(opts: { readonly maxRuns?: number } = {}): fc.Arbitrary<SvmCase> {
@@ -188,7 +219,7 @@ export function svmCaseArb(opts: { readonly maxRuns?: number } = {}): fc.Arbitra
 // KVM's nested_exceptions_test, as L2 runs
 
 const SS_0XDEADBEEF: EventInj = { vector: 12, type: 'exception', errorCodeValid: true, errorCode: 0xdeadbeef };
-const EMPTY_IDT: L2IdtSetup = { limit: 0, notPresent: 0 };
+const EMPTY_IDT: L2IdtSetup = { limit: 0, notPresent: 0, ist: 0 };
 const bits = (...v: number[]) => bitsOf(v);
 
 /**
@@ -199,9 +230,9 @@ const bits = (...v: number[]) => bitsOf(v);
  * (vector·8 | IDT); without #GP, #DF(0); without #DF, the triple fault's SHUTDOWN exit.
  */
 const KVM_RUNS: readonly SvmRun[] = [
-    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'instruction', step: { instruction: 'stack-load-non-canonical', address: 1n << 63n } } },
-    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
-    { intercepts: { exceptions: bits(12, 8), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
-    { intercepts: { exceptions: bits(12), shutdown: true, intn: false }, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'instruction', step: { instruction: 'stack-load-non-canonical', address: 1n << 63n } } },
+    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+    { intercepts: { exceptions: bits(12, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+    { intercepts: { exceptions: bits(12), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
 ];
 export const KVM_NESTED_EXCEPTIONS_CASE: SvmCase = Object.freeze({ runs: KVM_RUNS });

@@ -226,22 +226,24 @@ export const OPS = {
 
   svmRun: op(
     0x50,
-    [['lo', 'u64'], ['hi', 'u64'], ['eventInj', 'u64'], ['exceptions', 'u32'], ['idtNotPresent', 'u32'], ['idtLimit', 'u16'], ['flags', 'u8']],
+    [['lo', 'u64'], ['hi', 'u64'], ['eventInj', 'u64'], ['exceptions', 'u32'], ['idtNotPresent', 'u32'], ['istVectors', 'u32'], ['idtLimit', 'u16'], ['flags', 'u8'], ['l2Cpl', 'u8'], ['stack', 'u8']],
     [
       ['exitCode', 'u64'], ['exitInfo1', 'u64'], ['exitInfo2', 'u64'], ['exitIntInfo', 'u64'], ['exitRip', 'u64'], ['codeBase', 'u64'],
       ['entries', 'u32'], ['vector', 'u32'], ['errorCode', 'u32'], ['hasErrorCode', 'u32'], ['handlerRip', 'u64'], ['handlerCr2', 'u64'],
     ],
-    'Act as an SVM hypervisor (L1) for one VMRUN: run an L2 guest at CPL 0 in 64-bit mode on the same page tables (and, ' +
-      'flags bit 2, with nested paging on, N_CR3 = the guest\'s own identity map), whose code is the 16 bytes lo, hi ' +
-      'followed by VMMCALL, with RFLAGS = 2 (IF = 0), RSP 16-byte aligned on a stack of its own, and an IDT of its own: ' +
-      '256 64-bit interrupt gates, DPL 0, IST 0, limit idtLimit, P = 0 for the vectors 0-31 set in idtNotPresent. Each ' +
+    'Act as an SVM hypervisor (L1) for one VMRUN: run an L2 guest at CPL l2Cpl (0 or 3) in 64-bit mode on the same page ' +
+      'tables (and, flags bit 2, with nested paging on, N_CR3 = the guest\'s own identity map), whose code is the 16 bytes ' +
+      'lo, hi followed by VMMCALL, with RFLAGS = 2 (IF = 0), RSP 16-byte aligned on a stack of its own, a TSS of its own ' +
+      '(RSP0 and IST1 = L2\'s handler stack; stack bit 0: RSP0 non-canonical, bit 1: IST1 non-canonical, bit 2: TR.limit ' +
+      '3, so neither slot can be read) and an IDT of its own: 256 64-bit interrupt gates, DPL 0, IST 1 for the vectors ' +
+      '0-31 set in istVectors and 0 otherwise, limit idtLimit, P = 0 for the vectors 0-31 set in idtNotPresent. Each ' +
       'gate leads to an L2 handler that logs its entry (vector, the error code if the frame has one, the RIP in the frame, ' +
       'CR2) and executes VMMCALL. The VMCB intercepts VMRUN and VMMCALL always, the exceptions set in `exceptions`, ' +
       'SHUTDOWN when flags bit 0 is set and INTn when bit 1 is; EVENTINJ = eventInj. Records EXITCODE, EXITINFO1, ' +
       "EXITINFO2, EXITINTINFO and L2's RIP from the VMCB after the #VMEXIT, where the code lay, and the L2 handler " +
       'entries (at most one: the handler exits). An L1 fault (no SVM: the EFER.SVME write raises #GP) is recorded in the ' +
       'header. Ring 0 and vCPU 0 only.',
-    { allowed: { flags: [0, 1, 2, 3, 4, 5, 6, 7] }, guestCheck: 'a ring-0 thread on vCPU 0' },
+    { allowed: { flags: [0, 1, 2, 3, 4, 5, 6, 7], l2Cpl: [0, 3], stack: [0, 1, 2, 3, 4, 5, 6, 7] }, guestCheck: 'a ring-0 thread on vCPU 0' },
   ),
 } as const satisfies Record<string, OpDef>;
 

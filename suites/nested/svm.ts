@@ -14,13 +14,13 @@
  * The switches are the APM's (SVM is AMD's architecture): models/nested/svm.ts APM_SVM.
  */
 import fc from 'fast-check';
-import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, firstVectorOf, svmCaseArb, svmCaseOps, svmRunOp, type L2IdtSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
+import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVectorOf, svmCaseArb, svmCaseOps, svmRunOp, type L2TssSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
 import { encodeStep, type ExceptionStep } from '../../generators/nested.js';
 import { recordsOf, NO_FAULT, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
 import { THREAD_STATE } from '../../harness/guest/abi.js';
 import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
-import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type InstructionContext, type RaisedEvent } from '../../models/nested/exceptions.js';
+import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type InstructionContext, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
 import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
@@ -54,16 +54,28 @@ export function svmSkipReason(env: Pick<PropertyEnv, 'host' | 'options'>): strin
   return `this host's KVM offers guests no nested SVM (${why}); run it under --accel tcg to check QEMU's SVM emulation with the same model`;
 }
 
-export function l2IdtOf(s: L2IdtSetup): DeliverySetup {
+const bit = (mask: number, v: number) => v < 32 && ((mask >>> v) & 1) === 1;
+
+/** A TSS stack slot as the model sees it: beyond TR.limit (#TS), non-canonical (#SS), or good. */
+function slot(tss: L2TssSetup, which: 'rsp0' | 'ist1'): StackSetup {
+  if (tss.limitCut) return { kind: 'ts', tssSelector: L2_TR_SELECTOR };
+  return tss[which] === 'non-canonical' ? { kind: 'ss' } : OK_STACK;
+}
+
+/**
+ * L2's IDT, stacks and CPL as the model sees them (svm.c): 256 gates, DPL 0, P and IST as the set-up
+ * says; an IST-0 gate uses the current stack at CPL 0 (no TSS read) and RSP0 from CPL 3.
+ */
+export function l2SetupOf(r: Pick<SvmRun, 'idt' | 'tss' | 'cpl'>): DeliverySetup {
   const gates: Record<number, GateSetup> = {};
-  for (let v = 0; v < 256; v++) gates[v] = v < 32 && ((s.notPresent >>> v) & 1) === 1 ? { ...GOOD_GATE, present: false } : GOOD_GATE;
-  return { idt: { limit: s.limit, gates, stack: OK_STACK }, cpl: 0 };
+  for (let v = 0; v < 256; v++) gates[v] = { ...GOOD_GATE, present: !bit(r.idt.notPresent, v), ist: bit(r.idt.ist, v) ? 1 : 0 };
+  return { idt: { limit: r.idt.limit, gates, stack: r.cpl === 3 ? slot(r.tss, 'rsp0') : OK_STACK, istStacks: { 1: slot(r.tss, 'ist1') } }, cpl: r.cpl };
 }
 
 /** L2's state for an instruction (svm.c: L1's CR0/CR4, RFLAGS = 2 with TF set by the single-step code). */
-function contextOf(s: ExceptionStep): InstructionContext {
+function contextOf(s: ExceptionStep, cpl: 0 | 3): InstructionContext {
   return {
-    cpl: 0,
+    cpl,
     cr0: { am: false, ts: false, mp: true },
     cr4: { osxmmexcpt: true },
     rflags: { ac: false, tf: s.instruction === 'single-step' },
@@ -86,7 +98,7 @@ export interface RunPrediction {
 }
 
 export function predictRun(r: SvmRun, f: SvmFacts): RunPrediction {
-  const l2 = l2IdtOf(r.idt);
+  const l2 = l2SetupOf(r);
   const intercepts = r.intercepts;
   if (r.event.kind === 'eventinj') {
     const res = deliverNested({ l2, intercepts, event: { kind: 'eventinj', eventInj: r.event.eventInj } }, f.switches);
@@ -94,7 +106,7 @@ export function predictRun(r: SvmRun, f: SvmFacts): RunPrediction {
     return { outcome: out, ripOffset: out.kind === 'shutdown' || (out.kind === 'vmexit' && out.exitCode === SVM_EXIT.SHUTDOWN) ? null : 0, chain: res.chain };
   }
   const step = r.event.step;
-  const raised: RaisedEvent | null = raisedBy(step.instruction, contextOf(step), f.switches.exceptions);
+  const raised: RaisedEvent | null = raisedBy(step.instruction, contextOf(step, r.cpl), f.switches.exceptions);
   if (!raised) return { outcome: null, ripOffset: CODE_END, chain: [] };
   const res = deliverNested({ l2, intercepts, event: { kind: 'raised', raised } }, f.switches);
   const out = res.outcomes[0]!;
@@ -127,7 +139,8 @@ function describeEvent(r: SvmRun): string {
 
 function describeSetup(r: SvmRun): string {
   const vecs = (bits: number) => Array.from({ length: 32 }, (_, v) => v).filter((v) => ((bits >>> v) & 1) === 1).map((v) => mnemonic(v)).join(',') || 'none';
-  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.npt ? '; NPT' : ''}`;
+  const tss = [r.tss.rsp0 !== 'ok' ? `RSP0 ${r.tss.rsp0}` : '', r.tss.ist1 !== 'ok' ? `IST1 ${r.tss.ist1}` : '', r.tss.limitCut ? 'TR.limit 3' : ''].filter(Boolean).join(', ');
+  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 at CPL ${r.cpl}, IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.idt.ist ? ` IST1 ${vecs(r.idt.ist)}` : ''}${tss ? `; TSS ${tss}` : ''}${r.npt ? '; NPT' : ''}`;
 }
 
 export function describeOutcome(o: NestedOutcome | null): string {
@@ -361,6 +374,10 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   if (j.run.idt.limit !== FULL_IDT_LIMIT) env.metrics.add(j.run.idt.limit === 0 ? 'idt.empty' : 'idt.cut');
   if (j.run.idt.notPresent !== 0) env.metrics.add('idt.not-present-gates');
   if (j.run.npt) env.metrics.add('npt');
+  if (j.run.cpl === 3) env.metrics.add('l2.cpl3');
+  if (j.run.idt.ist !== 0) env.metrics.add('idt.ist-gates');
+  if (j.run.tss.limitCut) env.metrics.add('tss.limit-cut');
+  else if (j.run.tss.rsp0 !== 'ok' || j.run.tss.ist1 !== 'ok') env.metrics.add('tss.non-canonical-stack');
 }
 
 export async function observeSvm(c: SvmCase, f: SvmFacts, env: PropertyEnv): Promise<Observation<SvmObservation>> {

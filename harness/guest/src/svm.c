@@ -1,6 +1,6 @@
 /*
- * The guest as an SVM hypervisor (L1) for the svmRun op: one VMCB, one L2 at CPL 0 on the guest's
- * own page tables, with an IDT and a stack of its own (AMD APM Vol. 2 ch. 15). The L2 handlers
+ * The guest as an SVM hypervisor (L1) for the svmRun op: one VMCB, one L2 at CPL 0 or 3 on the
+ * guest's own page tables, with an IDT, a TSS and stacks of its own (AMD APM Vol. 2 ch. 15). The L2 handlers
  * (svm_l2.S) log their entry in l2_report and leave with VMMCALL, which L1 always intercepts, so
  * every VMRUN ends in exactly one #VMEXIT whose fields the op records.
  */
@@ -27,7 +27,7 @@ enum {
 	VMCB_N_CR3 = 0x0b0,
 	VMCB_NEXT_RIP = 0x0c8,
 	VMCB_ES = 0x400, VMCB_CS = 0x410, VMCB_SS = 0x420, VMCB_DS = 0x430,
-	VMCB_GDTR = 0x460, VMCB_IDTR = 0x480,
+	VMCB_GDTR = 0x460, VMCB_IDTR = 0x480, VMCB_TR = 0x490,
 	VMCB_CPL = 0x4cb,
 	VMCB_EFER = 0x4d0,
 	VMCB_CR4 = 0x548, VMCB_CR3 = 0x550, VMCB_CR0 = 0x558,
@@ -42,13 +42,20 @@ enum {
 
 static u8 vmcb[4096] __attribute__((aligned(4096)));
 static u8 hsave[4096] __attribute__((aligned(4096)));
+/* L1's own FS, GS, TR, LDTR and syscall MSRs, VMSAVEd before VMRUN and VMLOADed after #VMEXIT,
+ * which does not restore them: L2 runs with a TR of its own. */
+static u8 l1_hidden[4096] __attribute__((aligned(4096)));
+static struct tss l2_tss __attribute__((aligned(16)));
+#define L2_TR_SELECTOR 0x40	/* only its value matters (the #TS error code): TR's hidden part comes from the VMCB */
+#define NON_CANONICAL_STACK 0x8000000000001000ull
 static u64 l2_idt[512] __attribute__((aligned(16)));	/* 256 16-byte gates */
 static u8 l2_code_buf[32] __attribute__((aligned(32)));
 
 extern u8 l2_stubs[];		/* svm_l2.S: 256 entry stubs, 16 bytes apart */
 extern u8 l2_stack_top[];
+extern u8 l2_user_stack_top[];
 extern volatile struct l2_report { u64 entries, vector, error_code, has_error_code, rip, cr2; } l2_report;
-void svm_vmrun(u64 vmcb_pa);	/* svm_l2.S: VMRUN, then STGI */
+void svm_vmrun(u64 vmcb_pa, u64 l1_hidden_pa);	/* svm_l2.S: VMRUN, VMLOAD of L1's state, STGI */
 
 #define V64(off) (*(volatile u64 *)(vmcb + (off)))
 #define V32(off) (*(volatile u32 *)(vmcb + (off)))
@@ -118,7 +125,8 @@ void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r)
 		u64 off = (u64)(l2_stubs + 16 * v);
 		u32 present = v < 32 && ((o->idt_not_present >> v) & 1) ? 0 : 1;
 		/* 64-bit interrupt gate: offset 15:0, selector 0x08, IST 0, type 0xE, DPL 0, P; offset 63:16. */
-		l2_idt[2 * v] = (off & 0xffff) | (0x08ull << 16) | (0xeull << 40) | ((u64)present << 47) | (((off >> 16) & 0xffff) << 48);
+		u64 ist = v < 32 && ((o->ist_vectors >> v) & 1) ? 1 : 0;
+		l2_idt[2 * v] = (off & 0xffff) | (0x08ull << 16) | (ist << 32) | (0xeull << 40) | ((u64)present << 47) | (((off >> 16) & 0xffff) << 48);
 		l2_idt[2 * v + 1] = off >> 32;
 	}
 	memcpy(l2_code_buf, &o->lo, 8);
@@ -127,9 +135,20 @@ void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r)
 	memcpy(l2_code_buf + 16, tail, sizeof(tail));
 	memset((void *)&l2_report, 0, sizeof(l2_report));
 
+	memset(&l2_tss, 0, sizeof(l2_tss));
+	l2_tss.rsp[0] = (o->stack & 1) ? NON_CANONICAL_STACK : (u64)l2_stack_top;
+	l2_tss.ist[0] = (o->stack & 2) ? NON_CANONICAL_STACK : (u64)l2_stack_top;
+	l2_tss.iomap_base = 104;
+
 	memset(vmcb, 0, sizeof(vmcb));
-	/* FS, GS, TR, LDTR, KernelGSBase, STAR.., SYSENTER_*: L2 gets L1's, so #VMEXIT leaves them as they were. */
+	/* FS, GS, LDTR, KernelGSBase, STAR.., SYSENTER_*: L2 gets L1's; L1 gets its own back after #VMEXIT. */
+	asm volatile("vmsave" : : "a"((u64)l1_hidden) : "memory");
 	asm volatile("vmsave" : : "a"((u64)vmcb) : "memory");
+	/* L2's TR: its own TSS, a busy 64-bit TSS (type 0xB, P), limit 0x67 or 3 (stack bit 2). */
+	V16(VMCB_TR) = L2_TR_SELECTOR;
+	V16(VMCB_TR + 2) = 0x8b;
+	V32(VMCB_TR + 4) = (o->stack & 4) ? 3 : 0x67;
+	V64(VMCB_TR + 8) = (u64)&l2_tss;
 
 	V32(VMCB_INTERCEPT_EXCEPTIONS) = o->exceptions;
 	V32(VMCB_INTERCEPT_MISC1) = ((o->flags & 1) ? MISC1_SHUTDOWN : 0) | ((o->flags & 2) ? MISC1_INTN : 0);
@@ -146,13 +165,21 @@ void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r)
 
 	struct dtr gdtr;
 	asm volatile("sgdt %0" : "=m"(gdtr));
-	put_segment(VMCB_ES, read_sel(0), &gdtr);
-	put_segment(VMCB_CS, read_sel(1), &gdtr);
-	put_segment(VMCB_SS, read_sel(2), &gdtr);
-	put_segment(VMCB_DS, read_sel(3), &gdtr);
+	if (o->l2_cpl == 3) {
+		/* The guest's user segments (entry.S gdt: 0x28 64-bit code, 0x20 data, DPL 3). */
+		put_segment(VMCB_ES, 0x23, &gdtr);
+		put_segment(VMCB_CS, 0x2b, &gdtr);
+		put_segment(VMCB_SS, 0x23, &gdtr);
+		put_segment(VMCB_DS, 0x23, &gdtr);
+	} else {
+		put_segment(VMCB_ES, read_sel(0), &gdtr);
+		put_segment(VMCB_CS, read_sel(1), &gdtr);
+		put_segment(VMCB_SS, read_sel(2), &gdtr);
+		put_segment(VMCB_DS, read_sel(3), &gdtr);
+	}
 	put_dtr(VMCB_GDTR, gdtr.limit, gdtr.base);
 	put_dtr(VMCB_IDTR, o->idt_limit, (u64)l2_idt);
-	V8(VMCB_CPL) = 0;
+	V8(VMCB_CPL) = o->l2_cpl;
 	V64(VMCB_EFER) = rdmsr(MSR_EFER);
 	V64(VMCB_CR0) = read_cr(0);
 	V64(VMCB_CR3) = cr3;
@@ -163,13 +190,13 @@ void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r)
 	V64(VMCB_RIP) = (u64)l2_code_buf;
 	/* With NRIPS, an injected software interrupt (and INT3/INTO) pushes NextRIP, not RIP: make them one. */
 	V64(VMCB_NEXT_RIP) = (u64)l2_code_buf;
-	V64(VMCB_RSP) = (u64)l2_stack_top;
+	V64(VMCB_RSP) = o->l2_cpl == 3 ? (u64)l2_user_stack_top : (u64)l2_stack_top;
 	V64(VMCB_RAX) = 0;
 	V64(VMCB_CR2) = 0;
 	V64(VMCB_G_PAT) = rdmsr(MSR_PAT);
 
 	r->code_base = (u64)l2_code_buf;
-	svm_vmrun((u64)vmcb);
+	svm_vmrun((u64)vmcb, (u64)l1_hidden);
 
 	r->exit_code = V64(VMCB_EXITCODE);
 	r->exit_info1 = V64(VMCB_EXITINFO1);
