@@ -66,7 +66,7 @@ describe('singleLevelCaseArb', () => {
 describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
   const vectors = (name: string) => {
     const c = SINGLE_LEVEL_EXAMPLES[name]!;
-    return c.steps.map((s) => predictStep(s, c.cpl, facts, c.alignmentCheck ?? false).entry?.vector ?? null);
+    return c.steps.map((s) => predictStep(s, c.cpl, facts, c).entry?.vector ?? null);
   };
   it('one fixed case per vector', () => {
     expect(vectors('#DE')).toEqual([0]);
@@ -79,6 +79,7 @@ describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
     expect(vectors('#XM')).toEqual([19]);
     expect(vectors('#AC')).toEqual([17]);
     expect(vectors('no #AC without CR0.AM')).toEqual([null]);
+    expect(vectors('#NM')).toEqual([7, 7]);
     expect(vectors('INT n at CPL 0')).toEqual([0, 31, null]);
     expect(vectors('#PF at CPL 0')).toEqual([14, 14]);
   });

@@ -17,8 +17,9 @@
  *    op); the case's alignmentCheck sets CR0.AM, so #AC arises at CPL 3 exactly when it is on
  *    (a hypervisor that runs guest user mode on the host's CR0, where Linux sets AM, must not
  *    raise it when the guest's CR0.AM is clear);
- *  - x87-with-ts, fwait-unmasked-x87: CR0.TS is 0 and CR0.NE is not set by the guest (PVH boot),
- *    which the model does not cover (external FERR#);
+ *  - fwait-unmasked-x87: CR0.NE is not set by the guest (PVH boot), which the model does not
+ *    cover (external FERR#); x87-with-ts and the SSE step run with CR0.TS as the case's
+ *    taskSwitched says (then #NM);
  *  - store-read-only, fetch-no-execute, load-reserved-bit, user-load-supervisor-page: every page is
  *    a present, writable, executable user page (entry.S build_page_tables: 2 MiB pages, 0x87);
  *    these need a guest op that edits a paging entry;
@@ -51,6 +52,7 @@ export const SINGLE_LEVEL_INSTRUCTIONS = [
   'load-unmapped',
   'store-unmapped',
   'misaligned-load',
+  'x87-with-ts',
 ] as const satisfies readonly FaultingInstructionName[];
 
 export type SingleLevelInstruction = (typeof SINGLE_LEVEL_INSTRUCTIONS)[number];
@@ -67,6 +69,8 @@ export interface SingleLevelCase {
   readonly cpl: Cpl;
   /** CR0.AM (Program.alignmentCheck): with RFLAGS.AC, a CPL-3 misaligned access raises #AC. Default off. */
   readonly alignmentCheck?: boolean;
+  /** CR0.TS (Program.taskSwitched): the first x87/SSE instruction raises #NM. Default off. */
+  readonly taskSwitched?: boolean;
   readonly steps: readonly ExceptionStep[];
 }
 
@@ -84,7 +88,8 @@ function addressOf(s: ExceptionStep): bigint {
   return s.address;
 }
 
-export function encodeStep(s: ExceptionStep): EncodedStep {
+/** `taskSwitched`: CR0.TS is set, so an SSE step raises #NM at its first SSE instruction. */
+export function encodeStep(s: ExceptionStep, taskSwitched = false): EncodedStep {
   switch (s.instruction) {
     case 'div-by-zero': // xor ecx, ecx; div rcx
       return { bytes: [0x31, 0xc9, 0x48, 0xf7, 0xf1], at: 2, after: 5 };
@@ -100,7 +105,7 @@ export function encodeStep(s: ExceptionStep): EncodedStep {
     case 'single-step': // pushfq; or qword [rsp], 0x100 (TF); popfq; nop: the trap follows the NOP
       return { bytes: [0x9c, 0x48, 0x81, 0x0c, 0x24, 0x00, 0x01, 0x00, 0x00, 0x9d, 0x90], at: 10, after: 11 };
     case 'sse-unmasked': // push 0x1d00 (MXCSR: IM, ZM unmasked); ldmxcsr [rsp]; pop rax; xorps xmm0, xmm0; divps xmm0, xmm0 (0/0: #I)
-      return { bytes: [0x68, 0x00, 0x1d, 0x00, 0x00, 0x0f, 0xae, 0x14, 0x24, 0x58, 0x0f, 0x57, 0xc0, 0x0f, 0x5e, 0xc0], at: 13, after: 16 };
+      return { bytes: [0x68, 0x00, 0x1d, 0x00, 0x00, 0x0f, 0xae, 0x14, 0x24, 0x58, 0x0f, 0x57, 0xc0, 0x0f, 0x5e, 0xc0], ...(taskSwitched ? { at: 5, after: 9 } : { at: 13, after: 16 }) };
     case 'load-non-canonical':
     case 'load-unmapped': // movabs rax, address; mov rax, [rax]
       return { bytes: [0x48, 0xb8, ...le64(addressOf(s)), 0x48, 0x8b, 0x00], at: 10, after: 13 };
@@ -110,6 +115,8 @@ export function encodeStep(s: ExceptionStep): EncodedStep {
       return { bytes: [0x48, 0xb9, ...le64(addressOf(s)), 0x48, 0x8b, 0x04, 0x0c], at: 10, after: 14 };
     case 'mov-from-cr-unprivileged': // mov rax, cr0
       return { bytes: [0x0f, 0x20, 0xc0], at: 0, after: 3 };
+    case 'x87-with-ts': // fld1; fstp st(0) (the x87 stack stays balanced when nothing faults)
+      return { bytes: [0xd9, 0xe8, 0xdd, 0xd8], at: 0, after: 2 };
     case 'misaligned-load': // pushfq; or dword [rsp], 0x40000 (AC); popfq; mov rax, [rsp - 7] (RSP is 8-aligned: 1 off)
       return { bytes: [0x9c, 0x81, 0x0c, 0x24, 0x00, 0x00, 0x04, 0x00, 0x9d, 0x48, 0x8b, 0x44, 0x24, 0xf9], at: 9, after: 14 };
   }
@@ -124,7 +131,7 @@ export function execOp(bytes: readonly number[]): Op {
 }
 
 export function singleLevelOps(c: SingleLevelCase): Op[] {
-  return c.steps.map((s) => execOp(encodeStep(s).bytes));
+  return c.steps.map((s) => execOp(encodeStep(s, c.taskSwitched).bytes));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,6 +212,7 @@ export function singleLevelCaseArb(opts: SingleLevelArbOptions = {}): fc.Arbitra
     fc.record({
       cpl: fc.constant(cpl),
       alignmentCheck: fc.boolean(),
+      taskSwitched: fc.boolean(),
       steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl, opts.unmappedRegions))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
     }),
   );
@@ -237,6 +245,7 @@ export const SINGLE_LEVEL_EXAMPLES: Readonly<Record<string, SingleLevelCase>> = 
   '#XM': { cpl: 3, steps: [{ instruction: 'sse-unmasked' }] },
   '#AC': { cpl: 3, alignmentCheck: true, steps: [{ instruction: 'misaligned-load' }] },
   'no #AC without CR0.AM': { cpl: 3, steps: [{ instruction: 'misaligned-load' }] },
+  '#NM': { cpl: 3, taskSwitched: true, steps: [{ instruction: 'x87-with-ts' }, { instruction: 'sse-unmasked' }] },
   'INT n at CPL 0': { cpl: 0, steps: [{ instruction: 'int-n', intVector: 0 }, { instruction: 'int-n', intVector: 31 }, { instruction: 'mov-from-cr-unprivileged' }] },
   '#PF at CPL 0': { cpl: 0, steps: [{ instruction: 'load-unmapped', address: 0x10_0000_0000n }, { instruction: 'store-unmapped', address: 0xffff_ffff_ffff_f000n }] },
 });

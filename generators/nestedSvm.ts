@@ -170,6 +170,7 @@ export function firstVectorOf(e: L2Event): number | null {
     case 'load-unmapped': case 'store-unmapped': return 14;
     case 'sse-unmasked': return 19;
     case 'misaligned-load': return 17;
+    case 'x87-with-ts': return 7;
     case 'mov-from-cr-unprivileged': return null;
   }
 }

@@ -104,6 +104,7 @@ export function encodeProgram(p: Program): ProgramImage {
   if (p.holdExit ?? true) flags |= PROGRAM_FLAGS.holdExit;
   if (p.stealTime) flags |= PROGRAM_FLAGS.stealTime;
   if (p.alignmentCheck) flags |= PROGRAM_FLAGS.alignmentCheck;
+  if (p.taskSwitched) flags |= PROGRAM_FLAGS.taskSwitched;
   // prog_header, in abi.ts order.
   view.setUint32(0, PROGRAM_MAGIC, true);
   view.setUint32(4, GUEST_ABI_VERSION, true);

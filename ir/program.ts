@@ -21,6 +21,8 @@ export interface Program {
   readonly holdExit?: boolean;
   /** Set CR0.AM on every vCPU (abi.ts PROGRAM_FLAGS.alignmentCheck): CPL-3 misaligned accesses with RFLAGS.AC raise #AC. */
   readonly alignmentCheck?: boolean;
+  /** Set CR0.TS on every vCPU (abi.ts PROGRAM_FLAGS.taskSwitched): the first x87/SSE instruction raises #NM. */
+  readonly taskSwitched?: boolean;
   /** Every vCPU enables KVM steal time and logs it with each interrupt (abi.ts PROGRAM_FLAGS.stealTime). */
   readonly stealTime?: boolean;
   /** Switch every vCPU to x2APIC mode before its thread starts. */

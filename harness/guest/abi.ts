@@ -14,7 +14,7 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * thread's status says why an op was bad (bad_opcode, bad_reason).
  * 3: the exit handshake (PROGRAM_FLAGS.holdExit, mailbox.exit_ack).
  * 4: steal time (PROGRAM_FLAGS.stealTime, LAYOUT.stealTime) and its reading in each irq log entry.
- * 5: CR0.AM on request (PROGRAM_FLAGS.alignmentCheck); RFLAGS.AC cleared after every op.
+ * 5: CR0.AM and CR0.TS on request (PROGRAM_FLAGS.alignmentCheck, taskSwitched); RFLAGS.AC cleared after every op.
  */
 export const GUEST_ABI_VERSION = 5;
 
@@ -91,6 +91,12 @@ export const PROGRAM_FLAGS = {
    * says. (Every op runs with RFLAGS.AC clear: the interpreter clears it after each op.)
    */
   alignmentCheck: 1n << 5n,
+  /**
+   * Set CR0.TS on every vCPU, so that the first x87 or SSE instruction raises #NM (SDM Interrupt
+   * 7). The guest's own code never touches that state (-mgeneral-regs-only); only programs whose
+   * ops use neither (fillXmm, an exec of SSE code expecting to run) may set it.
+   */
+  taskSwitched: 1n << 6n,
 } as const;
 
 /** The longest a holdExit guest waits for mailbox.exit_ack, TSC cycles (~3.5 s at 2.4 GHz). */

@@ -63,10 +63,10 @@ export interface StepPrediction {
 const GUEST_IDT = goodIdt();
 
 /** The guest state an instruction's exception depends on (main.c enable_sse, entry.S). */
-function contextOf(s: ExceptionStep, cpl: 0 | 3, alignmentCheck: boolean): InstructionContext {
+function contextOf(s: ExceptionStep, cpl: 0 | 3, cr0: CaseCr0): InstructionContext {
   return {
     cpl,
-    cr0: { am: alignmentCheck, ts: false, mp: true },
+    cr0: { am: cr0.alignmentCheck ?? false, ts: cr0.taskSwitched ?? false, mp: true },
     cr4: { osxmmexcpt: true },
     // Only misaligned-load's own code sets RFLAGS.AC (the interpreter clears it after each op).
     rflags: { ac: s.instruction === 'misaligned-load', tf: s.instruction === 'single-step' },
@@ -75,8 +75,11 @@ function contextOf(s: ExceptionStep, cpl: 0 | 3, alignmentCheck: boolean): Instr
   };
 }
 
-export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, alignmentCheck = false): StepPrediction {
-  let raised = raisedBy(s.instruction, contextOf(s, cpl, alignmentCheck), f.switches);
+/** The CR0 bits a case sets (SingleLevelCase): AM, TS. */
+export type CaseCr0 = Pick<SingleLevelCase, 'alignmentCheck' | 'taskSwitched'>;
+
+export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, cr0: CaseCr0 = {}): StepPrediction {
+  let raised = raisedBy(s.instruction, contextOf(s, cpl, cr0), f.switches);
   if (!raised) return { entry: null, ripOffset: null, chain: [] };
   if (f.variant.gpAsUd && raised.source === 'instruction' && raised.vector === GP) raised = { vector: UD, source: 'instruction' };
   if (f.variant.pageFaultUserBit === false && raised.vector === PF && raised.errorCode !== undefined) raised = { ...raised, errorCode: raised.errorCode & ~PF_U };
@@ -87,7 +90,7 @@ export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, a
   const faulted = r.chain.some((c) => c.rule !== 'raised' && c.rule !== 'handler-entered');
   // A trap (INT n, INT3, the single-step #DB) reports the RIP after its instruction; a fault, and
   // a fault raised while vectoring, the RIP of the instruction (SDM §6.5; APM §8.2).
-  const enc = encodeStep(s);
+  const enc = encodeStep(s, cr0.taskSwitched);
   const trap = !faulted && (raised.source === 'software-int' || s.instruction === 'single-step');
   return { entry, ripOffset: trap ? enc.after : enc.at, chain: r.chain };
 }
@@ -119,18 +122,21 @@ export interface SingleLevelObservation {
   readonly recordCount: number;
 }
 
-const cplText = (c: SingleLevelCase) => `CPL ${c.cpl}${c.alignmentCheck ? ' with CR0.AM' : ''}`;
+const cplText = (c: SingleLevelCase) => {
+  const cr0 = [c.alignmentCheck ? 'CR0.AM' : '', c.taskSwitched ? 'CR0.TS' : ''].filter(Boolean);
+  return `CPL ${c.cpl}${cr0.length ? ` with ${cr0.join(', ')}` : ''}`;
+};
 const where = (o: SingleLevelObservation, j: JudgedStep) => `step ${j.index} ${describeStep(j.step)} at ${cplText(o.c)}`;
 /** The case of this one step: what a difference offers for shrinking. */
-const single = (o: SingleLevelObservation, j: JudgedStep) => ({ witness: { cpl: o.c.cpl, ...(o.c.alignmentCheck ? { alignmentCheck: true } : {}), steps: [j.step] } satisfies SingleLevelCase });
-const evidence = (j: JudgedStep) => ({
+const single = (o: SingleLevelObservation, j: JudgedStep) => ({ witness: { cpl: o.c.cpl, ...(o.c.alignmentCheck ? { alignmentCheck: true } : {}), ...(o.c.taskSwitched ? { taskSwitched: true } : {}), steps: [j.step] } satisfies SingleLevelCase });
+const evidence = (o: SingleLevelObservation, j: JudgedStep) => ({
   evidence: {
-    bytes: encodeStep(j.step).bytes.map((b) => b.toString(16).padStart(2, '0')).join(' '),
+    bytes: encodeStep(j.step, o.c.taskSwitched).bytes.map((b) => b.toString(16).padStart(2, '0')).join(' '),
     chain: j.predicted.chain.map((c) => `${c.rule}: ${c.summary}`),
     ...(j.record ? { record: { faultVector: j.record.faultVector, errorCode: hex(j.record.errorCode), faultRip: hex(j.record.fields.faultRip), codeBase: hex(j.record.fields.codeBase), cr2: hex(j.record.fields.cr2) } } : {}),
   },
 });
-const extras = (o: SingleLevelObservation, j: JudgedStep) => ({ ...single(o, j), ...evidence(j) });
+const extras = (o: SingleLevelObservation, j: JudgedStep) => ({ ...single(o, j), ...evidence(o, j) });
 
 function* recorded(o: SingleLevelObservation): Iterable<JudgedStep & { readonly record: RecordOf<'exec'> }> {
   for (const j of o.steps) if (j.record) yield j as JudgedStep & { readonly record: RecordOf<'exec'> };
@@ -216,14 +222,14 @@ export function variantOf(env: PropertyEnv): NestedModelVariant {
 export async function observeSingleLevel(c: SingleLevelCase, f: SingleLevelFacts, env: PropertyEnv): Promise<Observation<SingleLevelObservation>> {
   const run = await observeProgram(
     env,
-    { threads: [singleLevelOps(c)], canary: DEFAULT_CANARY, ...(c.cpl === 0 ? { ring0: true } : {}), ...(c.alignmentCheck ? { alignmentCheck: true } : {}) },
+    { threads: [singleLevelOps(c)], canary: DEFAULT_CANARY, ...(c.cpl === 0 ? { ring0: true } : {}), ...(c.alignmentCheck ? { alignmentCheck: true } : {}), ...(c.taskSwitched ? { taskSwitched: true } : {}) },
     { role: 'workload' },
   );
   if (!run.ok) return run;
   const records = recordsOf(run.value.records[0] ?? [], 'exec');
   const steps = c.steps.map((step, index) => {
     const record = records.find((r) => r.opIndex === index);
-    return { index, step, predicted: predictStep(step, c.cpl, f, c.alignmentCheck ?? false), ...(record ? { record } : {}) };
+    return { index, step, predicted: predictStep(step, c.cpl, f, c), ...(record ? { record } : {}) };
   });
   env.metrics.add('exceptionCases');
   env.metrics.add('faultingInstructions', c.steps.length);

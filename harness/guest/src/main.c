@@ -87,7 +87,7 @@ static void lapic_x2apic_on(struct cpu *c)
 }
 
 /* SSE on (CR0.MP, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
- * never does (-mgeneral-regs-only). CR0.AM as the program asks (PROGRAM_FLAG_ALIGNMENT_CHECK). */
+ * never does (-mgeneral-regs-only). CR0.AM and CR0.TS as the program asks (PROGRAM_FLAG_ALIGNMENT_CHECK, _TASK_SWITCHED). */
 static void enable_sse(void)
 {
 	u64 cr0, cr4;
@@ -97,6 +97,10 @@ static void enable_sse(void)
 		cr0 |= 1ul << 18; /* AM */
 	else
 		cr0 &= ~(1ul << 18);
+	if (PROGRAM->flags & PROGRAM_FLAG_TASK_SWITCHED)
+		cr0 |= 1ul << 3; /* TS */
+	else
+		cr0 &= ~(1ul << 3);
 	asm volatile("mov %0, %%cr0" ::"r"(cr0));
 	asm volatile("mov %%cr4, %0" : "=r"(cr4));
 	cr4 |= (1ul << 9) | (1ul << 10);
