@@ -9,6 +9,8 @@
  *
  * Bad input gets one line on stderr and exit status 2; a run exits 0 exactly when nothing failed.
  */
+import { watchRun } from './progress.js';
+import { KtapStream } from '../reports/ktap.js';
 import { accessSync, constants, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -68,7 +70,16 @@ export function parseRunOptions(argv: readonly string[], cwd = process.cwd()): R
     if (m.machine && machine && machine !== m.machine) throw new UsageError(`mutant '${m.name}' needs --machine ${m.machine}`);
     machine ??= m.machine;
   }
-  return defaultOptions({ ...given, families, out: given.out ?? resolve(cwd, 'results'), ...(machine ? { machine } : {}) });
+  let properties = given.properties;
+  if (given.shard) {
+    // Shards split the selected properties round-robin, in the registry's order: every shard of
+    // one selection gets a stable, disjoint part, and together they cover it.
+    const [i, n] = given.shard.split('/').map(Number) as [number, number];
+    const all = selectedProperties(families, given.properties ?? []);
+    properties = all.filter((_, k) => k % n === i - 1).map((p) => p.id);
+    if (properties.length === 0) throw new UsageError(`--shard ${given.shard}: no property falls in this shard (${all.length} selected: use at most ${all.length} shards)`);
+  }
+  return defaultOptions({ ...given, families, ...(properties ? { properties } : {}), out: given.out ?? resolve(cwd, 'results'), ...(machine ? { machine } : {}) });
 }
 
 /** What a run cannot start without; each missing piece is one line with the fix. */
@@ -148,6 +159,7 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
   const findings = hostFindings({ ...(choice ? { choice } : {}), ...(startError ? { startError } : {}) }, known, host);
   if (!startError) for (const f of findings) process.stderr.write(`kvmprop: host finding ${f.check} (${f.status}): ${f.summary}\n  QEMU: ${f.qemuMessage}\n`);
   const expected = selectedProperties(o.families, o.properties);
+  const ktap = o.ktap ? new KtapStream((s) => process.stdout.write(s)) : undefined;
   const errors: string[] = [];
   let interrupted: NodeJS.Signals | null = null;
   if (startError) {
@@ -162,10 +174,12 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
     process.stderr.write(
       `kvmprop: guest ${guest.hash}${guest.cached ? ' (cached)' : ''}; vCPU model ${choice!.used}; host pattern: ${fill.anonymousMiB} MiB anonymous + ${fill.pageCacheMiB} MiB page cache filled and freed; seed ${o.seed}; run root ${root}\n`,
     );
+    if (ktap) ktap.begin(expected.length, `kvmprop ${toolVersion()}: host ${fingerprintId(host)}, seed ${o.seed}${o.shard ? `, shard ${o.shard}` : ''}`);
     const child = execa(process.execPath, [vitestEntry(), 'run', '--project', 'properties', '--config', join(PROJECT_ROOT, 'vitest.config.ts')], {
       cwd: PROJECT_ROOT,
       env: { ...optionsToEnv(o), [RUNTIME_ROOT_ENV]: root, [VCPU_CHOICE_ENV]: JSON.stringify(choice) },
-      stdio: ['ignore', 'inherit', 'inherit'],
+      // With --ktap stdout is the KTAP stream alone: vitest's own output goes to stderr.
+      stdio: ['ignore', ktap ? process.stderr : 'inherit', 'inherit'],
       reject: false,
       // Its own process group, signalled as a whole: vitest's main process exits on SIGINT without
       // waiting for its workers, and a worker nobody signals runs its case on, QEMUs and all (seen:
@@ -181,11 +195,13 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
       }
     };
     const undelegate = delegateSignals(forward);
+    const watch = watchRun({ out: o.out, root, expected: expected.map((p) => p.id), status: process.stderr, ...(ktap ? { ktap } : {}) });
     try {
       const r = await child;
       if (interrupted) errors.push(`run interrupted by ${interrupted}`);
       else if (r.exitCode !== 0 && r.exitCode !== 1) errors.push(`vitest exited with status ${r.exitCode ?? r.signal}`);
     } finally {
+      watch.stop();
       undelegate();
       // Whatever a worker could not clean up (it was killed) goes with the run root; its QEMUs died
       // with it (setpriv --pdeathsig).
@@ -205,7 +221,12 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
     findings,
   });
   const file = writeResults(o.out, results);
-  process.stdout.write(summarize(results, file, o) + '\n');
+  if (ktap) {
+    for (const p of results.properties) ktap.property(p);
+    const t = results.totals;
+    ktap.end(expected.map((p) => p.id), `pass ${t.pass}, fail ${t.fail}, known-deviation ${t['known-deviation']}, skip ${t.skip}`);
+  }
+  (ktap ? process.stderr : process.stdout).write(summarize(results, file, o) + '\n');
   if (startError) process.stderr.write(`kvmprop: the configured machine does not start: ${startError.qemuMessage}\n`);
   if (interrupted) return interrupted === 'SIGINT' ? 130 : 143;
   return results.status === 'pass' ? 0 : 1;

@@ -244,3 +244,40 @@ export function formatTapDocument(d: TapDocument, indent = ''): string {
   if (d.bailOut) put(`Bail out!${d.bailOut.reason ? ` ${cleanLine(d.bailOut.reason)}` : ''}`);
   return `${out.join('\n')}\n`;
 }
+
+/**
+ * KTAP v1 streamed as a run goes (`kvmprop run --ktap`): flat, one result per property in the order
+ * properties finish, named by full id (no family level: the stream cannot wait for a family), the
+ * plan first from the number of selected properties. A property that never reports is `not ok ...
+ * # ERROR` at the end. `kvmprop export --format ktap` writes the nested layout from results.json.
+ */
+export class KtapStream {
+  #n = 0;
+  readonly #seen = new Set<string>();
+  constructor(private readonly write: (s: string) => void) {}
+
+  begin(count: number, header: string): void {
+    this.write(`KTAP version 1\n${diagText(header)}\n1..${count}\n`);
+  }
+
+  property(p: PropertyResult): void {
+    if (this.#seen.has(p.id)) return;
+    this.#seen.add(p.id);
+    const node = { ...propertyNode(p, ++this.#n), description: p.id };
+    this.write(formatTapDocument({ ...doc(undefined, [node]), plan: null, footer: [], version: null }).replace(/^KTAP version 1\n/, ''));
+  }
+
+  /** Properties that never reported, then the totals. */
+  end(expected: readonly string[], totals: string): void {
+    for (const id of expected) {
+      if (this.#seen.has(id)) continue;
+      this.#seen.add(id);
+      this.write(`not ok ${++this.#n} ${ktapName(id)} # ERROR no result (its worker did not report)\n`);
+    }
+    this.write(`${diagText(totals)}\n`);
+  }
+
+  has(id: string): boolean {
+    return this.#seen.has(id);
+  }
+}

@@ -51,13 +51,17 @@ export interface RunOptions {
   /** Per-VM limits. */
   readonly vmTimeoutMs: number;
   readonly stallMs: number;
+  /** Run only every n-th selected property, starting at the i-th ("i/n"): one shard of a fleet's run. */
+  readonly shard?: string;
+  /** Stream KTAP v1 on stdout as properties finish (the summary then goes to stderr). */
+  readonly ktap?: boolean;
 }
 
 export class OptionError extends Error {
   override name = 'OptionError';
 }
 
-type Kind = 'list' | 'int' | 'string' | 'path' | 'enum';
+type Kind = 'list' | 'int' | 'string' | 'path' | 'enum' | 'flag';
 
 interface OptionSpec<K extends keyof RunOptions = keyof RunOptions> {
   readonly key: K;
@@ -98,6 +102,8 @@ export const RUN_OPTIONS: readonly OptionSpec[] = [
   opt({ key: 'deviations', flag: 'deviations', kind: 'path', arg: 'FILE', help: 'known deviations', rerun: true, record: false }),
   opt({ key: 'stallMs', flag: 'stall-ms', kind: 'int', arg: 'N', help: 'a vCPU with no progress for N ms is a hang', min: 100, rerun: false, record: false }),
   opt({ key: 'vmTimeoutMs', flag: 'vm-timeout-ms', kind: 'int', arg: 'N', help: 'per-VM limit', min: 1000, rerun: false, record: false }),
+  opt({ key: 'shard', flag: 'shard', kind: 'string', arg: 'I/N', help: 'run shard I of N: every N-th selected property from the I-th (merge the shards with kvmprop merge)', rerun: false, record: true }),
+  opt({ key: 'ktap', flag: 'ktap', kind: 'flag', arg: '', help: 'stream KTAP v1 on stdout as properties finish; the summary goes to stderr', rerun: false, record: false }),
 ];
 
 /** The defaults, once. `seed` is random per run. */
@@ -157,14 +163,14 @@ export function parseRunArgs(argv: readonly string[], cwd = process.cwd()): { op
     strict: true,
     allowPositionals: true,
     options: Object.fromEntries(
-      RUN_OPTIONS.flatMap((s) => [s.flag, ...(s.aliases ?? [])].map((f) => [f, { type: 'string' as const, multiple: s.kind === 'list' }])),
+      RUN_OPTIONS.flatMap((s) => [s.flag, ...(s.aliases ?? [])].map((f) => [f, s.kind === 'flag' ? { type: 'boolean' as const } : { type: 'string' as const, multiple: s.kind === 'list' }])),
     ),
   });
   if (positionals.length) throw new OptionError(`unexpected argument '${positionals[0]}'`);
   const out: Record<string, unknown> = {};
   const given = new Set<keyof RunOptions>();
   for (const s of RUN_OPTIONS) {
-    const all = values as Record<string, string | string[] | undefined>;
+    const all = values as Record<string, string | string[] | boolean | undefined>;
     const spelled = [s.flag, ...(s.aliases ?? [])].map((f) => all[f]).filter((x) => x !== undefined);
     if (spelled.length === 0) continue;
     const v = s.kind === 'list' ? spelled.flat() : spelled[spelled.length - 1]!;
@@ -192,7 +198,14 @@ export function parseRunArgs(argv: readonly string[], cwd = process.cwd()): { op
       case 'string':
         out[s.key] = v;
         break;
+      case 'flag':
+        out[s.key] = v === true;
+        break;
     }
+  }
+  if (out.shard !== undefined) {
+    const m = /^(\d+)\/(\d+)$/.exec(out.shard as string);
+    if (!m || Number(m[1]) < 1 || Number(m[2]) < 1 || Number(m[1]) > Number(m[2])) throw new OptionError(`--shard must be I/N with 1 <= I <= N, got '${out.shard as string}'`);
   }
   if (out.path !== undefined && out.seed === undefined) throw new OptionError('--path needs the --seed it was recorded with');
   if (out.replayPath !== undefined && out.path === undefined) throw new OptionError('--replay-path needs the --seed and --path it was recorded with');

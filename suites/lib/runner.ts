@@ -3,6 +3,7 @@
  * known deviations cover exactly what they document (waive, waive.ts), and record the result and
  * the shrunk counterexample (persist, reports/). Properties only say what they check.
  */
+import { reportProgress } from './progress.js';
 import { join, relative } from 'node:path';
 import fc from 'fast-check';
 import { buildGuest } from '../../harness/guest/build.js';
@@ -114,6 +115,7 @@ async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiv
   let failedOnce = false;
   const prop = fc.asyncProperty(def.arbitrary(facts, env), async (c: unknown) => {
     executed++;
+    reportProgress({ id: def.id, family: def.family, done: executed, total: o.runs, phase: failedOnce ? 'shrinking' : 'running', case: c });
     let f = await checkCase(def, c, facts, env, waiver);
     // Once a case has failed, fast-check tries only smaller ones; with confirmShrinks a smaller one
     // replaces it only if it fails every time (property.ts says why).
