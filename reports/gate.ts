@@ -109,7 +109,7 @@ export class GatePolicyError extends Error {
 }
 
 const THRESHOLD_KEYS: readonly (keyof Thresholds)[] = ['alpha', 'quantile', 'minRelativeIncrease', 'minAbsoluteIncrease', 'minCliffsDelta', 'minSamples'];
-const BUILTIN_DEFAULTS: Thresholds = { alpha: 0.01, quantile: 0.9, minRelativeIncrease: 0.25, minAbsoluteIncrease: 0, minCliffsDelta: 0.1, minSamples: 20 };
+const BUILTIN_DEFAULTS: Thresholds = { alpha: 0.01, quantile: 0.9, minRelativeIncrease: 0.25, minAbsoluteIncrease: 0, minCliffsDelta: 0.2, minSamples: 20 };
 const PROPERTY_KEYS = ['missing', 'newlySkipped', 'newFailure', 'runErrors'] as const;
 const PROPERTY_DEFAULTS: GatePolicy['properties'] = { missing: 'fail', newlySkipped: 'warn', newFailure: 'warn', runErrors: 'fail' };
 
@@ -430,13 +430,13 @@ function pairHosts(bs: readonly MergedHost[], cs: readonly MergedHost[]): { pair
 
 type Item = { readonly id: string; readonly status: PropertyStatus; readonly reason?: string; readonly deviation?: { readonly id: string } };
 
-/** Properties and host findings (as `host.<check>`) of one host of a results file. */
+/** Properties and host findings (by their check, `host.<name>`) of one host of a results file. */
 function itemsOf(r: ResultsFile, hostId: string): Map<string, Item> {
   const m = new Map<string, Item>();
   for (const p of r.properties) if (hostIdOf(p, r) === hostId && !m.has(p.id)) m.set(p.id, p);
   for (const f of r.findings as readonly HostFinding[]) {
     if (hostIdOf(f, r) !== hostId) continue;
-    const id = `host.${f.check}`;
+    const id = f.check.startsWith('host.') ? f.check : `host.${f.check}`;
     const had = m.get(id);
     // Several findings of one check: the worst counts.
     if (!had || (had.status !== 'fail' && f.status === 'fail')) m.set(id, { id, status: f.status, reason: f.summary, ...(f.deviation ? { deviation: f.deviation } : {}) });
