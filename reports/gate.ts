@@ -589,7 +589,7 @@ export const fmt = (x: number, digits = 3): string => {
   if (x !== 0 && Math.abs(x) < 1e-3) return x.toExponential(2);
   return String(Number(x.toPrecision(digits + 1)));
 };
-export const fmtP = (p: number): string => (p < 1e-4 ? p.toExponential(1) : String(Number(p.toPrecision(2))));
+export const fmtP = (p: number): string => (p === 0 ? '<1e-300' : p < 1e-4 ? p.toExponential(1) : String(Number(p.toPrecision(2))));
 const pct = (x: number): string => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${Number((x * 100).toPrecision(3))}%` : x > 0 ? '+∞%' : '−∞%');
 
 /** Judge the tests once all of them are known: Holm's adjustment is over the whole family. */

@@ -30,6 +30,7 @@ tr.k-waived td,tr.w td{background:#b26a001a}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em;overflow-wrap:anywhere}
 .mute{color:var(--mute)}ul{padding-left:1.2rem}li{margin:.15rem 0}
 details summary{cursor:pointer}
+td.detail{min-width:26rem}td.series{white-space:nowrap}td.labels{min-width:9rem}
 @media (max-width:40rem){body{padding:.5rem;font-size:13px}}
 `;
 
@@ -45,7 +46,7 @@ function measurementRow(m: SeriesComparison): string {
   const cls = `v-${m.verdict}${m.effect === 'warn' ? ' w' : ''}`;
   const unit = m.unit ? ` ${m.unit}` : '';
   return (
-    `<tr class="${esc(cls)}"><td class="mono">${esc(m.series)}</td><td class="mono">${esc(m.group)}</td><td>${esc(m.verdict)}${m.effect === 'warn' ? ' (warn)' : ''}</td>` +
+    `<tr class="${esc(cls)}"><td class="mono series">${esc(m.series)}</td><td class="mono labels">${esc(m.group)}</td><td>${esc(m.verdict)}${m.effect === 'warn' ? ' (warn)' : ''}</td>` +
     `<td class="num">${m.n.baseline} / ${m.n.candidate}</td>` +
     `<td class="num">${num(q.baseline.p50)} / ${num(q.baseline.p90)} / ${num(q.baseline.p99)}${esc(unit)}</td>` +
     `<td class="num">${num(q.candidate.p50)} / ${num(q.candidate.p90)} / ${num(q.candidate.p99)}${esc(unit)}</td>` +
@@ -53,7 +54,7 @@ function measurementRow(m: SeriesComparison): string {
     `<td class="num">${num(m.cliffsDelta)}</td><td class="num">${m.hodgesLehmann ? `${num(m.hodgesLehmann.shift)}${m.hodgesLehmann.approximate ? '≈' : ''}` : ''}</td>` +
     `<td class="num">${m.quantile ? esc(fmt(m.quantile.ratio)) : ''}</td>` +
     `<td>${m.thresholds ? esc(`α ${m.thresholds.alpha}; p${Math.round(m.thresholds.quantile * 100)} +${m.thresholds.minRelativeIncrease * 100}% & +${m.thresholds.minAbsoluteIncrease}${unit}; δ ≥ ${m.thresholds.minCliffsDelta}; n ≥ ${m.thresholds.minSamples}`) : ''}</td>` +
-    `<td>${esc(m.detail)}</td></tr>`
+    `<td class="detail">${esc(m.detail)}</td></tr>`
   );
 }
 
@@ -89,10 +90,7 @@ ${g.hosts.pairs.map((p) => `${hostRow('baseline', p.baseline)}\n${hostRow('candi
 <h2>Warnings</h2>
 ${list(g.warnings)}
 <h2>Properties (${g.properties.length}; ${changed.length} changed)</h2>
-<div class="scroll"><table>
-${propHead}
-${propRows(changed)}
-</table></div>
+${changed.length ? `<div class="scroll"><table>\n${propHead}\n${propRows(changed)}\n</table></div>` : '<p>No property changed.</p>'}
 ${same ? `<details><summary>${same} unchanged</summary><div class="scroll"><table>${propHead}${propRows(g.properties.filter((t) => !changed.includes(t)))}</table></div></details>` : ''}
 <h2>Measurements (${tested} tested${g.policy.multipleComparisons === 'holm' ? ', p Holm-adjusted over them' : ''})</h2>
 <p class="mute">One-sided Mann–Whitney U for “candidate worse”; a regression needs the adjusted p below α and the effect at least the policy's: the quantile's relative and absolute worsening and Cliff's delta δ. HL: Hodges–Lehmann shift (candidate − baseline).</p>

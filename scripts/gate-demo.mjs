@@ -40,7 +40,7 @@ const { values } = parseArgs({
     // Re-trim the fixtures already in --out (after a change to trim()), running nothing.
     retrim: { type: 'boolean', default: false },
     // Which runs, in order; a name starting with 'hog' runs through the wrapper.
-    sequence: { type: 'string', default: 'normal-1,hog,normal-2' },
+    sequence: { type: 'string', default: 'normal-1,hog,normal-2,normal-3' },
   },
 });
 const hogs = Number(values.hogs);
