@@ -6,7 +6,7 @@ import { loadDeviations } from './deviations.js';
 import { cmdGate, DEFAULT_POLICY_FILE, formatSummary, gate, globMatches, loadPolicy, parsePolicy, type GateResult } from './gate.js';
 import { esc, gateHtml } from './gateHtml.js';
 import { exactUCounts, hodgesLehmann, holm, mannWhitney, normalUpperTail, quantile } from './gateStats.js';
-import { readResultsFile } from './merge.js';
+import { mergeResults, readResultsFile } from './merge.js';
 import type { MeasurementSample, PropertyResult, ResultsFile } from './schema.js';
 import { sampleHost, sampleProperty, sampleResults } from './testing/results.js';
 
@@ -186,6 +186,36 @@ describe('property transitions', () => {
     const text = formatSummary(g);
     expect(text).toMatch(/baseline {2}aaaaaaaaaaaa {2}AMD EPYC \(AuthenticAMD 25\/1\/1\), kernel 6\.18\.44, QEMU 7\.2\.22/);
     expect(text).toMatch(/candidate bbbbbbbbbbbb .* kernel 6\.19\.0, QEMU 8\.2\.0/);
+  });
+});
+
+describe('several hosts (kvmprop merge of a CI matrix)', () => {
+  const cpu = (model: string, modelNumber: number) => ({ model, vendor: 'AuthenticAMD', family: 25, modelNumber, stepping: 1, flags: [] });
+  const on = (hostId: string, release: string, c: ReturnType<typeof cpu>, props: PropertyResult[]) => ({
+    file: `${hostId}.json`,
+    results: sampleResults(props, { hostId, host: sampleHost(release, { cpu: c }) }),
+  });
+  const milan = cpu('AMD EPYC 7763', 1);
+  const genoa = cpu('AMD EPYC 9654', 17);
+
+  it('pairs each host with the same machine under the candidate kernel, and names the host of a regression', () => {
+    const baseline = mergeResults([on('m-old', '6.18', milan, [sampleProperty({ id: 'timers.a' })]), on('g-old', '6.18', genoa, [sampleProperty({ id: 'timers.a' })])]);
+    const candidate = mergeResults([
+      on('g-new', '6.19', genoa, [sampleProperty({ id: 'timers.a', status: 'fail', reason: 'late on Genoa' })]),
+      on('m-new', '6.19', milan, [sampleProperty({ id: 'timers.a' })]),
+    ]);
+    const g = gateOf(baseline, candidate);
+    expect(g.hosts.pairs.map((p) => [p.baseline.hostId, p.candidate.hostId, p.pairedBy])).toEqual([['m-old', 'm-new', 'cpu'], ['g-old', 'g-new', 'cpu']]);
+    expect(g.properties.map((t) => [t.hosts, t.kind])).toEqual([['m-old → m-new', 'unchanged'], ['g-old → g-new', 'regressed']]);
+    expect(g.failures).toEqual(['timers.a (g-old → g-new): regressed, pass → fail: late on Genoa']);
+  });
+
+  it('a baseline host missing from the candidate fails the gate (a matrix leg that did not run)', () => {
+    const baseline = mergeResults([on('m-old', '6.18', milan, [sampleProperty({ id: 'timers.a' })]), on('g-old', '6.18', genoa, [sampleProperty({ id: 'timers.a' })])]);
+    const candidate = mergeResults([on('m-new', '6.19', milan, [sampleProperty({ id: 'timers.a' })])]);
+    const g = gateOf(baseline, candidate);
+    expect(g.verdict).toBe('fail');
+    expect(g.failures[0]).toMatch(/^baseline host g-old \(AMD EPYC 9654 .*\) has no counterpart in the candidate/);
   });
 });
 
