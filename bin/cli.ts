@@ -46,6 +46,7 @@ commands:
   merge     merge results of shards or hosts: kvmprop merge RESULTS... --out FILE
   export    write results as JUnit XML, KTAP v1 or KCIDB JSON: kvmprop export --format junit|ktap|kcidb RESULTS --out FILE
   import    read a foreign suite's log as kvmprop results: kvmprop import --format kut-tap|ktap LOG --out FILE
+  gate      fail on regressions from a baseline: kvmprop gate --baseline A.json --candidate B.json [--policy FILE] [--out DIR]
 
 families: ${FAMILY_NAMES.join(', ')}
 ${runUsage()}`;
@@ -346,6 +347,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return (await import('../reports/junit.js')).cmdExport(rest);
       case 'import':
         return await (await import('../reports/tapImport.js')).cmdImport(rest);
+      case 'gate':
+        return await (await import('../reports/gate.js')).cmdGate(rest);
       case '--version':
         process.stdout.write(`kvmprop ${toolVersion()}\n`);
         return 0;
