@@ -64,7 +64,7 @@ describe('decoding a reading', () => {
     expect(after.vcpus).toHaveLength(2);
     expect(after.vcpus[0]!.exits).toMatchObject({ type: 'cumulative' });
     expect(after.vcpus[0]!.halt_wait_hist).toMatchObject({ type: 'log2-histogram' });
-    expect((after.vcpus[0]!.halt_wait_hist as { buckets: number[] }).buckets).toHaveLength(32);
+    expect((after.vcpus[0]!.halt_wait_hist as { buckets: readonly number[] }).buckets).toHaveLength(32);
     expect(after.vm.pages_4k).toMatchObject({ type: 'instant' });
     // vCPU 0 made the reads: /machine/unattached/device[0], although QEMU listed device[2] first.
     expect(kvm.after.vcpu[0]!['qom-path']).toBe('/machine/unattached/device[2]');
