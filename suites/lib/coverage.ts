@@ -44,6 +44,7 @@ export const HEADLINE_COUNTERS = [
   'vcpu.halt_exits',
   'vcpu.nested_run',
   'vm.remote_tlb_flush',
+  'vm.remote_tlb_flush_requests',
 ] as const;
 
 /**
