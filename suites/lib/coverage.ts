@@ -148,9 +148,16 @@ export function kvmSummaryLines(properties: readonly SummaryProperty[]): string[
   for (const f of families) {
     const ps = properties.filter((p) => p.family === f);
     const vms = ps.reduce((n, p) => n + (p.metrics[KVM_MEASURED_VMS] ?? 0), 0);
-    if (!vms) continue;
     const sum = (name: string) => ps.reduce((n, p) => n + (p.metrics[`${KVM_METRIC_PREFIX}vcpu.${name}`] ?? 0), 0);
-    lines.push(`kvm paths (${f}, ${vms} VMs): ${SUMMARY_COUNTERS.map((c) => `${c} ${sum(c)}`).join(', ')}`);
+    if (vms) lines.push(`kvm paths (${f}, ${vms} VMs): ${SUMMARY_COUNTERS.map((c) => `${c} ${sum(c)}`).join(', ')}`);
+    const claims = ps.flatMap((p) => p.kvm?.claims ?? []);
+    if (!claims.length) continue;
+    const count = (s: ClaimResult['status']) => claims.filter((c) => c.status === s).length;
+    // Each reason once: the same claim about four properties is one sentence.
+    const reasons = [...new Set(claims.filter((c) => c.status === 'not-driven' || c.status === 'not-measured').map((c) => `${c.counters.join(' | ')}: ${c.reason}`))];
+    lines.push(
+      `kvm claims (${f}): met ${count('met')}, unmet ${count('unmet')}, not driven here ${count('not-driven')}, not measured ${count('not-measured')}${reasons.length ? ` (${reasons.join('; ')})` : ''}`,
+    );
   }
   for (const p of properties) {
     for (const c of p.kvm?.claims ?? []) {
