@@ -18,7 +18,7 @@ import { encodeProgram, type ProgramImage } from './bytecode.js';
 import { LAYOUT, THREAD_STATE } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
 import { QmpError } from './qmp.js';
-import { Vm, type MachineConfig, type StartOptions } from './vm.js';
+import { Vm, type KvmStatsRun, type MachineConfig, type StartOptions } from './vm.js';
 import { qemuWords, watchVm, type WatchOptions, type WatchOutcome } from './watchdog.js';
 
 export interface VmSpec {
@@ -176,6 +176,17 @@ export class VmHandle {
     const status = await this.status();
     const { mailbox, threads } = await this.vm.readMailbox();
     return { status, mailbox, threads: threads.slice(0, this.nthreads || this.vm.config.cpus) };
+  }
+
+  /**
+   * What KVM counted in this VM since it was created (harness/kvmStats.ts; read at start, before
+   * `cont`, under KVM): up to the guest's finish if it finished, else up to now. Null under TCG or
+   * once QEMU is gone. Reading kicks every vCPU out of KVM_RUN once: read where that disturbs
+   * nothing observed (stopped, or after the last observation). A destination's counters start at
+   * its own creation, so each side counts what ran there.
+   */
+  kvmStats(): Promise<KvmStatsRun | null> {
+    return this.vm.kvmStatsRun();
   }
 
   /** sha256 (hex) of guest RAM, all of it or [addr, addr + len): the RAM file, read directly. */

@@ -19,6 +19,7 @@ import { useOwnRunRoot } from './testing/runRoot.js';
 import { liveResources, processesMatching } from './runtime.js';
 import { MACHINE_TYPES, Vm, VmSetupError, defaultMachineConfig, parseTap, runVm, type MachineConfig } from './vm.js';
 import { describeOutcome, guestProblems, runWorkload } from './workload.js';
+import { cumulativeCounters } from './kvmStats.js';
 
 /** An exec op running `bytes` (at most 16), padded with NOPs. */
 function execOp(bytes: readonly number[]): Op {
@@ -136,6 +137,20 @@ describe('a VM that runs its program to the end', () => {
     const free = await runWorkload(defaultMachineConfig(), { ...prog, holdExit: false }, { guestElf, label: 'nohold' });
     expect(free.vm.outcome).toEqual({ kind: 'completed', exitCode: 33 });
   });
+
+  it("records what KVM counted from before cont to the guest's finish; under TCG there is nothing to count", async () => {
+    // 20 reads of space no device claims: each goes to QEMU as an MMIO exit (harness/kvmStats.ts).
+    const reads = Array.from({ length: 20 }, (): Op => ({ op: 'mmioRead', addr: 0xd000_0000n, width: 4 }));
+    const run = await runWorkload(defaultMachineConfig(), program([reads]), { guestElf, label: 'kvm-stats' });
+    expect(run.vm.outcome).toEqual({ kind: 'completed', exitCode: 33 });
+    expect(run.vm.kvmStats?.at).toBe('finished');
+    const counters = cumulativeCounters(run.vm.kvmStats!.delta);
+    expect(counters['vcpu.mmio_exits']).toBeGreaterThanOrEqual(20);
+    expect(counters['vcpu.exits']).toBeGreaterThanOrEqual(counters['vcpu.mmio_exits']!);
+    const tcg = await runWorkload(defaultMachineConfig({ accel: 'tcg' }), program([reads.slice(0, 2)]), { guestElf, label: 'tcg-stats' });
+    expect(tcg.vm.outcome).toEqual({ kind: 'completed', exitCode: 33 });
+    expect(tcg.vm.kvmStats).toBeNull();
+  });
 });
 
 describe('a VM that goes wrong', () => {
@@ -174,6 +189,8 @@ describe('a VM that goes wrong', () => {
     expect(run.outcome.registers).toMatch(/RIP=[0-9a-f]{16}/);
     expect(describeOutcome(run.outcome)).toMatch(/^vCPU 1 made no progress/);
     expect(run.threads.map((t) => t.status.state)).toEqual([BigInt(THREAD_STATE.done), BigInt(THREAD_STATE.running)]);
+    // It never finished, but QEMU still answered at the outcome: KVM's counters up to then.
+    expect(run.kvmStats?.at).toBe('outcome');
   });
 
   it('reports a guest reset (ring-0 triple fault through a zero-limit IDT)', async () => {

@@ -11,6 +11,9 @@
  *  - QEMU itself exits or crashes: its exit status and stderr;
  *  - and, last, the overall timeout.
  * Guest RAM is a shared file in the VM's private directory, read directly by the host.
+ * Under KVM, KVM's own statistics (harness/kvmStats.ts) are read once the VM is created, before
+ * `cont`, and again when the guest has finished and waits for the host (guestFinished, before the
+ * exit handshake's ack); the run result carries the difference (VmRunResult.kvmStats).
  * The watching itself lives in harness/watchdog.ts (it also knows the run states of migration);
  * waitForOutcome here is a thin user of it.
  */
@@ -24,6 +27,7 @@ import { fieldOffset, LAYOUT, MAILBOX_MAGIC, MAILBOX_THREADS_OFFSET, readStruct,
 import type { ProgramImage } from './bytecode.js';
 import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU, type IrqLog } from './irqLog.js';
 import { qemuWords, watchVm, type VmOutcome, type WatchOptions, type WatchTarget } from './watchdog.js';
+import { readKvmStats, statsDelta, type KvmStatsReading } from './kvmStats.js';
 
 // These moved to the watchdog; importers keep finding them here.
 export { internalErrorDump, qemuWords } from './watchdog.js';
@@ -131,6 +135,20 @@ export interface VmRunResult {
   readonly args: readonly string[];
   /** How long the host kept QEMU's threads waiting to run while the guest ran (hostWait()), or null where /proc does not say. */
   readonly hostWait: HostWait | null;
+  /** What KVM counted while the guest ran; null when not measured (TCG, a QEMU without query-stats, QEMU gone before the last reading). */
+  readonly kvmStats: KvmStatsRun | null;
+}
+
+/** KVM's statistics over one run of the guest. */
+export interface KvmStatsRun {
+  /** From before `cont` to the last reading (harness/kvmStats.ts statsDelta). */
+  readonly delta: KvmStatsReading;
+  /**
+   * When the last reading was taken: 'finished', the guest had finished and waited for the host
+   * (everything it did is in); 'outcome', it never finished (a hang, an internal error, a timeout)
+   * and QEMU still answered once the outcome was known.
+   */
+  readonly at: 'finished' | 'outcome';
 }
 
 /**
@@ -206,6 +224,8 @@ export interface StartOptions {
   readonly paused?: boolean;
   /** Last-moment extra QEMU arguments, made inside the VM's private directory (mutants use it). */
   readonly prepare?: (dir: string) => Promise<readonly string[]>;
+  /** Read KVM's statistics once the VM is created (Vm.kvmStatsAtStart); default: under KVM. */
+  readonly kvmStats?: boolean;
 }
 
 export class Vm implements WatchTarget {
@@ -215,6 +235,8 @@ export class Vm implements WatchTarget {
   private exitInfo: { exitCode: number | null; signal: string | null } = { exitCode: null, signal: null };
   private readonly exitPromise: Promise<void>;
   private ramFd: Awaited<ReturnType<typeof open>> | null = null;
+  /** KVM's statistics once the VM was created, before its guest first ran; null: not read, or none (TCG). */
+  kvmStatsAtStart: KvmStatsReading | null = null;
 
   private constructor(
     readonly config: MachineConfig,
@@ -303,6 +325,8 @@ export class Vm implements WatchTarget {
       try {
         // QEMU connects to QMP early; it can still abort while it sets the vCPUs up (a KVM that
         // refuses an MSR), before or after the greeting. Either way the VM never ran.
+        // KVM's statistics first: the VM and its vCPUs exist, nothing has run (all 0 but the schema).
+        if (opts.kvmStats ?? cfg.accel === 'kvm') vm.kvmStatsAtStart = await readKvmStats(qmp);
         if (!opts.paused && !opts.incoming) await qmp.execute('cont');
         else await qmp.execute('query-status');
       } catch (e) {
@@ -411,10 +435,14 @@ export class Vm implements WatchTarget {
   private pitTid: number | null | undefined = undefined;
   /** hostWait() read when the guest finished, before it was let go (guestFinished). */
   private finishedHostWait: HostWait | null = null;
+  /** KVM's statistics read when the guest finished, before it was let go (guestFinished). */
+  private finishedKvmStats: KvmStatsReading | null = null;
 
   /** The exit handshake's host side: take the last readings, then set mailbox.exit_ack. */
   async guestFinished(): Promise<void> {
     this.finishedHostWait = await this.hostWait();
+    // Only where the start was read: under TCG there is nothing to ask for.
+    if (this.kvmStatsAtStart) this.finishedKvmStats = await readKvmStats(this.qmp);
     const fd = await open(this.ramPath, 'r+');
     try {
       const ack = new Uint8Array(4);
@@ -423,6 +451,23 @@ export class Vm implements WatchTarget {
     } finally {
       await fd.close();
     }
+  }
+
+  /** KVM's statistics now, or null (none: TCG; QEMU gone or not answering). */
+  kvmStatsNow(): Promise<KvmStatsReading | null> {
+    return this.exited ? Promise.resolve(null) : readKvmStats(this.qmp);
+  }
+
+  /**
+   * What KVM counted since the VM was created: up to the guest's finish (guestFinished) when it got
+   * there, else up to now while QEMU still answers. Null without a start reading (TCG) or an end one.
+   */
+  async kvmStatsRun(): Promise<KvmStatsRun | null> {
+    const start = this.kvmStatsAtStart;
+    if (!start) return null;
+    if (this.finishedKvmStats) return { delta: statsDelta(start, this.finishedKvmStats), at: 'finished' };
+    const now = await this.kvmStatsNow();
+    return now ? { delta: statsDelta(start, now), at: 'outcome' } : null;
   }
 
   /** What hostWait() said when the guest finished (null: it did not finish, or /proc did not say). */
@@ -448,7 +493,7 @@ export class Vm implements WatchTarget {
     return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }) };
   }
 
-  async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number, hostWait: HostWait | null = null): Promise<VmRunResult> {
+  async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number, hostWait: HostWait | null = null, kvmStats: KvmStatsRun | null = null): Promise<VmRunResult> {
     const { mailbox, threads } = await this.readMailbox();
     const results: ThreadResult[] = [];
     for (let i = 0; i < nthreads; i++) {
@@ -469,6 +514,7 @@ export class Vm implements WatchTarget {
       durationMs: Date.now() - this.startedAt,
       args: this.args,
       hostWait,
+      kvmStats,
     };
   }
 
@@ -507,7 +553,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Boot a program, wait for the outcome, collect everything, clean up. */
+/** Boot a program, wait for the outcome, collect everything (KVM's statistics included), clean up. */
 export async function runVm(
   cfg: MachineConfig,
   opts: Pick<StartOptions, 'prepare'> & {
@@ -532,7 +578,8 @@ export async function runVm(
     const outcome = await vm.waitForOutcome({ nthreads: opts.nthreads, timeoutMs: opts.timeoutMs ?? 60_000, stallMs: opts.stallMs ?? 2000 });
     done.abort();
     await beside;
-    return await vm.collect(outcome, opts.program, opts.nthreads, hostWaitBetween(waitBefore, vm.hostWaitAtFinish));
+    const kvmStats = await vm.kvmStatsRun();
+    return await vm.collect(outcome, opts.program, opts.nthreads, hostWaitBetween(waitBefore, vm.hostWaitAtFinish), kvmStats);
   } finally {
     done.abort();
     await vm.dispose();

@@ -41,6 +41,41 @@ export interface PropertyResult {
    * lateness per kind and mode, RTC/PIT counts per window): what reports plot and the gate compares.
    */
   readonly measurements?: Readonly<Record<string, readonly MeasurementSample[]>>;
+  /**
+   * What KVM itself counted in the property's VMs beyond the `kvm.*` metrics (suites/lib/coverage.ts),
+   * and the family's coverage claims about it, judged. Absent where nothing was measured or claimed.
+   */
+  readonly kvm?: KvmReport;
+}
+
+/** A property's KVM statistics and coverage claims (suites/lib/coverage.ts). */
+export interface KvmReport {
+  /** VMs whose KVM statistics were read (also metrics `kvm.vms`). */
+  readonly measuredVms: number;
+  /** Instant and peak statistics, `vm.<name>` / `vcpu.<name>`: the largest over the VMs (and vCPUs). */
+  readonly levels?: Readonly<Record<string, number>>;
+  /** Histograms, summed bucket by bucket over the VMs and vCPUs (log2: bucket 0 holds 0, bucket i ≥ 1 [2^(i-1), 2^i)). */
+  readonly histograms?: Readonly<Record<string, { readonly type: 'log2-histogram' | 'linear-histogram'; readonly bucketSize?: number; readonly buckets: readonly number[] }>>;
+  readonly claims: readonly ClaimResult[];
+}
+
+export type ClaimStatus = 'met' | 'unmet' | 'not-driven' | 'not-measured';
+
+/**
+ * One coverage claim, judged: 'unmet' is a warning (the property never drove a path it claims to
+ * test), never a failure; 'not-driven' (this host cannot take or does not count the path) and
+ * 'not-measured' (no KVM statistics: TCG) say why in `reason`.
+ */
+export interface ClaimResult {
+  /** KVM counters, any of which counts ('vcpu.mmio_exits'). */
+  readonly counters: readonly string[];
+  readonly why: string;
+  readonly status: ClaimStatus;
+  /** Their total over the measured VMs; null when not measured. */
+  readonly total: number | null;
+  /** The least total that meets the claim. */
+  readonly needed?: number;
+  readonly reason?: string;
 }
 
 /** One measured value and what it was measured under (timer kind, mode, divide, configuration...). */
@@ -119,6 +154,7 @@ export function validateResults(x: unknown): string[] {
       for (const k of ['numRuns', 'seed', 'durationMs']) if (typeof q?.[k] !== 'number') errs.push(`properties[${i}].${k} missing`);
       if (q?.status === 'fail' && typeof q.counterexample !== 'string' && typeof q.reason !== 'string') errs.push(`properties[${i}] failed without a counterexample or reason`);
       if (q?.status === 'skip' && typeof q.reason !== 'string') errs.push(`properties[${i}] skipped without a reason`);
+      if (q?.kvm !== undefined) errs.push(...kvmReportProblems(q.kvm, `properties[${i}].kvm`));
     });
   }
   if (!Array.isArray(r.findings)) errs.push('findings is not an array');
@@ -131,6 +167,25 @@ export function validateResults(x: unknown): string[] {
     });
   }
   if (r.status !== 'pass' && r.status !== 'fail') errs.push('status must be pass or fail');
+  return errs;
+}
+
+const CLAIM_STATUSES: readonly ClaimStatus[] = ['met', 'unmet', 'not-driven', 'not-measured'];
+
+function kvmReportProblems(x: unknown, at: string): string[] {
+  if (typeof x !== 'object' || x === null) return [`${at} is not an object`];
+  const k = x as Record<string, unknown>;
+  const errs: string[] = [];
+  if (typeof k.measuredVms !== 'number') errs.push(`${at}.measuredVms missing`);
+  if (!Array.isArray(k.claims)) return [...errs, `${at}.claims is not an array`];
+  k.claims.forEach((c: Record<string, unknown> | null, i) => {
+    const w = `${at}.claims[${i}]`;
+    if (!Array.isArray(c?.counters) || c.counters.length === 0 || !c.counters.every((n: unknown) => typeof n === 'string')) errs.push(`${w}.counters must name counters`);
+    if (typeof c?.why !== 'string') errs.push(`${w}.why missing`);
+    if (!CLAIM_STATUSES.includes(c?.status as ClaimStatus)) errs.push(`${w}.status ${JSON.stringify(c?.status)} unknown`);
+    if ((c?.status === 'met' || c?.status === 'unmet') && typeof c.total !== 'number') errs.push(`${w}: a judged claim needs its total`);
+    if ((c?.status === 'not-driven' || c?.status === 'not-measured') && typeof c.reason !== 'string') errs.push(`${w}: ${String(c.status)} without a reason`);
+  });
   return errs;
 }
 

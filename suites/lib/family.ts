@@ -9,6 +9,7 @@ import type { MachineConfig, MachineType, Vm } from '../../harness/vm.js';
 import type { RunOptions } from './options.js';
 import type { AnyProperty } from './property.js';
 import type { VmRole } from './run.js';
+import type { CoverageClaim } from './coverage.js';
 
 export interface MutantVm {
   readonly role: VmRole;
@@ -76,11 +77,22 @@ export interface Family {
   readonly requires: readonly Requirement[];
   readonly metrics: readonly MetricSpec[];
   readonly mutants: readonly Mutant[];
+  /**
+   * The KVM paths its properties drive, judged against KVM's own counters after each run
+   * (suites/lib/coverage.ts). A family with none under some configuration says so in its manifest.
+   */
+  readonly coverage?: readonly CoverageClaim[];
 }
 
 export function defineFamily(f: Family): Family {
   for (const p of f.properties) {
     if (p.family !== f.name) throw new Error(`property ${p.id} says family '${p.family}', but is listed in '${f.name}'`);
+  }
+  const ids = new Set(f.properties.map((p) => p.id));
+  for (const c of f.coverage ?? []) {
+    const unknown = (c.properties ?? []).filter((id) => !ids.has(id));
+    if (unknown.length) throw new Error(`family '${f.name}': a coverage claim names properties it does not have: ${unknown.join(', ')}`);
+    if (!c.anyOf.length || !c.anyOf.every((n) => /^(vm|vcpu)\.[a-z0-9_]+$/.test(n))) throw new Error(`family '${f.name}': a coverage claim must name counters as vm.<name> or vcpu.<name>: ${c.anyOf.join(', ')}`);
   }
   return f;
 }

@@ -14,6 +14,7 @@ import type { MachineConfig } from '../../harness/vm.js';
 import type { RunOptions } from './options.js';
 import type { Mutant } from './family.js';
 import type { MeasurementSample } from '../../reports/schema.js';
+import type { Histogram } from '../../harness/kvmStats.js';
 
 /** One way the system differs from the model. */
 export interface Difference {
@@ -66,6 +67,8 @@ export class Metrics {
     const s = (this.samples[series] ??= []);
     if (s.length < Metrics.MAX_SAMPLES) s.push(labels ? { value, labels } : { value });
   }
+  /** KVM's instant and peak values (the largest seen) and histograms (summed) over the property's VMs (suites/lib/coverage.ts). */
+  readonly kvm: { readonly levels: Record<string, number>; readonly histograms: Record<string, Histogram> } = { levels: {}, histograms: {} };
   static readonly MAX_SAMPLES = 20_000;
 }
 

@@ -12,6 +12,7 @@ import type { MachineConfig } from '../../harness/vm.js';
 import { machineFacts, type MachineFacts } from '../../harness/facts.js';
 import { describeOutcome, guestProblems, runWorkload, type WorkloadRun } from '../../harness/workload.js';
 import { machineConfig } from './options.js';
+import { recordKvmStats } from './coverage.js';
 import { difference, type Observation, type PropertyEnv } from './property.js';
 
 /**
@@ -69,6 +70,7 @@ export async function observeProgram(
     ...(during ? { during } : {}),
   });
   env.metrics.add('vms');
+  recordKvmStats(env.metrics, run.vm.kvmStats, { role: opts.role });
   const problems = guestProblems(run);
   if (problems.length === 0) return { ok: true, value: run };
   const o = run.vm.outcome;

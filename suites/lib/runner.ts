@@ -19,6 +19,7 @@ import { Metrics, type AnyProperty, type Difference, type PropertyEnv } from './
 import { Waiver } from './waive.js';
 import { describeCommands, isSavedCase } from '../../generators/commands.js';
 import { unmetRequirement } from './family.js';
+import { judgeClaims, kvmReport } from './coverage.js';
 import { familyNamed, mutantNamed } from '../registry.js';
 
 /** The environment before a property adds its metrics. */
@@ -209,7 +210,10 @@ function persist(def: AnyProperty, env: PropertyEnv, run: CasesRun, outcome: Out
 
 function record(def: AnyProperty, env: PropertyEnv, r: Outcome, t0: number): PropertyResult {
   const measurements = Object.keys(env.metrics.samples).length ? { measurements: env.metrics.samples } : {};
-  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts, ...measurements };
+  // A skipped property ran nothing: it has no coverage to speak of. Claims warn, they never fail it.
+  const claims = r.status === 'skip' ? [] : judgeClaims(familyNamed(def.family)?.coverage ?? [], def.id, env.metrics.counts, env.host, env.options);
+  const kvm = kvmReport(env.metrics, claims);
+  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts, ...measurements, ...(kvm ? { kvm } : {}) };
   writePropertyRecord(env.options.out, result);
   return result;
 }

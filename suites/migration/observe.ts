@@ -24,6 +24,7 @@ import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU } from '../../harness/irqLog.js';
 import { LAYOUT } from '../../harness/guest/abi.js';
 import type { Program } from '../../ir/program.js';
 import { machineConfig } from '../lib/options.js';
+import { recordKvmStats } from '../lib/coverage.js';
 import type { Observation, PropertyEnv } from '../lib/property.js';
 
 export interface MigrationFacts {
@@ -243,8 +244,10 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
     return await withVms(
       specs,
       async (vms) => {
-        const observed = (hopeless: MigrationObservation['hopeless'], hops: Hop[]) => {
+        const observed = async (hopeless: MigrationObservation['hopeless'], hops: Hop[]) => {
           for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
+          // What KVM counted on each side, read after the case's last observation (a reading kicks every vCPU).
+          for (const [name, h] of Object.entries(vms)) recordKvmStats(env.metrics, await h.kvmStats(), { role: name === 'a' ? 'source' : 'destination', vm: name });
           return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops, qemuStderr: stderr } };
         };
         const a = vms.a!;
