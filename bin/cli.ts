@@ -44,6 +44,7 @@ commands:
   merge     merge results of shards or hosts: kvmprop merge RESULTS... --out FILE
   export    write results as JUnit XML, KTAP v1 or KCIDB JSON: kvmprop export --format junit|ktap|kcidb RESULTS --out FILE
   import    read a foreign suite's log as kvmprop results: kvmprop import --format kut-tap|ktap LOG --out FILE
+  repro     write a counterexample as a directory that reproduces it with QEMU alone: kvmprop repro FILE --out DIR
 
 families: ${FAMILY_NAMES.join(', ')}
 ${runUsage()}`;
@@ -325,6 +326,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return (await import('../reports/junit.js')).cmdExport(rest);
       case 'import':
         return await (await import('../reports/tapImport.js')).cmdImport(rest);
+      case 'repro':
+        return await (await import('../reports/repro.js')).cmdRepro(rest);
       case '--version':
         process.stdout.write(`kvmprop ${toolVersion()}\n`);
         return 0;

@@ -411,8 +411,8 @@ describe('encodeProgram: self-checks (ir/checks.ts)', () => {
       return Buffer.from(image.slice(at, image.indexOf(0, at))).toString('latin1');
     };
     expect(name(0)).toBe('CPUID(0x1).EBX[31:24]');
-    // Printable ASCII only, and no TAP directive marker.
-    expect(name(1)).toBe('no fault?no.x');
+    // Printable ASCII only, and TAP's escape for a directive marker.
+    expect(name(1)).toBe('no fault?\\#x');
     expect(image.length).toBe(Number(d(4).name_off) + 'done'.length + 1);
   });
 

@@ -4,7 +4,8 @@ import { maskText, sanitizeCheckName, MAX_CHECK_NAME } from './checks.js';
 describe('check names', () => {
   it('keep printable ASCII, replace the rest and the TAP directive marker', () => {
     expect(sanitizeCheckName('CPUID(0x1).EBX[31:24]')).toBe('CPUID(0x1).EBX[31:24]');
-    expect(sanitizeCheckName('a\nb\x1b[31mc # TODO')).toBe('a?b?[31mc no. TODO');
+    expect(sanitizeCheckName('a\nb\x1b[31mc # TODO')).toBe('a?b?[31mc \\# TODO');
+    expect(sanitizeCheckName('vector #UD, a\\b')).toBe('vector \\#UD, a\\\\b');
     expect(sanitizeCheckName('   ')).toBe('check');
     expect(sanitizeCheckName('x'.repeat(500))).toHaveLength(MAX_CHECK_NAME);
   });

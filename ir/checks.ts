@@ -47,10 +47,19 @@ export type Check =
 export const MAX_CHECK_NAME = 200;
 export const MAX_CHECKS = 4096;
 
-/** A name the guest can print as it is: printable ASCII only, `#` (a TAP directive) and controls replaced, trimmed to MAX_CHECK_NAME. */
+/**
+ * A name the guest can print as it is: printable ASCII only (anything else becomes `?`), trimmed to
+ * MAX_CHECK_NAME, with TAP 13's escapes for `#` (which would start a directive: `\#UD`) and `\`.
+ */
 export function sanitizeCheckName(name: string): string {
-  const clean = name.replace(/[^\x20-\x7e]/g, '?').replace(/#/g, 'no.').trim();
-  return (clean || 'check').slice(0, MAX_CHECK_NAME);
+  const clean = name.replace(/[^\x20-\x7e]/g, '?').trim().slice(0, MAX_CHECK_NAME);
+  let out = '';
+  for (const ch of clean || 'check') {
+    const esc = ch === '#' || ch === '\\' ? `\\${ch}` : ch;
+    if (out.length + esc.length > MAX_CHECK_NAME) break;
+    out += esc;
+  }
+  return out;
 }
 
 /** A mask's bit range for names: `[31:24]`, `[5]`, or `&0x...` when not contiguous; '' for all 64 bits. */
