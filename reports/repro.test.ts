@@ -13,8 +13,10 @@ import fc from 'fast-check';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../bin/cli.js';
-import type { SingleLevelCase } from '../generators/nested.js';
-import { singleLevelDelivery } from '../suites/nested/singleLevel.js';
+import { encodeStep, type SingleLevelCase } from '../generators/nested.js';
+import { singleLevelDelivery, singleLevelRepro } from '../suites/nested/singleLevel.js';
+import { APM_EXCEPTIONS } from '../models/nested/exceptions.js';
+import { encodeProgram } from '../harness/bytecode.js';
 import { defaultOptions } from '../suites/lib/options.js';
 import { propertyEnv, runProperty } from '../suites/lib/runner.js';
 import { readCounterexample, writeCounterexample } from './counterexample.js';
@@ -57,6 +59,21 @@ describe('run.sh words', () => {
     // QEMU that cannot run is exit status 2.
     const missing = await execa('sh', [join(dir, 'run.sh')], { reject: false, env: { QEMU: join(dir, 'no-such-qemu') } });
     expect(missing.exitCode).toBe(REPRO_EXIT.noQemu);
+  });
+});
+
+describe('PropertyDef.repro hooks', () => {
+  it('single level: a CPL-3 #PF step checks vector, error code, CR2, RIP offset and one entry, then the thread', () => {
+    const plan = singleLevelRepro({ cpl: 3, steps: [{ instruction: 'load-unmapped', address: 0x2_0000_0000n }] }, { switches: APM_EXCEPTIONS, variant: {} });
+    const checks = plan.vms[0]!.program.checks!;
+    expect(checks.map((c) => c.kind)).toEqual(['value', 'value', 'value', 'diff', 'diff', 'status']);
+    expect(checks.map((c) => ('expected' in c ? c.expected : null))).toEqual([14n, 4n, 0x2_0000_0000n, BigInt(encodeStep({ instruction: 'load-unmapped', address: 0x2_0000_0000n }).at), 1n, 2n]);
+    expect(checks[0]!.name).toBe('step 0 load-unmapped 0x200000000 at CPL 3: vector #PF');
+    // The checks resolve against the program they travel in.
+    expect(() => encodeProgram(plan.vms[0]!.program)).not.toThrow();
+    // The mutant's model expects the user bit gone.
+    const broken = singleLevelRepro({ cpl: 3, steps: [{ instruction: 'load-unmapped', address: 0x2_0000_0000n }] }, { switches: APM_EXCEPTIONS, variant: { pageFaultUserBit: false } });
+    expect((broken.vms[0]!.program.checks![1] as { expected: bigint }).expected).toBe(0n);
   });
 });
 

@@ -305,6 +305,7 @@ function readme(c: Counterexample, file: string, plan: ReproPlan, vms: readonly 
     '',
     wrap(
       `Expected values: the model's, under the counterexample's options (accel ${saved.accel ?? 'kvm'}, machine ${saved.machine ?? 'microvm'}${saved.mutant ? `, mutant ${saved.mutant}: a deliberately broken model or system, so a correct host fails this repro` : ''}). ` +
+        'No known deviation is waived (as with kvmprop replay): a host with a documented deviation fails its checks too. ' +
         'expected.json and observed.json are the difference kvmprop recorded; host.json the host this directory was written on.',
     ),
     ...(plan.note ? ['', wrap(`Not covered by the checks: ${plan.note}`)] : []),
