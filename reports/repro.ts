@@ -29,7 +29,7 @@
  * `kvmprop replay`. Errors a user can cause (a missing or corrupt file, a property without repro
  * support, a directory holding other files) are one line and exit status 2.
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, realpathSync, writeFileSync, chmodSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { encodeProgram } from '../harness/bytecode.js';
@@ -57,6 +57,13 @@ const MARKER = 'kvmprop-repro.json';
 
 /** run.sh's exit statuses. */
 export const REPRO_EXIT = { pass: 0, fail: 1, noQemu: 2 } as const;
+
+/** Why a family's properties without a repro hook have none, for the refusal. */
+const NO_REPRO_BECAUSE: Readonly<Record<string, string>> = {
+  timers: 'its verdict judges interrupt timing against a bound calibrated on the host while the case runs',
+  migration: 'its case is a QMP-driven migration between two QEMUs, judged from both ends',
+  leaks: "its verdict needs the host's leak-pattern search or QEMU's device map, not values a model predicts per record",
+};
 
 /** The properties that can be written as a repro, for the refusal message. */
 export function reproProperties(): string[] {
@@ -101,7 +108,7 @@ export interface ReproVmScript {
 }
 
 /** The run.sh text for these VMs. */
-export function runScript(vms: readonly ReproVmScript[], header: readonly string[]): string {
+export function runScript(vms: readonly ReproVmScript[], header: readonly string[], qemu = 'qemu-system-x86_64'): string {
   const done = qemuExitStatus(EXIT_VALUE.done);
   const failed = qemuExitStatus(EXIT_VALUE.failed);
   const checks = qemuExitStatus(EXIT_VALUE.checksFailed);
@@ -109,12 +116,12 @@ export function runScript(vms: readonly ReproVmScript[], header: readonly string
     '#!/bin/sh',
     ...header.map((h) => `# ${h}`.trimEnd()),
     '#',
-    '# Needs only QEMU (qemu-system-x86_64; QEMU=/path/to/qemu to use another) and, for KVM, /dev/kvm.',
+    `# Needs only QEMU (${cleanOneLine(qemu)}; QEMU=/path/to/qemu-system-x86_64 to use another) and, for KVM, /dev/kvm.`,
     '# The guest prints its verdict as TAP 13 on COM1 (stdout here).',
     '# Exit status: 0 every check passed; 1 a check failed, the guest did not finish or hung; 2 QEMU could not run.',
     '# TIMEOUT=seconds bounds each VM (default 120; needs timeout(1), else no bound).',
     'set -eu',
-    'QEMU=${QEMU:-qemu-system-x86_64}',
+    `QEMU=\${QEMU:-${shQuote(qemu)}}`,
     'TIMEOUT=${TIMEOUT:-120}',
     'here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)',
     'tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmprop-repro.XXXXXX")',
@@ -197,6 +204,8 @@ function prepareDir(dir: string): void {
   if (existsSync(dir)) {
     const entries = readdirSync(dir);
     if (entries.length && !entries.includes(MARKER)) throw new ReproError(`${dir} exists and holds files kvmprop repro did not write; give an empty or new directory`);
+    // An earlier repro of ours: none of its files may outlive it (a program-N.bin of more VMs).
+    for (const e of entries) rmSync(join(dir, e), { recursive: true, force: true });
   }
   mkdirSync(dir, { recursive: true });
 }
@@ -213,9 +222,8 @@ export async function writeRepro(file: string, outDir: string, over: { qemu?: st
   const def: AnyProperty | undefined = propertyById(c.property);
   if (!def) throw new ReproError(`${file}: property '${c.property}' does not exist in this version of kvmprop`);
   if (!def.repro) {
-    throw new ReproError(
-      `${c.property} has no self-checking repro (its verdict needs the harness's model at run time: timing or a QMP-driven migration); replay it with: ${replayCommand(file)} (repro supports: ${reproProperties().join(', ')})`,
-    );
+    const why = NO_REPRO_BECAUSE[def.family] ?? 'its verdict needs what only the harness does while the case runs';
+    throw new ReproError(`${c.property} has no self-checking repro (${why}); replay it with: ${replayCommand(file)} (repro supports: ${reproProperties().join(', ')})`);
   }
   const w = c.workload as { commands?: unknown; kind?: unknown } | null;
   if (w && typeof w === 'object' && Array.isArray(w.commands) && w.kind === undefined) throw new ReproError(`${file}: the saved case is a command list, not a program; replay it with: ${replayCommand(file)}`);
@@ -270,7 +278,7 @@ export async function writeRepro(file: string, outDir: string, over: { qemu?: st
     `kvmprop repro of ${c.property} (counterexample ${c.seed}:${c.path}${saved.mutant ? `, mutant ${saved.mutant}` : ''})`,
     `${cleanOneLine(c.summary)}`,
   ];
-  put('run.sh', runScript(scripts, header), 0o755);
+  put('run.sh', runScript(scripts, header, o.qemu), 0o755);
   put('checks.json', JSON.stringify(checksOut, null, 2) + '\n');
   put('expected.json', JSON.stringify(toJsonValue(c.expected), null, 2) + '\n');
   put('observed.json', JSON.stringify(toJsonValue(c.observed), null, 2) + '\n');
