@@ -254,7 +254,14 @@ export async function writeRepro(file: string, outDir: string, over: { qemu?: st
   const realDir = realpathSync(dir);
   for (const [i, vm] of plan.vms.entries()) {
     const program = { ...vm.program, holdExit: false };
-    const image = encodeProgram(program);
+    let image;
+    try {
+      image = encodeProgram(program);
+    } catch (e) {
+      // Too many checks or too large a program: the case is not shrunk far enough for a guest to carry.
+      if (e instanceof RangeError) throw new ReproError(`${c.property}: this case cannot be written as one guest program (${e.message}); shrink it or replay it with: ${replayCommand(file)}`);
+      throw e;
+    }
     const programFile = plan.vms.length === 1 ? 'program.bin' : `program-${i + 1}.bin`;
     put(programFile, image.image);
     const want: Partial<MachineConfig> = { ...def.machine, ...vm.config };
