@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { encodeProgram } from '../harness/bytecode.js';
 import { createPrivateDir, removePrivateDir } from '../harness/runtime.js';
-import { qemuArgs, type MachineConfig } from '../harness/vm.js';
+import { qemuArgs, rawQemuArgs, type MachineConfig } from '../harness/vm.js';
 import type { Program } from '../ir/program.js';
 import { loadDeviations } from '../reports/deviations.js';
 import { defaultOptions, machineConfig, type RunOptions } from '../suites/lib/options.js';
@@ -18,22 +18,8 @@ export async function benchEnv(outFile: string, over: Partial<RunOptions> = {}):
   return { base, env: { ...base, metrics: new Metrics() } };
 }
 
-/**
- * Our QEMU arguments without the harness: no QMP chardev and monitor, and no -S unless `keepS`
- * (a raw migration destination waits for its stream either way).
- */
-export function rawQemuArgs(all: readonly string[], opts: { keepS?: boolean } = {}): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < all.length; i++) {
-    if (all[i] === '-S' && !opts.keepS) continue;
-    if ((all[i] === '-chardev' && all[i + 1]!.startsWith('socket,id=qmp')) || all[i] === '-mon') {
-      i++;
-      continue;
-    }
-    out.push(all[i]!);
-  }
-  return out;
-}
+// Moved to the harness (kvmprop repro writes raw command lines too); benches keep importing it here.
+export { rawQemuArgs } from '../harness/vm.js';
 
 export interface Case {
   readonly name: string;

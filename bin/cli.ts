@@ -48,6 +48,7 @@ commands:
   export    write results as JUnit XML, KTAP v1 or KCIDB JSON: kvmprop export --format junit|ktap|kcidb RESULTS --out FILE
   import    read a foreign suite's log as kvmprop results: kvmprop import --format kut-tap|ktap LOG --out FILE
   gate      fail on regressions from a baseline: kvmprop gate --baseline A.json --candidate B.json [--policy FILE] [--out DIR]
+  repro     write a counterexample as a directory that reproduces it with QEMU alone: kvmprop repro FILE --out DIR
 
 families: ${FAMILY_NAMES.join(', ')}
 ${runUsage()}`;
@@ -354,6 +355,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await (await import('../reports/tapImport.js')).cmdImport(rest);
       case 'gate':
         return await (await import('../reports/gate.js')).cmdGate(rest);
+      case 'repro':
+        return await (await import('../reports/repro.js')).cmdRepro(rest);
       case '--version':
         process.stdout.write(`kvmprop ${toolVersion()}\n`);
         return 0;

@@ -377,3 +377,66 @@ describe('OPS_HASH', () => {
     expect(fnv1a32(text + '\n')).not.toBe(OPS_HASH);
   });
 });
+
+describe('encodeProgram: self-checks (ir/checks.ts)', () => {
+  const CHECK_BYTES = structBytes('check_desc');
+  const ops: Op[] = [
+    { op: 'cpuid', leaf: 1, subleaf: 0, cpl: 0 },
+    { op: 'pioIns', port: 0x60, width: 1, count: 5 },
+    { op: 'cpuid', leaf: 7, subleaf: 0, cpl: 0 },
+  ];
+  const p: Program = {
+    threads: [ops, [{ op: 'cpuid', leaf: 1, subleaf: 0, cpl: 0 }]],
+    canary: DEFAULT_CANARY,
+    checks: [
+      { kind: 'value', name: 'CPUID(0x1).EBX[31:24]', at: { thread: 0, record: 0, field: 'rbx' }, expected: 0x0100_0000n, mask: 0xff00_0000n },
+      { kind: 'value', name: 'no fault\u00e9#x', at: { thread: 0, record: 2, field: 'faultVector' }, expected: 0xffn },
+      { kind: 'same', name: 'same', at: { thread: 0, record: 0, field: 'rax' }, as: { thread: 1, record: 0, field: 'rax' } },
+      { kind: 'diff', name: 'diff', at: { thread: 0, record: 1, field: 'rdiDelta' }, minus: { thread: 0, record: 1, field: 'rcx' }, expected: 5n },
+      { kind: 'status', name: 'done', thread: 1, field: 'state', expected: 2n },
+    ],
+  };
+
+  it('places the table 8-aligned after the code, names after the table, and points the header at it', () => {
+    const { image } = encodeProgram(p);
+    const h = readStruct('prog_header', image);
+    const withoutChecks = encodeProgram({ ...p, checks: [] }).image;
+    expect(GUEST_ABI_VERSION).toBe(6);
+    expect(Number(h.nchecks)).toBe(5);
+    expect(Number(h.checks_off)).toBe((withoutChecks.length + 7) & ~7);
+    expect(readStruct('prog_header', withoutChecks).nchecks).toBe(0n);
+    const d = (i: number) => readStruct('check_desc', image, Number(h.checks_off) + i * CHECK_BYTES);
+    const name = (i: number) => {
+      const at = Number(d(i).name_off);
+      return Buffer.from(image.slice(at, image.indexOf(0, at))).toString('latin1');
+    };
+    expect(name(0)).toBe('CPUID(0x1).EBX[31:24]');
+    // Printable ASCII only, and TAP's escape for a directive marker.
+    expect(name(1)).toBe('no fault?\\#x');
+    expect(image.length).toBe(Number(d(4).name_off) + 'done'.length + 1);
+  });
+
+  it('resolves each field to its record and offset in the observation region, with width, opcode, mask and shift', () => {
+    const { image } = encodeProgram(p);
+    const off = Number(readStruct('prog_header', image).checks_off);
+    const d = (i: number) => readStruct('check_desc', image, off + i * CHECK_BYTES);
+    const cpuidBytes = recordBytes(ops[0]!);
+    // rbx is the second u64 after the 8-byte header.
+    expect(d(0)).toMatchObject({ kind: 0n, thread: 0n, rec: 0n, off: 16n, width: 8n, opcode: 1n, expected: 0x0100_0000n, mask: 0xff00_0000n, shift: 24n });
+    // Record 2 comes after a cpuid record and a string record with its buffer.
+    const rec2 = cpuidBytes + recordBytes(ops[1]!);
+    expect(d(1)).toMatchObject({ rec: BigInt(rec2), off: BigInt(rec2 + 1), width: 1n, opcode: 1n, mask: (1n << 64n) - 1n, shift: 0n });
+    expect(d(2)).toMatchObject({ kind: 2n, thread: 0n, thread2: 1n, off: 8n, off2: 8n });
+    expect(d(3)).toMatchObject({ kind: 1n, rec: BigInt(cpuidBytes), off: BigInt(cpuidBytes + 16), rec2: BigInt(cpuidBytes), off2: BigInt(cpuidBytes + 8), opcode: 0x11n, opcode2: 0x11n, expected: 5n });
+    expect(d(4)).toMatchObject({ kind: 3n, thread: 1n, off: 0n, width: 4n, expected: 2n });
+  });
+
+  it('refuses checks that name what the program does not have', () => {
+    const bad = (c: NonNullable<Program['checks']>[number]) => () => encodeProgram({ ...p, checks: [c] });
+    expect(bad({ kind: 'value', name: 'x', at: { thread: 2, record: 0, field: 'rax' }, expected: 0n })).toThrow(/no thread 2/);
+    expect(bad({ kind: 'value', name: 'x', at: { thread: 0, record: 3, field: 'rax' }, expected: 0n })).toThrow(/no record 3/);
+    expect(bad({ kind: 'value', name: 'x', at: { thread: 0, record: 0, field: 'seen' }, expected: 0n })).toThrow(/no field 'seen'/);
+    expect(bad({ kind: 'status', name: 'x', thread: 0, field: 'nope', expected: 0n })).toThrow(/thread_status has no field/);
+    expect(bad({ kind: 'diff', name: 'x', at: { thread: 0, record: 0, field: 'rax' }, minus: { thread: 1, record: 0, field: 'rax' }, expected: 0n })).toThrow(/one thread/);
+  });
+});

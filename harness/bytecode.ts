@@ -18,8 +18,9 @@ import {
   type OpRecord,
 } from '../ir/ops.js';
 import type { Program } from '../ir/program.js';
+import { HEADER_FIELDS, MAX_CHECKS, sanitizeCheckName, type Check, type FieldRef } from '../ir/checks.js';
 import { execution, layoutOps, opIndexAt, placeOps, totalOver } from '../ir/layout.js';
-import { GUEST_ABI_VERSION, LAYOUT, PROGRAM_FLAGS, PROGRAM_MAGIC, structBytes } from './guest/abi.js';
+import { CHECK_KIND, GUEST_ABI_VERSION, LAYOUT, PROGRAM_FLAGS, PROGRAM_MAGIC, STRUCTS, fieldOffset, structBytes } from './guest/abi.js';
 
 function writeField(view: DataView, at: number, type: Field[1], value: bigint | number): void {
   switch (type) {
@@ -86,6 +87,114 @@ export interface ProgramImage {
 
 const THREAD_DESC_BYTES = structBytes('thread_desc');
 const HEADER_BYTES = structBytes('prog_header');
+const CHECK_DESC_BYTES = structBytes('check_desc');
+
+/** Where a check's field lies in its thread's observation region. */
+export interface ResolvedField {
+  readonly thread: number;
+  /** Offset of the record (its header) and of the field. */
+  readonly rec: number;
+  readonly off: number;
+  readonly width: number;
+  readonly opcode: number;
+}
+
+/** Resolve a field reference against the program's threads (the k-th record in execution order). */
+export function resolveField(p: Program, ref: FieldRef): ResolvedField {
+  const ops = p.threads[ref.thread];
+  if (!ops) throw new RangeError(`check field: no thread ${ref.thread}`);
+  if (!Number.isInteger(ref.record) || ref.record < 0) throw new RangeError(`check field: bad record index ${ref.record}`);
+  let at = 0;
+  let k = 0;
+  for (const { op: o } of execution(layoutOps(ops))) {
+    const def: OpDef = OPS[o.op];
+    if (!def.record) continue;
+    if (k === ref.record) {
+      const header = HEADER_FIELDS.indexOf(ref.field as (typeof HEADER_FIELDS)[number]);
+      if (header >= 0) return { thread: ref.thread, rec: at, off: at + [1, 4, 2][header]!, width: [1, 4, 2][header]!, opcode: def.code };
+      let f = at + RECORD_HEADER_BYTES;
+      for (const [name, type] of def.result) {
+        if (name === ref.field) return { thread: ref.thread, rec: at, off: f, width: FIELD_BYTES[type], opcode: def.code };
+        f += FIELD_BYTES[type];
+      }
+      throw new RangeError(`check field: ${o.op} records have no field '${ref.field}'`);
+    }
+    at += recordBytes(o);
+    k++;
+    // A thread's region is at most a few MiB: a forever loop without records would never get here.
+    if (k > 1 << 24) break;
+  }
+  throw new RangeError(`check field: thread ${ref.thread} has no record ${ref.record}`);
+}
+
+const ctz = (m: bigint): number => {
+  if (m === 0n) return 0;
+  let n = 0;
+  while (((m >> BigInt(n)) & 1n) === 0n) n++;
+  return n;
+};
+
+/** The check table and its names, ready to place at `at` in the image (8-aligned). */
+function encodeChecks(p: Program, checks: readonly Check[], at: number): Uint8Array {
+  if (checks.length > MAX_CHECKS) throw new RangeError(`a program carries at most ${MAX_CHECKS} checks, got ${checks.length}`);
+  const names = checks.map((c) => new TextEncoder().encode(sanitizeCheckName(c.name) + '\0'));
+  const tableBytes = CHECK_DESC_BYTES * checks.length;
+  const out = new Uint8Array(tableBytes + names.reduce((n, b) => n + b.length, 0));
+  const view = new DataView(out.buffer);
+  let nameAt = tableBytes;
+  checks.forEach((c, i) => {
+    const d: Record<string, bigint | number> = Object.fromEntries(STRUCTS.check_desc.map(([n]) => [n, 0]));
+    const mask = BigInt.asUintN(64, c.mask ?? (1n << 64n) - 1n);
+    d.kind = CHECK_KIND[c.kind];
+    d.mask = mask;
+    d.shift = ctz(mask);
+    const one = (r: ResolvedField, n: '' | '2') => {
+      d[`thread${n}`] = r.thread;
+      d[`rec${n}`] = r.rec;
+      d[`off${n}`] = r.off;
+      d[`width${n}`] = r.width;
+      d[`opcode${n}`] = r.opcode;
+    };
+    switch (c.kind) {
+      case 'value':
+        one(resolveField(p, c.at), '');
+        d.expected = BigInt.asUintN(64, c.expected);
+        break;
+      case 'diff': {
+        const a = resolveField(p, c.at);
+        const b = resolveField(p, c.minus);
+        if (a.thread !== b.thread) throw new RangeError(`check '${c.name}': a diff compares two fields of one thread`);
+        one(a, '');
+        one(b, '2');
+        d.expected = BigInt.asUintN(64, c.expected);
+        break;
+      }
+      case 'same':
+        one(resolveField(p, c.at), '');
+        one(resolveField(p, c.as), '2');
+        break;
+      case 'status': {
+        if (!p.threads[c.thread]) throw new RangeError(`check '${c.name}': no thread ${c.thread}`);
+        const type = STRUCTS.thread_status.find(([n]) => n === c.field)?.[1];
+        if (!type) throw new RangeError(`check '${c.name}': thread_status has no field '${c.field}'`);
+        d.thread = c.thread;
+        d.off = fieldOffset('thread_status', c.field);
+        d.width = FIELD_BYTES[type];
+        d.expected = BigInt.asUintN(64, c.expected);
+        break;
+      }
+    }
+    d.name_off = at + nameAt;
+    let f = i * CHECK_DESC_BYTES;
+    for (const [n, t] of STRUCTS.check_desc) {
+      writeField(view, f, t, t === 'u64' ? BigInt(d[n]!) : Number(d[n]!));
+      f += FIELD_BYTES[t];
+    }
+    out.set(names[i]!, nameAt);
+    nameAt += names[i]!.length;
+  });
+  return out;
+}
 
 export function encodeProgram(p: Program): ProgramImage {
   if (p.threads.length === 0 || p.threads.length > LAYOUT.maxCpus) {
@@ -93,7 +202,10 @@ export function encodeProgram(p: Program): ProgramImage {
   }
   const codes = p.threads.map(encodeOps);
   const codeStart = HEADER_BYTES + THREAD_DESC_BYTES * codes.length;
-  const size = codeStart + codes.reduce((n, c) => n + c.length, 0);
+  const codeEnd = codeStart + codes.reduce((n, c) => n + c.length, 0);
+  const checksOff = p.checks?.length ? (codeEnd + 7) & ~7 : 0;
+  const checks = p.checks?.length ? encodeChecks(p, p.checks, checksOff) : new Uint8Array();
+  const size = p.checks?.length ? checksOff + checks.length : codeEnd;
   if (size > LAYOUT.programMax) throw new RangeError(`program is ${size} bytes; the guest takes at most ${LAYOUT.programMax}`);
   const image = new Uint8Array(size);
   const view = new DataView(image.buffer);
@@ -113,6 +225,9 @@ export function encodeProgram(p: Program): ProgramImage {
   view.setBigUint64(16, BigInt.asUintN(64, p.canary), true);
   view.setBigUint64(24, flags, true);
   view.setBigUint64(32, p.mapLimit ?? 0n, true);
+  view.setUint32(40, checksOff, true);
+  view.setUint32(44, p.checks?.length ?? 0, true);
+  image.set(checks, checksOff);
   const regions: { addr: number; len: number }[] = [];
   let obs = LAYOUT.observations;
   let codeOff = codeStart;

@@ -109,6 +109,23 @@ export function qemuArgs(
   return args;
 }
 
+/**
+ * Our QEMU arguments without the harness: no QMP chardev and monitor, and no -S unless `keepS`
+ * (a raw migration destination waits for its stream either way).
+ */
+export function rawQemuArgs(all: readonly string[], opts: { keepS?: boolean } = {}): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < all.length; i++) {
+    if (all[i] === '-S' && !opts.keepS) continue;
+    if ((all[i] === '-chardev' && all[i + 1]!.startsWith('socket,id=qmp')) || all[i] === '-mon') {
+      i++;
+      continue;
+    }
+    out.push(all[i]!);
+  }
+  return out;
+}
+
 export interface TapVerdict {
   readonly ok: boolean;
   readonly bailout: string | null;

@@ -24,7 +24,7 @@
  * the overall timeout, exactly as for a single VM.
  */
 import type { QmpClient, QmpEvent } from './qmp.js';
-import { MAILBOX_STATE, THREAD_STATE } from './guest/abi.js';
+import { EXIT_VALUE, MAILBOX_STATE, THREAD_STATE, qemuExitStatus } from './guest/abi.js';
 
 export type VmOutcome =
   | { kind: 'completed'; exitCode: number | null }
@@ -74,8 +74,10 @@ export interface WatchOptions {
 }
 
 /** isa-debug-exit turns the guest's byte v into exit status (v << 1) | 1. */
-export const EXIT_DONE = (0x10 << 1) | 1;
-export const EXIT_DONE_FAILED = (0x11 << 1) | 1;
+export const EXIT_DONE = qemuExitStatus(EXIT_VALUE.done);
+export const EXIT_DONE_FAILED = qemuExitStatus(EXIT_VALUE.failed);
+/** A program with self-checks (ir/checks.ts) whose threads finished but a check failed. */
+export const EXIT_CHECKS_FAILED = qemuExitStatus(EXIT_VALUE.checksFailed);
 /** After a stall, how long a kicked vCPU gets to show it was only descheduled. */
 export const STALL_GRACE_MS = 500;
 /** While the VM is not running, how often the run state is asked again. */
@@ -235,7 +237,7 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
       return { kind: 'guest-reset', reason: String(se.data?.reason) };
     }
     const { exitCode, signal } = t.exitStatus;
-    if (exitCode === EXIT_DONE || exitCode === EXIT_DONE_FAILED || signal === 'SIGKILL') {
+    if (exitCode === EXIT_DONE || exitCode === EXIT_DONE_FAILED || exitCode === EXIT_CHECKS_FAILED || signal === 'SIGKILL') {
       // The RAM file may be gone already when someone else disposed of the VM meanwhile.
       const mailbox = await t.readMailbox().then((m) => m.mailbox, () => null);
       if (mailbox && (mailbox.state === BigInt(MAILBOX_STATE.done) || mailbox.state === BigInt(MAILBOX_STATE.failed))) {

@@ -3,6 +3,7 @@
  * needs. Generators build it, the encoder turns it into guest bytecode, models read it to predict.
  */
 import type { Op } from './ops.js';
+import type { Check } from './checks.js';
 
 export interface Program {
   /** threads[i] runs on vCPU i (APIC ID i). */
@@ -31,6 +32,12 @@ export interface Program {
   readonly mapLimit?: bigint;
   /** Observation bytes to reserve per thread for loops that run forever. */
   readonly openLoopRecordBytes?: number;
+  /**
+   * Self-checks the guest evaluates after every thread has ended (ir/checks.ts), one TAP line each
+   * on COM1; then it exits with EXIT_VALUE.checksFailed if any failed. A repro program carries
+   * them (kvmprop repro); the harness's own programs have none.
+   */
+  readonly checks?: readonly Check[];
 }
 
 /**

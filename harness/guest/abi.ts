@@ -15,8 +15,10 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * 3: the exit handshake (PROGRAM_FLAGS.holdExit, mailbox.exit_ack).
  * 4: steal time (PROGRAM_FLAGS.stealTime, LAYOUT.stealTime) and its reading in each irq log entry.
  * 5: CR0.AM and CR0.TS on request (PROGRAM_FLAGS.alignmentCheck, taskSwitched); RFLAGS.AC cleared after every op.
+ * 6: self-checks (ir/checks.ts): prog_header.checks_off/nchecks (was reserved0) point at a table of
+ * check_desc after the threads' code; mailbox.checks_failed (was pad0); EXIT_VALUE.checksFailed.
  */
-export const GUEST_ABI_VERSION = 5;
+export const GUEST_ABI_VERSION = 6;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -98,6 +100,17 @@ export const PROGRAM_FLAGS = {
    */
   taskSwitched: 1n << 6n,
 } as const;
+
+/**
+ * What the guest writes to isa-debug-exit (QEMU then exits with (value << 1) | 1): done, every
+ * thread ran to its end (and every check passed) → 33; the guest failed (a thread did not finish,
+ * it bailed out) → 35; the threads finished but a self-check failed → 37.
+ */
+export const EXIT_VALUE = { done: 0x10, failed: 0x11, checksFailed: 0x12 } as const;
+export const qemuExitStatus = (value: number): number => (value << 1) | 1;
+
+/** check_desc.kind, one per ir/checks.ts Check kind. */
+export const CHECK_KIND = { value: 0, diff: 1, same: 2, status: 3 } as const;
 
 /** The longest a holdExit guest waits for mailbox.exit_ack, TSC cycles (~3.5 s at 2.4 GHz). */
 export const EXIT_HOLD_TSC = 1n << 33n;
@@ -194,7 +207,9 @@ export const STRUCTS = {
     ['canary', 'u64'],
     ['flags', 'u64'],
     ['map_limit', 'u64'],
-    ['reserved0', 'u64'],
+    /** Offset of the check_desc table in the image (8-aligned, after the code) and how many. */
+    ['checks_off', 'u32'],
+    ['nchecks', 'u32'],
     ['reserved1', 'u64'],
     ['reserved2', 'u64'],
   ],
@@ -203,6 +218,32 @@ export const STRUCTS = {
     ['code_len', 'u32'],
     ['obs_addr', 'u64'],
     ['obs_len', 'u64'],
+  ],
+  /**
+   * One self-check (ir/checks.ts, encoded by harness/bytecode.ts). Offsets are into the thread's
+   * observation region: `rec` where the record starts (its opcode must be `opcode`), `off` the
+   * field (`width` bytes); the second field (diff, same) likewise in thread2. Status checks read
+   * `off` into the thread's thread_status. The name is a NUL-terminated string at `name_off` in
+   * the image. Compared: (a & mask) against expected (value, status), a - b (diff) or b (same);
+   * printed as (x & mask) >> shift.
+   */
+  check_desc: [
+    ['kind', 'u8'],
+    ['thread', 'u8'],
+    ['thread2', 'u8'],
+    ['width', 'u8'],
+    ['width2', 'u8'],
+    ['shift', 'u8'],
+    ['opcode', 'u8'],
+    ['opcode2', 'u8'],
+    ['rec', 'u32'],
+    ['off', 'u32'],
+    ['rec2', 'u32'],
+    ['off2', 'u32'],
+    ['name_off', 'u32'],
+    ['pad', 'u32'],
+    ['expected', 'u64'],
+    ['mask', 'u64'],
   ],
   mailbox: [
     ['magic', 'u32'],
@@ -225,7 +266,8 @@ export const STRUCTS = {
     ['bail_arg1', 'u64'],
     /** Set by the host (through the shared RAM file) to let a holdExit guest leave. */
     ['exit_ack', 'u32'],
-    ['pad0', 'u32'],
+    /** Self-checks that failed (ir/checks.ts; 0 for a program without any). */
+    ['checks_failed', 'u32'],
   ],
   thread_status: [
     ['state', 'u32'],

@@ -9,6 +9,8 @@ import {
   APIC_REGS,
   BAD_OP_REASON,
   BAIL_REASON,
+  CHECK_KIND,
+  EXIT_VALUE,
   GUEST_ABI_VERSION,
   IRQ_LOG_RING_OFFSET,
   X2APIC_MSR_BASE,
@@ -61,6 +63,8 @@ export function renderGuestHeader(): string {
   for (const [k, v] of Object.entries(LAYOUT)) out.push(`#define LAYOUT_${snake(k).toUpperCase()} ${hex(v)}ul`);
   for (const [k, v] of Object.entries(PROGRAM_FLAGS)) out.push(`#define PROGRAM_FLAG_${snake(k).toUpperCase()} ${hex(v)}ul`);
   out.push(`#define EXIT_HOLD_TSC ${hex(EXIT_HOLD_TSC)}ul`);
+  for (const [k, v] of Object.entries(EXIT_VALUE)) out.push(`#define EXIT_VALUE_${snake(k).toUpperCase()} ${hex(v)}`);
+  for (const [k, v] of Object.entries(CHECK_KIND)) out.push(`#define CHECK_KIND_${snake(k).toUpperCase()} ${v}`);
   for (const [k, v] of Object.entries(MAILBOX_STATE)) out.push(`#define MAILBOX_${snake(k).toUpperCase()} ${v}`);
   for (const [k, v] of Object.entries(THREAD_STATE)) out.push(`#define THREAD_${snake(k).toUpperCase()} ${v}`);
   out.push(`#define MAILBOX_THREADS_OFFSET ${MAILBOX_THREADS_OFFSET}`);

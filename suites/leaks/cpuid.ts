@@ -24,7 +24,9 @@ import {
 } from '../../models/cpuid/model.js';
 import { answererForAccel } from '../../models/cpuid/leaves.js';
 import { machineConfig } from '../lib/options.js';
-import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv } from '../lib/property.js';
+import { maskText, type Check } from '../../ir/checks.js';
+import { NO_FAULT } from '../../ir/ops.js';
+import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { factsFor, observeProgram, type VmRole } from '../lib/run.js';
 
 /** vCPUs of every CPUID VM: enough to see per-vCPU fields and cross-vCPU determinism. */
@@ -133,6 +135,55 @@ async function observeAnswers(env: PropertyEnv, ops: ReturnType<typeof cpuidOps>
   const answers = answersOf(run.value.records.map((rs) => recordsOf(rs, 'cpuid')));
   env.metrics.add('cpuidQueries', answers.length);
   return { ok: true, value: answers };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repro (kvmprop repro): the model's values as checks the guest evaluates itself
+
+const RESULT_FIELD = { eax: 'rax', ebx: 'rbx', ecx: 'rcx', edx: 'rdx' } as const;
+const qName = (x: CpuidQuery) => `CPUID(${hex(x.leaf)},${hex(x.subleaf)})`;
+
+/** What the record of one answer must show whatever the leaf: no exception, bits 63:32 clear, no other GPR changed. */
+function shapeChecks(thread: number, record: number, x: CpuidQuery): Check[] {
+  const at = (field: string) => ({ thread, record, field });
+  const who = `${qName(x)}${x.cpl === 3 ? ' at CPL 3' : ''} vCPU ${thread}`;
+  return [
+    { kind: 'value', name: `${who}: no exception`, at: at('faultVector'), expected: BigInt(NO_FAULT), mask: 0xffn },
+    ...REGS.map((reg): Check => ({ kind: 'value', name: `${who}: ${RESULT_FIELD[reg].toUpperCase()}[63:32] zero`, at: at(RESULT_FIELD[reg]), expected: 0n, mask: 0xffff_ffff_0000_0000n })),
+    { kind: 'value', name: `${who}: only RAX..RDX changed`, at: at('clobbered'), expected: 0n, mask: 0xffff_ffffn },
+  ];
+}
+
+/** The rules property's model for one answer: QEMU's CPU model fact by fact, then the answerer's lookup rule for the rest. */
+function modelChecks(f: CpuidPropertyFacts, thread: number, record: number, x: CpuidQuery): Check[] {
+  const at = (reg: (typeof REGS)[number]) => ({ thread, record, field: RESULT_FIELD[reg] });
+  const who = (reg: (typeof REGS)[number], mask: number) => `${qName(x)}.${reg.toUpperCase()}${maskText(BigInt(mask >>> 0), 32)} vCPU ${thread}`;
+  const qemu = expansionBits(f.cpuid, x.leaf, x.subleaf, thread);
+  const r = ruleValue(f.cpuid, x.leaf, x.subleaf, thread);
+  const out: Check[] = [];
+  for (const src of qemu.sources) {
+    out.push({ kind: 'value', name: `${who(src.reg, src.mask)}: ${src.what}`, at: at(src.reg), expected: BigInt((qemu.value[src.reg] & src.mask) >>> 0), mask: BigInt(src.mask >>> 0) });
+  }
+  for (const reg of REGS) {
+    const mask = (r.mask[reg] & ~qemu.mask[reg]) >>> 0;
+    if (mask) out.push({ kind: 'value', name: `${who(reg, mask)}: ${r.rule}`, at: at(reg), expected: BigInt((r.value[reg] & mask) >>> 0), mask: BigInt(mask) });
+  }
+  return out;
+}
+
+/** A program of `ops` on every vCPU, with checks. */
+const reproProgram = (ops: ReturnType<typeof cpuidOps>, checks: Check[]) => ({ threads: Array.from({ length: VCPUS }, () => ops), canary: DEFAULT_CANARY, checks });
+
+export function cpuidRulesRepro(w: CpuidWorkload, f: CpuidPropertyFacts): ReproPlan {
+  const queries = expandQueries(w);
+  const checks: Check[] = [];
+  for (let t = 0; t < VCPUS; t++) {
+    for (let k = 0; k < queries.length * w.repeat; k++) {
+      const x = queries[k % queries.length]!;
+      checks.push(...shapeChecks(t, k, x), ...modelChecks(f, t, k, x));
+    }
+  }
+  return { vms: [{ role: 'workload', program: reproProgram(cpuidOps(w), checks), config: { cpus: VCPUS } }] };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,6 +297,7 @@ export const cpuidRules = defineProperty({
     rule("the output agrees with QEMU's CPU model", qemuCpuModel),
     rule("the output follows the answerer's lookup rules", lookupRules),
   ],
+  repro: (w: CpuidWorkload, f: CpuidPropertyFacts) => cpuidRulesRepro(w, f),
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -339,7 +391,42 @@ export const cpuidDeterministic = defineProperty({
     return { ok: true, value: { facts, c, answers } };
   },
   rules: [rule('the same vCPU answers alike on every repeat and in every VM', sameOnRepeat), rule('every vCPU answers alike apart from its topology IDs', sameOnEveryVcpu)],
+  repro: (c: DeterminismCase, f: CpuidPropertyFacts) => cpuidDeterministicRepro(c, f),
 });
+
+/**
+ * Each of the two VMs checks itself: every repeat answers like the first (all 32 bits), every vCPU
+ * like vCPU 0 apart from the per-vCPU topology bits, and vCPU 0's first answers follow the rules
+ * model. Two VMs cannot compare answers with each other with no harness, so the model is their
+ * common reference (the note says so).
+ */
+export function cpuidDeterministicRepro(c: DeterminismCase, f: CpuidPropertyFacts): ReproPlan {
+  const queries = expandQueries(c.cpuid);
+  const n = queries.length;
+  const vm = (role: 'a' | 'b', ramMiB: number) => {
+    const checks: Check[] = [];
+    const field = (reg: (typeof REGS)[number]) => RESULT_FIELD[reg];
+    for (let k = 0; k < n; k++) checks.push(...modelChecks(f, 0, k, queries[k]!));
+    for (let t = 0; t < VCPUS; t++) {
+      for (let k = 0; k < n * c.cpuid.repeat; k++) {
+        const x = queries[k % n]!;
+        for (const reg of REGS) {
+          const at = { thread: t, record: k, field: field(reg) };
+          if (k >= n) checks.push({ kind: 'same', name: `${qName(x)}.${reg.toUpperCase()} vCPU ${t} repeat ${Math.floor(k / n) + 1}: as repeat 1`, at, as: { ...at, record: k % n }, mask: 0xffff_ffffn });
+          else if (t > 0) {
+            const mask = ~perCpuMask(f.cpuid, x.leaf, x.subleaf)[reg] >>> 0;
+            checks.push({ kind: 'same', name: `${qName(x)}.${reg.toUpperCase()}${maskText(BigInt(mask), 32)} vCPU ${t}: as vCPU 0`, at, as: { ...at, thread: 0 }, mask: BigInt(mask) });
+          }
+        }
+      }
+    }
+    return { role, program: reproProgram(cpuidOps(c.cpuid), checks), config: { cpus: VCPUS, ramMiB } };
+  };
+  return {
+    vms: [vm('a', c.ramMiB[0]), vm('b', c.ramMiB[1])],
+    note: 'the property compares the two VMs with each other; with no harness each VM is compared with the rules model instead (leaks.cpuid.rules), so a host that fails that property fails this repro too even where its answers are deterministic',
+  };
+}
 
 // ---------------------------------------------------------------------------------------------
 // leaks.cpuid.no-host-pattern
@@ -415,4 +502,18 @@ export const cpuidCplInvariant = defineProperty({
     return o.ok ? { ok: true, value: { facts, answers: o.value } } : o;
   },
   rules: [rule('CPL 0 and CPL 3 get the same answer', sameAtBothCpls)],
+  repro: (w: CpuidWorkload) => {
+    const queries = expandQueries(w);
+    const ops = queries.flatMap((x) => [cpuidOp({ ...x, cpl: 0 }), cpuidOp({ ...x, cpl: 3 })]);
+    const checks: Check[] = [];
+    for (let t = 0; t < VCPUS; t++) {
+      queries.forEach((x, k) => {
+        for (const reg of REGS) {
+          const at = { thread: t, record: 2 * k + 1, field: RESULT_FIELD[reg] };
+          checks.push({ kind: 'same', name: `${qName(x)}.${reg.toUpperCase()} vCPU ${t}: CPL 3 as CPL 0`, at, as: { ...at, record: 2 * k }, mask: 0xffff_ffffn });
+        }
+      });
+    }
+    return { vms: [{ role: 'workload', program: reproProgram(ops, checks), config: { cpus: VCPUS } }] };
+  },
 });

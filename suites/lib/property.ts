@@ -15,6 +15,8 @@ import type { RunOptions } from './options.js';
 import type { Mutant } from './family.js';
 import type { MeasurementSample } from '../../reports/schema.js';
 import type { Histogram } from '../../harness/kvmStats.js';
+import type { Program } from '../../ir/program.js';
+import type { VmRole } from './run.js';
 
 /** One way the system differs from the model. */
 export interface Difference {
@@ -106,6 +108,30 @@ export interface PropertyDef<W, F, O> {
    * mutant's shrunk case passed 5 replays of 5).
    */
   readonly confirmShrinks?: number;
+  /**
+   * The case as self-checking programs (ReproPlan), or null when this case's verdict needs the
+   * harness (timing, QMP). Absent: the property has no repro support.
+   */
+  repro?(c: W, facts: F, env: PropertyEnv): ReproPlan | null;
+}
+
+/**
+ * A case as programs that judge themselves (kvmprop repro, reports/repro.ts): the VMs to run, in
+ * order, each with a program whose checks (ir/checks.ts) carry the model's expected values, so
+ * that plain QEMU shows the failure again with no harness and no model.
+ */
+export interface ReproPlan {
+  readonly vms: readonly ReproVm[];
+  /** What the checks do not cover that the property does (said in the directory's README). */
+  readonly note?: string;
+}
+
+export interface ReproVm {
+  /** The role the VM plays in the property (a mutant's QEMU arguments apply to its roles). */
+  readonly role: VmRole;
+  readonly program: Program;
+  /** What this VM needs beyond the property's machine (vCPUs, RAM). */
+  readonly config?: Partial<Pick<MachineConfig, 'cpus' | 'ramMiB'>>;
 }
 
 /** Properties are generic in their case, facts and observation; the registry does not care which. */

@@ -30,7 +30,9 @@ import {
   type HandlerEntry,
   type InstructionContext,
 } from '../../models/nested/exceptions.js';
-import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv } from '../lib/property.js';
+import type { Check } from '../../ir/checks.js';
+import { NO_FAULT } from '../../ir/ops.js';
+import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
 
 /**
@@ -237,6 +239,31 @@ export async function observeSingleLevel(c: SingleLevelCase, f: SingleLevelFacts
   return { ok: true, value: { c, steps, threadState: Number(run.value.vm.threads[0]?.status.state ?? -1n), recordCount: (run.value.records[0] ?? []).length } };
 }
 
+/**
+ * The case as one program that checks itself: per step, what each rule compares (the vector, the
+ * error code, CR2 for a #PF, the RIP as an offset into the step's code, the handler entries), with
+ * the model's values; then that the thread ended done. Each check stands alone, so a wrong vector
+ * may fail more than one (the rules skip the later comparisons; the first not-ok line is the one).
+ */
+export function singleLevelRepro(c: SingleLevelCase, f: SingleLevelFacts): ReproPlan {
+  const checks: Check[] = [];
+  c.steps.forEach((step, record) => {
+    const p = predictStep(step, c.cpl, f);
+    const e = p.entry;
+    const at = (field: string) => ({ thread: 0, record, field });
+    const name = `step ${record} ${describeStep(step)} at CPL ${c.cpl}:`;
+    checks.push({ kind: 'value', name: `${name} vector ${e ? mnemonic(e.vector) : 'none (0xff)'}`, at: at('faultVector'), expected: BigInt(e?.vector ?? NO_FAULT), mask: 0xffn });
+    if (e) {
+      checks.push({ kind: 'value', name: `${name} ${mnemonic(e.vector)} error code`, at: at('errorCode'), expected: BigInt(e.errorCode ?? 0), mask: 0xffff_ffffn });
+      if (e.cr2 !== undefined) checks.push({ kind: 'value', name: `${name} CR2`, at: at('cr2'), expected: e.cr2 });
+      if (p.ripOffset !== null) checks.push({ kind: 'diff', name: `${name} RIP - code base`, at: at('faultRip'), minus: at('codeBase'), expected: BigInt(p.ripOffset) });
+    }
+    checks.push({ kind: 'diff', name: `${name} handler entries`, at: at('exceptionsAfter'), minus: at('exceptionsBefore'), expected: e ? 1n : 0n });
+  });
+  checks.push({ kind: 'status', name: `the thread ran every step at CPL ${c.cpl} (state done)`, thread: 0, field: 'state', expected: BigInt(THREAD_STATE.done) });
+  return { vms: [{ role: 'workload', program: { threads: [singleLevelOps(c)], canary: DEFAULT_CANARY, ...(c.cpl === 0 ? { ring0: true } : {}), checks } }] };
+}
+
 export const singleLevelDelivery = defineProperty({
   id: 'nested.single-level.delivery',
   family: 'nested',
@@ -253,4 +280,5 @@ export const singleLevelDelivery = defineProperty({
     rule('exactly one handler entry per faulting instruction', oneEntryRule),
     rule('the thread continues after each', continuesRule),
   ],
+  repro: (c: SingleLevelCase, f: SingleLevelFacts) => singleLevelRepro(c, f),
 });

@@ -22,7 +22,8 @@ import { THREAD_STATE } from '../../harness/guest/abi.js';
 import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
 import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type InstructionContext, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
 import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
-import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv } from '../lib/property.js';
+import type { Check } from '../../ir/checks.js';
+import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
 
 /** The VMMCALL intercept: how L2 hands back after its handler ran or its code ended. */
@@ -393,6 +394,52 @@ export async function observeSvm(c: SvmCase, f: SvmFacts, env: PropertyEnv): Pro
   return { ok: true, value: { c, runs, threadState: Number(run.value.vm.threads[0]?.status.state ?? -1n), recordCount: (run.value.records[0] ?? []).length } };
 }
 
+/**
+ * The case as one ring-0 program (L1 as the case's ops run it, the mutant's L1 included) that
+ * checks itself: per run, that VMRUN entered L2 and what each rule compares where the model
+ * predicts it (the place: EXITCODE, with VMMCALL and the handler entries telling an L2 handler or
+ * nothing from an exit; L2's vector, error code, CR2; EXITINFO1/2, EXITINTINFO; the RIP as an
+ * offset into L2's code); then that L1's thread ended done. A run the model ends in a shutdown of
+ * L1 leaves no record to check (the VM resets): such a case gets no repro.
+ */
+export function svmRepro(c: SvmCase, f: SvmFacts): ReproPlan | null {
+  const checks: Check[] = [];
+  for (const [record, r] of c.runs.entries()) {
+    const p = predictRun(r, f);
+    const out = p.outcome;
+    if (out?.kind === 'shutdown') return null;
+    const at = (field: string) => ({ thread: 0, record, field });
+    const name = `run ${record} ${describeEvent(r)}:`;
+    const u32 = 0xffff_ffffn;
+    checks.push({ kind: 'value', name: `${name} L1 runs VMRUN (no L1 fault)`, at: at('faultVector'), expected: BigInt(NO_FAULT), mask: 0xffn });
+    if (out === null || out.kind === 'handler') {
+      checks.push({ kind: 'value', name: `${name} ${out ? `L2's ${mnemonic(out.vector)} handler` : 'no event'}: #VMEXIT(VMMCALL)`, at: at('exitCode'), expected: BigInt(SVM_EXIT_VMMCALL) });
+      checks.push({ kind: 'value', name: `${name} L2 handler entries`, at: at('entries'), expected: out ? 1n : 0n, mask: u32 });
+    }
+    if (out?.kind === 'handler') {
+      checks.push({ kind: 'value', name: `${name} L2 handler vector ${mnemonic(out.vector)}`, at: at('vector'), expected: BigInt(out.vector), mask: u32 });
+      checks.push({ kind: 'value', name: `${name} L2 handler has an error code`, at: at('hasErrorCode'), expected: out.errorCode === null ? 0n : 1n, mask: u32 });
+      if (out.errorCode !== null) checks.push({ kind: 'value', name: `${name} L2 handler error code`, at: at('errorCode'), expected: BigInt(out.errorCode), mask: u32 });
+      if (out.cr2 !== undefined) checks.push({ kind: 'value', name: `${name} L2 handler CR2`, at: at('handlerCr2'), expected: out.cr2 });
+    }
+    if (out?.kind === 'vmexit') {
+      checks.push({ kind: 'value', name: `${name} #VMEXIT(${hex(out.exitCode)})`, at: at('exitCode'), expected: BigInt(out.exitCode) });
+      if (out.exitInfo1 !== null) checks.push({ kind: 'value', name: `${name} EXITINFO1`, at: at('exitInfo1'), expected: out.exitInfo1 });
+      if (out.exitInfo2 !== null) checks.push({ kind: 'value', name: `${name} EXITINFO2`, at: at('exitInfo2'), expected: out.exitInfo2 });
+      if (out.exitIntInfo !== null) {
+        const valid = (out.exitIntInfo & EXITINTINFO_V) !== 0n;
+        checks.push({ kind: 'value', name: `${name} EXITINTINFO${valid ? '' : '.V'}`, at: at('exitIntInfo'), expected: out.exitIntInfo, ...(valid ? {} : { mask: EXITINTINFO_V }) });
+      }
+    }
+    if (p.ripOffset !== null) {
+      const rip = out?.kind === 'handler' ? 'handlerRip' : 'exitRip';
+      checks.push({ kind: 'diff', name: `${name} ${out?.kind === 'handler' ? "RIP in L2's frame" : "L2's RIP in the VMCB"} - code base`, at: at(rip), minus: at('codeBase'), expected: BigInt(p.ripOffset) });
+    }
+  }
+  checks.push({ kind: 'status', name: "L1 goes on after each L2 run (its thread's state done)", thread: 0, field: 'state', expected: BigInt(THREAD_STATE.done) });
+  return { vms: [{ role: 'workload', program: { threads: [opsFor(c, f.l1)], canary: DEFAULT_CANARY, ring0: true, checks } }] };
+}
+
 export const svmDelivery = defineProperty({
   id: 'nested.svm.delivery',
   family: 'nested',
@@ -413,5 +460,6 @@ export const svmDelivery = defineProperty({
     rule('exactly one L2 handler entry', oneEntryRule),
     rule('L1 goes on after each L2 run', continuesRule),
   ],
+  repro: (c: SvmCase, f: SvmFacts) => svmRepro(c, f),
 });
 

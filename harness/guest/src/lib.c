@@ -56,10 +56,11 @@ void serial_dec(u64 v)
 
 void lapic_eoi(struct cpu *c) { apic_write(c, APIC_REG_EOI, 0); }
 
-/* isa-debug-exit at 0xf4: QEMU exits with (value << 1) | 1, i.e. 33 done / 35 done with failures.
- * Without that device the harness sees MAILBOX_DONE and quits QEMU itself. */
+/* isa-debug-exit at 0xf4: QEMU exits with (value << 1) | 1 (abi.ts EXIT_VALUE): 33 done, 35 the
+ * guest failed, 37 a self-check failed. Without that device the harness sees MAILBOX_DONE and quits
+ * QEMU itself. */
 #define DEBUG_EXIT_PORT 0xf4
-NORETURN void guest_exit(int failed)
+NORETURN void guest_exit(u8 value)
 {
 	/* The exit handshake (abi.ts PROGRAM_FLAGS.holdExit): QEMU stays up until the host has read
 	 * what only a live QEMU can tell, or until EXIT_HOLD_TSC has passed without an answer. */
@@ -69,7 +70,7 @@ NORETURN void guest_exit(int failed)
 		while (!MAILBOX->exit_ack && rdtsc() - from < EXIT_HOLD_TSC)
 			cpu_relax();
 	}
-	outb(DEBUG_EXIT_PORT, failed ? 0x11 : 0x10);
+	outb(DEBUG_EXIT_PORT, value);
 	for (;;)
 		asm volatile("cli; hlt");
 }

@@ -154,7 +154,7 @@ static NORETURN void bail_exit(void)
 {
 	barrier();
 	MAILBOX->state = MAILBOX_FAILED;
-	guest_exit(1);
+	guest_exit(EXIT_VALUE_FAILED);
 }
 
 static void report_fatal(struct cpu *c, struct frame *f)
@@ -182,7 +182,7 @@ static void report_fatal(struct cpu *c, struct frame *f)
 	serial_puts(" cr2 ");
 	serial_hex(MAILBOX->fatal_cr2);
 	serial_puts(" outside any workload op\n");
-	guest_exit(1);
+	guest_exit(EXIT_VALUE_FAILED);
 }
 
 /* kvm_steal_time (Linux arch/x86/include/uapi/asm/kvm_para.h): KVM adds the vCPU task's run_delay
@@ -479,13 +479,18 @@ static const char *bad_op_reason_name(u32 r)
 	}
 }
 
-static void tap_thread_line(u32 i)
+/* One thread's TAP line; in a program with self-checks, where the checks are the tests, a comment. */
+static void tap_thread_line(u32 i, int comment)
 {
 	struct thread_status *st = thread_status_of(i);
 	int ok = st->state == THREAD_DONE;
-	serial_puts(ok ? "ok " : "not ok ");
-	serial_dec(i + 1);
-	serial_puts(" - vcpu ");
+	if (comment) {
+		serial_puts("# vcpu ");
+	} else {
+		serial_puts(ok ? "ok " : "not ok ");
+		serial_dec(i + 1);
+		serial_puts(" - vcpu ");
+	}
 	serial_dec(i);
 	serial_puts(": ");
 	serial_puts(thread_state_name(st->state));
@@ -516,6 +521,95 @@ static void tap_thread_line(u32 i)
 		serial_dec(st->pc);
 	}
 	serial_putc('\n');
+}
+
+/* ---- self-checks (ir/checks.ts): the program judges itself ---- */
+
+static const struct check_desc *check_desc_of(const struct prog_header *p, u32 i)
+{
+	return (const struct check_desc *)(LAYOUT_PROGRAM + p->checks_off + (u64)i * sizeof(struct check_desc));
+}
+
+static u64 read_le(const u8 *p, u32 width)
+{
+	u64 v = 0;
+	for (u32 i = 0; i < width && i < 8; i++)
+		v |= (u64)p[i] << (8 * i);
+	return v;
+}
+
+/* A record field of a thread that ended: 0 when the record was never written (or is not the op
+ * the host placed there). */
+static int record_field(u32 thread, u32 rec, u32 off, u32 width, u8 opcode, u64 *out)
+{
+	if (thread >= nthreads)
+		return 0;
+	const struct thread_status *st = thread_status_of(thread);
+	if ((u64)rec + RECORD_HEADER_BYTES > st->obs_used || (u64)off + width > st->obs_used)
+		return 0;
+	const u8 *base = (const u8 *)thread_desc_of(thread)->obs_addr;
+	if (base[rec] != opcode)
+		return 0;
+	*out = read_le(base + off, width);
+	return 1;
+}
+
+static void put_masked(const struct check_desc *d, u64 v)
+{
+	serial_hex((v & d->mask) >> d->shift);
+}
+
+static void no_record(u32 thread)
+{
+	serial_puts(": no record (vcpu ");
+	serial_dec(thread);
+	serial_puts(" ended: ");
+	serial_puts(thread < nthreads ? thread_state_name(thread_status_of(thread)->state) : "no such vcpu");
+	serial_puts(")\n");
+}
+
+/* Evaluate every check and print its TAP line; the number that failed. */
+static u32 run_checks(const struct prog_header *p)
+{
+	u32 failed = 0;
+	for (u32 i = 0; i < p->nchecks; i++) {
+		const struct check_desc *d = check_desc_of(p, i);
+		const char *name = (const char *)(LAYOUT_PROGRAM + d->name_off);
+		u64 a = 0, b = 0, want = d->expected;
+		int have = 1, have2 = 1;
+		if (d->kind == CHECK_KIND_STATUS) {
+			if (d->thread < nthreads)
+				a = read_le((const u8 *)thread_status_of(d->thread) + d->off, d->width);
+			else
+				have = 0;
+		} else {
+			have = record_field(d->thread, d->rec, d->off, d->width, d->opcode, &a);
+			if (d->kind == CHECK_KIND_DIFF || d->kind == CHECK_KIND_SAME)
+				have2 = record_field(d->thread2, d->rec2, d->off2, d->width2, d->opcode2, &b);
+			if (d->kind == CHECK_KIND_DIFF)
+				a -= b;
+			if (d->kind == CHECK_KIND_SAME)
+				want = b;
+		}
+		int ok = have && have2 && ((a ^ want) & d->mask) == 0;
+		failed += !ok;
+		serial_puts(ok ? "ok " : "not ok ");
+		serial_dec(i + 1);
+		serial_puts(" - ");
+		serial_puts(name);
+		if (ok) {
+			serial_putc('\n');
+		} else if (!have || !have2) {
+			no_record(!have ? d->thread : d->thread2);
+		} else {
+			serial_puts(" expected ");
+			put_masked(d, want);
+			serial_puts(" got ");
+			put_masked(d, a);
+			serial_putc('\n');
+		}
+	}
+	return failed;
 }
 
 static NORETURN void bsp_main(struct cpu *c)
@@ -576,8 +670,9 @@ static NORETURN void bsp_main(struct cpu *c)
 		}
 	}
 	MAILBOX->cpus_online = cpus_online;
+	/* With self-checks the checks are the tests; the threads' lines become comments. */
 	serial_puts("1..");
-	serial_dec(nthreads);
+	serial_dec(p->nchecks ? p->nchecks : nthreads);
 	serial_putc('\n');
 
 	MAILBOX->state = MAILBOX_RUNNING;
@@ -593,12 +688,16 @@ static NORETURN void bsp_main(struct cpu *c)
 	int failed = 0;
 	for (u32 i = 0; i < nthreads; i++) {
 		failed |= thread_status_of(i)->state != THREAD_DONE;
-		tap_thread_line(i);
+		tap_thread_line(i, p->nchecks != 0);
 	}
 	MAILBOX->done_tsc = rdtsc();
+	u32 bad = p->nchecks ? run_checks(p) : 0;
+	MAILBOX->checks_failed = bad;
 	barrier();
 	/* An AP that gave up (report_fatal) leaves the mailbox failed; the verdict stays so. */
 	if (MAILBOX->state != MAILBOX_FAILED)
 		MAILBOX->state = MAILBOX_DONE;
-	guest_exit(failed || MAILBOX->state == MAILBOX_FAILED);
+	if (MAILBOX->state == MAILBOX_FAILED)
+		guest_exit(EXIT_VALUE_FAILED);
+	guest_exit(bad ? EXIT_VALUE_CHECKS_FAILED : failed ? EXIT_VALUE_FAILED : EXIT_VALUE_DONE);
 }

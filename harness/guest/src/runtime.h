@@ -163,7 +163,8 @@ void serial_puts(const char *s);
 void serial_hex(u64 v);
 void serial_dec(u64 v);
 void lapic_eoi(struct cpu *c);
-NORETURN void guest_exit(int failed);
+/* Leave through isa-debug-exit with an EXIT_VALUE_* (after the holdExit handshake). */
+NORETURN void guest_exit(u8 value);
 
 /* Privileged instructions work in either ring: at CPL 3 they trap to ring 0, which performs them
  * (main.c emulate_for_user). */
