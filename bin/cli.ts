@@ -44,6 +44,7 @@ commands:
   merge     merge results of shards or hosts: kvmprop merge RESULTS... --out FILE
   export    write results as JUnit XML, KTAP v1 or KCIDB JSON: kvmprop export --format junit|ktap|kcidb RESULTS --out FILE
   import    read a foreign suite's log as kvmprop results: kvmprop import --format kut-tap|ktap LOG --out FILE
+  report    write a self-contained HTML report (verdict, matrix, plots, counterexamples, host): kvmprop report RESULTS... --out DIR
 
 families: ${FAMILY_NAMES.join(', ')}
 ${runUsage()}`;
@@ -325,6 +326,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return (await import('../reports/junit.js')).cmdExport(rest);
       case 'import':
         return await (await import('../reports/tapImport.js')).cmdImport(rest);
+      case 'report':
+        return await (await import('../reports/html.js')).cmdReport(rest);
       case '--version':
         process.stdout.write(`kvmprop ${toolVersion()}\n`);
         return 0;
