@@ -246,9 +246,9 @@ function rtcPlots(runs: readonly ReportRun[]): Plot[] {
     });
     const rates = [...new Set(data.map((d) => d.rate))].sort((a, b) => parseFloat(a) - parseFloat(b));
     plots.push({
-      id: `rtc-${property.replace(/[^A-Za-z0-9]+/g, '-')}${runs.length > 1 ? `-${plots.length}` : ''}`,
+      id: `rtc-${property.replace(/[^A-Za-z0-9]+/g, '-')}${[...byProperty.keys()].filter((x) => x.startsWith(`${property}\u0000`)).length > 1 ? `-${plots.length}` : ''}`,
       title: `${property}: interrupts per window against the model`,
-      caption: `One case (case ${caseId} of ${cases.size}, the one with the most windows${runs.length > 1 ? `; ${config}` : ''}): each window between two register writes or marks, over time from the case's first event. Band: the model's [min, max] ticks for the window, coloured by the rate in force; black line: the interrupts the guest took in it. Count on a symmetric log scale. Series rtc.windowCount (labels atMs, ms, min, max, hz).`,
+      caption: `One case (case ${caseId} of ${cases.size}, the one with the most windows; ${config}): each window between two register writes or marks, over time from the case's first event. Band: the model's [min, max] ticks for the window, coloured by the rate in force; black line: the interrupts the guest took in it. Count on a symmetric log scale. Series rtc.windowCount (labels atMs, ms, min, max, hz).`,
       spec: {
         $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
         config: CONFIG,
