@@ -207,7 +207,8 @@ function latenessPlots(runs: readonly ReportRun[]): Plot[] {
         $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
         config: CONFIG,
         width: 520,
-        height: { step: 26 },
+        // At least 140 px however few the modes: scaled to a phone's width, a plot stays readable.
+        height: Math.max(140, 26 * groups.size),
         data: { values: data },
         encoding: {
           y: { field: 'group', type: 'nominal', title: null, sort: 'ascending', axis: { labelLimit: 260 } },
@@ -424,7 +425,7 @@ function matrixHtml(runs: readonly ReportRun[]): string {
       const cells = runs.map((r) => {
         const p = r.properties.find((x) => x.id === id);
         if (!p) return '<td><span class="muted">not run</span></td>';
-        const why = p.deviation ? `${p.reason ?? ''} (known deviation ${p.deviation.id})` : (p.reason ?? '');
+        const why = p.deviation && !(p.reason ?? '').includes(p.deviation.id) ? `${p.reason ?? ''} (known deviation ${p.deviation.id})` : (p.reason ?? '');
         return `<td>${badge(p.status)} <span class="muted">${p.numRuns} cases</span>${why ? `<div class="reason">${esc(cleanLine(why, 600))}</div>` : ''}</td>`;
       });
       return `<tr><th>${esc(id)}</th>${cells.join('')}</tr>`;
