@@ -240,7 +240,10 @@ function rtcPlots(runs: readonly ReportRun[]): Plot[] {
       const c = String(label(s, 'case') ?? '?');
       cases.set(c, [...(cases.get(c) ?? []), s]);
     }
-    const [caseId, windows] = [...cases].reduce((a, b) => (b[1].length > a[1].length ? b : a));
+    // The case the guest took the most interrupts in (a case that kept interrupts disabled shows
+    // the model's ticks and none taken), then the one with the most windows.
+    const score = (w: readonly Sample[]) => w.reduce((n, s) => n + s.value, 0) * 1e6 + w.length;
+    const [caseId, windows] = [...cases].reduce((a, b) => (score(b[1]) > score(a[1]) ? b : a));
     const data = windows.map((s) => {
       const at = num(label(s, 'atMs'))!;
       return { at, end: at + (num(label(s, 'ms')) ?? 0), min: num(label(s, 'min')) ?? 0, max: num(label(s, 'max')) ?? 0, observed: s.value, rate: `${label(s, 'hz') ?? '?'} Hz` };
@@ -249,7 +252,7 @@ function rtcPlots(runs: readonly ReportRun[]): Plot[] {
     plots.push({
       id: `rtc-${property.replace(/[^A-Za-z0-9]+/g, '-')}${[...byProperty.keys()].filter((x) => x.startsWith(`${property}\u0000`)).length > 1 ? `-${plots.length}` : ''}`,
       title: `${property}: interrupts per window against the model`,
-      caption: `One case (case ${caseId} of ${cases.size}, the one with the most windows; ${config}): each window between two register writes or marks, over time from the case's first event. Band: the model's [min, max] ticks for the window, coloured by the rate in force; black line: the interrupts the guest took in it. Count on a symmetric log scale. Series rtc.windowCount (labels atMs, ms, min, max, hz).`,
+      caption: `One case (case ${caseId} of ${cases.size}, the one in which the guest took the most interrupts; ${config}): each window between two register writes or marks, over time from the case's first event. Band: the ticks the model predicts for the window [min, max], coloured by the rate in force; black line: the interrupts the guest took in it. Ticks while the guest had interrupts disabled merge into one delivery, which the rule allows and the band does not show. Count on a symmetric log scale. Series rtc.windowCount (labels atMs, ms, min, max, hz).`,
       spec: {
         $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
         config: CONFIG,
@@ -288,6 +291,13 @@ function streamOf(s: MeasurementSample): string {
   return parts.join(' + ') || 'precopy';
 }
 
+/** 0, 1, 10, 100... up to the first power of ten at or above `max`. */
+export function decades(max: number): number[] {
+  const out = [0, 1];
+  while (out[out.length - 1]! < max && out.length < 20) out.push(out[out.length - 1]! * 10);
+  return out;
+}
+
 function migrationPlots(runs: readonly ReportRun[]): Plot[] {
   const plots: Plot[] = [];
   const figures: [string, string, string][] = [
@@ -321,7 +331,8 @@ function migrationPlots(runs: readonly ReportRun[]): Plot[] {
         mark: { type: 'point', filled: true, size: 70, opacity: 0.8 },
         encoding: {
           x: { field: xField, type: 'quantitative', title: xTitle, scale: { zero: true } },
-          y: { field: 'y', type: 'quantitative', title: axis, scale: { zero: true } },
+          // Powers of ten as ticks: vega's own for a symlog scale are few and linear.
+          y: { field: 'y', type: 'quantitative', title: `${axis}, symmetric log scale`, scale: { type: 'symlog' }, axis: { values: decades(Math.max(...data.map((d) => d.y))), format: '~s' } },
           color: { field: 'stream', type: 'nominal', title: 'stream' },
           shape: { field: 'tracking', type: 'nominal', title: 'dirty tracking' },
         },
