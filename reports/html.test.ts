@@ -2,7 +2,7 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { cmdReport, esc, GENERATOR, plotsOf, renderReport, runsOf, showJson, verdictOf, type ReportInput } from './html.js';
+import { cmdReport, decades, esc, GENERATOR, plotsOf, renderReport, runsOf, showJson, verdictOf, type ReportInput } from './html.js';
 import { readResultsFile } from './merge.js';
 import type { PropertyResult, ResultsFile } from './schema.js';
 import { hostileFixture, REPORT_FIXTURES } from './testing/reportFixture.js';
@@ -92,6 +92,12 @@ describe('text from results and counterexamples', () => {
     expect(esc(`<a href="x" title='y'>&\x1b[31m\x00`)).toBe('&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;');
     expect(showJson({ a: 255n, b: Uint8Array.of(1, 0xab) })).toBe('{\n  "a": "0xff",\n  "b": "01 ab"\n}');
     expect(showJson('x'.repeat(50), 10)).toMatch(/^"xxxxxxxxx\n… \(42 more characters/);
+  });
+
+  it('decade ticks reach the largest value', () => {
+    expect(decades(0)).toEqual([0, 1]);
+    expect(decades(1)).toEqual([0, 1]);
+    expect(decades(42)).toEqual([0, 1, 10, 100]);
   });
 });
 

@@ -12,7 +12,9 @@
  *  - the plots (`measurements`): timer lateness per timer and mode (lateness.<source>), the RTC's
  *    interrupt count per window against the model's [min, max] over one case while the rate
  *    changes (rtc.windowCount with atMs), migration downtime and bytes against the dirty rate QEMU
- *    measured and the stream parameters (migration.downtimeMs, migration.transferredBytes);
+ *    measured and the stream parameters (migration.downtimeMs, migration.transferredBytes; QEMU
+ *    measures a dirty rate once a second of bitmap syncs, so a migration done sooner has 0, and
+ *    without any measured rate the x axis is the workload's working set);
  *  - each counterexample: the rule, the summary, the replay command, the shrunk workload, expected
  *    vs observed, and the evidence (QEMU's words, the guest's serial output...);
  *  - host findings and run errors; each host's fingerprint.
