@@ -148,6 +148,7 @@ describe('bad input gets one clear line and a non-zero exit', () => {
     ['an unknown command', ['frobnicate'], /^kvmprop: unknown command 'frobnicate'/],
     ['an unknown option', ['run', '--frob'], /^kvmprop: Unknown option '--frob'/],
     ['a missing counterexample', ['replay', '/nonexistent/ce.json'], /^kvmprop: cannot read \/nonexistent\/ce.json: ENOENT/],
+    ['a missing results file for the report', ['report', '/nonexistent/results.json', '--out', '/nonexistent/report'], /^kvmprop: cannot read \/nonexistent\/results.json: ENOENT/],
   ];
   for (const [what, args, message] of cases) {
     it(what, async () => {

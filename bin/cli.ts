@@ -49,6 +49,7 @@ commands:
   import    read a foreign suite's log as kvmprop results: kvmprop import --format kut-tap|ktap LOG --out FILE
   gate      fail on regressions from a baseline: kvmprop gate --baseline A.json --candidate B.json [--policy FILE] [--out DIR]
   repro     write a counterexample as a directory that reproduces it with QEMU alone: kvmprop repro FILE --out DIR
+  report    write a self-contained HTML report (verdict, matrix, plots, counterexamples, host): kvmprop report RESULTS... --out DIR
 
 families: ${FAMILY_NAMES.join(', ')}
 ${runUsage()}`;
@@ -357,6 +358,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await (await import('../reports/gate.js')).cmdGate(rest);
       case 'repro':
         return await (await import('../reports/repro.js')).cmdRepro(rest);
+      case 'report':
+        return await (await import('../reports/html.js')).cmdReport(rest);
       case '--version':
         process.stdout.write(`kvmprop ${toolVersion()}\n`);
         return 0;

@@ -91,6 +91,12 @@ export interface MigrationInfo {
   readonly 'error-desc'?: string;
   /** Set by migrateTo: the highest cpu-throttle-percentage (auto-converge) seen while it ran. */
   readonly throttleReached?: number;
+  /**
+   * Set by migrateTo: the highest dirty rate QEMU measured while it ran (ram dirty-pages-rate ×
+   * page-size, bytes/s; the final answer no longer carries it). 0 where QEMU measured none (it
+   * measures once per dirty-bitmap sync after the first: a migration done in one pass has none).
+   */
+  readonly dirtyRateReached?: number;
   readonly ram?: {
     readonly transferred: number;
     readonly remaining: number;
@@ -295,6 +301,7 @@ export class VmHandle {
     let postcopied = false;
     // The final answer no longer carries cpu-throttle-percentage: keep the highest seen on the way.
     let throttle = 0;
+    let dirtyRate = 0;
     let info: MigrationInfo;
     for (;;) {
       info = await this.vm.qmp.execute<MigrationInfo>('query-migrate').catch((e: unknown) => {
@@ -302,6 +309,7 @@ export class VmHandle {
         throw new MigrationError(`migration ${this.name} → ${dst.name}: the source's QEMU went away: ${qemuWords(this.vm.stderr) || String(e)}`, null);
       });
       throttle = Math.max(throttle, Number(info['cpu-throttle-percentage'] ?? 0));
+      dirtyRate = Math.max(dirtyRate, Number(info.ram?.['dirty-pages-rate'] ?? 0) * Number(info.ram?.['page-size'] ?? 4096) || 0);
       if (MIGRATE_TERMINAL.has(info.status)) break;
       const elapsed = Date.now() - started;
       if (opts.cancelAfterMs !== undefined && !cancelled && elapsed >= opts.cancelAfterMs) {
@@ -346,7 +354,7 @@ export class VmHandle {
       if (Date.now() >= deadline) throw new MigrationError(`migration ${this.name} → ${dst.name}: the destination still loads after ${timeoutMs} ms`, info);
       await sleep(pollMs);
     }
-    info = { ...info, throttleReached: throttle };
+    info = { ...info, throttleReached: throttle, dirtyRateReached: dirtyRate };
     dst.program ??= this.program;
     if (!dst.nthreads) dst.nthreads = this.nthreads;
     if (resume && (await dst.status()) !== 'running') await dst.cont();

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * Idempotent set-up behind `npm start` and `npm test`, for a fresh Debian 12 machine:
- *  1. system packages (QEMU, gcc, binutils): installed with apt when run as root; otherwise the
- *     exact command is printed and the script fails;
+ *  1. system packages (QEMU, gcc, binutils; chromium for the HTML report's browser test):
+ *     installed with apt when run as root; otherwise the exact command is printed and the script
+ *     fails;
  *  2. `npm ci`, skipped when node_modules already matches package-lock.json;
  *  3. the guest, built with the system gcc (cached by a hash of its sources).
  *
@@ -31,6 +32,8 @@ const PACKAGES = [
   { pkg: 'libc6-dev', commands: [], files: ['/usr/include/stdio.h'] },
   { pkg: 'linux-libc-dev', commands: [], files: ['/usr/include/linux/kvm.h'] },
   { pkg: 'util-linux', commands: ['setpriv'], files: [] },
+  // The HTML report's browser test (reports/html.browser.test.ts) drives it with playwright-core.
+  { pkg: 'chromium', commands: ['chromium'], files: ['/usr/bin/chromium'] },
 ];
 
 function log(msg) {

@@ -309,7 +309,7 @@ async function migrateHop(
   env.metrics.add('migrations');
   env.metrics.add('migrationsCompleted');
   env.metrics.sample('migration.completed', 1, { ...caseLabels(c), prediction });
-  recordFigures(env, c, info);
+  for (const f of figureSamples(c, info, workingSetPages(workload))) env.metrics.sample(f.series, f.value, f.labels);
   // Both stopped: the source at completion, the destination with everything loaded.
   // RAM from the files and state through QMP: independent, so read together.
   const [ram, sa, sb] = await Promise.all([
@@ -381,9 +381,14 @@ function caseLabels(c: MigrationCase): Record<string, string | number> {
   };
 }
 
-/** Every completed migration's figures, labelled by what the case asked for (results' measurements). */
-function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo): void {
-  const labels = caseLabels(c);
+/**
+ * Every completed migration's figures (results' measurements, series migration.<figure>), labelled
+ * by what the case asked for, the pages its workload keeps dirtying (workingSetPages) and the
+ * highest dirty rate QEMU measured while it ran (dirtyRateBps, bytes/s; 0: QEMU measured none):
+ * what a report plots downtime and bytes against.
+ */
+export function figureSamples(c: MigrationCase, info: MigrationInfo, workingSetPages: number): { series: string; value: number; labels: Record<string, string | number> }[] {
+  const labels = { ...caseLabels(c), workingSetPages, dirtyRateBps: Math.round(info.dirtyRateReached ?? 0) };
   const figures: Record<string, number | undefined> = {
     totalTimeMs: info['total-time'],
     downtimeMs: info.downtime,
@@ -394,5 +399,5 @@ function recordFigures(env: PropertyEnv, c: MigrationCase, info: MigrationInfo):
     pagesPerSecond: info.ram?.['pages-per-second'] as number | undefined,
     throttlePercent: info.throttleReached ?? 0,
   };
-  for (const [k, v] of Object.entries(figures)) if (typeof v === 'number') env.metrics.sample(`migration.${k}`, v, labels);
+  return Object.entries(figures).flatMap(([k, v]) => (typeof v === 'number' ? [{ series: `migration.${k}`, value: v, labels }] : []));
 }

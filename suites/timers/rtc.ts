@@ -8,7 +8,8 @@
  */
 import { rtcCommands, RTC_VECTOR } from '../../generators/timers.js';
 import { unblockedFrom } from '../../models/timers/common.js';
-import { DATASHEET_RTC, judgeRtc, predictRtc, rtcRateHz, type RtcEvent, type RtcSwitches } from '../../models/timers/rtc.js';
+import type { ObservedInterrupt } from '../../models/timers/common.js';
+import { DATASHEET_RTC, judgeRtc, predictRtc, rtcRateHz, type RtcEvent, type RtcPrediction, type RtcSwitches } from '../../models/timers/rtc.js';
 import type { PropertyEnv } from '../lib/property.js';
 import { nsToTsc, type TimerFacts } from './clock.js';
 import { interruptsFor, type SourceTimeline, type ThreadView } from './observe.js';
@@ -32,6 +33,32 @@ function toRtcEvents(t: SourceTimeline): RtcEvent[] {
   });
 }
 
+/**
+ * One `rtc.windowCount` sample per window of the prediction: the interrupts observed in it against
+ * the model's [min, max], with the rate in force (hz), the window's length (ms), where it starts
+ * (atMs, from the case's first event: a report plots the count against the model over time while
+ * the rate changes), which case of the run it belongs to (case), and whether it lies between two
+ * register events or marks (span 'between') or is the whole run from the first (span 'run').
+ */
+export function rtcWindowSamples(
+  p: Pick<RtcPrediction, 'windows' | 'segments'>,
+  observed: readonly Pick<ObservedInterrupt, 'tsc'>[],
+  o: { readonly tscHz: number; readonly t0: bigint; readonly caseIndex: number; readonly labels: Readonly<Record<string, string | number>> },
+): { series: 'rtc.windowCount'; value: number; labels: Record<string, string | number> }[] {
+  const ms = (tsc: bigint) => Math.round((Number(tsc) / o.tscHz) * 1e4) / 10;
+  return p.windows.map((w) => {
+    const n = observed.filter((x) => x.tsc >= w.from && x.tsc < w.to).length;
+    // In force at the window's start: the segment the event before it started (a segment ends and
+    // the next starts at the same write, whose interval both carry; the window starts after it).
+    const rs = p.segments.find((s) => s.start.hi <= w.from && (s.end === null || s.end.lo >= w.from))?.rs ?? 0;
+    return {
+      series: 'rtc.windowCount',
+      value: n,
+      labels: { ...o.labels, min: w.ticks.min, max: w.ticks.max, hz: rtcRateHz(rs), ms: ms(w.to - w.from), atMs: ms(w.from - o.t0), case: o.caseIndex, span: w.toEvent === null ? 'run' : 'between' },
+    };
+  });
+}
+
 function rtcJudge(base: RtcSwitches, slew: boolean) {
   return (t: SourceTimeline, view: ThreadView, f: TimerFacts, env: PropertyEnv): Judgement => {
     const variant = env.mutant?.modelVariant?.rtc as Partial<RtcSwitches> | undefined;
@@ -50,11 +77,8 @@ function rtcJudge(base: RtcSwitches, slew: boolean) {
       stealExcuses(view),
     );
     const labels = { timer: 'rtc', slew: slew ? 'slew' : 'discard', accel: env.options.accel, irqchip: env.options.kernelIrqchip ?? 'on' };
-    const samples = p.windows.map((w) => {
-      const n = observed.filter((o) => o.tsc >= w.from && o.tsc < w.to).length;
-      const rs = p.segments.find((s) => s.start.lo <= w.from && (s.end === null || s.end.hi >= w.from))?.rs ?? 0;
-      return { series: 'rtc.windowCount', value: n, labels: { ...labels, min: w.ticks.min, max: w.ticks.max, hz: rtcRateHz(rs), ms: Math.round(((Number(w.to - w.from) / f.tscHz) * 1e3) * 10) / 10 } };
-    });
+    // The case's index within the property's run (timerProperty counts a case once it is judged).
+    const samples = rtcWindowSamples(p, observed, { tscHz: f.tscHz, t0: t.events[0]?.tscBefore ?? p.windows[0]?.from ?? 0n, caseIndex: env.metrics.counts.timerCases ?? 0, labels });
     return {
       differences,
       observed,
