@@ -396,6 +396,8 @@ dl.kv{display:grid;grid-template-columns:minmax(8em,max-content) minmax(0,1fr);g
 dl.kv dt{font-weight:600;color:#333}dl.kv dd{margin:0;overflow-wrap:anywhere;min-width:0}
 details{margin:.4em 0}summary{cursor:pointer;font-weight:600}
 .muted{color:#666}
+/* File paths and ids are long unbreakable words: let them break rather than widen the page. */
+p,li{overflow-wrap:anywhere}
 @media (max-width:600px){body{font-size:14px}main{padding:8px}dl.kv{grid-template-columns:minmax(0,1fr)}dl.kv dd{margin-left:.8em}}
 `;
 
