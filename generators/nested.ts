@@ -178,8 +178,8 @@ export const CPL0_INT_VECTORS: readonly number[] = Array.from({ length: 32 }, (_
 // ---------------------------------------------------------------------------------------------
 // The arbitrary
 
-/** A step of one instruction, with the operands it needs. */
-function instructionArb(instruction: SingleLevelInstruction, cpl: Cpl, regions?: readonly UnmappedRegion[]): fc.Arbitrary<ExceptionStep> {
+/** A step of one instruction, with the operands it needs (INT n: every vector at CPL 3, CPL0_INT_VECTORS at CPL 0). */
+export function instructionArb(instruction: SingleLevelInstruction, cpl: Cpl, regions?: readonly UnmappedRegion[]): fc.Arbitrary<ExceptionStep> {
   switch (instruction) {
     case 'int-n':
       return (cpl === 3 ? fc.integer({ min: 0, max: 255 }) : fc.constantFrom(...CPL0_INT_VECTORS)).map((intVector) => ({ instruction, intVector }));

@@ -65,7 +65,7 @@ export interface StepPrediction {
 const GUEST_IDT = goodIdt();
 
 /** The guest state an instruction's exception depends on (main.c enable_sse, entry.S). */
-function contextOf(s: ExceptionStep, cpl: 0 | 3, cr0: CaseCr0): InstructionContext {
+export function instructionContext(s: ExceptionStep, cpl: 0 | 3, cr0: CaseCr0 = {}): InstructionContext {
   return {
     cpl,
     cr0: { am: cr0.alignmentCheck ?? false, ts: cr0.taskSwitched ?? false, mp: true },
@@ -81,7 +81,7 @@ function contextOf(s: ExceptionStep, cpl: 0 | 3, cr0: CaseCr0): InstructionConte
 export type CaseCr0 = Pick<SingleLevelCase, 'alignmentCheck' | 'taskSwitched'>;
 
 export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, cr0: CaseCr0 = {}): StepPrediction {
-  let raised = raisedBy(s.instruction, contextOf(s, cpl, cr0), f.switches);
+  let raised = raisedBy(s.instruction, instructionContext(s, cpl, cr0), f.switches);
   if (!raised) return { entry: null, ripOffset: null, chain: [] };
   if (f.variant.gpAsUd && raised.source === 'instruction' && raised.vector === GP) raised = { vector: UD, source: 'instruction' };
   if (f.variant.pageFaultUserBit === false && raised.vector === PF && raised.errorCode !== undefined) raised = { ...raised, errorCode: raised.errorCode & ~PF_U };

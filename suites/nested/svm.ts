@@ -15,16 +15,17 @@
  */
 import fc from 'fast-check';
 import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVectorOf, svmCaseArb, svmCaseOps, svmRunOp, type L2TssSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
-import { encodeStep, type ExceptionStep } from '../../generators/nested.js';
+import { encodeStep } from '../../generators/nested.js';
 import { recordsOf, NO_FAULT, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
 import { THREAD_STATE } from '../../harness/guest/abi.js';
 import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
-import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type InstructionContext, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
+import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
 import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
 import type { Check } from '../../ir/checks.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
+import { instructionContext } from './singleLevel.js';
 
 /** The VMMCALL intercept: how L2 hands back after its handler ran or its code ended. */
 export const SVM_EXIT_VMMCALL = 0x81;
@@ -73,18 +74,6 @@ export function l2SetupOf(r: Pick<SvmRun, 'idt' | 'tss' | 'cpl'>): DeliverySetup
   return { idt: { limit: r.idt.limit, gates, stack: r.cpl === 3 ? slot(r.tss, 'rsp0') : OK_STACK, istStacks: { 1: slot(r.tss, 'ist1') } }, cpl: r.cpl };
 }
 
-/** L2's state for an instruction (svm.c: L1's CR0/CR4, RFLAGS = 2 with TF set by the single-step code). */
-function contextOf(s: ExceptionStep, cpl: 0 | 3): InstructionContext {
-  return {
-    cpl,
-    cr0: { am: false, ts: false, mp: true },
-    cr4: { osxmmexcpt: true },
-    rflags: { ac: false, tf: s.instruction === 'single-step' },
-    ...(s.address === undefined || s.instruction === 'stack-load-non-canonical' ? {} : { address: s.address }),
-    ...(s.intVector === undefined ? {} : { intVector: s.intVector }),
-  };
-}
-
 export interface RunPrediction {
   /** null: nothing happens; L2 runs to its VMMCALL. */
   readonly outcome: NestedOutcome | null;
@@ -107,7 +96,7 @@ export function predictRun(r: SvmRun, f: SvmFacts): RunPrediction {
     return { outcome: out, ripOffset: out.kind === 'shutdown' || (out.kind === 'vmexit' && out.exitCode === SVM_EXIT.SHUTDOWN) ? null : 0, chain: res.chain };
   }
   const step = r.event.step;
-  const raised: RaisedEvent | null = raisedBy(step.instruction, contextOf(step, r.cpl), f.switches.exceptions);
+  const raised: RaisedEvent | null = raisedBy(step.instruction, instructionContext(step, r.cpl), f.switches.exceptions); // L2 has L1's CR0/CR4: AM, TS clear
   if (!raised) return { outcome: null, ripOffset: CODE_END, chain: [] };
   const res = deliverNested({ l2, intercepts, event: { kind: 'raised', raised } }, f.switches);
   const out = res.outcomes[0]!;
