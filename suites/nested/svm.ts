@@ -151,7 +151,9 @@ export type ObservedOutcome =
   | { readonly kind: 'invalid' }
   | { readonly kind: 'none'; readonly exitRip: bigint }
   | { readonly kind: 'handler'; readonly vector: number; readonly errorCode: number | null; readonly rip: bigint; readonly cr2: bigint; readonly entries: number }
-  | { readonly kind: 'vmexit'; readonly exitCode: number; readonly exitInfo1: bigint; readonly exitInfo2: bigint; readonly exitIntInfo: bigint; readonly exitRip: bigint };
+  | { readonly kind: 'vmexit'; readonly exitCode: number; readonly exitInfo1: bigint; readonly exitInfo2: bigint; readonly exitIntInfo: bigint; readonly exitRip: bigint }
+  /** The VM itself shut down during the run (QEMU: guest-reset): a triple fault reached L1. */
+  | { readonly kind: 'l1-shutdown' };
 
 export function observedOf(rec: RecordOf<'svmRun'>): ObservedOutcome {
   const f = rec.fields;
@@ -176,6 +178,8 @@ function describeObserved(o: ObservedOutcome): string {
       return `L2's ${o.vector < 32 ? mnemonic(o.vector) : `vector ${hex(o.vector)}`} handler${o.errorCode === null ? '' : ` with error code ${hex(o.errorCode)}`}`;
     case 'vmexit':
       return `#VMEXIT(${hex(o.exitCode)}) EXITINFO1 ${hex(o.exitInfo1)} EXITINTINFO ${hex(o.exitIntInfo)}`;
+    case 'l1-shutdown':
+      return 'the VM (L1) shut down';
   }
 }
 
@@ -184,13 +188,17 @@ export interface JudgedRun {
   readonly run: SvmRun;
   readonly predicted: RunPrediction;
   readonly record?: RecordOf<'svmRun'>;
+  /** The VM this run had to itself shut down (a run without the SHUTDOWN intercept runs alone). */
+  readonly shutDown?: true;
 }
 
 export interface SvmObservation {
   readonly c: SvmCase;
   readonly runs: readonly JudgedRun[];
+  /** The VM of the runs with SHUTDOWN intercepted: its thread's final state and record count. */
   readonly threadState: number;
   readonly recordCount: number;
+  readonly sharedRuns: number;
 }
 
 type Recorded = JudgedRun & { readonly record: RecordOf<'svmRun'>; readonly seen: ObservedOutcome };
@@ -199,14 +207,25 @@ function* recorded(o: SvmObservation): Iterable<Recorded> {
   for (const j of o.runs) if (j.record) yield { ...j, record: j.record, seen: observedOf(j.record) } as Recorded;
 }
 
+type Seen = JudgedRun & { readonly seen: ObservedOutcome };
+
+/** Every run with what it did: its record's outcome, or the VM's shutdown. */
+function* judged(o: SvmObservation): Iterable<Seen> {
+  for (const j of o.runs) {
+    if (j.record) yield { ...j, seen: observedOf(j.record) };
+    else if (j.shutDown) yield { ...j, seen: { kind: 'l1-shutdown' } };
+  }
+}
+
 const where = (j: JudgedRun) => `run ${j.index} ${describeEvent(j.run)} (${describeSetup(j.run)})`;
-const extras = (j: Recorded) => ({
+const extras = (j: JudgedRun) => ({
   witness: { runs: [j.run] } satisfies SvmCase,
   evidence: {
     chain: j.predicted.chain.map((c) => `${c.rule}: ${c.summary}`),
     op: Object.fromEntries(Object.entries(svmRunOp(j.run)).map(([k, v]) => [k, typeof v === 'bigint' ? hex(v) : v])),
-    record: { faultVector: j.record.faultVector, errorCode: hex(j.record.errorCode), ...Object.fromEntries(Object.entries(j.record.fields).map(([k, v]) => [k, hex(v as bigint | number)])) },
-    ...(j.record.fields.exitIntInfo !== 0n ? { exitIntInfoDecoded: safeDecode(j.record.fields.exitIntInfo) } : {}),
+    ...(j.shutDown ? { vm: 'shut down (QEMU: guest-reset)' } : {}),
+    ...(!j.record ? {} : { record: { faultVector: j.record.faultVector, errorCode: hex(j.record.errorCode), ...Object.fromEntries(Object.entries(j.record.fields).map(([k, v]) => [k, hex(v as bigint | number)])) } }),
+    ...(j.record?.fields.exitIntInfo ? { exitIntInfoDecoded: safeDecode(j.record.fields.exitIntInfo) } : {}),
   },
 });
 
@@ -230,6 +249,7 @@ function placeSeen(o: ObservedOutcome): string {
     case 'none': return 'none';
     case 'handler': return `handler ${o.vector}`;
     case 'vmexit': return `exit ${hex(o.exitCode)}`;
+    case 'l1-shutdown': return 'L1 shutdown';
     default: return o.kind;
   }
 }
@@ -242,7 +262,7 @@ function* vmrunRule(o: SvmObservation): Iterable<Difference> {
 }
 
 function* placeRule(o: SvmObservation): Iterable<Difference> {
-  for (const j of recorded(o)) {
+  for (const j of judged(o)) {
     if (j.seen.kind === 'l1-fault' || j.seen.kind === 'invalid') continue;
     const want = placeOf(j.predicted.outcome);
     const got = placeSeen(j.seen);
@@ -320,11 +340,11 @@ function* oneEntryRule(o: SvmObservation): Iterable<Difference> {
 }
 
 function* continuesRule(o: SvmObservation): Iterable<Difference> {
-  const missing = o.runs.find((j) => !j.record);
+  const missing = o.runs.find((j) => !j.record && !j.shutDown);
   if (missing) {
-    yield difference(`${where(missing)}: no record (L1 did not go on after run ${missing.index - 1})`, { records: o.runs.length }, { records: o.recordCount });
-  } else if (o.recordCount !== o.runs.length) {
-    yield difference(`${o.recordCount} records for ${o.runs.length} L2 runs`, { records: o.runs.length }, { records: o.recordCount });
+    yield difference(`${where(missing)}: no record (L1 did not go on after run ${missing.index - 1})`, { records: o.sharedRuns }, { records: o.recordCount });
+  } else if (o.recordCount !== o.sharedRuns) {
+    yield difference(`${o.recordCount} records for ${o.sharedRuns} L2 runs`, { records: o.sharedRuns }, { records: o.recordCount });
   } else if (o.threadState !== THREAD_STATE.done) {
     yield difference(`L1's thread ended in state ${o.threadState} after its last L2 run`, { state: THREAD_STATE.done }, { state: o.threadState });
   }
@@ -365,22 +385,49 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   if (j.run.idt.notPresent !== 0) env.metrics.add('idt.not-present-gates');
   if (j.run.npt) env.metrics.add('npt');
   if (j.run.cpl === 3) env.metrics.add('l2.cpl3');
+  if (!j.run.intercepts.shutdown) env.metrics.add('shutdown.not-intercepted');
   if (j.run.idt.ist !== 0) env.metrics.add('idt.ist-gates');
   if (j.run.tss.limitCut) env.metrics.add('tss.limit-cut');
   else if (j.run.tss.rsp0 !== 'ok' || j.run.tss.ist1 !== 'ok') env.metrics.add('tss.non-canonical-stack');
 }
 
+/**
+ * The runs with SHUTDOWN intercepted share one VM, in order. A run without it gets a VM of its own:
+ * its triple fault may shut the whole VM down (the APM's rule, and KVM's since it honours the
+ * missing intercept), which is then its outcome, and the other runs still report.
+ */
 export async function observeSvm(c: SvmCase, f: SvmFacts, env: PropertyEnv): Promise<Observation<SvmObservation>> {
-  const run = await observeProgram(env, { threads: [opsFor(c, f.l1)], canary: DEFAULT_CANARY, ring0: true }, { role: 'workload' });
-  if (!run.ok) return run;
-  const records = recordsOf(run.value.records[0] ?? [], 'svmRun');
-  const runs = c.runs.map((r, index) => {
-    const record = records.find((x) => x.opIndex === index);
-    return { index, run: r, predicted: predictRun(r, f), ...(record ? { record } : {}) };
-  });
+  const ops = opsFor(c, f.l1);
+  const program = (threadOps: typeof ops) => ({ threads: [threadOps], canary: DEFAULT_CANARY, ring0: true });
+  const shared = c.runs.map((r, i) => ({ r, i })).filter(({ r }) => r.intercepts.shutdown);
+  const runs: JudgedRun[] = c.runs.map((r, index) => ({ index, run: r, predicted: predictRun(r, f) }));
+  let threadState: number = THREAD_STATE.done;
+  let recordCount = 0;
+  if (shared.length) {
+    const run = await observeProgram(env, program(shared.map(({ i }) => ops[i]!)), { role: 'workload' });
+    if (!run.ok) return run;
+    const records = recordsOf(run.value.records[0] ?? [], 'svmRun');
+    shared.forEach(({ i }, k) => {
+      const record = records.find((x) => x.opIndex === k);
+      if (record) runs[i] = { ...runs[i]!, record };
+    });
+    threadState = Number(run.value.vm.threads[0]?.status.state ?? -1n);
+    recordCount = (run.value.records[0] ?? []).length;
+  }
+  for (const [i, r] of c.runs.entries()) {
+    if (r.intercepts.shutdown) continue;
+    const run = await observeProgram(env, program([ops[i]!]), { role: 'workload' });
+    if (run.ok) {
+      const record = recordsOf(run.value.records[0] ?? [], 'svmRun')[0];
+      if (record) runs[i] = { ...runs[i]!, record };
+      else return { ok: false, difference: difference(`${where(runs[i]!)}: no record, and the VM did not shut down`, 'a record or a shutdown', 'neither') };
+    } else if ((run.difference.evidence as { outcome?: { kind?: string } } | undefined)?.outcome?.kind === 'guest-reset') {
+      runs[i] = { ...runs[i]!, shutDown: true };
+    } else return run;
+  }
   env.metrics.add('svmCases');
   for (const j of runs) countMetrics(env, j);
-  return { ok: true, value: { c, runs, threadState: Number(run.value.vm.threads[0]?.status.state ?? -1n), recordCount: (run.value.records[0] ?? []).length } };
+  return { ok: true, value: { c, runs, threadState, recordCount, sharedRuns: shared.length } };
 }
 
 /**
