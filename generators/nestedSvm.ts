@@ -22,7 +22,7 @@
 import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
 import { vectorInfo } from '../models/nested/classes.js';
-import { encodeEventInj, type EventInj } from '../models/nested/svm.js';
+import { KVM_TEST_SS_EVENTINJ, encodeEventInj, interceptBits, type EventInj } from '../models/nested/svm.js';
 import { SINGLE_LEVEL_INSTRUCTIONS, encodeStep, execOp, instructionArb, type ExceptionStep, type SingleLevelInstruction } from './nested.js';
 
 /**
@@ -135,7 +135,6 @@ export const l2EventArb: fc.Arbitrary<L2Event> = fc.oneof(
 /** The vectors that matter to delivery faults: the ones nested faults land on. */
 const FAULT_VECTORS = [8, 10, 11, 12, 13, 14] as const;
 
-const bitsOf = (vectors: readonly number[]): number => vectors.reduce((m, v) => (v < 32 ? (m | (1 << v)) >>> 0 : m), 0);
 
 /** The vector an event would be delivered through first (for biasing set-ups and intercepts towards it). */
 export function firstVectorOf(e: L2Event): number | null {
@@ -160,7 +159,7 @@ function vectorSetArb(own: number | null): fc.Arbitrary<number> {
   const pool = [...new Set([...(own !== null && own < 32 ? [own] : []), ...FAULT_VECTORS])];
   return fc.oneof(
     { weight: 2, arbitrary: fc.constant(0) },
-    { weight: 5, arbitrary: fc.subarray(pool, { minLength: 1 }).map(bitsOf) },
+    { weight: 5, arbitrary: fc.subarray(pool, { minLength: 1 }).map((vectors) => interceptBits(...vectors)) },
     { weight: 1, arbitrary: fc.nat({ max: 0xffff_ffff }) },
   );
 }
@@ -200,9 +199,7 @@ export function svmCaseArb(opts: { readonly maxRuns?: number } = {}): fc.Arbitra
 // ---------------------------------------------------------------------------------------------
 // KVM's nested_exceptions_test, as L2 runs
 
-const SS_0XDEADBEEF: EventInj = { vector: 12, type: 'exception', errorCodeValid: true, errorCode: 0xdeadbeef };
 const EMPTY_IDT: L2IdtSetup = { limit: 0, notPresent: 0, ist: 0 };
-const bits = (...v: number[]) => bitsOf(v);
 
 /**
  * tools/testing/selftests/kvm/x86/nested_exceptions_test.c (l1_svm_code), as our L1 can run it:
@@ -212,9 +209,9 @@ const bits = (...v: number[]) => bitsOf(v);
  * (vector·8 | IDT); without #GP, #DF(0); without #DF, the triple fault's SHUTDOWN exit.
  */
 const KVM_RUNS: readonly SvmRun[] = [
-    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'instruction', step: { instruction: 'stack-load-non-canonical', address: 1n << 63n } } },
-    { intercepts: { exceptions: bits(12, 13, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
-    { intercepts: { exceptions: bits(12, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
-    { intercepts: { exceptions: bits(12), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: SS_0XDEADBEEF } },
+    { intercepts: { exceptions: interceptBits(12, 13, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'instruction', step: { instruction: 'stack-load-non-canonical', address: 1n << 63n } } },
+    { intercepts: { exceptions: interceptBits(12, 13, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: KVM_TEST_SS_EVENTINJ } },
+    { intercepts: { exceptions: interceptBits(12, 8), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: KVM_TEST_SS_EVENTINJ } },
+    { intercepts: { exceptions: interceptBits(12), shutdown: true, intn: false }, cpl: 0, tss: GOOD_TSS, idt: EMPTY_IDT, npt: false, event: { kind: 'eventinj', eventInj: KVM_TEST_SS_EVENTINJ } },
 ];
 export const KVM_NESTED_EXCEPTIONS_CASE: SvmCase = Object.freeze({ runs: KVM_RUNS });

@@ -264,7 +264,7 @@ export class KtapStream {
     if (this.#seen.has(p.id)) return;
     this.#seen.add(p.id);
     const node = { ...propertyNode(p, ++this.#n), description: p.id };
-    this.write(formatTapDocument({ ...doc(undefined, [node]), plan: null, footer: [], version: null }).replace(/^KTAP version 1\n/, ''));
+    this.write([...node.diagnostics.map(diagText), resultLine(node)].join('\n') + '\n');
   }
 
   /** Properties that never reported, then the totals. */
@@ -275,9 +275,5 @@ export class KtapStream {
       this.write(`not ok ${++this.#n} ${ktapName(id)} # ERROR no result (its worker did not report)\n`);
     }
     this.write(`${diagText(totals)}\n`);
-  }
-
-  has(id: string): boolean {
-    return this.#seen.has(id);
   }
 }

@@ -128,7 +128,7 @@ function describeEvent(r: SvmRun): string {
 }
 
 function describeSetup(r: SvmRun): string {
-  const vecs = (bits: number) => Array.from({ length: 32 }, (_, v) => v).filter((v) => ((bits >>> v) & 1) === 1).map((v) => mnemonic(v)).join(',') || 'none';
+  const vecs = (mask: number) => Array.from({ length: 32 }, (_, v) => v).filter((v) => bit(mask, v)).map((v) => mnemonic(v)).join(',') || 'none';
   const tss = [r.tss.rsp0 !== 'ok' ? `RSP0 ${r.tss.rsp0}` : '', r.tss.ist1 !== 'ok' ? `IST1 ${r.tss.ist1}` : '', r.tss.limitCut ? 'TR.limit 3' : ''].filter(Boolean).join(', ');
   return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 at CPL ${r.cpl}, IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.idt.ist ? ` IST1 ${vecs(r.idt.ist)}` : ''}${tss ? `; TSS ${tss}` : ''}${r.npt ? '; NPT' : ''}`;
 }
@@ -379,7 +379,7 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   const v = firstVectorOf(j.run.event);
   if (v !== null && v < 32) {
     env.metrics.add(`class.${vectorInfo(v).defaultClass}`);
-    env.metrics.add(((j.run.intercepts.exceptions >>> v) & 1) === 1 ? 'intercept.own-vector' : 'intercept.not-own-vector');
+    env.metrics.add(bit(j.run.intercepts.exceptions, v) ? 'intercept.own-vector' : 'intercept.not-own-vector');
   }
   if (j.run.idt.limit !== FULL_IDT_LIMIT) env.metrics.add(j.run.idt.limit === 0 ? 'idt.empty' : 'idt.cut');
   if (j.run.idt.notPresent !== 0) env.metrics.add('idt.not-present-gates');
