@@ -97,7 +97,7 @@ export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, c
   return { entry, ripOffset: trap ? enc.after : enc.at, chain: r.chain };
 }
 
-function describeStep(s: ExceptionStep): string {
+export function describeStep(s: ExceptionStep): string {
   if (s.instruction === 'int-n') return `INT ${hex(s.intVector ?? 0)}`;
   if (s.address !== undefined) return `${s.instruction} ${hex(s.address)}`;
   return s.instruction;

@@ -25,7 +25,7 @@ import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, t
 import type { Check } from '../../ir/checks.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
-import { instructionContext } from './singleLevel.js';
+import { describeStep, instructionContext } from './singleLevel.js';
 
 /** The VMMCALL intercept: how L2 hands back after its handler ran or its code ended. */
 export const SVM_EXIT_VMMCALL = 0x81;
@@ -87,13 +87,17 @@ export interface RunPrediction {
   readonly chain: readonly DeliveryStep[];
 }
 
+/** Chain steps that end a delivery rather than fault it: entered, intercepted, shut down. */
+const DELIVERY_ENDS: ReadonlySet<string> = new Set(['raised', 'handler-entered', 'intercepted', 'shutdown-intercepted', 'shutdown-not-intercepted']);
+const endsInShutdown = (o: NestedOutcome) => o.kind === 'shutdown' || (o.kind === 'vmexit' && o.exitCode === SVM_EXIT.SHUTDOWN);
+
 export function predictRun(r: SvmRun, f: SvmFacts): RunPrediction {
   const l2 = l2SetupOf(r);
   const intercepts = r.intercepts;
   if (r.event.kind === 'eventinj') {
     const res = deliverNested({ l2, intercepts, event: { kind: 'eventinj', eventInj: r.event.eventInj } }, f.switches);
     const out = res.outcomes[0]!;
-    return { outcome: out, ripOffset: out.kind === 'shutdown' || (out.kind === 'vmexit' && out.exitCode === SVM_EXIT.SHUTDOWN) ? null : 0, chain: res.chain };
+    return { outcome: out, ripOffset: endsInShutdown(out) ? null : 0, chain: res.chain };
   }
   const step = r.event.step;
   const raised: RaisedEvent | null = raisedBy(step.instruction, instructionContext(step, r.cpl), f.switches.exceptions); // L2 has L1's CR0/CR4: AM, TS clear
@@ -101,12 +105,10 @@ export function predictRun(r: SvmRun, f: SvmFacts): RunPrediction {
   const res = deliverNested({ l2, intercepts, event: { kind: 'raised', raised } }, f.switches);
   const out = res.outcomes[0]!;
   const enc = encodeStep(step);
-  // Whether delivering the first event faulted (not merely ended: entered, intercepted, shut down).
-  const ends = new Set(['raised', 'handler-entered', 'intercepted', 'shutdown-intercepted', 'shutdown-not-intercepted']);
-  const vectoringFaulted = res.chain.some((c) => !ends.has(c.rule));
+  const vectoringFaulted = res.chain.some((c) => !DELIVERY_ENDS.has(c.rule));
   const softwareInt = raised.source === 'software-int';
   let ripOffset: number | null;
-  if (out.kind === 'shutdown' || (out.kind === 'vmexit' && out.exitCode === SVM_EXIT.SHUTDOWN)) ripOffset = null;
+  if (endsInShutdown(out)) ripOffset = null;
   else if (step.instruction === 'single-step') ripOffset = enc.after; // the #DB trap: the NOP has completed
   // An intercepted INT n or INT3: the manuals do not say which RIP the VMCB saves (KVM's
   // bp_interception reads save.rip as the INT3's own address, where a pushed frame has the next).
@@ -121,10 +123,7 @@ function describeEvent(r: SvmRun): string {
     const e = r.event.eventInj;
     return `EVENTINJ ${e.type} ${hex(e.vector)}${e.errorCodeValid ? `(${hex(e.errorCode)})` : ''}`;
   }
-  const s = r.event.step;
-  if (s.instruction === 'int-n') return `INT ${hex(s.intVector ?? 0)}`;
-  if (s.address !== undefined) return `${s.instruction} ${hex(s.address)}`;
-  return s.instruction;
+  return describeStep(r.event.step);
 }
 
 function describeSetup(r: SvmRun): string {
