@@ -510,6 +510,17 @@ describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => 
     expect(predictLapic(CLOCK, tl(events, end), sw).interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_000n, tdcrAt]);
     expect(judge(events, end, delivered, [], sw)).toEqual([]);
   });
+  it("'refires' also explains a re-fire by a TDCR write that raced the expiry (seed 2 under load)", () => {
+    // The TMICT write's stamps span 4 ms, so the model cannot tell whether the 2 000 000-TSC count
+    // ended before the TDCR write; the guest saw it end, then the write fire it again.
+    const ev = [...setup(ONE_SHOT), at(arm, { kind: 'tmict', value: 1_000_000 }, 4_000_000n), at(arm + 4_100_000n, { kind: 'tdcr', value: DIV2 }, 500_000n)];
+    const seen = [irq(arm + 3_000_000n), irq(arm + 4_300_000n)];
+    const sw = { ...KVM_LAPIC, tdcrAfterOneShotExpiry: 'refires' as const };
+    expect(rules(judge(ev, arm + 20_000_000n, seen))).toEqual(['exact-count']);
+    expect(judge(ev, arm + 20_000_000n, seen, [], sw)).toEqual([]);
+    // The variant allows the re-fire, it does not demand it.
+    expect(judge(ev, arm + 20_000_000n, seen.slice(0, 1), [], sw)).toEqual([]);
+  });
   it("'refires' also explains a re-fire after a periodic → one-shot switch that raced the expiry (seed 303)", () => {
     // Periodic 1 000 000 counts at ÷1 (2 000 000 TSC); LVTT to one-shot with its stamps around the
     // second expiry, so the count may have ended there; then a TDCR write, and an interrupt inside it.

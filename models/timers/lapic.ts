@@ -663,6 +663,10 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
           deliver(c, { lo: minB(iv.lo, w.lo), hi: maxB(iv.hi, rescaledHi) }, true);
           c.emitted++;
           if (mode === 'one-shot') {
+            // Under 'refires', an expiry that may have come before the write (its window opens
+            // before the write's ends) may be fired again by it (seed 2 under load: TMICT's stamps
+            // spanned 3.7 ms, the expiry was delivered, then the TDCR write re-fired it).
+            if (switches.tdcrAfterOneShotExpiry === 'refires' && iv.lo < w.hi) deliver(c, { lo: maxB(iv.lo, w.lo), hi: w.hi }, false);
             c.expired = true;
             c.divide = nd;
             // A write that came before the expiry pushed it to rescaledHi: past the window (its
