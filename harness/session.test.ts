@@ -49,6 +49,8 @@ function standIn(status: string, mailboxState: number, threadState: number = THR
         listeners.add(l);
         return () => void listeners.delete(l);
       },
+      onClose: () => () => undefined,
+      closed: false,
     },
     hasExited: false,
     whenExited: new Promise<void>(() => {}),

@@ -43,7 +43,7 @@ export type WatchOutcome = VmOutcome | { kind: 'migrated'; status: 'postmigrate'
 
 /** What the watchdog needs of a VM (harness/vm.ts Vm has all of it). */
 export interface WatchTarget {
-  readonly qmp: Pick<QmpClient, 'execute' | 'onEvent'>;
+  readonly qmp: Pick<QmpClient, 'execute' | 'onEvent' | 'onClose' | 'closed'>;
   readonly hasExited: boolean;
   /** Settles when QEMU has exited. */
   readonly whenExited: Promise<void>;
@@ -232,6 +232,18 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
       await pause(pollMs);
     }
     await t.whenExited;
+    // QEMU writes SHUTDOWN to the QMP socket before it exits, but the exit can be seen before the
+    // socket's last data is read (a triple fault once read as a crash with exit code 0 under load):
+    // wait for the connection's end, briefly, before deciding there was none.
+    if (!shutdownEvent && !t.qmp.closed) {
+      await new Promise<void>((resolve) => {
+        const off = t.qmp.onClose(() => resolve());
+        void sleep(1000).then(() => {
+          off();
+          resolve();
+        });
+      });
+    }
     const se = shutdownEvent as QmpEvent | null;
     if (se && (se.data?.reason === 'guest-reset' || se.data?.reason === 'guest-shutdown')) {
       return { kind: 'guest-reset', reason: String(se.data?.reason) };
