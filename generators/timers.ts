@@ -56,6 +56,8 @@ export interface ScheduledEvent {
   readonly stamp: StampAt;
   /** The op whose record holds a value read (apicRead, rdmsr, kvmclockRead), or the wrmsrAt that wrote it. */
   readonly valueOp?: number;
+  /** Byte reads (pioIn) that make up the value read, least significant first: a PIT count read LSB then MSB. */
+  readonly valueBytes?: readonly number[];
 }
 
 export interface ThreadState {
@@ -461,6 +463,20 @@ export function pitCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<Ti
       ]);
       wait(m, b, t, us, lim);
     }, (m) => m.threads[t]!.waitedUs + us <= lim.maxWaitUs)) },
+    // Latch channel 0's count and read it (LSB, MSB): where the count is tells the PIT's rate
+    // against the TSC without waiting for an interrupt, so delivery delays cannot hide a PIT 1% slow.
+    { weight: 2, arbitrary: fc.constant(cmd('PIT read count', t, (m, b) => {
+      const th = b.thread(t);
+      const before = th.length;
+      th.op({ op: 'rdtsc' });
+      th.op({ op: 'pioOut', port: 0x43, width: 1, value: 0x00 }); // counter latch command, channel 0
+      const after = th.length;
+      th.op({ op: 'rdtsc' });
+      const lsb = th.length;
+      th.op({ op: 'pioIn', port: 0x40, width: 1 });
+      th.op({ op: 'pioIn', port: 0x40, width: 1 });
+      m.events.push({ thread: t, source: 'pit', kind: 'readCount', stamp: { before, after }, valueBytes: [lsb, lsb + 1] });
+    }, (m) => m.pitOn)) },
     { weight: 2, arbitrary: durations.map((us) => cmd(`PIT reload ${us}us`, t, (m, b) => {
       const count = countOf(us);
       bracketed(m, b, t, { source: 'pit', kind: 'reload', value: count }, [

@@ -64,6 +64,7 @@ export type TimerRule =
   | 'tmcct-range'
   | 'tmcct-continuous-across-tdcr'
   | 'tsc-deadline-msr'
+  | 'pit-count-read'
   | 'window-count'
   | 'slew-never-ahead'
   | 'slew-converges'

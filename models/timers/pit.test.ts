@@ -125,3 +125,45 @@ describe("edgeInput 'every-update' (a root-cause variant for QEMU's own PIT, nev
     expect(judge(ev, end, both, { ...qemu, edgeInput: 'every-update' })).toEqual([]);
   });
 });
+
+describe('latched count reads (pit-count-read)', () => {
+  const read = (t: bigint, value: number): PitEvent => ({ kind: 'readCount', read: value, tscBefore: t, tscAfter: t + W });
+  const judgeReads = (events: PitEvent[], sw: PitSwitches = KVM_PIT) => {
+    const p = predictPit(CLOCK, tl(events, events[events.length - 1]!.tscAfter), sw);
+    const reads = events.flatMap((e, eventIndex) => (e.kind === 'readCount' && e.read !== undefined ? [{ eventIndex, value: e.read }] : []));
+    return { p, diffs: judgePit(p, [], { latenessTsc: L, reads }).filter((d) => d.rule === 'pit-count-read') };
+  };
+  it('mode 2 reads N − (d mod N): 25.3 periods after the load, 30% of the count has gone', () => {
+    const N = 1000;
+    const ev = [at(T0, { kind: 'program', mode: 2, count: N }), read(T0 + 25_300n * CLK, 700)];
+    const { p, diffs } = judgeReads(ev);
+    expect(diffs).toEqual([]);
+    const [a] = p.reads[0]!.allowed!;
+    expect(a!.min).toBeLessThanOrEqual(700);
+    expect(a!.max - a!.min).toBeLessThan(5); // the stamps' width and the load's one pulse
+  });
+  it('a PIT 1% slow is told at once: the phase has moved 253 pulses', () => {
+    const ev = [at(T0, { kind: 'program', mode: 2, count: 1000 }), read(T0 + 25_300n * CLK, 953)];
+    expect(judgeReads(ev).diffs.map((d) => d.rule)).toEqual(['pit-count-read']);
+  });
+  it('mode 0 counts past 0 and wraps to FFFFh; count 0 (65536) reads 0 at the load', () => {
+    const ev = [at(T0, { kind: 'program', mode: 0, count: 100 }), read(T0 + 150n * CLK, 65486), at(T0 + 200n * CLK, { kind: 'program', mode: 0, count: 0 }), read(T0 + 200n * CLK, 0)];
+    expect(judgeReads(ev).diffs).toEqual([]);
+    expect(judgeReads([ev[0]!, read(T0 + 150n * CLK, 50)]).diffs.length).toBe(1);
+  });
+  it('mode 3 (even N) counts down by two, twice a period; an odd N is not judged', () => {
+    const ev = [at(T0, { kind: 'program', mode: 3, count: 1000 }), read(T0 + 1_100n * CLK, 800)];
+    expect(judgeReads(ev).diffs).toEqual([]);
+    expect(judgeReads([ev[0]!, read(T0 + 1_100n * CLK, 400)]).diffs.length).toBe(1);
+    const odd = judgeReads([at(T0, { kind: 'program', mode: 3, count: 1001 }), read(T0 + 1_100n * CLK, 1)]);
+    expect(odd.p.reads[0]!.allowed).toBeNull();
+  });
+  it('a read whose range spans a wrap allows both ends; a wide latch allows any count', () => {
+    const ev = [at(T0, { kind: 'program', mode: 2, count: 1000 }), { kind: 'readCount', read: 2, tscBefore: T0 + 999n * CLK, tscAfter: T0 + 1_003n * CLK } as PitEvent];
+    const { p, diffs } = judgeReads(ev);
+    expect(diffs).toEqual([]);
+    expect(p.reads[0]!.allowed!.length).toBe(2);
+    const wide = judgeReads([ev[0]!, { kind: 'readCount', read: 123, tscBefore: T0, tscAfter: T0 + 5_000n * CLK } as PitEvent]);
+    expect(wide.diffs).toEqual([]);
+  });
+});

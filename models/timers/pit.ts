@@ -24,8 +24,20 @@
  * KVM's counting too. Under DEFAULT_PIT a KVM host's mode 2/3 reloads are judged: that deviation is
  * KVM's own TODO, for the known-deviation list.
  *
+ * Reading the counter (a counter-latch command, then LSB and MSB): the count at the latch is the
+ * loaded count N less the CLK pulses since the load, d (datasheet: "the Counter is loaded on the
+ * next CLK pulse" after the write, then decrements once per CLK; the model allows that one pulse
+ * either way). Mode 0 keeps counting down past 0 (it wraps to FFFFh); mode 2 reads N … 1 and reloads
+ * N; mode 3 with an even N counts down by two, N … 2, twice a period. The 16-bit value of 65536 is 0.
+ * KVM's pit_get_count() and QEMU's i8254 pit_get_count() compute exactly these from the time since
+ * the load (both note "XXX: may be incorrect for odd counts" in mode 3, where the datasheet loads
+ * N−1 on alternate half-cycles): a mode-3 read with an odd N is not judged. Neither is a read after a
+ * 'next-period' reload (the datasheet's, which the presets do not use). A latch is exact in time, so
+ * a read tells the PIT's rate against the TSC within the latch's stamps, however late its
+ * interrupts come: rule pit-count-read.
+ *
  * Not modelled: modes 1 and 5 (need a gate edge; channel 0's gate is tied high), BCD counting,
- * reading the counter (latch, read-back), channels 1 and 2, the HPET legacy replacement.
+ * read-back commands, channels 1 and 2, the HPET legacy replacement.
  */
 import {
   deliveryOf,
@@ -62,6 +74,8 @@ export type PitEvent =
   | (Stamp & { readonly kind: 'program'; readonly mode: number; readonly count: number })
   /** A new count (LSB, MSB) without a control word. */
   | (Stamp & { readonly kind: 'reload'; readonly count: number })
+  /** A counter-latch command for channel 0 (stamped), then its LSB and MSB read: `read` is the value. */
+  | (Stamp & { readonly kind: 'readCount'; readonly read?: number })
   | GuestControlEvent;
 
 export interface PitTimeline {
@@ -127,8 +141,18 @@ export interface PitWindow {
   readonly expiries: { readonly min: number; readonly max: number };
 }
 
+/** What a latched count read may return: a value in one of `allowed` (each inclusive, in 1..65536; 65536 reads as 0). */
+export interface PitReadExpectation {
+  readonly eventIndex: number;
+  readonly window: Interval;
+  /** null: no prediction (why says so). */
+  readonly allowed: readonly { readonly min: number; readonly max: number }[] | null;
+  readonly why: string;
+}
+
 export interface PitPrediction extends DeliveryPrediction {
   readonly interrupts: readonly ExpectedInterrupt[];
+  readonly reads: readonly PitReadExpectation[];
   readonly windows: readonly PitWindow[];
   readonly vector: number;
   readonly switches: PitSwitches;
@@ -193,8 +217,35 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
     while (pending(armed) && nextOf(armed).hi < limit) emit(true);
   };
 
+  /** The count in force for reads: loaded (its write's stamps), N and mode; null: unknown. */
+  let load: { w: Interval; n: bigint; mode: number; by: number } | null = null;
+  const reads: PitReadExpectation[] = [];
+  const readAt = (i: number, w: Interval): PitReadExpectation => {
+    if (!load) return { eventIndex: i, window: w, allowed: null, why: 'no count loaded by a program or restart the model follows' };
+    const { n, mode } = load;
+    if (mode === 3 && n % 2n === 1n) return { eventIndex: i, window: w, allowed: null, why: `mode 3 with an odd count (${n}): the datasheet's sequence differs from KVM's and QEMU's formula` };
+    // CLK pulses since the load: d = ⌊elapsed × pitHz / tscHz⌋, one pulse of slack each way for the load on the next CLK.
+    const spanLo = maxB(w.lo - load.w.hi, 0n);
+    const spanHi = w.hi - load.w.lo;
+    const dLo = maxB(durLo(spanLo, { num: pitHz, den: tscHz }, ppb) - 1n, 0n);
+    const dHi = durHi(spanHi, { num: pitHz, den: tscHz }, ppb) + 1n;
+    // v = top − step·r with r = (d + shift) mod P.
+    const [top, step, P, shift] = mode === 2 ? [n, 1n, n, 0n] : mode === 3 ? [n, 2n, n / 2n, 0n] : [0x10000n, 1n, 0x10000n, (0x10000n - (n % 0x10000n)) % 0x10000n];
+    const why = `mode ${mode} count ${n} loaded by event ${load.by}: ${dLo}..${dHi} CLK pulses since (${mode === 0 || mode === 4 ? 'N − d, wrapping past 0' : mode === 2 ? 'N − (d mod N)' : 'N − (2d mod N)'}; 8254 datasheet)`;
+    if (dHi - dLo + 1n >= P) return { eventIndex: i, window: w, allowed: [{ min: Number(top - step * (P - 1n)), max: Number(top) }], why };
+    const rLo = (dLo + shift) % P;
+    const rHi = (dHi + shift) % P;
+    const v = (r: bigint) => Number(top - step * r);
+    const allowed = rLo <= rHi ? [{ min: v(rHi), max: v(rLo) }] : [{ min: v(P - 1n), max: v(rLo) }, { min: v(rHi), max: v(0n) }];
+    return { eventIndex: i, window: w, allowed, why };
+  };
+
   for (let i = 0; i < events.length; i++) {
     const ev = events[i]!;
+    if (ev.kind === 'readCount') {
+      reads.push(readAt(i, { lo: ev.tscBefore, hi: ev.tscAfter }));
+      continue;
+    }
     if (ev.kind !== 'program' && ev.kind !== 'reload') continue;
     const w: Interval = { lo: ev.tscBefore, hi: ev.tscAfter };
     const n = pitCount(ev.count);
@@ -234,6 +285,7 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
       a.period = M;
       a.count = n;
       a.armedBy = i;
+      load = null;
       continue;
     }
     // A fresh count: program, a mode 0/4 reload, or a periodic reload under 'restart'.
@@ -247,6 +299,7 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
     const first = clocks(n); // KVM: the first interval is never raised
     // Expiry 0 one count after the load, then every (raised) period.
     armed = { mode, armedBy: i, count: n, anchor: after(w, first), k: 0n, period: periodic ? periodOf(n) : first, expired: false };
+    load = { w, n, mode, by: i };
     if (quietFrom) {
       quiet.push({ from: quietFrom.from, to: w.lo, eventIndex: quietFrom.eventIndex, why: 'channel 0 not yet counting' });
       quietFrom = null;
@@ -268,6 +321,7 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
   return {
     ...deliveryOf(events, timeline, quiet),
     interrupts,
+    reads,
     windows,
     vector: timeline.vector,
     switches,
@@ -276,6 +330,8 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
 
 export interface PitJudgeOptions {
   readonly latenessTsc: bigint;
+  /** The values the latched count reads returned, by event index (rule pit-count-read). */
+  readonly reads?: readonly { readonly eventIndex: number; readonly value: number }[];
   /** How long before its logged TSC the ISR may have accepted the interrupt (common.ts). Default 0. */
   readonly isrEntryTsc?: bigint;
 }
@@ -298,6 +354,19 @@ export function judgePit(p: PitPrediction, observedInterrupts: readonly Observed
     source: 'PIT channel 0',
     ...(options.isrEntryTsc === undefined ? {} : { isrEntryTsc: options.isrEntryTsc }),
   });
+  for (const r of options.reads ?? []) {
+    const x = p.reads.find((e) => e.eventIndex === r.eventIndex);
+    if (!x || x.allowed === null) continue;
+    const v = r.value === 0 ? 0x10000 : r.value;
+    if (x.allowed.some((a) => v >= a.min && v <= a.max)) continue;
+    diffs.push({
+      rule: 'pit-count-read',
+      summary: `PIT channel 0: the count latched in [${hex(x.window.lo)}, ${hex(x.window.hi)}] read ${r.value}, the model allows ${x.allowed.map((a) => (a.min === a.max ? `${a.min}` : `${a.min}..${a.max}`)).join(' or ')} (${x.why})`,
+      expected: { allowed: x.allowed, why: x.why },
+      observed: r.value,
+      eventIndex: x.eventIndex,
+    });
+  }
   for (const w of p.windows) {
     const n = mine.filter((o) => o.tsc >= w.from && o.tsc < w.to).length;
     const deliveredBefore = mine.filter((o) => o.tsc < w.from).length;

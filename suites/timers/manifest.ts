@@ -24,6 +24,7 @@ export const timers = defineFamily({
     { key: 'lapicInterrupts', label: 'LAPIC timer interrupts' },
     { key: 'rtcInterrupts', label: 'RTC interrupts' },
     { key: 'pitInterrupts', label: 'PIT interrupts' },
+    { key: 'pitCountReads', label: 'PIT count reads' },
     { key: 'kvmclockReads', label: 'kvmclock reads' },
     { key: 'vms', label: 'VMs' },
   ],

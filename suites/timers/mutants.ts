@@ -46,15 +46,16 @@ export const TIMER_MUTANTS: readonly Mutant[] = [
     roles: [],
     modelVariant: { lapic: { tdcrMidCount: 'next-reload' } },
   },
-  // A clock 1% off. LAPIC both ways (TMCCT reads tell it). RTC and PIT only the model-slow way (a
-  // host whose source runs 1% fast: an interrupt before its tick, never-early): the guest reads no
-  // counter of theirs, and a host that gets busier through a stretch delays their interrupts the
-  // way a slow clock would (a drift rule on delivery delays saw 1.05% and 1.53% on a correct host
-  // under load), so a source 1% slow is not told from a correct one yet.
+  // A clock 1% off. LAPIC and PIT both ways (TMCCT reads and latched PIT count reads tell it).
+  // The RTC's periodic interrupts only the model-slow way (a host whose RTC runs 1% fast: an
+  // interrupt before its tick, never-early): a host that gets busier through a stretch delays
+  // interrupts the way a slow clock would (a drift rule on delivery delays saw 1.05% and 1.53% on a
+  // correct host under load), so only a counter the guest reads, which no delay moves, tells a slow one.
   ...([
     ['lapic', 'fast'],
     ['lapic', 'slow'],
     ['rtc', 'slow'],
+    ['pit', 'fast'],
     ['pit', 'slow'],
   ] as const).map(([source, dir]): Mutant => ({
     name: `${source}-model-rate-${dir}`,

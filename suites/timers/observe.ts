@@ -59,14 +59,20 @@ export function stamped(ev: ScheduledEvent, index: number, view: ThreadView): St
   const z = view.records.get(ev.stamp.after);
   if (!a || !z) return null;
   const read = ev.valueOp === undefined ? undefined : view.records.get(ev.valueOp);
-  const readValue = read ? (read.fields as Record<string, bigint>).value : undefined;
+  const bytes = ev.valueBytes?.map((i) => view.records.get(i));
+  if (bytes && bytes.some((r) => !r)) return null;
+  const readValue = bytes
+    ? bytes.reduce((v, r, k) => v | (((r!.fields as Record<string, bigint>).rax! & 0xffn) << BigInt(8 * k)), 0n)
+    : read
+      ? (read.fields as Record<string, bigint>).value
+      : undefined;
   return {
     ...base,
     tscBefore: (a.fields as Record<string, bigint>).tsc!,
     tscAfter: (z.fields as Record<string, bigint>).tsc!,
     ...(ev.value === undefined ? {} : { value: ev.value }),
     ...(readValue === undefined ? {} : { read: readValue }),
-    ...(read && read.faultVector !== null ? { faulted: true } : {}),
+    ...((read && read.faultVector !== null) || bytes?.some((r) => r!.faultVector !== null) ? { faulted: true } : {}),
     opIndex: ev.stamp.before,
   };
 }

@@ -35,6 +35,8 @@ function toPitEvents(t: SourceTimeline): PitEvent[] {
         return { ...stamp, kind: 'program', mode: e.mode ?? 2, count: Number(e.value) };
       case 'reload':
         return { ...stamp, kind: 'reload', count: Number(e.value) };
+      case 'readCount':
+        return { ...stamp, kind: 'readCount', ...(e.read === undefined || e.faulted ? {} : { read: Number(e.read) }) };
       case 'sti':
       case 'cli':
       case 'mark':
@@ -62,7 +64,8 @@ function judgePitTimeline(t: SourceTimeline, view: ThreadView, f: TimerFacts, en
     );
   const p = predict({});
   const observed = interruptsFor(view, new Set([PIT_VECTOR]), t.endTsc);
-  const judgeOpts = { latenessTsc: nsToTsc(f.lostAfterNs, f), isrEntryTsc: isrEntryTsc(f) };
+  const reads = events.flatMap((e, eventIndex) => (e.kind === 'readCount' && e.read !== undefined ? [{ eventIndex, value: e.read }] : []));
+  const judgeOpts = { latenessTsc: nsToTsc(f.lostAfterNs, f), isrEntryTsc: isrEntryTsc(f), reads };
   const differences = attributeRootCauses(judgePit(p, observed, judgeOpts), PIT_ROOT_CAUSES.filter((c) => c.impl === f.pitImpl), (v) => judgePit(predict(v), observed, judgeOpts));
   const late = latenessOf(p.interrupts, observed.map((o) => o.tsc), unblockedFrom(p.blocked), t.endTsc, f.tscHz, stealExcuses(view));
   const modeOf = (i: number) => events.slice(0, i + 1).reverse().find((e) => e.kind === 'program') as { mode: number } | undefined;
@@ -71,7 +74,7 @@ function judgePitTimeline(t: SourceTimeline, view: ThreadView, f: TimerFacts, en
     differences,
     observed,
     lateness: late.map((l) => ({ us: l.us, labels: { ...labels, mode: modeOf(p.interrupts[l.index]!.eventIndex)?.mode ?? -1 } })),
-    counts: { pitInterrupts: observed.length },
+    counts: { pitInterrupts: observed.length, pitCountReads: reads.length },
     samples: p.windows.map((w) => ({ series: 'pit.windowCount', value: observed.filter((o) => o.tsc >= w.from && o.tsc < w.to).length, labels: { ...labels, min: w.expiries.min, max: w.expiries.max } })),
   };
 }
@@ -79,7 +82,7 @@ function judgePitTimeline(t: SourceTimeline, view: ThreadView, f: TimerFacts, en
 export const pitChannel0 = timerProperty({
   id: 'timers.pit.channel0',
   statement:
-    'PIT channel 0 in modes 0, 2 and 3 with generated reloads is never early, delivers exactly the ticks the model predicts (each missed tick re-injected by KVM’s in-kernel PIT; merged while pending in QEMU’s), and counts per window what the counts in force predict',
+    'PIT channel 0 in modes 0, 2 and 3 with generated reloads is never early, delivers exactly the ticks the model predicts (each missed tick re-injected by KVM’s in-kernel PIT; merged while pending in QEMU’s), counts per window what the counts in force predict, and a latched count reads where the time since the load puts it',
   source: 'pit',
   threads: 1,
   maxCommands: 16,
@@ -91,6 +94,7 @@ export const pitChannel0 = timerProperty({
     ['exact count', ['exact-count']],
     ['none after disarm', ['spurious-after-disarm']],
     ['count per window', ['window-count']],
+    ['count reads', ['pit-count-read']],
   ],
   latenessRule: true,
 });
