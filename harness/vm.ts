@@ -181,6 +181,28 @@ export interface HostWait {
   readonly mainNs: number;
   /** KVM's in-kernel PIT worker thread (`kvm-pit/PID`, which injects its ticks), ns; absent without one. */
   readonly pitNs?: number;
+  /**
+   * Steal time of the host's own CPUs (the `steal` column of /proc/stat, per CPU, ns), where the
+   * host is itself a virtual machine: its hypervisor took the CPU from every thread on it at once,
+   * KVM's timers and QEMU's included, and no run_delay above shows it. Between two readings
+   * (hostWaitBetween), one entry: the most any one CPU lost. /proc/stat counts in USER_HZ (100 on
+   * x86 Linux), so it moves in steps of 10 ms. Absent where /proc/stat cannot be read.
+   */
+  readonly cpuStealNs?: readonly number[];
+}
+
+/** USER_HZ: the unit of /proc/stat (fixed at 100 on x86 Linux, whatever the kernel's HZ). */
+const USER_HZ = 100;
+
+/** Per-CPU steal time so far (/proc/stat `cpuN` lines, 8th value), ns; null where it cannot be read. */
+async function cpuStealNs(): Promise<number[] | null> {
+  try {
+    const lines = (await readFile('/proc/stat', 'utf8')).split('\n').filter((l) => /^cpu\d+ /.test(l));
+    const steal = lines.map((l) => Number(l.trim().split(/\s+/)[8]) * (1e9 / USER_HZ));
+    return steal.length && steal.every(Number.isFinite) ? steal : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The run_delay of one host thread, ns, or null when its schedstat cannot be read. */
@@ -198,7 +220,10 @@ async function runDelayNs(pid: number, tid: number): Promise<number | null> {
 export function hostWaitBetween(before: HostWait | null, after: HostWait | null): HostWait | null {
   if (!before || !after || before.vcpusNs.length !== after.vcpusNs.length) return null;
   const pit = before.pitNs !== undefined && after.pitNs !== undefined ? { pitNs: Math.max(0, after.pitNs - before.pitNs) } : {};
-  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs), ...pit };
+  const b = before.cpuStealNs;
+  const a = after.cpuStealNs;
+  const steal = b && a && b.length === a.length ? { cpuStealNs: [Math.max(0, ...a.map((v, i) => v - b[i]!))] } : {};
+  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs), ...pit, ...steal };
 }
 
 /** The pid of KVM's PIT worker kthread for the VM of QEMU `pid` (comm `kvm-pit/PID`), or null. */
@@ -507,7 +532,8 @@ export class Vm implements WatchTarget {
     // KVM creates the kthread with the in-kernel PIT (KVM_CREATE_PIT2, at VM creation): one scan of /proc per VM.
     if (this.pitTid === undefined) this.pitTid = await kvmPitThread(pid);
     const pit = this.pitTid === null ? null : await runDelayNs(this.pitTid, this.pitTid);
-    return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }) };
+    const steal = await cpuStealNs();
+    return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }), ...(steal === null ? {} : { cpuStealNs: steal }) };
   }
 
   async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number, hostWait: HostWait | null = null, kvmStats: KvmStatsRun | null = null): Promise<VmRunResult> {
