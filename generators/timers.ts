@@ -430,6 +430,36 @@ export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrar
   ]);
 }
 
+/**
+ * RTC time of day against TSC time (vCPU 0): wait for the seconds register to change (rtcSecondsEdge,
+ * which brackets the change with TSC stamps), again and again, with register B's data mode (BCD or
+ * binary, 12 or 24 hours) and register A's rate changed in between; the periodic interrupt stays
+ * off. Each wait costs up to a second of the case's budget.
+ */
+export function rtcClockCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
+  const t = 0;
+  const write = (m: TimerSchedule, b: ProgramBuilder, kind: 'writeA' | 'writeB', reg: number, value: number) => {
+    bracketed(m, b, t, { source: 'rtc', kind, value }, [
+      { op: 'pioOut', port: 0x70, width: 1, value: reg },
+      { op: 'pioOut', port: 0x71, width: 1, value },
+    ]);
+  };
+  // A change is due within a second; 1.2 s before the op gives up (then the rate rule says so).
+  const timeoutCycles = BigInt(Math.round(lim.tscHz * 1.2));
+  return weightedCommands([
+    { weight: 6, arbitrary: fc.constant(cmd('RTC wait for the next second', t, (m, b) => {
+      selfStamped(m, b, t, { source: 'rtc', kind: 'secondsEdge' }, { op: 'rtcSecondsEdge', timeoutCycles });
+      m.threads[t]!.waitedUs += 1_000_000;
+    }, (m) => m.threads[t]!.waitedUs + 1_000_000 <= lim.maxWaitUs)) },
+    { weight: 1, arbitrary: fc.tuple(fc.boolean(), fc.boolean()).map(([binary, h24]) => cmd(`RTC data mode ${binary ? 'binary' : 'BCD'}, ${h24 ? '24' : '12'}-hour`, t, (m, b) => {
+      write(m, b, 'writeB', 0x0b, (binary ? 0x04 : 0) | (h24 ? 0x02 : 0)); // PIE, AIE, UIE off; SET clear
+    })) },
+    { weight: 1, arbitrary: fc.integer({ min: 0, max: 15 }).map((rs) => cmd(`RTC rate RS=${rs} (periodic interrupt off)`, t, (m, b) => {
+      write(m, b, 'writeA', 0x0a, rtcRegA(rs));
+    })) },
+  ]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // PIT channel 0 (vCPU 0)
 

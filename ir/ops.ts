@@ -187,6 +187,16 @@ export const OPS = {
       '(bits 15:8).',
     { faults: 'thread' },
   ),
+  rtcSecondsEdge: op(
+    0x37,
+    [['timeoutCycles', 'u64']],
+    [['tscBefore', 'u64'], ['tscAfter', 'u64'], ['seconds', 'u32'], ['minutes', 'u32'], ['hours', 'u32'], ['regB', 'u32'], ['polls', 'u32'], ['timedOut', 'u32']],
+    'Poll the RTC seconds register (CMOS index 0; each OUT 0x70 / IN 0x71 pair with interrupts off, as the ISR may select ' +
+      'register C) until it changes, at most timeoutCycles of TSC. The change happened after tscBefore (the TSC before the ' +
+      'last read that still showed the old value) and before tscAfter (the TSC after the first read showing the new one). ' +
+      'Records both, the new seconds, the minutes, hours and register B read just after, the reads made, and timedOut 1 ' +
+      'when it did not change in time.',
+  ),
 
   loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.', { control: true }),
   loopEnd: op(0x41, [], null, 'End of a loop body.', { control: true }),

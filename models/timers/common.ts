@@ -65,6 +65,8 @@ export type TimerRule =
   | 'tmcct-continuous-across-tdcr'
   | 'tsc-deadline-msr'
   | 'pit-count-read'
+  | 'rtc-clock-advance'
+  | 'rtc-clock-rate'
   | 'window-count'
   | 'slew-never-ahead'
   | 'slew-converges'

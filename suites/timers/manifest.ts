@@ -8,12 +8,13 @@ import { kvmclockReads } from './kvmclock.js';
 import { lapicSchedule } from './lapic.js';
 import { pitChannel0 } from './pit.js';
 import { rtcPeriodic, rtcSlew } from './rtc.js';
+import { rtcClock } from './rtcClock.js';
 import { TIMER_MUTANTS } from './mutants.js';
 
 export const timers = defineFamily({
   name: 'timers',
   title: 'Timer accuracy: LAPIC, TSC-deadline, RTC, PIT and kvmclock under generated schedules',
-  properties: [lapicSchedule, rtcPeriodic, rtcSlew, pitChannel0, kvmclockReads],
+  properties: [lapicSchedule, rtcPeriodic, rtcSlew, rtcClock, pitChannel0, kvmclockReads],
   roles: {
     facts: 'the VM the guest-visible clock rates (CPUID 0x1, 0x4000_0000-0x4000_0010, 0x15, 0x16) are read in',
     workload: "a case's VM: one schedule on one or two vCPUs",
@@ -25,6 +26,7 @@ export const timers = defineFamily({
     { key: 'rtcInterrupts', label: 'RTC interrupts' },
     { key: 'pitInterrupts', label: 'PIT interrupts' },
     { key: 'pitCountReads', label: 'PIT count reads' },
+    { key: 'rtcSecondChanges', label: 'RTC second changes' },
     { key: 'kvmclockReads', label: 'kvmclock reads' },
     { key: 'vms', label: 'VMs' },
   ],
@@ -39,6 +41,7 @@ export const timers = defineFamily({
       atLeast: ['lapicInterrupts', 'rtcInterrupts', 'pitInterrupts'],
       why: 'every timer interrupt the guest logged was injected into its vCPU by KVM, whichever irqchip raised it',
     },
+    // timers.rtc.clock claims nothing: it reads CMOS registers and takes no interrupt.
     // timers.kvmclock.reads claims nothing: kvmclock is read from guest memory, and the MSR writes that
     // enable it are exits every guest makes while it boots.
   ],

@@ -46,21 +46,23 @@ export const TIMER_MUTANTS: readonly Mutant[] = [
     roles: [],
     modelVariant: { lapic: { tdcrMidCount: 'next-reload' } },
   },
-  // A clock 1% off. LAPIC and PIT both ways (TMCCT reads and latched PIT count reads tell it).
-  // The RTC's periodic interrupts only the model-slow way (a host whose RTC runs 1% fast: an
-  // interrupt before its tick, never-early): a host that gets busier through a stretch delays
-  // interrupts the way a slow clock would (a drift rule on delivery delays saw 1.05% and 1.53% on a
-  // correct host under load), so only a counter the guest reads, which no delay moves, tells a slow one.
+  // A clock 1% off, told both ways by a counter the guest reads, which no delivery delay moves:
+  // LAPIC (TMCCT reads), PIT (latched count reads), RTC (the seconds register against TSC time,
+  // timers.rtc.clock). The RTC's periodic interrupts tell only the model-slow way (a host whose RTC
+  // runs 1% fast: an interrupt before its tick, never-early): a host that gets busier through a
+  // stretch delays interrupts the way a slow clock would (a drift rule on delivery delays saw 1.05%
+  // and 1.53% on a correct host under load).
   ...([
     ['lapic', 'fast'],
     ['lapic', 'slow'],
+    ['rtc', 'fast'],
     ['rtc', 'slow'],
     ['pit', 'fast'],
     ['pit', 'slow'],
   ] as const).map(([source, dir]): Mutant => ({
     name: `${source}-model-rate-${dir}`,
     description: `The ${source.toUpperCase()} model with the source's clock 1% ${dir === 'fast' ? 'faster' : 'slower'} than it is: it predicts every ${source} duration 1% too ${dir === 'fast' ? 'short' : 'long'}, as a correct model would judge a host whose ${source} runs 1% ${dir === 'fast' ? 'slow' : 'fast'}.`,
-    breaks: [{ lapic: 'timers.lapic.schedule', rtc: 'timers.rtc.periodic', pit: 'timers.pit.channel0' }[source]],
+    breaks: source === 'rtc' ? (dir === 'fast' ? ['timers.rtc.clock'] : ['timers.rtc.periodic', 'timers.rtc.clock']) : [{ lapic: 'timers.lapic.schedule', pit: 'timers.pit.channel0' }[source]],
     roles: [],
     modelVariant: { sourceRate: { rate: dir === 'fast' ? 1.01 : 0.99, sources: [source] } },
   })),

@@ -57,6 +57,8 @@ export interface TimerPropertySpec {
   readonly id: string;
   readonly statement: string;
   readonly source: TimerSource;
+  /** What the property's differences are about, when not the source's usual name (the RTC's time of day, not its periodic interrupt). */
+  readonly subject?: string;
   readonly threads: number;
   readonly maxCommands: number;
   readonly maxWaitUs: number;
@@ -93,7 +95,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     rule<TimerObservation>(name, function* (o) {
       for (const r of o.results) {
         for (const d of r.judgement.differences) {
-          if (rs.includes(d.rule)) yield asDifference(d, r.thread < 0 ? sourceName(r.source) : `${sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.judgement.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
+          if (rs.includes(d.rule)) yield asDifference(d, r.thread < 0 ? (spec.subject ?? sourceName(r.source)) : `${spec.subject ?? sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.judgement.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
         }
       }
     }),

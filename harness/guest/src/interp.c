@@ -366,6 +366,52 @@ static inline void exec_kvmclock_read(struct ctx *x, const struct op_kvmclock_re
 	r->shift_flags = (u8)s.shift | ((u32)s.flags << 8);
 }
 
+/* One CMOS register read, with interrupts off between selecting it and reading it. */
+static u8 cmos_read(struct ctx *x, u8 index)
+{
+	int was_enabled = x->cpu->irq_on;
+	if (was_enabled)
+		irq_disable(x->cpu);
+	outb(0x70, index);
+	u8 v = inb(0x71);
+	if (was_enabled)
+		irq_enable(x->cpu);
+	return v;
+}
+
+static inline void exec_rtc_seconds_edge(struct ctx *x, const struct op_rtc_seconds_edge *o, struct res_rtc_seconds_edge *r)
+{
+	u64 start = rdtsc();
+	u64 prev = start;
+	u8 old = cmos_read(x, 0);
+	u32 polls = 1;
+	for (;;) {
+		u64 t0 = rdtsc();
+		u8 v = cmos_read(x, 0);
+		u64 t1 = rdtsc();
+		polls++;
+		x->st->heartbeat++;
+		if (v != old) {
+			r->tsc_before = prev;
+			r->tsc_after = t1;
+			r->seconds = v;
+			r->minutes = cmos_read(x, 2);
+			r->hours = cmos_read(x, 4);
+			r->reg_b = cmos_read(x, 0x0b);
+			break;
+		}
+		prev = t0;
+		if (t1 - start > o->timeout_cycles) {
+			r->tsc_before = start;
+			r->tsc_after = t1;
+			r->seconds = v;
+			r->timed_out = 1;
+			break;
+		}
+	}
+	r->polls = polls;
+}
+
 static inline void exec_fill_xmm(struct ctx *x, const struct op_fill_xmm *o)
 {
 	u64 v[32];
