@@ -8,6 +8,8 @@
  *  - a model with the TDCR rule flipped (lapic-model-tdcr-next-reload: a mid-count divide change
  *    applies at the next reload) disagrees with KVM's TMCCT reads; the difference is hundreds of
  *    µs of count, so its one-command counterexample fails again on the first replay;
+ *  - a model with the RTC 1% fast (rtc-model-rate-fast) judges a correct host's seconds 1% too
+ *    long: timers.rtc.clock fails on two or three waits for a change, and the replay fails again;
  *  - an injected delay (vcpu-stop-cont: QMP stop/cont of the workload VM) makes the RTC property
  *    fail with a shrunk, saved counterexample. Its replay is not asserted: where a stop lands in a
  *    program of about a millisecond is up to the host's timing, so the shrunk case is not hit by
@@ -73,6 +75,19 @@ describe('timer properties fail on deliberately broken systems', () => {
     const { r, w } = await failing('timers.pit.channel0', 'pit-model-rate-slow');
     expect(['never early', 'exact count']).toContain(r.rule);
     expect(w.ran.length).toBeLessThanOrEqual(6);
+  }, 600_000);
+
+  // An RTC 1% slow: the model takes it 1% faster than it is, so a correct host's seconds last 1%
+  // too long in TSC time. Stamps are tens of µs (ms under load): 10 ms is far outside them.
+  it('rtc-model-rate-fast fails timers.rtc.clock: an RTC 1% slow is told from a correct one', async () => {
+    const { r, w, file } = await failing('timers.rtc.clock', 'rtc-model-rate-fast');
+    expect(r.rule).toBe('one second per second');
+    // Two waits make a pair; a third stays when the other pair's stamps were too wide to tell.
+    expect(w.ran.filter((c) => /next second/.test(c)).length).toBeGreaterThanOrEqual(2);
+    expect(w.ran.length).toBeLessThanOrEqual(4);
+    const replay = await execa(process.execPath, [join(PROJECT_ROOT, 'bin', 'kvmprop.mjs'), 'replay', file], { reject: false });
+    expect(replay.exitCode, replay.stderr).toBe(1);
+    expect(replay.stdout).toContain('timers.rtc.clock fails again');
   }, 600_000);
 
   it('vcpu-stop-cont fails timers.rtc.periodic with a shrunk, saved counterexample', async () => {
