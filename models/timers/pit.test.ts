@@ -167,3 +167,31 @@ describe('latched count reads (pit-count-read)', () => {
     expect(wide.diffs).toEqual([]);
   });
 });
+
+describe("countRead 'kvm-hrtimer': KVM reads channel 0's count from its (raised) hrtimer period (seed 410)", () => {
+  // N = 148 at CLK = 2000 TSC: 124 µs, under KVM's 200 µs floor (238.6 clocks): the hrtimer runs a
+  // 200 µs period, its first expiry one unraised interval after the load.
+  const read = (t: bigint, value: number): PitEvent => ({ kind: 'readCount', read: value, tscBefore: t, tscAfter: t + W });
+  const judgeWith = (events: PitEvent[], sw: PitSwitches) => {
+    const p = predictPit(CLOCK, tl(events, events[events.length - 1]!.tscAfter), sw);
+    const reads = events.flatMap((e, eventIndex) => (e.kind === 'readCount' && e.read !== undefined ? [{ eventIndex, value: e.read }] : []));
+    return judgePit(p, [], { latenessTsc: L, reads }).filter((d) => d.rule === 'pit-count-read');
+  };
+  it('15 clocks after the load KVM reads N − ((238.6 − 148 + 15) mod N); the datasheet reads N − 15', () => {
+    const ev = [at(T0, { kind: 'program', mode: 2, count: 148 }), read(T0 + 15n * CLK, 43)];
+    expect(judgeWith(ev, KVM_PIT)).toEqual([]);
+    expect(judgeWith(ev, { ...KVM_PIT, countRead: 'load' }).length).toBe(1);
+    expect(judgeWith([ev[0]!, read(T0 + 15n * CLK, 133)], { ...KVM_PIT, countRead: 'load' })).toEqual([]);
+  });
+  it('after the first expiry: the phase within the current raised period', () => {
+    // 148 + 2 × 238.6 + 50 clocks: 50.x into the third raised period → d ≈ 50..52, 148 − d.
+    const ev = [at(T0, { kind: 'program', mode: 2, count: 148 }), read(T0 + 148n * CLK + 477_272n * 2n + 50n * CLK, 97)];
+    expect(judgeWith(ev, KVM_PIT)).toEqual([]);
+    expect(judgeWith([ev[0]!, read(ev[1]!.tscBefore, 120)], KVM_PIT).length).toBe(1);
+  });
+  it('a period N keeps its own: the two agree', () => {
+    const ev = [at(T0, { kind: 'program', mode: 2, count: 1000 }), read(T0 + 25_300n * CLK, 700)];
+    expect(judgeWith(ev, KVM_PIT)).toEqual([]);
+    expect(judgeWith(ev, { ...KVM_PIT, countRead: 'load' })).toEqual([]);
+  });
+});

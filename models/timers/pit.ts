@@ -123,10 +123,21 @@ export interface PitSwitches {
    *    LSB write alone, interrupting inside the write). The property layer predicts with it only to name the root cause of a difference.
    */
   readonly edgeInput?: 'rising-edge' | 'every-update';
+  /**
+   * Where a latched count of a periodic (mode 2/3) channel 0 comes from.
+   *  - 'load' (8254 datasheet: the count decrements once per CLK from the load, reloading N):
+   *    N − (d mod N) with d the CLK pulses since the load;
+   *  - 'kvm-hrtimer' (KVM i8254.c pit_get_count() → __kpit_elapsed(): "period − remaining" of
+   *    channel 0's hrtimer, whose period periodicClamp may have raised): the same while the period
+   *    is N's own; a raised one counts d from the start of the current raised period (the first
+   *    began one raised period before the first, unraised, expiry). Not the datasheet: with the
+   *    period raised, the count no longer says where the N-clock cycle is.
+   */
+  readonly countRead?: 'load' | 'kvm-hrtimer';
 }
 
 export const DEFAULT_PIT: PitSwitches = Object.freeze({ periodicReload: 'next-period', periodicClamp: 'kvm', reinject: true });
-export const KVM_PIT: PitSwitches = Object.freeze({ periodicReload: 'restart', periodicClamp: 'kvm', reinject: true });
+export const KVM_PIT: PitSwitches = Object.freeze({ periodicReload: 'restart', periodicClamp: 'kvm', reinject: true, countRead: 'kvm-hrtimer' });
 
 export interface PitPredictOptions {
   /** How long after a tick KVM may still hold it undelivered, so that a (re)load drops it (TSC cycles; default 0). */
@@ -224,14 +235,39 @@ export function predictPit(clock: PitClock, timeline: PitTimeline, switches: Pit
     if (!load) return { eventIndex: i, window: w, allowed: null, why: 'no count loaded by a program or restart the model follows' };
     const { n, mode } = load;
     if (mode === 3 && n % 2n === 1n) return { eventIndex: i, window: w, allowed: null, why: `mode 3 with an odd count (${n}): the datasheet's sequence differs from KVM's and QEMU's formula` };
-    // CLK pulses since the load: d = ⌊elapsed × pitHz / tscHz⌋, one pulse of slack each way for the load on the next CLK.
-    const spanLo = maxB(w.lo - load.w.hi, 0n);
-    const spanHi = w.hi - load.w.lo;
+    // TSC since the load.
+    let spanLo = maxB(w.lo - load.w.hi, 0n);
+    let spanHi = w.hi - load.w.lo;
+    let base = 'since the load';
+    const raisedPeriod = (mode === 2 || mode === 3) && switches.countRead === 'kvm-hrtimer' ? periodOf(n) : null;
+    const interval = clocks(n);
+    if (raisedPeriod && raisedPeriod.num * interval.den > interval.num * raisedPeriod.den) {
+      // KVM __kpit_elapsed(): channel 0's count comes from its hrtimer, elapsed = period − remaining,
+      // where the period is the raised one and the first expiry came one unraised interval after the load.
+      const iLo = durLo(1n, interval, ppb);
+      const iHi = durHi(1n, interval, ppb);
+      const pLo = durLo(1n, raisedPeriod, ppb);
+      const pHi = durHi(1n, raisedPeriod, ppb);
+      base = `into KVM's hrtimer period, raised to ${pLo} TSC (min_timer_period_us)`;
+      if (spanHi < iLo) {
+        spanLo += pLo - iHi;
+        spanHi += pHi - iLo;
+      } else if (spanLo > iHi && pHi - pLo < 4096n) {
+        // A whole number of raised periods after the first expiry: the phase within the current one.
+        const from = spanLo - iHi;
+        const to = spanHi - iLo;
+        const k = from / pHi;
+        if (to - k * pLo >= pLo) return { eventIndex: i, window: w, allowed: null, why: `a read across an expiry of KVM's raised hrtimer period (${base})` };
+        spanLo = maxB(from - k * pHi, 0n);
+        spanHi = to - k * pLo;
+      } else return { eventIndex: i, window: w, allowed: null, why: `a read around the first expiry of KVM's raised hrtimer period (${base})` };
+    }
+    // CLK pulses: d = ⌊elapsed × pitHz / tscHz⌋, one pulse of slack each way for the load on the next CLK.
     const dLo = maxB(durLo(spanLo, { num: pitHz, den: tscHz }, ppb) - 1n, 0n);
     const dHi = durHi(spanHi, { num: pitHz, den: tscHz }, ppb) + 1n;
     // v = top − step·r with r = (d + shift) mod P.
     const [top, step, P, shift] = mode === 2 ? [n, 1n, n, 0n] : mode === 3 ? [n, 2n, n / 2n, 0n] : [0x10000n, 1n, 0x10000n, (0x10000n - (n % 0x10000n)) % 0x10000n];
-    const why = `mode ${mode} count ${n} loaded by event ${load.by}: ${dLo}..${dHi} CLK pulses since (${mode === 0 || mode === 4 ? 'N − d, wrapping past 0' : mode === 2 ? 'N − (d mod N)' : 'N − (2d mod N)'}; 8254 datasheet)`;
+    const why = `mode ${mode} count ${n} loaded by event ${load.by}: ${dLo}..${dHi} CLK pulses ${base} (${mode === 0 || mode === 4 ? 'N − d, wrapping past 0' : mode === 2 ? 'N − (d mod N)' : 'N − (2d mod N)'}; 8254 datasheet)`;
     if (dHi - dLo + 1n >= P) return { eventIndex: i, window: w, allowed: [{ min: Number(top - step * (P - 1n)), max: Number(top) }], why };
     const rLo = (dLo + shift) % P;
     const rHi = (dHi + shift) % P;
