@@ -189,6 +189,32 @@ export interface HostWait {
    * x86 Linux), so it moves in steps of 10 ms. Absent where /proc/stat cannot be read.
    */
   readonly cpuStealNs?: readonly number[];
+  /**
+   * The longest single wait of QEMU's main loop thread while the guest ran, ns (runVm samples its
+   * run_delay every few ms: the kernel adds a wait to run_delay when the thread gets the CPU back,
+   * so one wait shows as one step). The main loop runs the timers QEMU emulates (the RTC, a
+   * user-space PIT): a step of 14 ms is 14 ms in which none of them fired. Many short waits (a
+   * busy QMP conversation) make no long step. Absent where it was not sampled.
+   */
+  readonly mainLongestWaitNs?: number;
+}
+
+/** How often runVm samples the main loop thread's run_delay (mainLongestWaitNs). */
+const MAIN_WAIT_SAMPLE_MS = 2;
+
+/** Sample a thread's run_delay until `done`; the largest step between two samples, ns. */
+async function longestWaitNs(pid: number, done: AbortSignal): Promise<number | null> {
+  let prev = await runDelayNs(pid, pid);
+  if (prev === null) return null;
+  let longest = 0;
+  while (!done.aborted) {
+    await sleep(MAIN_WAIT_SAMPLE_MS);
+    const now = await runDelayNs(pid, pid);
+    if (now === null) break;
+    longest = Math.max(longest, now - prev);
+    prev = now;
+  }
+  return longest;
 }
 
 /** USER_HZ: the unit of /proc/stat (fixed at 100 on x86 Linux, whatever the kernel's HZ). */
@@ -618,11 +644,16 @@ export async function runVm(
   const beside = opts.during ? opts.during(vm, done.signal).catch(() => undefined) : Promise.resolve();
   try {
     const waitBefore = await vm.hostWait();
+    const sampled = new AbortController();
+    const mainWait = vm.pid ? longestWaitNs(vm.pid, sampled.signal) : Promise.resolve(null);
     const outcome = await vm.waitForOutcome({ nthreads: opts.nthreads, timeoutMs: opts.timeoutMs ?? 60_000, stallMs: opts.stallMs ?? 2000 });
+    sampled.abort();
     done.abort();
     await beside;
     const kvmStats = await vm.kvmStatsRun();
-    return await vm.collect(outcome, opts.program, opts.nthreads, hostWaitBetween(waitBefore, vm.hostWaitAtFinish), kvmStats);
+    const between = hostWaitBetween(waitBefore, vm.hostWaitAtFinish);
+    const longest = await mainWait;
+    return await vm.collect(outcome, opts.program, opts.nthreads, between && longest !== null ? { ...between, mainLongestWaitNs: longest } : between, kvmStats);
   } finally {
     done.abort();
     await vm.dispose();
