@@ -194,8 +194,9 @@ export const OPS = {
     'Poll the RTC seconds register (CMOS index 0; each OUT 0x70 / IN 0x71 pair with interrupts off, as the ISR may select ' +
       'register C) until it changes, at most timeoutCycles of TSC. The change happened after tscBefore (the TSC before the ' +
       'last read that still showed the old value) and before tscAfter (the TSC after the first read showing the new one). ' +
-      'Records both, the new seconds, the minutes, hours and register B read just after, the reads made, and timedOut 1 ' +
-      'when it did not change in time.',
+      'Records both, the new seconds, the minutes, hours and register B read just after, and the reads made. When it did ' +
+      'not change for timeoutCycles from the first read: timedOut 1, and tscBefore..tscAfter is a span it held ' +
+      '(after the first read, before the last).',
   ),
 
   loopBegin: op(0x40, [['count', 'u32']], null, 'Repeat the ops up to the matching loopEnd count times (0: forever). Nests up to 8 deep.', { control: true }),

@@ -47,7 +47,8 @@ describe('judgeRtcClock', () => {
   it('a time that does not advance, invalid registers and a wait with no change fail', () => {
     expect(judge([edge(t0, 10), edge(t0 + S, 10)])).toEqual(['rtc-clock-advance']);
     expect(judge([edge(t0, 10), edge(t0 + S, 11, { hours: 0x2a })])).toEqual(['rtc-clock-advance']);
-    expect(judge([edge(t0, 10, { timedOut: true, tscAfter: t0 + (S * 12n) / 10n })])).toEqual(['rtc-clock-rate']);
+    expect(judge([edge(t0, 10, { timedOut: true, tscBefore: t0, tscAfter: t0 + (S * 12n) / 10n })])).toEqual(['rtc-clock-rate']);
+    expect(judge([edge(t0, 10, { timedOut: true, tscBefore: t0, tscAfter: t0 + (S * 9n) / 10n })])).toEqual([]);
   });
   it('a data-mode change between two changes leaves that pair uncompared (datasheet); reencodes compares it', () => {
     const e = [edge(t0, 10), edge(t0 + S, 11, { seconds: 11, minutes: 30, hours: 13, regB: BIN24 })];

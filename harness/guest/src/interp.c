@@ -381,9 +381,11 @@ static u8 cmos_read(struct ctx *x, u8 index)
 
 static inline void exec_rtc_seconds_edge(struct ctx *x, const struct op_rtc_seconds_edge *o, struct res_rtc_seconds_edge *r)
 {
-	u64 start = rdtsc();
-	u64 prev = start;
+	u64 prev = rdtsc();
 	u8 old = cmos_read(x, 0);
+	/* The old value held at least from here: the timeout counts from the first read, not from the
+	 * op's start (a vCPU descheduled before that read would shorten the wait). */
+	u64 first = rdtsc();
 	u32 polls = 1;
 	for (;;) {
 		u64 t0 = rdtsc();
@@ -401,9 +403,10 @@ static inline void exec_rtc_seconds_edge(struct ctx *x, const struct op_rtc_seco
 			break;
 		}
 		prev = t0;
-		if (t1 - start > o->timeout_cycles) {
-			r->tsc_before = start;
-			r->tsc_after = t1;
+		if (t0 - first > o->timeout_cycles) {
+			/* Unchanged from before `first` to after t0: at least t0 - first. */
+			r->tsc_before = first;
+			r->tsc_after = t0;
 			r->seconds = v;
 			r->timed_out = 1;
 			break;
