@@ -18,7 +18,7 @@ import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVector
 import { encodeStep } from '../../generators/nested.js';
 import { recordsOf, NO_FAULT, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
-import { THREAD_STATE } from '../../harness/guest/abi.js';
+import { LAYOUT, THREAD_STATE } from '../../harness/guest/abi.js';
 import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
 import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
 import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
@@ -58,20 +58,24 @@ export function svmSkipReason(env: Pick<PropertyEnv, 'host' | 'options'>): strin
 
 const bit = (mask: number, v: number) => v < 32 && ((mask >>> v) & 1) === 1;
 
-/** A TSS stack slot as the model sees it: beyond TR.limit (#TS), non-canonical (#SS), or good. */
+/** svm.c's not-present stack pointer as the model sees it: the frame push faults. */
+export const NOT_PRESENT_STACK: StackSetup = Object.freeze({ kind: 'not-present', rsp: BigInt(LAYOUT.notPresentStack) });
+
+/** A TSS stack slot as the model sees it: beyond TR.limit (#TS), non-canonical (#SS), not present (#PF), or good. */
 function slot(tss: L2TssSetup, which: 'rsp0' | 'ist1'): StackSetup {
   if (tss.limitCut) return { kind: 'ts', tssSelector: L2_TR_SELECTOR };
-  return tss[which] === 'non-canonical' ? { kind: 'ss' } : OK_STACK;
+  return tss[which] === 'non-canonical' ? { kind: 'ss' } : tss[which] === 'not-present' ? NOT_PRESENT_STACK : OK_STACK;
 }
 
 /**
  * L2's IDT, stacks and CPL as the model sees them (svm.c): 256 gates, DPL 0, P and IST as the set-up
  * says; an IST-0 gate uses the current stack at CPL 0 (no TSS read) and RSP0 from CPL 3.
  */
-export function l2SetupOf(r: Pick<SvmRun, 'idt' | 'tss' | 'cpl'>): DeliverySetup {
+export function l2SetupOf(r: Pick<SvmRun, 'idt' | 'tss' | 'cpl' | 'rsp'>): DeliverySetup {
   const gates: Record<number, GateSetup> = {};
   for (let v = 0; v < 256; v++) gates[v] = { ...GOOD_GATE, present: !bit(r.idt.notPresent, v), ist: bit(r.idt.ist, v) ? 1 : 0 };
-  return { idt: { limit: r.idt.limit, gates, stack: r.cpl === 3 ? slot(r.tss, 'rsp0') : OK_STACK, istStacks: { 1: slot(r.tss, 'ist1') } }, cpl: r.cpl };
+  const current = r.rsp === 'not-present' ? NOT_PRESENT_STACK : OK_STACK;
+  return { idt: { limit: r.idt.limit, gates, stack: r.cpl === 3 ? slot(r.tss, 'rsp0') : current, istStacks: { 1: slot(r.tss, 'ist1') } }, cpl: r.cpl };
 }
 
 export interface RunPrediction {
@@ -129,7 +133,7 @@ function describeEvent(r: SvmRun): string {
 function describeSetup(r: SvmRun): string {
   const vecs = (mask: number) => Array.from({ length: 32 }, (_, v) => v).filter((v) => bit(mask, v)).map((v) => mnemonic(v)).join(',') || 'none';
   const tss = [r.tss.rsp0 !== 'ok' ? `RSP0 ${r.tss.rsp0}` : '', r.tss.ist1 !== 'ok' ? `IST1 ${r.tss.ist1}` : '', r.tss.limitCut ? 'TR.limit 3' : ''].filter(Boolean).join(', ');
-  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 at CPL ${r.cpl}, IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.idt.ist ? ` IST1 ${vecs(r.idt.ist)}` : ''}${tss ? `; TSS ${tss}` : ''}${r.npt ? '; NPT' : ''}`;
+  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 at CPL ${r.cpl}${r.rsp && r.cpl === 0 ? ` on RSP ${r.rsp}` : ''}, IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.idt.ist ? ` IST1 ${vecs(r.idt.ist)}` : ''}${tss ? `; TSS ${tss}` : ''}${r.npt ? '; NPT' : ''}`;
 }
 
 export function describeOutcome(o: NestedOutcome | null): string {
@@ -369,6 +373,7 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   if (p?.kind === 'handler') env.metrics.add('l2HandlerEntries');
   for (const step of j.predicted.chain) {
     if (step.rule === 'triple-fault') env.metrics.add('tripleFaults');
+    if (step.rule === 'stack-push-fault') env.metrics.add('stackPushFaults');
     if (step.rule !== 'double-fault') continue;
     env.metrics.add('doubleFaults');
     // "contributory #SS(..) then contributory #GP(..): #DF" → df.contributory+contributory
@@ -387,7 +392,11 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   if (!j.run.intercepts.shutdown) env.metrics.add('shutdown.not-intercepted');
   if (j.run.idt.ist !== 0) env.metrics.add('idt.ist-gates');
   if (j.run.tss.limitCut) env.metrics.add('tss.limit-cut');
-  else if (j.run.tss.rsp0 !== 'ok' || j.run.tss.ist1 !== 'ok') env.metrics.add('tss.non-canonical-stack');
+  else {
+    if (j.run.tss.rsp0 === 'non-canonical' || j.run.tss.ist1 === 'non-canonical') env.metrics.add('tss.non-canonical-stack');
+    if (j.run.tss.rsp0 === 'not-present' || j.run.tss.ist1 === 'not-present') env.metrics.add('tss.not-present-stack');
+  }
+  if (j.run.rsp === 'not-present' && j.run.cpl === 0) env.metrics.add('l2.rsp-not-present');
 }
 
 /**

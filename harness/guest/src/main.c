@@ -56,6 +56,27 @@ static void setup_idt(void)
 	set_idt_entry(6, (u64)ud_entry, 0);
 }
 
+/* The execStack op's set-ups. Ring 3 may call these: the TSS and the IDT lie in user pages. */
+void stack_setup(struct cpu *c, u32 stack)
+{
+	c->stack_armed = stack;
+	if (stack & 1)
+		c->tss.rsp[0] = LAYOUT_NOT_PRESENT_STACK;
+	if (stack & 2)
+		idt[14 * 2] |= 1ull << 32; /* IST 1 */
+	barrier();
+}
+
+void stack_setup_undo(struct cpu *c)
+{
+	if (!c->stack_armed)
+		return;
+	c->tss.rsp[0] = (u64)c + CPU_RSP0_TOP;
+	idt[14 * 2] &= ~(7ull << 32);
+	barrier();
+	c->stack_armed = 0;
+}
+
 static void setup_tss(struct cpu *c)
 {
 	u64 base = (u64)&c->tss;
