@@ -28,10 +28,18 @@
  *  - INT n at CPL 0 for a vector whose exception pushes an error code (INT n pushes none, and the
  *    guest's stub for that vector expects one), for NMI (2, the guest's NMI path) and for 32–255
  *    (the guest's interrupt path, which does not catch): only the other vectors below 32;
- *  - descriptor-table set-ups that make delivery fault (#DF, triple fault): the guest has one IDT.
+ *  - descriptor-table set-ups that make delivery fault: the guest has one IDT. What it can do is
+ *    the stack a delivery pushes its frame onto (a step's `stack`, the execStack op): RSP0 at a
+ *    not-present page (CPL 3), or the step's own code moving RSP there first (CPL 0), so the push
+ *    raises #PF during delivery; that #PF goes on the same stack (#PF then #PF: #DF, which runs on
+ *    the guest's good IST 1) unless the step also puts the #PF gate on IST 1 (then #PF enters its
+ *    handler, CR2 = the push). Not a bad IST 1: the #DF would shut the VM down, which a single
+ *    level cannot report per step. At CPL 0 only ud2, into-64 and div-by-zero take a stack: they
+ *    always raise, in at most 6 bytes after the 10 of MOVABS RSP, and never touch the stack first.
  */
 import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
+import { LAYOUT } from '../harness/guest/abi.js';
 import type { FaultingInstructionName } from '../models/nested/exceptions.js';
 import { vectorInfo } from '../models/nested/classes.js';
 
@@ -57,8 +65,24 @@ export const SINGLE_LEVEL_INSTRUCTIONS = [
 
 export type SingleLevelInstruction = (typeof SINGLE_LEVEL_INSTRUCTIONS)[number];
 
+/**
+ * Where a single-level step's delivery pushes its frame (LAYOUT.notPresentStack: canonical, not
+ * mapped), and whether the #PF that raises enters on IST 1 ('-pf-ist'):
+ *  - 'rsp0', 'rsp0-pf-ist': CPL 3; the TSS's RSP0 there while the step runs (execStack bit 0);
+ *  - 'rsp', 'rsp-pf-ist': CPL 0; the step's code loads RSP with it first (an IST-0 gate at CPL 0
+ *    pushes onto the current stack); the op's catch puts RSP back.
+ */
+export type SingleLevelStack = 'rsp0' | 'rsp0-pf-ist' | 'rsp' | 'rsp-pf-ist';
+
+export const CPL0_STACK_INSTRUCTIONS = ['ud2', 'into-64', 'div-by-zero'] as const satisfies readonly SingleLevelInstruction[];
+
+/** execStack's stack operand for a step's stack (bit 0 RSP0, bit 1 the #PF gate on IST 1). */
+export const STACK_BITS: Readonly<Record<SingleLevelStack, number>> = Object.freeze({ rsp0: 1, 'rsp0-pf-ist': 3, rsp: 0, 'rsp-pf-ist': 2 });
+
 export interface ExceptionStep {
   readonly instruction: SingleLevelInstruction;
+  /** Single level only: the stack its delivery pushes onto (default: the guest's good stacks). */
+  readonly stack?: SingleLevelStack;
   /** load/store: the address touched (CR2 of its #PF); stack-load-non-canonical: the offset added to RSP. */
   readonly address?: bigint;
   /** int-n: the immediate. */
@@ -88,8 +112,18 @@ function addressOf(s: ExceptionStep): bigint {
   return s.address;
 }
 
+/** MOVABS RSP, LAYOUT.notPresentStack: what a CPL-0 step with a stack runs first. */
+const MOV_RSP_NOT_PRESENT: readonly number[] = [0x48, 0xbc, ...le64(BigInt(LAYOUT.notPresentStack))];
+
 /** `taskSwitched`: CR0.TS is set, so an SSE step raises #NM at its first SSE instruction. */
 export function encodeStep(s: ExceptionStep, taskSwitched = false): EncodedStep {
+  const plain = encodeInstruction(s, taskSwitched);
+  if (s.stack !== 'rsp' && s.stack !== 'rsp-pf-ist') return plain;
+  const n = MOV_RSP_NOT_PRESENT.length;
+  return { bytes: [...MOV_RSP_NOT_PRESENT, ...plain.bytes], at: plain.at + n, after: plain.after + n };
+}
+
+function encodeInstruction(s: ExceptionStep, taskSwitched: boolean): EncodedStep {
   switch (s.instruction) {
     case 'div-by-zero': // xor ecx, ecx; div rcx
       return { bytes: [0x31, 0xc9, 0x48, 0xf7, 0xf1], at: 2, after: 5 };
@@ -131,7 +165,10 @@ export function execOp(bytes: readonly number[]): Op {
 }
 
 export function singleLevelOps(c: SingleLevelCase): Op[] {
-  return c.steps.map((s) => execOp(encodeStep(s, c.taskSwitched).bytes));
+  return c.steps.map((s) => {
+    const exec = execOp(encodeStep(s, c.taskSwitched).bytes) as Extract<Op, { op: 'exec' }>;
+    return s.stack === undefined ? exec : { op: 'execStack', lo: exec.lo, hi: exec.hi, stack: STACK_BITS[s.stack] };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,6 +239,17 @@ export interface SingleLevelArbOptions {
   readonly maxSteps?: number;
   /** Where unmapped addresses come from (default: all three regions). */
   readonly unmappedRegions?: readonly UnmappedRegion[];
+  /** Whether steps may take a not-present stack (default: yes). */
+  readonly stacks?: boolean;
+}
+
+/** A step, then (sometimes) a not-present stack its delivery pushes onto, where the CPL allows one. */
+function withStackArb(step: fc.Arbitrary<ExceptionStep>, cpl: Cpl): fc.Arbitrary<ExceptionStep> {
+  return step.chain((s) => {
+    if (cpl === 0 && !(CPL0_STACK_INSTRUCTIONS as readonly string[]).includes(s.instruction)) return fc.constant(s);
+    const stacks: readonly SingleLevelStack[] = cpl === 3 ? ['rsp0', 'rsp0-pf-ist'] : ['rsp', 'rsp-pf-ist'];
+    return fc.oneof({ weight: 4, arbitrary: fc.constant(s) }, { weight: 1, arbitrary: fc.constantFrom(...stacks).map((stack) => ({ ...s, stack })) });
+  });
 }
 
 /** A CPL (3 first: it shrinks towards CPL 3), then 1–6 steps, each an instruction with its operands. */
@@ -213,7 +261,10 @@ export function singleLevelCaseArb(opts: SingleLevelArbOptions = {}): fc.Arbitra
       cpl: fc.constant(cpl),
       alignmentCheck: fc.boolean(),
       taskSwitched: fc.boolean(),
-      steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl, opts.unmappedRegions))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
+      steps: fc.array(
+        fc.oneof(...instructions.map((i) => (opts.stacks === false ? instructionArb(i, cpl, opts.unmappedRegions) : withStackArb(instructionArb(i, cpl, opts.unmappedRegions), cpl)))),
+        { minLength: 1, maxLength: opts.maxSteps ?? 6 },
+      ),
     }),
   );
 }
@@ -247,5 +298,14 @@ export const SINGLE_LEVEL_EXAMPLES: Readonly<Record<string, SingleLevelCase>> = 
   'no #AC without CR0.AM': { cpl: 3, steps: [{ instruction: 'misaligned-load' }] },
   '#NM': { cpl: 3, taskSwitched: true, steps: [{ instruction: 'x87-with-ts' }, { instruction: 'sse-unmasked' }] },
   'INT n at CPL 0': { cpl: 0, steps: [{ instruction: 'int-n', intVector: 0 }, { instruction: 'int-n', intVector: 31 }, { instruction: 'mov-from-cr-unprivileged' }] },
+  '#PF pushing the frame on RSP0, then #DF': {
+    cpl: 3,
+    steps: [
+      { instruction: 'ud2', stack: 'rsp0-pf-ist' },
+      { instruction: 'div-by-zero', stack: 'rsp0' },
+      { instruction: 'load-unmapped', address: 0x10_0000_0000n, stack: 'rsp0' },
+    ],
+  },
+  '#PF pushing the frame on the CPL-0 stack, then #DF': { cpl: 0, steps: [{ instruction: 'ud2', stack: 'rsp-pf-ist' }, { instruction: 'div-by-zero', stack: 'rsp' }] },
   '#PF at CPL 0': { cpl: 0, steps: [{ instruction: 'load-unmapped', address: 0x10_0000_0000n }, { instruction: 'store-unmapped', address: 0xffff_ffff_ffff_f000n }] },
 });
