@@ -77,6 +77,8 @@ describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
     expect(vectors('#GP')).toEqual([13, 13, 13, 13]);
     expect(vectors('#PF')).toEqual([14, 14, 14]);
     expect(vectors('#XM')).toEqual([19]);
+    // #MF at the FWAIT; the catch's FNINIT leaves nothing pending for the next x87 step.
+    expect(vectors('#MF')).toEqual([16, null, 16]);
     expect(vectors('#AC')).toEqual([17]);
     expect(vectors('no #AC without CR0.AM')).toEqual([null]);
     expect(vectors('#NM')).toEqual([7, 7]);
@@ -93,6 +95,9 @@ describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
     expect(predictStep({ instruction: 'int3' }, 0, facts).ripOffset).toBe(1);
     expect(predictStep({ instruction: 'single-step' }, 3, facts).ripOffset).toBe(11);
     expect(predictStep({ instruction: 'div-by-zero' }, 3, facts).ripOffset).toBe(2);
+    // #MF is a fault at the waiting instruction (the FWAIT, byte 15); with CR0.TS the FNINIT at 0 raises #NM.
+    expect(predictStep({ instruction: 'fwait-unmasked-x87' }, 3, facts)).toMatchObject({ entry: { vector: 16, errorCode: null }, ripOffset: 15 });
+    expect(predictStep({ instruction: 'fwait-unmasked-x87' }, 0, facts, { taskSwitched: true })).toMatchObject({ entry: { vector: 7 }, ripOffset: 0 });
   });
   it('a not-present stack: the push #PF (P = 0, W = 1, U = 0, CR2 = the 16-aligned RSP − 8) on IST 1, else #DF(0) with no RIP claim', () => {
     const push = 0x10_0000_0ff8n; // LAYOUT.notPresentStack = 64 GiB + 4 KiB + 8

@@ -17,9 +17,10 @@
  *    op); the case's alignmentCheck sets CR0.AM, so #AC arises at CPL 3 exactly when it is on
  *    (a hypervisor that runs guest user mode on the host's CR0, where Linux sets AM, must not
  *    raise it when the guest's CR0.AM is clear);
- *  - fwait-unmasked-x87: CR0.NE is not set by the guest (PVH boot), which the model does not
- *    cover (external FERR#); x87-with-ts and the SSE step run with CR0.TS as the case's
- *    taskSwitched says (then #NM);
+ *  - (fwait-unmasked-x87 is in: the guest sets CR0.NE (main.c enable_sse), so the pending x87
+ *    exception is #MF at the FWAIT, not external FERR#; the step starts with FNINIT, and an op
+ *    that took #MF runs FNINIT again in its catch, so no x87 state crosses steps); x87-with-ts,
+ *    fwait-unmasked-x87 and the SSE step run with CR0.TS as the case's taskSwitched says (then #NM);
  *  - store-read-only, fetch-no-execute, load-reserved-bit, user-load-supervisor-page: every page is
  *    a present, writable, executable user page (entry.S build_page_tables: 2 MiB pages, 0x87);
  *    these need a guest op that edits a paging entry;
@@ -28,6 +29,13 @@
  *  - INT n at CPL 0 for a vector whose exception pushes an error code (INT n pushes none, and the
  *    guest's stub for that vector expects one), for NMI (2, the guest's NMI path) and for 32–255
  *    (the guest's interrupt path, which does not catch): only the other vectors below 32;
+ *  - #TS from an instruction: in IA-32e mode there is no task switch (SDM Vol. 3A §8.7 "Task
+ *    switching is not supported in IA-32e mode"; a task gate in the IDT or a far CALL/JMP to a TSS
+ *    is #GP, IRET with NT = 1 is #GP), so #TS comes only from reading a stack pointer out of the
+ *    TSS beyond TR.limit: on delivery (RSP0/IST, generators/nestedSvm.ts limitCut) and on a far
+ *    CALL through a call gate to a more privileged code segment (SDM Vol. 2A CALL, IA-32e
+ *    "CALL-GATE-MORE-PRIVILEGE": #TS(TSS selector) when the RSPn slot is beyond the limit), which
+ *    needs a call gate and a return path in the guest and is not generated;
  *  - descriptor-table set-ups that make delivery fault: the guest has one IDT. What it can do is
  *    the stack a delivery pushes its frame onto (a step's `stack`, the execStack op): RSP0 at a
  *    not-present page (CPL 3), or the step's own code moving RSP there first (CPL 0), so the push
@@ -61,6 +69,7 @@ export const SINGLE_LEVEL_INSTRUCTIONS = [
   'store-unmapped',
   'misaligned-load',
   'x87-with-ts',
+  'fwait-unmasked-x87',
 ] as const satisfies readonly FaultingInstructionName[];
 
 export type SingleLevelInstruction = (typeof SINGLE_LEVEL_INSTRUCTIONS)[number];
@@ -151,6 +160,9 @@ function encodeInstruction(s: ExceptionStep, taskSwitched: boolean): EncodedStep
       return { bytes: [0x0f, 0x20, 0xc0], at: 0, after: 3 };
     case 'x87-with-ts': // fld1; fstp st(0) (the x87 stack stays balanced when nothing faults)
       return { bytes: [0xd9, 0xe8, 0xdd, 0xd8], at: 0, after: 2 };
+    // fninit; push 0x37a (FCW: IM, ZM unmasked); fldcw [rsp]; pop rax; fldz; fdiv st(0), st(0) (0/0: IE pending); fwait (#MF)
+    case 'fwait-unmasked-x87':
+      return { bytes: [0xdb, 0xe3, 0x68, 0x7a, 0x03, 0x00, 0x00, 0xd9, 0x2c, 0x24, 0x58, 0xd9, 0xee, 0xd8, 0xf0, 0x9b], ...(taskSwitched ? { at: 0, after: 2 } : { at: 15, after: 16 }) };
     case 'misaligned-load': // pushfq; or dword [rsp], 0x40000 (AC); popfq; mov rax, [rsp - 7] (RSP is 8-aligned: 1 off)
       return { bytes: [0x9c, 0x81, 0x0c, 0x24, 0x00, 0x00, 0x04, 0x00, 0x9d, 0x48, 0x8b, 0x44, 0x24, 0xf9], at: 9, after: 14 };
   }
@@ -294,6 +306,7 @@ export const SINGLE_LEVEL_EXAMPLES: Readonly<Record<string, SingleLevelCase>> = 
     ],
   },
   '#XM': { cpl: 3, steps: [{ instruction: 'sse-unmasked' }] },
+  '#MF': { cpl: 3, steps: [{ instruction: 'fwait-unmasked-x87' }, { instruction: 'x87-with-ts' }, { instruction: 'fwait-unmasked-x87' }] },
   '#AC': { cpl: 3, alignmentCheck: true, steps: [{ instruction: 'misaligned-load' }] },
   'no #AC without CR0.AM': { cpl: 3, steps: [{ instruction: 'misaligned-load' }] },
   '#NM': { cpl: 3, taskSwitched: true, steps: [{ instruction: 'x87-with-ts' }, { instruction: 'sse-unmasked' }] },

@@ -160,6 +160,7 @@ export function firstVectorOf(e: L2Event): number | null {
     case 'sse-unmasked': return 19;
     case 'misaligned-load': return 17;
     case 'x87-with-ts': return 7;
+    case 'fwait-unmasked-x87': return 16;
     case 'mov-from-cr-unprivileged': return null;
   }
 }

@@ -277,6 +277,9 @@ describe('FAULTING_INSTRUCTIONS', () => {
     expect(raisedBy('x87-with-ts', cpl0)).toBeNull();
     expect(raisedBy('fwait-unmasked-x87', { cpl: 0, cr0: { ne: true } })?.vector).toBe(16);
     expect(raisedBy('fwait-unmasked-x87', { cpl: 0, cr0: { ne: true, mp: true, ts: true } })?.vector).toBe(7);
+    // Its first instruction is FNINIT, an x87 instruction: #NM with CR0.TS whatever CR0.MP.
+    expect(raisedBy('fwait-unmasked-x87', { cpl: 3, cr0: { ne: true, ts: true } })?.vector).toBe(7);
+    expect(raisedBy('fwait-unmasked-x87', { cpl: 3, cr0: { ne: true } })).toEqual({ vector: 16, source: 'instruction' });
     expect(() => raisedBy('fwait-unmasked-x87', cpl0)).toThrow(/FERR/);
     expect(raisedBy('sse-unmasked', { cpl: 0, cr4: { osxmmexcpt: true } })?.vector).toBe(19);
     expect(raisedBy('sse-unmasked', cpl0)?.vector).toBe(6);

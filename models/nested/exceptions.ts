@@ -679,10 +679,11 @@ export const FAULTING_INSTRUCTIONS = Object.freeze({
     raises: (ctx: InstructionContext) => (ctx.cr0?.ts ? fault(NM) : null),
   },
   'fwait-unmasked-x87': {
-    description: 'FWAIT with an unmasked x87 exception pending (after FDIV by 0 with FCW.ZM = 0)',
-    citation: 'SDM Interrupt 16 (#MF): with CR0.NE = 1; WAIT with CR0.MP = 1 and TS = 1 is #NM first (SDM Interrupt 7); APM §8.2.16',
+    description: 'FNINIT; FLDCW with IM and ZM unmasked; FLDZ; FDIV ST(0), ST(0) (0/0: invalid operation, now pending); FWAIT',
+    citation:
+      'SDM Vol. 3A §6.15 Interrupt 16 (#MF): with CR0.NE = 1 an unmasked x87 exception is reported at the next waiting x87 instruction or WAIT/FWAIT, no error code, "The saved contents of CS and EIP registers point to the floating-point or WAIT/FWAIT instruction that was about to be executed"; SDM Vol. 1 §8.7; APM Vol. 2 §8.2.16. With CR0.TS = 1 the first x87 instruction (FNINIT) raises #NM instead (SDM Interrupt 7)',
     raises: (ctx: InstructionContext) => {
-      if (ctx.cr0?.mp && ctx.cr0.ts) return fault(NM);
+      if (ctx.cr0?.ts) return fault(NM);
       if (!ctx.cr0?.ne) throw new Error('fwait-unmasked-x87: CR0.NE = 0 (external FERR#) is not modelled');
       return fault(MF);
     },

@@ -87,7 +87,7 @@ export function guestIdt(stack: SingleLevelStack | undefined): IdtSetup {
 export function instructionContext(s: ExceptionStep, cpl: 0 | 3, cr0: CaseCr0 = {}): InstructionContext {
   return {
     cpl,
-    cr0: { am: cr0.alignmentCheck ?? false, ts: cr0.taskSwitched ?? false, mp: true },
+    cr0: { am: cr0.alignmentCheck ?? false, ts: cr0.taskSwitched ?? false, mp: true, ne: true },
     cr4: { osxmmexcpt: true },
     // Only misaligned-load's own code sets RFLAGS.AC (the interpreter clears it after each op).
     rflags: { ac: s.instruction === 'misaligned-load', tf: s.instruction === 'single-step' },

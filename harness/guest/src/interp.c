@@ -76,6 +76,8 @@ static __attribute__((noinline)) int run_caught(struct ctx *x, exec_fn fn, const
 	if (catch_set(&cf)) {
 		clear_ac(); /* an exec op's code may have set RFLAGS.AC: the interpreter runs without it */
 		stack_setup_undo(x->cpu); /* an execStack op's RSP0 and #PF gate */
+		if (x->cpu->fault.vector == 16) /* #MF: the code's x87 exception stays pending; FNINIT (x87 ran at this CPL) */
+			asm volatile("fninit");
 		record_fault(res, x->cpu);
 		return 0;
 	}

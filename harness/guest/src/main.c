@@ -107,13 +107,14 @@ static void lapic_x2apic_on(struct cpu *c)
 	apic_write(c, APIC_REG_SVR, 0x100 | SPURIOUS_VECTOR);
 }
 
-/* SSE on (CR0.MP, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
+/* SSE on (CR0.MP, CR0.NE, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
  * never does (-mgeneral-regs-only). CR0.AM and CR0.TS as the program asks (PROGRAM_FLAG_ALIGNMENT_CHECK, _TASK_SWITCHED). */
 static void enable_sse(void)
 {
 	u64 cr0, cr4;
 	asm volatile("mov %%cr0, %0" : "=r"(cr0));
-	cr0 = (cr0 & ~(1ul << 2)) | (1ul << 1);
+	/* MP, not EM; NE: an unmasked x87 exception is #MF, not the external FERR# line. */
+	cr0 = (cr0 & ~(1ul << 2)) | (1ul << 1) | (1ul << 5);
 	if (PROGRAM->flags & PROGRAM_FLAG_ALIGNMENT_CHECK)
 		cr0 |= 1ul << 18; /* AM */
 	else
