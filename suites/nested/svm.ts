@@ -14,14 +14,16 @@
  * The switches are the APM's (SVM is AMD's architecture): models/nested/svm.ts APM_SVM.
  */
 import fc from 'fast-check';
-import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVectorOf, svmCaseArb, svmCaseOps, svmRunOp, type L2TssSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
+import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVectorOf, svmCaseArb, svmRunOp, type L2TssSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
 import { encodeStep } from '../../generators/nested.js';
 import { recordsOf, NO_FAULT, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
 import { LAYOUT, THREAD_STATE } from '../../harness/guest/abi.js';
 import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
 import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
-import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
+import { APM_SVM, SVM_EXIT, SVM_L1, decodeEventInj, deliverNested, type NestedOutcome, type SvmIntercepts, type SvmSwitches, type VmExit } from '../../models/nested/svm.js';
+import type { L1Backend } from '../../models/nested/l1.js';
+import type { Op } from '../../ir/ops.js';
 import type { Check } from '../../ir/checks.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
@@ -204,10 +206,31 @@ export interface SvmObservation {
   readonly sharedRuns: number;
 }
 
+/**
+ * The suite's side of an L1 backend (models/nested/l1.ts): the model's backend, the guest op that
+ * runs one L2 event under it, the decoder of that op's record, and why a host cannot run it. SVM's
+ * is the only one; a VMX runtime would bring a vmxRun op (a VMCS, VMLAUNCH) and its decoder (exit
+ * reason, qualification, interruption and IDT-vectoring information) with the same shape, and
+ * only once it has run on a VMX host.
+ */
+export interface L1Runtime<Controls, Exit, Switches, Run, Rec, Observed> {
+  readonly backend: L1Backend<Controls, Exit, Switches>;
+  op(run: Run): Op;
+  observed(rec: Rec): Observed;
+  skipReason(env: Pick<PropertyEnv, 'host' | 'options'>): string | null;
+}
+
+export const SVM_RUNTIME: L1Runtime<SvmIntercepts, VmExit, SvmSwitches, SvmRun, RecordOf<'svmRun'>, ObservedOutcome> = Object.freeze({
+  backend: SVM_L1,
+  op: svmRunOp,
+  observed: observedOf,
+  skipReason: svmSkipReason,
+});
+
 type Recorded = JudgedRun & { readonly record: RecordOf<'svmRun'>; readonly seen: ObservedOutcome };
 
 function* recorded(o: SvmObservation): Iterable<Recorded> {
-  for (const j of o.runs) if (j.record) yield { ...j, record: j.record, seen: observedOf(j.record) } as Recorded;
+  for (const j of o.runs) if (j.record) yield { ...j, record: j.record, seen: SVM_RUNTIME.observed(j.record) } as Recorded;
 }
 
 type Seen = JudgedRun & { readonly seen: ObservedOutcome };
@@ -215,7 +238,7 @@ type Seen = JudgedRun & { readonly seen: ObservedOutcome };
 /** Every run with what it did: its record's outcome, or the VM's shutdown. */
 function* judged(o: SvmObservation): Iterable<Seen> {
   for (const j of o.runs) {
-    if (j.record) yield { ...j, seen: observedOf(j.record) };
+    if (j.record) yield { ...j, seen: SVM_RUNTIME.observed(j.record) };
     else if (j.shutDown) yield { ...j, seen: { kind: 'l1-shutdown' } };
   }
 }
@@ -359,7 +382,7 @@ export function l1VariantOf(env: PropertyEnv): L1Variant {
 
 /** The op L1 really runs: the case's, unless the mutant's L1 drops an intercept bit. */
 function opsFor(c: SvmCase, l1: L1Variant) {
-  const ops = svmCaseOps(c);
+  const ops = c.runs.map((r) => SVM_RUNTIME.op(r));
   const v = l1.dropInterceptVector;
   if (v === undefined) return ops;
   return ops.map((op) => (op.op === 'svmRun' ? { ...op, exceptions: (op.exceptions & ~(1 << v)) >>> 0 } : op));
@@ -489,7 +512,7 @@ export const svmDelivery = defineProperty({
   family: 'nested',
   statement:
     "An event in an SVM guest (L2) — an exception an instruction raises or an EVENTINJ — ends in exactly the place models/nested/svm.ts predicts: L2's own handler (vector, error code, RIP, CR2) or one #VMEXIT to L1 (EXITCODE, EXITINFO1/2, EXITINTINFO, RIP), #DF and SHUTDOWN included; L1 goes on after each",
-  skip: svmSkipReason,
+  skip: (env) => SVM_RUNTIME.skipReason(env),
   facts: async (env: PropertyEnv): Promise<SvmFacts> => ({ switches: APM_SVM, l1: l1VariantOf(env) }),
   arbitrary: (): fc.Arbitrary<SvmCase> => svmCaseArb(),
   examples: () => [KVM_NESTED_EXCEPTIONS_CASE],
