@@ -269,6 +269,7 @@ export async function observeSingleLevel(c: SingleLevelCase, f: SingleLevelFacts
   env.metrics.add('handlerEntries', records.reduce((n, r) => n + Number(r.fields.exceptionsAfter - r.fields.exceptionsBefore), 0));
   for (const j of steps) {
     if (j.step.stack !== undefined) env.metrics.add('notPresentStackSteps');
+    if (j.predicted.entry) env.metrics.add(`vector.${mnemonic(j.predicted.entry.vector).replace('#', '')}`);
     for (const c of j.predicted.chain) {
       if (c.rule === 'stack-push-fault') env.metrics.add('stackPushFaults');
       if (c.rule === 'double-fault') env.metrics.add('doubleFaults');
