@@ -406,6 +406,7 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   const v = firstVectorOf(j.run.event);
   if (v !== null && v < 32) {
     env.metrics.add(`class.${vectorInfo(v).defaultClass}`);
+    env.metrics.add(`event.${mnemonic(v).replace('#', '')}`);
     env.metrics.add(bit(j.run.intercepts.exceptions, v) ? 'intercept.own-vector' : 'intercept.not-own-vector');
   }
   if (j.run.idt.limit !== FULL_IDT_LIMIT) env.metrics.add(j.run.idt.limit === 0 ? 'idt.empty' : 'idt.cut');
