@@ -17,7 +17,8 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * 5: CR0.AM and CR0.TS on request (PROGRAM_FLAGS.alignmentCheck, taskSwitched); RFLAGS.AC cleared after every op.
  * 6: self-checks (ir/checks.ts): prog_header.checks_off/nchecks (was reserved0) point at a table of
  * check_desc after the threads' code; mailbox.checks_failed (was pad0); EXIT_VALUE.checksFailed.
- * 7: LAYOUT.notPresentStack, a stack pointer whose frame pushes fault (svmRun stack bits 3-5, execStack).
+ * 7: LAYOUT.notPresentStack, a stack pointer whose frame pushes fault (svmRun stack bits 3-5, execStack);
+ * CR0.NE set on every vCPU (an unmasked x87 exception is #MF).
  */
 export const GUEST_ABI_VERSION = 7;
 
