@@ -197,7 +197,7 @@ const tssArb: fc.Arbitrary<L2TssSetup> = fc.oneof(
 );
 
 /** L2 code that pushes before it raises (PUSHFQ, PUSH imm): with a not-present RSP it would fault there instead. */
-const USES_STACK: readonly string[] = ['single-step', 'sse-unmasked'];
+const USES_STACK: readonly string[] = ['single-step', 'sse-unmasked', 'fwait-unmasked-x87'];
 export const touchesStack = (e: L2Event): boolean => e.kind === 'instruction' && USES_STACK.includes(e.step.instruction);
 
 function interceptsArb(own: number | null): fc.Arbitrary<L1Intercepts> {
