@@ -77,6 +77,8 @@ describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
     expect(vectors('#GP')).toEqual([13, 13, 13, 13]);
     expect(vectors('#PF')).toEqual([14, 14, 14]);
     expect(vectors('#XM')).toEqual([19]);
+    // #MF at the FWAIT; the catch's FNINIT leaves nothing pending for the next x87 step.
+    expect(vectors('#MF')).toEqual([16, null, 16]);
     expect(vectors('#AC')).toEqual([17]);
     expect(vectors('no #AC without CR0.AM')).toEqual([null]);
     expect(vectors('#NM')).toEqual([7, 7]);
@@ -93,6 +95,42 @@ describe('SINGLE_LEVEL_EXAMPLES under the model', () => {
     expect(predictStep({ instruction: 'int3' }, 0, facts).ripOffset).toBe(1);
     expect(predictStep({ instruction: 'single-step' }, 3, facts).ripOffset).toBe(11);
     expect(predictStep({ instruction: 'div-by-zero' }, 3, facts).ripOffset).toBe(2);
+    // #MF is a fault at the waiting instruction (the FWAIT, byte 15); with CR0.TS the FNINIT at 0 raises #NM.
+    expect(predictStep({ instruction: 'fwait-unmasked-x87' }, 3, facts)).toMatchObject({ entry: { vector: 16, errorCode: null }, ripOffset: 15 });
+    expect(predictStep({ instruction: 'fwait-unmasked-x87' }, 0, facts, { taskSwitched: true })).toMatchObject({ entry: { vector: 7 }, ripOffset: 0 });
+  });
+  it('a not-present stack: the push #PF (P = 0, W = 1, U = 0, CR2 = the 16-aligned RSP − 8) on IST 1, else #DF(0) with no RIP claim', () => {
+    const push = 0x10_0000_0ff8n; // LAYOUT.notPresentStack = 64 GiB + 4 KiB + 8
+    const at = (name: string) => SINGLE_LEVEL_EXAMPLES[name]!;
+    const p3 = at('#PF pushing the frame on RSP0, then #DF').steps.map((s) => predictStep(s, 3, facts));
+    expect(p3.map((p) => p.entry)).toEqual([{ kind: 'handler', vector: 14, errorCode: 2, cr2: push }, { kind: 'handler', vector: 8, errorCode: 0 }, { kind: 'handler', vector: 8, errorCode: 0 }]);
+    expect(p3.map((p) => p.ripOffset)).toEqual([0, null, null]);
+    expect(p3[1]!.chain.map((c) => c.rule)).toEqual(['raised', 'stack-push-fault', 'serial', 'stack-push-fault', 'double-fault', 'handler-entered']);
+    const p0 = at('#PF pushing the frame on the CPL-0 stack, then #DF').steps.map((s) => predictStep(s, 0, facts));
+    expect(p0.map((p) => [p.entry?.vector, p.entry?.cr2, p.ripOffset])).toEqual([[14, push, 10], [8, undefined, null]]);
+    // The single-step #DB is a trap: a fault vectoring it reports the RIP after the NOP.
+    expect(predictStep({ instruction: 'single-step', stack: 'rsp0-pf-ist' }, 3, facts)).toMatchObject({ entry: { vector: 14, cr2: push }, ripOffset: 11 });
+    // A step that raises nothing never pushes a frame.
+    expect(predictStep({ instruction: 'misaligned-load', stack: 'rsp0' }, 3, facts).entry).toBeNull();
+    // The ops: execStack with RSP0 (bit 0) and the #PF gate on IST 1 (bit 1); at CPL 0 the code moves RSP itself.
+    expect(singleLevelOps(at('#PF pushing the frame on RSP0, then #DF')).map((o) => (o.op === 'execStack' ? o.stack : null))).toEqual([3, 1, 1]);
+    const ops0 = singleLevelOps(at('#PF pushing the frame on the CPL-0 stack, then #DF'));
+    expect(ops0.map((o) => (o.op === 'execStack' ? o.stack : null))).toEqual([2, 0]);
+    expect(encodeStep({ instruction: 'ud2', stack: 'rsp' }).bytes.slice(0, 10)).toEqual([0x48, 0xbc, 0x08, 0x10, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00]);
+  });
+  it('takes a stack only where the guest can: CPL 3 RSP0 set-ups, CPL 0 RSP set-ups for ud2, into-64, div-by-zero', () => {
+    const cases = fc.sample(singleLevelCaseArb(), { numRuns: 400, seed: 2 });
+    const steps = cases.flatMap((c) => c.steps.map((s) => ({ cpl: c.cpl, s })));
+    expect(steps.filter(({ s }) => s.stack !== undefined).length).toBeGreaterThan(20);
+    for (const { cpl, s } of steps) {
+      if (s.stack === undefined) continue;
+      if (cpl === 3) expect(['rsp0', 'rsp0-pf-ist']).toContain(s.stack);
+      else {
+        expect(['rsp', 'rsp-pf-ist']).toContain(s.stack);
+        expect(['ud2', 'into-64', 'div-by-zero']).toContain(s.instruction);
+      }
+      expect(encodeStep(s).bytes.length).toBeLessThanOrEqual(16);
+    }
   });
   it('the SDM and APM presets agree on every generated case (no delivery fault but the EXT-free gate-DPL #GP)', () => {
     fc.assert(

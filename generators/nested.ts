@@ -17,9 +17,10 @@
  *    op); the case's alignmentCheck sets CR0.AM, so #AC arises at CPL 3 exactly when it is on
  *    (a hypervisor that runs guest user mode on the host's CR0, where Linux sets AM, must not
  *    raise it when the guest's CR0.AM is clear);
- *  - fwait-unmasked-x87: CR0.NE is not set by the guest (PVH boot), which the model does not
- *    cover (external FERR#); x87-with-ts and the SSE step run with CR0.TS as the case's
- *    taskSwitched says (then #NM);
+ *  - (fwait-unmasked-x87 is in: the guest sets CR0.NE (main.c enable_sse), so the pending x87
+ *    exception is #MF at the FWAIT, not external FERR#; the step starts with FNINIT, and an op
+ *    that took #MF runs FNINIT again in its catch, so no x87 state crosses steps); x87-with-ts,
+ *    fwait-unmasked-x87 and the SSE step run with CR0.TS as the case's taskSwitched says (then #NM);
  *  - store-read-only, fetch-no-execute, load-reserved-bit, user-load-supervisor-page: every page is
  *    a present, writable, executable user page (entry.S build_page_tables: 2 MiB pages, 0x87);
  *    these need a guest op that edits a paging entry;
@@ -28,10 +29,25 @@
  *  - INT n at CPL 0 for a vector whose exception pushes an error code (INT n pushes none, and the
  *    guest's stub for that vector expects one), for NMI (2, the guest's NMI path) and for 32–255
  *    (the guest's interrupt path, which does not catch): only the other vectors below 32;
- *  - descriptor-table set-ups that make delivery fault (#DF, triple fault): the guest has one IDT.
+ *  - #TS from an instruction: in IA-32e mode there is no task switch (SDM Vol. 3A §8.7 "Task
+ *    switching is not supported in IA-32e mode"; a task gate in the IDT or a far CALL/JMP to a TSS
+ *    is #GP, IRET with NT = 1 is #GP), so #TS comes only from reading a stack pointer out of the
+ *    TSS beyond TR.limit: on delivery (RSP0/IST, generators/nestedSvm.ts limitCut) and on a far
+ *    CALL through a call gate to a more privileged code segment (SDM Vol. 2A CALL, IA-32e
+ *    "CALL-GATE-MORE-PRIVILEGE": #TS(TSS selector) when the RSPn slot is beyond the limit), which
+ *    needs a call gate and a return path in the guest and is not generated;
+ *  - descriptor-table set-ups that make delivery fault: the guest has one IDT. What it can do is
+ *    the stack a delivery pushes its frame onto (a step's `stack`, the execStack op): RSP0 at a
+ *    not-present page (CPL 3), or the step's own code moving RSP there first (CPL 0), so the push
+ *    raises #PF during delivery; that #PF goes on the same stack (#PF then #PF: #DF, which runs on
+ *    the guest's good IST 1) unless the step also puts the #PF gate on IST 1 (then #PF enters its
+ *    handler, CR2 = the push). Not a bad IST 1: the #DF would shut the VM down, which a single
+ *    level cannot report per step. At CPL 0 only ud2, into-64 and div-by-zero take a stack: they
+ *    always raise, in at most 6 bytes after the 10 of MOVABS RSP, and never touch the stack first.
  */
 import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
+import { LAYOUT } from '../harness/guest/abi.js';
 import type { FaultingInstructionName } from '../models/nested/exceptions.js';
 import { vectorInfo } from '../models/nested/classes.js';
 
@@ -53,12 +69,29 @@ export const SINGLE_LEVEL_INSTRUCTIONS = [
   'store-unmapped',
   'misaligned-load',
   'x87-with-ts',
+  'fwait-unmasked-x87',
 ] as const satisfies readonly FaultingInstructionName[];
 
 export type SingleLevelInstruction = (typeof SINGLE_LEVEL_INSTRUCTIONS)[number];
 
+/**
+ * Where a single-level step's delivery pushes its frame (LAYOUT.notPresentStack: canonical, not
+ * mapped), and whether the #PF that raises enters on IST 1 ('-pf-ist'):
+ *  - 'rsp0', 'rsp0-pf-ist': CPL 3; the TSS's RSP0 there while the step runs (execStack bit 0);
+ *  - 'rsp', 'rsp-pf-ist': CPL 0; the step's code loads RSP with it first (an IST-0 gate at CPL 0
+ *    pushes onto the current stack); the op's catch puts RSP back.
+ */
+export type SingleLevelStack = 'rsp0' | 'rsp0-pf-ist' | 'rsp' | 'rsp-pf-ist';
+
+export const CPL0_STACK_INSTRUCTIONS = ['ud2', 'into-64', 'div-by-zero'] as const satisfies readonly SingleLevelInstruction[];
+
+/** execStack's stack operand for a step's stack (bit 0 RSP0, bit 1 the #PF gate on IST 1). */
+export const STACK_BITS: Readonly<Record<SingleLevelStack, number>> = Object.freeze({ rsp0: 1, 'rsp0-pf-ist': 3, rsp: 0, 'rsp-pf-ist': 2 });
+
 export interface ExceptionStep {
   readonly instruction: SingleLevelInstruction;
+  /** Single level only: the stack its delivery pushes onto (default: the guest's good stacks). */
+  readonly stack?: SingleLevelStack;
   /** load/store: the address touched (CR2 of its #PF); stack-load-non-canonical: the offset added to RSP. */
   readonly address?: bigint;
   /** int-n: the immediate. */
@@ -88,8 +121,18 @@ function addressOf(s: ExceptionStep): bigint {
   return s.address;
 }
 
+/** MOVABS RSP, LAYOUT.notPresentStack: what a CPL-0 step with a stack runs first. */
+const MOV_RSP_NOT_PRESENT: readonly number[] = [0x48, 0xbc, ...le64(BigInt(LAYOUT.notPresentStack))];
+
 /** `taskSwitched`: CR0.TS is set, so an SSE step raises #NM at its first SSE instruction. */
 export function encodeStep(s: ExceptionStep, taskSwitched = false): EncodedStep {
+  const plain = encodeInstruction(s, taskSwitched);
+  if (s.stack !== 'rsp' && s.stack !== 'rsp-pf-ist') return plain;
+  const n = MOV_RSP_NOT_PRESENT.length;
+  return { bytes: [...MOV_RSP_NOT_PRESENT, ...plain.bytes], at: plain.at + n, after: plain.after + n };
+}
+
+function encodeInstruction(s: ExceptionStep, taskSwitched: boolean): EncodedStep {
   switch (s.instruction) {
     case 'div-by-zero': // xor ecx, ecx; div rcx
       return { bytes: [0x31, 0xc9, 0x48, 0xf7, 0xf1], at: 2, after: 5 };
@@ -117,6 +160,9 @@ export function encodeStep(s: ExceptionStep, taskSwitched = false): EncodedStep 
       return { bytes: [0x0f, 0x20, 0xc0], at: 0, after: 3 };
     case 'x87-with-ts': // fld1; fstp st(0) (the x87 stack stays balanced when nothing faults)
       return { bytes: [0xd9, 0xe8, 0xdd, 0xd8], at: 0, after: 2 };
+    // fninit; push 0x37a (FCW: IM, ZM unmasked); fldcw [rsp]; pop rax; fldz; fdiv st(0), st(0) (0/0: IE pending); fwait (#MF)
+    case 'fwait-unmasked-x87':
+      return { bytes: [0xdb, 0xe3, 0x68, 0x7a, 0x03, 0x00, 0x00, 0xd9, 0x2c, 0x24, 0x58, 0xd9, 0xee, 0xd8, 0xf0, 0x9b], ...(taskSwitched ? { at: 0, after: 2 } : { at: 15, after: 16 }) };
     case 'misaligned-load': // pushfq; or dword [rsp], 0x40000 (AC); popfq; mov rax, [rsp - 7] (RSP is 8-aligned: 1 off)
       return { bytes: [0x9c, 0x81, 0x0c, 0x24, 0x00, 0x00, 0x04, 0x00, 0x9d, 0x48, 0x8b, 0x44, 0x24, 0xf9], at: 9, after: 14 };
   }
@@ -131,7 +177,10 @@ export function execOp(bytes: readonly number[]): Op {
 }
 
 export function singleLevelOps(c: SingleLevelCase): Op[] {
-  return c.steps.map((s) => execOp(encodeStep(s, c.taskSwitched).bytes));
+  return c.steps.map((s) => {
+    const exec = execOp(encodeStep(s, c.taskSwitched).bytes) as Extract<Op, { op: 'exec' }>;
+    return s.stack === undefined ? exec : { op: 'execStack', lo: exec.lo, hi: exec.hi, stack: STACK_BITS[s.stack] };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,6 +251,17 @@ export interface SingleLevelArbOptions {
   readonly maxSteps?: number;
   /** Where unmapped addresses come from (default: all three regions). */
   readonly unmappedRegions?: readonly UnmappedRegion[];
+  /** Whether steps may take a not-present stack (default: yes). */
+  readonly stacks?: boolean;
+}
+
+/** A step, then (sometimes) a not-present stack its delivery pushes onto, where the CPL allows one. */
+function withStackArb(step: fc.Arbitrary<ExceptionStep>, cpl: Cpl): fc.Arbitrary<ExceptionStep> {
+  return step.chain((s) => {
+    if (cpl === 0 && !(CPL0_STACK_INSTRUCTIONS as readonly string[]).includes(s.instruction)) return fc.constant(s);
+    const stacks: readonly SingleLevelStack[] = cpl === 3 ? ['rsp0', 'rsp0-pf-ist'] : ['rsp', 'rsp-pf-ist'];
+    return fc.oneof({ weight: 4, arbitrary: fc.constant(s) }, { weight: 1, arbitrary: fc.constantFrom(...stacks).map((stack) => ({ ...s, stack })) });
+  });
 }
 
 /** A CPL (3 first: it shrinks towards CPL 3), then 1–6 steps, each an instruction with its operands. */
@@ -213,7 +273,10 @@ export function singleLevelCaseArb(opts: SingleLevelArbOptions = {}): fc.Arbitra
       cpl: fc.constant(cpl),
       alignmentCheck: fc.boolean(),
       taskSwitched: fc.boolean(),
-      steps: fc.array(fc.oneof(...instructions.map((i) => instructionArb(i, cpl, opts.unmappedRegions))), { minLength: 1, maxLength: opts.maxSteps ?? 6 }),
+      steps: fc.array(
+        fc.oneof(...instructions.map((i) => (opts.stacks === false ? instructionArb(i, cpl, opts.unmappedRegions) : withStackArb(instructionArb(i, cpl, opts.unmappedRegions), cpl)))),
+        { minLength: 1, maxLength: opts.maxSteps ?? 6 },
+      ),
     }),
   );
 }
@@ -243,9 +306,19 @@ export const SINGLE_LEVEL_EXAMPLES: Readonly<Record<string, SingleLevelCase>> = 
     ],
   },
   '#XM': { cpl: 3, steps: [{ instruction: 'sse-unmasked' }] },
+  '#MF': { cpl: 3, steps: [{ instruction: 'fwait-unmasked-x87' }, { instruction: 'x87-with-ts' }, { instruction: 'fwait-unmasked-x87' }] },
   '#AC': { cpl: 3, alignmentCheck: true, steps: [{ instruction: 'misaligned-load' }] },
   'no #AC without CR0.AM': { cpl: 3, steps: [{ instruction: 'misaligned-load' }] },
   '#NM': { cpl: 3, taskSwitched: true, steps: [{ instruction: 'x87-with-ts' }, { instruction: 'sse-unmasked' }] },
   'INT n at CPL 0': { cpl: 0, steps: [{ instruction: 'int-n', intVector: 0 }, { instruction: 'int-n', intVector: 31 }, { instruction: 'mov-from-cr-unprivileged' }] },
+  '#PF pushing the frame on RSP0, then #DF': {
+    cpl: 3,
+    steps: [
+      { instruction: 'ud2', stack: 'rsp0-pf-ist' },
+      { instruction: 'div-by-zero', stack: 'rsp0' },
+      { instruction: 'load-unmapped', address: 0x10_0000_0000n, stack: 'rsp0' },
+    ],
+  },
+  '#PF pushing the frame on the CPL-0 stack, then #DF': { cpl: 0, steps: [{ instruction: 'ud2', stack: 'rsp-pf-ist' }, { instruction: 'div-by-zero', stack: 'rsp' }] },
   '#PF at CPL 0': { cpl: 0, steps: [{ instruction: 'load-unmapped', address: 0x10_0000_0000n }, { instruction: 'store-unmapped', address: 0xffff_ffff_ffff_f000n }] },
 });

@@ -95,6 +95,30 @@ describe("L2's IDT under the model", () => {
     expect(predictRun(run({ cpl: 3, event: { kind: 'instruction', step: { instruction: 'int-n', intVector: 0x80 } } }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 13, errorCode: 0x402 });
   });
 
+  it('a not-present stack page: the frame push raises #PF (W, CR2 = the aligned RSP − 8), #DF when the #PF uses that stack, shutdown when #DF does', () => {
+    const pfAt = 0x10_0000_0ff8n; // LAYOUT.notPresentStack (64 GiB + 4 KiB + 8) aligned to 16, minus the SS push
+    const rsp0 = { rsp0: 'not-present', ist1: 'ok', limitCut: false } as const;
+    const ist1 = { rsp0: 'ok', ist1: 'not-present', limitCut: false } as const;
+    const idt = (ist: number) => ({ limit: FULL_IDT_LIMIT, notPresent: 0, ist });
+    // From CPL 3: #UD → #PF on RSP0 (serial) → the #PF's push faults too → #DF; on IST 1 (good) its handler runs.
+    expect(predictRun(run({ cpl: 3, tss: rsp0, idt: idt(1 << 8) }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 8, errorCode: 0 });
+    expect(predictRun(run({ cpl: 3, tss: rsp0, idt: idt(1 << 14) }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 14, errorCode: 2, cr2: pfAt });
+    // Intercepting #PF: EXITINFO1 = 2, EXITINFO2 = the push address, EXITINTINFO = the #UD being delivered.
+    expect(predictRun(run({ cpl: 3, tss: rsp0, intercepts: { exceptions: 1 << 14, shutdown: true, intn: false } }), facts).outcome).toEqual({ level: 'L1', kind: 'vmexit', exitCode: 0x4e, exitInfo1: 2n, exitInfo2: pfAt, exitIntInfo: 0x8000_0306n });
+    // #DF on the not-present IST 1: triple fault, the SHUTDOWN exit.
+    expect(predictRun(run({ cpl: 3, tss: { ...rsp0, ist1: 'not-present' }, idt: idt(1 << 8) }), facts).outcome).toMatchObject({ kind: 'vmexit', exitCode: 0x7f });
+    // At CPL 0 an IST-1 gate takes IST 1; L2's own RSP not present faults an IST-0 gate.
+    expect(predictRun(run({ tss: ist1, idt: idt(1 << 6) }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 14, errorCode: 2, cr2: pfAt });
+    expect(predictRun(run({ rsp: 'not-present', idt: idt(1 << 14) }), facts).outcome).toEqual({ level: 'L2', kind: 'handler', vector: 14, errorCode: 2, cr2: pfAt });
+    expect(svmRunOp(run({ rsp: 'not-present', tss: { rsp0: 'not-present', ist1: 'not-present', limitCut: false } }))).toMatchObject({ stack: 8 | 16 | 32 });
+    // L2 at CPL 3 has its own stack: `rsp` applies at CPL 0 only.
+    expect(svmRunOp(run({ cpl: 3, rsp: 'not-present' }))).toMatchObject({ stack: 0 });
+  });
+
+  it('never puts code that pushes before it raises on a not-present RSP', () => {
+    fc.assert(fc.property(svmCaseArb(), (c) => c.runs.every((r) => r.rsp === undefined || (r.cpl === 0 && !(r.event.kind === 'instruction' && ['single-step', 'sse-unmasked', 'fwait-unmasked-x87'].includes(r.event.step.instruction))))), { numRuns: 300 });
+  });
+
   it('a run with no event ends at the VMMCALL after the 16 bytes', () => {
     expect(predictRun(run({ event: { kind: 'instruction', step: { instruction: 'mov-from-cr-unprivileged' } } }), facts)).toMatchObject({ outcome: null, ripOffset: 16 });
   });

@@ -10,14 +10,17 @@
  * The vectors the set-ups and intercepts pick are drawn mostly from the ones that matter to the
  * event (its own vector, #DF, #NP, #GP, #SS, #PF), so the interesting combinations are common.
  *
- * L2 runs at CPL 0 or 3, with a TSS of its own whose RSP0 or IST1 may be non-canonical (#SS) or
- * lie beyond TR.limit (#TS), and some gates on IST 1.
+ * L2 runs at CPL 0 or 3, with a TSS of its own whose RSP0 or IST1 may be non-canonical (#SS), lie
+ * beyond TR.limit (#TS) or point at a canonical page that is not present (LAYOUT.notPresentStack:
+ * the frame push raises #PF during delivery, then #DF when the #PF's own stack is that one, and a
+ * shutdown when #DF's is), and some gates on IST 1. At CPL 0 L2's own RSP may point there too
+ * (`rsp`), for events whose code does not use the stack before they are raised.
  *
  * SHUTDOWN is intercepted in most runs; a run without it runs in a VM of its own (suites/nested/svm.ts),
  * since its triple fault may shut that VM down (l2ShutdownWithoutIntercept).
  *
  * What L1 cannot do yet, so the generator leaves out: NMI and INTR intercepts with real interrupts (L2 runs
- * with IF = 0 and nothing interrupts it), stacks whose frame pushes fault (#PF during delivery).
+ * with IF = 0 and nothing interrupts it).
  */
 import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
@@ -44,9 +47,11 @@ export interface L2IdtSetup {
 }
 
 /** L2's TSS: the stacks a delivery switches to (RSP0 from CPL 3, IST1 for IST gates). */
+export type L2StackPointer = 'ok' | 'non-canonical' | 'not-present';
+
 export interface L2TssSetup {
-  readonly rsp0: 'ok' | 'non-canonical';
-  readonly ist1: 'ok' | 'non-canonical';
+  readonly rsp0: L2StackPointer;
+  readonly ist1: L2StackPointer;
   /** TR.limit 3: neither slot lies inside the TSS (#TS on every stack switch). */
   readonly limitCut: boolean;
 }
@@ -71,6 +76,8 @@ export interface SvmRun {
   readonly idt: L2IdtSetup;
   readonly npt: boolean;
   readonly event: L2Event;
+  /** CPL 0 only: L2's RSP is LAYOUT.notPresentStack, so an IST-0 delivery's frame push faults. */
+  readonly rsp?: 'not-present';
 }
 
 export interface SvmCase {
@@ -100,7 +107,9 @@ export function svmRunOp(r: SvmRun): Op {
     idtLimit: r.idt.limit,
     flags: (r.intercepts.shutdown ? FLAG_SHUTDOWN : 0) | (r.intercepts.intn ? FLAG_INTN : 0) | (r.npt ? FLAG_NPT : 0),
     l2Cpl: r.cpl,
-    stack: (r.tss.rsp0 === 'non-canonical' ? 1 : 0) | (r.tss.ist1 === 'non-canonical' ? 2 : 0) | (r.tss.limitCut ? 4 : 0),
+    stack:
+      (r.tss.rsp0 === 'non-canonical' ? 1 : 0) | (r.tss.ist1 === 'non-canonical' ? 2 : 0) | (r.tss.limitCut ? 4 : 0) |
+      (r.tss.rsp0 === 'not-present' ? 8 : 0) | (r.tss.ist1 === 'not-present' ? 16 : 0) | (r.rsp === 'not-present' && r.cpl === 0 ? 32 : 0),
   };
 }
 
@@ -151,6 +160,7 @@ export function firstVectorOf(e: L2Event): number | null {
     case 'sse-unmasked': return 19;
     case 'misaligned-load': return 17;
     case 'x87-with-ts': return 7;
+    case 'fwait-unmasked-x87': return 16;
     case 'mov-from-cr-unprivileged': return null;
   }
 }
@@ -181,7 +191,14 @@ const tssArb: fc.Arbitrary<L2TssSetup> = fc.oneof(
   { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'non-canonical', ist1: 'ok', limitCut: false }) },
   { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'ok', ist1: 'non-canonical', limitCut: false }) },
   { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'ok', ist1: 'ok', limitCut: true }) },
+  { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'not-present', ist1: 'ok', limitCut: false }) },
+  { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'ok', ist1: 'not-present', limitCut: false }) },
+  { weight: 1, arbitrary: fc.constant<L2TssSetup>({ rsp0: 'not-present', ist1: 'not-present', limitCut: false }) },
 );
+
+/** L2 code that pushes before it raises (PUSHFQ, PUSH imm): with a not-present RSP it would fault there instead. */
+const USES_STACK: readonly string[] = ['single-step', 'sse-unmasked', 'fwait-unmasked-x87'];
+export const touchesStack = (e: L2Event): boolean => e.kind === 'instruction' && USES_STACK.includes(e.step.instruction);
 
 function interceptsArb(own: number | null): fc.Arbitrary<L1Intercepts> {
   return fc.record({ exceptions: vectorSetArb(own), shutdown: fc.oneof({ weight: 5, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }), intn: fc.boolean() });
@@ -189,7 +206,10 @@ function interceptsArb(own: number | null): fc.Arbitrary<L1Intercepts> {
 
 export const svmRunArb: fc.Arbitrary<SvmRun> = l2EventArb.chain((event) => {
   const own = firstVectorOf(event);
-  return fc.record({ intercepts: interceptsArb(own), cpl: fc.constantFrom<0 | 3>(0, 3), tss: tssArb, idt: idtArb(own), npt: fc.boolean(), event: fc.constant(event) });
+  const rsp = touchesStack(event) ? fc.constant(undefined) : fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: fc.constant('not-present' as const) });
+  return fc
+    .record({ intercepts: interceptsArb(own), cpl: fc.constantFrom<0 | 3>(0, 3), tss: tssArb, idt: idtArb(own), npt: fc.boolean(), event: fc.constant(event), rsp })
+    .map(({ rsp: r, ...run }): SvmRun => (r && run.cpl === 0 ? { ...run, rsp: r } : run));
 });
 
 export function svmCaseArb(opts: { readonly maxRuns?: number } = {}): fc.Arbitrary<SvmCase> {

@@ -136,6 +136,17 @@ export const OPS = {
       "and the vCPU's count of exceptions its handlers caught before and after the op (a fault resumes with RFLAGS.TF clear).",
   ),
 
+  execStack: op(
+    0x29,
+    [['lo', 'u64'], ['hi', 'u64'], ['stack', 'u8']],
+    [['rax', 'u64'], ['rdx', 'u64'], ['rflags', 'u64'], ['codeBase', 'u64'], ['faultRip', 'u64'], ['cr2', 'u64'], ['exceptionsBefore', 'u64'], ['exceptionsAfter', 'u64']],
+    'exec (the same code, records and catch) with a stack set-up for its duration: stack bit 0, RSP0 of this vCPU\'s ' +
+      'TSS = LAYOUT.notPresentStack (canonical, not mapped), so a delivery from CPL 3 raises #PF pushing its frame; ' +
+      'bit 1, the #PF gate (vector 14) on IST 1 (the good stack #DF, NMI and #MC use), so that #PF enters its handler. ' +
+      'Both are undone when the code returns or a fault resumes the op. One thread at a time (the IDT is shared).',
+    { allowed: { stack: [0, 1, 2, 3] } },
+  ),
+
   apicRead: op(
     0x30,
     [['reg', 'u16']],
@@ -246,7 +257,8 @@ export const OPS = {
       'tables (and, flags bit 2, with nested paging on, N_CR3 = the guest\'s own identity map), whose code is the 16 bytes ' +
       'lo, hi followed by VMMCALL, with RFLAGS = 2 (IF = 0), RSP 16-byte aligned on a stack of its own, a TSS of its own ' +
       '(RSP0 and IST1 = L2\'s handler stack; stack bit 0: RSP0 non-canonical, bit 1: IST1 non-canonical, bit 2: TR.limit ' +
-      '3, so neither slot can be read) and an IDT of its own: 256 64-bit interrupt gates, DPL 0, IST 1 for the vectors ' +
+      '3, so neither slot can be read; bit 3: RSP0, bit 4: IST1, bit 5: L2\'s own RSP at CPL 0 = LAYOUT.notPresentStack, ' +
+      'canonical but not mapped, so pushing a frame there raises #PF) and an IDT of its own: 256 64-bit interrupt gates, DPL 0, IST 1 for the vectors ' +
       '0-31 set in istVectors and 0 otherwise, limit idtLimit, P = 0 for the vectors 0-31 set in idtNotPresent. Each ' +
       'gate leads to an L2 handler that logs its entry (vector, the error code if the frame has one, the RIP in the frame, ' +
       'CR2) and executes VMMCALL. The VMCB intercepts VMRUN and VMMCALL always, the exceptions set in `exceptions`, ' +
@@ -254,7 +266,7 @@ export const OPS = {
       "EXITINFO2, EXITINTINFO and L2's RIP from the VMCB after the #VMEXIT, where the code lay, and the L2 handler " +
       'entries (at most one: the handler exits). An L1 fault (no SVM: the EFER.SVME write raises #GP) is recorded in the ' +
       'header. Ring 0 and vCPU 0 only.',
-    { allowed: { flags: [0, 1, 2, 3, 4, 5, 6, 7], l2Cpl: [0, 3], stack: [0, 1, 2, 3, 4, 5, 6, 7] }, guestCheck: 'a ring-0 thread on vCPU 0' },
+    { allowed: { flags: [0, 1, 2, 3, 4, 5, 6, 7], l2Cpl: [0, 3], stack: Array.from({ length: 64 }, (_, i) => i) }, guestCheck: 'a ring-0 thread on vCPU 0' },
   ),
 } as const satisfies Record<string, OpDef>;
 

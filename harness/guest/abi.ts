@@ -17,8 +17,10 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * 5: CR0.AM and CR0.TS on request (PROGRAM_FLAGS.alignmentCheck, taskSwitched); RFLAGS.AC cleared after every op.
  * 6: self-checks (ir/checks.ts): prog_header.checks_off/nchecks (was reserved0) point at a table of
  * check_desc after the threads' code; mailbox.checks_failed (was pad0); EXIT_VALUE.checksFailed.
+ * 7: LAYOUT.notPresentStack, a stack pointer whose frame pushes fault (svmRun stack bits 3-5, execStack);
+ * CR0.NE set on every vCPU (an unmasked x87 exception is #MF).
  */
-export const GUEST_ABI_VERSION = 6;
+export const GUEST_ABI_VERSION = 7;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -58,6 +60,14 @@ export const LAYOUT = {
   /** Guest RAM must be at least this large (observations need room above 16 MiB). */
   minRamMiB: 32,
   maxCpus: 16,
+  /**
+   * A canonical address with no translation, 8 bytes above a page boundary: 64 GiB + 4 KiB + 8,
+   * PDPT slot 64, which entry.S leaves zero (map_high fills slots 4 and up only for a program whose
+   * mapLimit reaches them; the nested family's never do). A stack pointer here makes a delivery's
+   * frame push raise #PF: the pushes start at the 16-aligned 64 GiB + 4 KiB, the whole frame lies
+   * in the not-present page below it (models/nested/exceptions.ts 'not-present' stacks).
+   */
+  notPresentStack: 0x10_0000_1008,
 } as const;
 
 export const PROGRAM_MAGIC = 0x504d564b; // 'KVMP'

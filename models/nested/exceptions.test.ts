@@ -277,6 +277,9 @@ describe('FAULTING_INSTRUCTIONS', () => {
     expect(raisedBy('x87-with-ts', cpl0)).toBeNull();
     expect(raisedBy('fwait-unmasked-x87', { cpl: 0, cr0: { ne: true } })?.vector).toBe(16);
     expect(raisedBy('fwait-unmasked-x87', { cpl: 0, cr0: { ne: true, mp: true, ts: true } })?.vector).toBe(7);
+    // Its first instruction is FNINIT, an x87 instruction: #NM with CR0.TS whatever CR0.MP.
+    expect(raisedBy('fwait-unmasked-x87', { cpl: 3, cr0: { ne: true, ts: true } })?.vector).toBe(7);
+    expect(raisedBy('fwait-unmasked-x87', { cpl: 3, cr0: { ne: true } })).toEqual({ vector: 16, source: 'instruction' });
     expect(() => raisedBy('fwait-unmasked-x87', cpl0)).toThrow(/FERR/);
     expect(raisedBy('sse-unmasked', { cpl: 0, cr4: { osxmmexcpt: true } })?.vector).toBe(19);
     expect(raisedBy('sse-unmasked', cpl0)?.vector).toBe(6);
@@ -363,5 +366,36 @@ describe('properties over random IDTs', () => {
       }),
       { numRuns: 200 },
     );
+  });
+});
+
+describe('a not-present stack page: the frame push raises #PF during delivery', () => {
+  // The frame lies below RSP & ~0xf in one not-present page (SDM Vol. 3A §6.14.2: RSP aligned to 16).
+  const NP = 0x10_0000_1008n;
+  const npStack: StackSetup = { kind: 'not-present', rsp: NP };
+  const onDfIst = (stack: StackSetup, extra: Record<number, GateSetup> = {}): IdtSetup => ({ ...goodIdt({ 8: gate({ ist: 1 }), ...extra }), stack, istStacks: { 1: OK_STACK } });
+  it('CR2 is the first push (SS, at the aligned RSP − 8) by default; P = 0, W = 1, U = 0', () => {
+    // #UD's own stack faults; #PF's gate is on a good IST: serial (benign then page fault).
+    const s = setup({ ...onDfIst(npStack, { 14: gate({ ist: 2 }) }), istStacks: { 1: OK_STACK, 2: OK_STACK } }, 3);
+    expect(outcomes(ud, s)).toEqual(handler(14, PF_W, 0x10_0000_0ff8n));
+    expect(outcomes(gp0, s)).toEqual(handler(14, PF_W, 0x10_0000_0ff8n));
+  });
+  it("the 'frame-base' switch reports the frame's lowest address (40 bytes, 48 with an error code)", () => {
+    const sw: ExceptionSwitches = { ...SDM_EXCEPTIONS, stackPushFault: 'frame-base' };
+    const s = setup({ ...onDfIst(npStack, { 14: gate({ ist: 2 }) }), istStacks: { 1: OK_STACK, 2: OK_STACK } }, 3);
+    expect(outcomes(ud, s, sw)).toEqual(handler(14, PF_W, 0x10_0000_1000n - 40n));
+    expect(outcomes(gp0, s, sw)).toEqual(handler(14, PF_W, 0x10_0000_1000n - 48n));
+  });
+  it('the #PF on the same stack faults again: page fault then page fault → #DF (on its good IST)', () => {
+    expect(outcomes(ud, setup(onDfIst(npStack), 3))).toEqual(handler(8, 0));
+    expect(rules(ud, setup(onDfIst(npStack), 0))).toEqual(['raised', 'stack-push-fault', 'serial', 'stack-push-fault', 'double-fault', 'handler-entered']);
+    // Contributory then page fault is serial too, so #GP ends the same way.
+    expect(outcomes(gp0, setup(onDfIst(npStack), 3))).toEqual(handler(8, 0));
+  });
+  it("#DF's own stack not present: a fault while delivering #DF → shutdown", () => {
+    expect(outcomes(ud, setup({ ...onDfIst(npStack), istStacks: { 1: npStack } }))).toEqual(SHUTDOWN);
+  });
+  it('an IST gate whose IST stack is not present, the others good: #PF serially, then the #PF enters on the good stack', () => {
+    expect(outcomes(ud, setup(istStack([6], npStack)))).toEqual(handler(14, PF_W, 0x10_0000_0ff8n));
   });
 });

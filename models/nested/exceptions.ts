@@ -107,6 +107,20 @@ export interface ExceptionSwitches extends VectorClassSwitches {
    *    cause of a difference.
    */
   readonly alignmentCheck?: 'cr0-am-and-rflags-ac' | 'rflags-ac-only';
+  /**
+   * Which address a frame push onto a not-present stack page reports in CR2 (a 'not-present'
+   * StackSetup; the whole frame lies in that page). The manuals pin the alignment (SDM Vol. 3A
+   * §6.14.2: "In IA-32e mode, the RSP is aligned to a 16-byte boundary before pushing the stack
+   * frame"; the INT pseudocode: "RSP ← NewRSP AND FFFFFFFFFFFFFFF0H"; APM Vol. 2 §8.9.3 likewise)
+   * and the order of the pushes in the pseudocode ("Push(far pointer to old stack); (* Old SS and
+   * SP, each an 8-byte push *) Push(RFLAGS); ... Push(ErrorCode)"), but not that the processor
+   * makes them as separate writes in that order, nor which write's #PF it reports first:
+   *  - 'first-push' (default; the pseudocode read literally, and what QEMU's do_interrupt64 and
+   *    KVM's emulator do: PUSHQ of SS first): CR2 = aligned RSP − 8;
+   *  - 'frame-base' (the frame written as one access from its lowest byte): CR2 = aligned RSP − 40,
+   *    or − 48 with an error code.
+   */
+  readonly stackPushFault?: 'first-push' | 'frame-base';
 }
 
 /** The SDM's rules (an Intel processor). */
@@ -161,13 +175,19 @@ export interface GateSetup {
  *  - 'ss': the new RSP is non-canonical → #SS(EXT) (SDM INT pseudocode: "IF NewRSP is
  *    non-canonical THEN #SS(EXT)");
  *  - 'pf': pushing the frame touches a page that faults → #PF with `errorCode` (stackPageFault:
- *    a supervisor write, P as the page has it), CR2 = `address`.
+ *    a supervisor write, P as the page has it), CR2 = `address`;
+ *  - 'not-present': the new RSP is canonical and points into a not-present page, the whole frame
+ *    below it in that page → #PF(P = 0, W = 1, U = 0), CR2 where ExceptionSwitches.stackPushFault
+ *    says (stackPushFaultAddress). The pushes are supervisor writes whatever the old CPL: they are
+ *    made after the switch to the handler's CPL 0 (SDM Vol. 3A §4.6: an access at CPL < 3 is a
+ *    supervisor-mode access; §6.12.1: the processor switches to the handler's stack, then pushes).
  */
 export type StackSetup =
   | { readonly kind: 'ok' }
   | { readonly kind: 'ts'; readonly tssSelector: number }
   | { readonly kind: 'ss' }
-  | { readonly kind: 'pf'; readonly address: bigint; readonly errorCode: number };
+  | { readonly kind: 'pf'; readonly address: bigint; readonly errorCode: number }
+  | { readonly kind: 'not-present'; readonly rsp: bigint };
 
 export interface IdtSetup {
   /** IDTR.limit (bytes − 1). A full 64-bit IDT has 0xfff; KVM's nested_exceptions_test uses 0. */
@@ -223,6 +243,22 @@ export function pageFaultErrorCode(a: PageFaultAccess): number {
 /** A stack whose frame pushes fault: delivery writes it as a supervisor (the handler runs at CPL 0). */
 export function stackPageFault(address: bigint, present = false): StackSetup {
   return { kind: 'pf', address, errorCode: pageFaultErrorCode({ present, write: true, user: false }) };
+}
+
+/**
+ * CR2 of the #PF a frame push raises on a 'not-present' stack, for an event whose frame has an
+ * error code or not (ExceptionSwitches.stackPushFault).
+ */
+export function stackPushFaultAddress(rsp: bigint, hasErrorCode: boolean, sw: Pick<ExceptionSwitches, 'stackPushFault'>): bigint {
+  const aligned = rsp & ~0xfn;
+  return (sw.stackPushFault ?? 'first-push') === 'first-push' ? aligned - 8n : aligned - (hasErrorCode ? 48n : 40n);
+}
+
+/** The #PF a frame push onto `stack` raises (for a 'pf' or 'not-present' stack), or null. */
+function stackPush(stack: StackSetup, e: VectoredEvent, sw: ExceptionSwitches): { readonly errorCode: number; readonly address: bigint } | null {
+  if (stack.kind === 'pf') return stack;
+  if (stack.kind !== 'not-present') return null;
+  return { errorCode: pageFaultErrorCode({ present: false, write: true, user: false }), address: stackPushFaultAddress(stack.rsp, e.errorCode !== null, sw) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,7 +426,7 @@ export const CITATIONS: Readonly<Record<DeliveryRule, string>> = Object.freeze({
   'stack-tss': `${INT_PSEUDOCODE}: (TSSstackAddress + 7) > TSS limit → #TS(error_code(TSS selector,0,EXT))`,
   'stack-non-canonical': `${INT_PSEUDOCODE}: NewRSP non-canonical → #SS(EXT)`,
   'rip-non-canonical': `${INT_PSEUDOCODE}: instruction pointer from the IDT gate not canonical → #GP(EXT)`,
-  'stack-push-fault': `${INT_PSEUDOCODE}: pushing the interrupt frame faults; SDM §4.7 / APM §8.4.2 page-fault error code, CR2 = the address`,
+  'stack-push-fault': `${INT_PSEUDOCODE}: pushing the interrupt frame (RSP first aligned to 16, SDM Vol. 3A §6.14.2) faults; SDM §4.7 / APM §8.4.2 page-fault error code (a supervisor write), CR2 = the address (ExceptionSwitches.stackPushFault)`,
   'handler-entered': 'delivery complete: the handler runs with the frame (and error code) pushed (SDM §6.12.1; APM §8.9.3)',
   serial: 'SDM Vol. 3A §6.15 Interrupt 8, Table 6-5 / APM Vol. 2 §8.2.9: handle exceptions serially',
   'double-fault': 'SDM Vol. 3A §6.15 Interrupt 8, Table 6-5 / APM Vol. 2 §8.2.9: generate #DF, error code 0',
@@ -442,7 +478,8 @@ export function vectorThroughIdt(e: VectoredEvent, setup: DeliverySetup, sw: Exc
   if (stack.kind === 'ts') return fail('stack-tss', exception(TS, (stack.tssSelector & 0xfffc) | ext), `${onStack}'s TSS slot is beyond the TSS limit`);
   if (stack.kind === 'ss') return fail('stack-non-canonical', exception(SS, ext), `${onStack} pointer is non-canonical`);
   if (gate.target === 'non-canonical-rip') return fail('rip-non-canonical', exception(GP, ext), "the gate's handler address is non-canonical");
-  if (stack.kind === 'pf') return fail('stack-push-fault', exception(PF, stack.errorCode, stack.address), `pushing the frame on ${onStack} faults at ${hex(stack.address)}`);
+  const push = stackPush(stack, e, sw);
+  if (push) return fail('stack-push-fault', exception(PF, push.errorCode, push.address), `pushing the frame on ${onStack} faults at ${hex(push.address)}`);
   return { entered: true };
 }
 
@@ -642,10 +679,11 @@ export const FAULTING_INSTRUCTIONS = Object.freeze({
     raises: (ctx: InstructionContext) => (ctx.cr0?.ts ? fault(NM) : null),
   },
   'fwait-unmasked-x87': {
-    description: 'FWAIT with an unmasked x87 exception pending (after FDIV by 0 with FCW.ZM = 0)',
-    citation: 'SDM Interrupt 16 (#MF): with CR0.NE = 1; WAIT with CR0.MP = 1 and TS = 1 is #NM first (SDM Interrupt 7); APM §8.2.16',
+    description: 'FNINIT; FLDCW with IM and ZM unmasked; FLDZ; FDIV ST(0), ST(0) (0/0: invalid operation, now pending); FWAIT',
+    citation:
+      'SDM Vol. 3A §6.15 Interrupt 16 (#MF): with CR0.NE = 1 an unmasked x87 exception is reported at the next waiting x87 instruction or WAIT/FWAIT, no error code, "The saved contents of CS and EIP registers point to the floating-point or WAIT/FWAIT instruction that was about to be executed"; SDM Vol. 1 §8.7; APM Vol. 2 §8.2.16. With CR0.TS = 1 the first x87 instruction (FNINIT) raises #NM instead (SDM Interrupt 7)',
     raises: (ctx: InstructionContext) => {
-      if (ctx.cr0?.mp && ctx.cr0.ts) return fault(NM);
+      if (ctx.cr0?.ts) return fault(NM);
       if (!ctx.cr0?.ne) throw new Error('fwait-unmasked-x87: CR0.NE = 0 (external FERR#) is not modelled');
       return fault(MF);
     },

@@ -9,6 +9,7 @@ import {
   KVM_TEST_L2,
   KVM_TEST_SS_EVENTINJ,
   SVM_EXIT,
+  SVM_L1,
   decodeEventInj,
   deliverNested,
   encodeEventInj,
@@ -227,5 +228,17 @@ describe('intercept routing, every vector', () => {
 describe('the KVM test L2', () => {
   it('is an empty IDT at CPL 0', () => {
     expect(KVM_TEST_L2).toEqual({ idt: { limit: 0, gates: {}, stack: OK_STACK }, cpl: 0 });
+  });
+});
+
+describe('SVM as the L1 backend (l1.ts)', () => {
+  it('names itself, takes what the intercept bits say, and exits on a triple fault only with SHUTDOWN', () => {
+    expect(SVM_L1.name).toBe('svm');
+    const ud = { vector: 6, errorCode: null, kind: 'exception', injected: false } as const;
+    expect(SVM_L1.intercepted(ud, { exceptions: interceptBits(6), shutdown: false })).toBe(true);
+    expect(SVM_L1.intercepted(ud, { exceptions: interceptBits(13), shutdown: false })).toBe(false);
+    expect([SVM_L1.tripleFault({ exceptions: 0, shutdown: true })]).toEqual(vmexit(0x7f, null, null));
+    expect(SVM_L1.tripleFault({ exceptions: 0, shutdown: false })).toBeNull();
+    expect([SVM_L1.exitFor({ kind: 'intercepted', event: ud, delivering: null }, APM_SVM)]).toEqual(vmexit(0x46, null, 0n));
   });
 });

@@ -36,6 +36,7 @@
  * windows, the IRET/NMI-blocking state, decode assists, VMRUN consistency checks on EVENTINJ.
  */
 import { DF } from './classes.js';
+import type { InterceptedEnd, L1Backend } from './l1.js';
 import {
   APM_EXCEPTIONS,
   OK_STACK,
@@ -238,11 +239,26 @@ function exitFor(event: VectoredEvent, exitIntInfo: bigint): VmExit {
 
 const shutdownExit: VmExit = Object.freeze({ level: 'L1', kind: 'vmexit', exitCode: SVM_EXIT.SHUTDOWN, exitInfo1: null, exitInfo2: null, exitIntInfo: null });
 
+/** SVM as an L1 backend (l1.ts): the intercept vector and bits, EXITCODE/EXITINFO1/2/EXITINTINFO, the SHUTDOWN intercept. */
+export const SVM_L1: L1Backend<SvmIntercepts, VmExit, SvmSwitches> = Object.freeze({
+  name: 'svm',
+  manual: 'AMD APM Vol. 2 ch. 15 (§15.7.2 EXITINTINFO, §15.12 exception intercepts, §15.20 EVENTINJ, Appendix C exit codes)',
+  intercepted: isIntercepted,
+  exitFor(end: InterceptedEnd, sw: SvmSwitches): VmExit {
+    const e = end.event;
+    let info = end.delivering ? exitIntInfoOf(end.delivering) : 0n;
+    if (e.kind === 'exception' && e.vector === DF && end.replaced && sw.doubleFaultExitIntInfo === 'replaced-event') info = exitIntInfoOf(end.replaced);
+    return exitFor(e, info);
+  },
+  tripleFault: (i: SvmIntercepts) => (i.shutdown ? shutdownExit : null),
+});
+
 /** One event in L2: the L2 handler entry, the #VMEXIT L1 sees, or L1's shutdown. */
 export function deliverNested(c: NestedCase, sw: SvmSwitches = APM_SVM): NestedResult {
+  const l1 = SVM_L1;
   const start = c.event.kind === 'raised' ? vectoredOf(c.event.raised) : vectoredOfEventInj(c.event.eventInj);
   const { steps, end } = followChain(start, c.l2, sw.exceptions, {
-    intercepted: (e) => isIntercepted(e, c.intercepts),
+    intercepted: (e) => l1.intercepted(e, c.intercepts),
     interceptFaultDuringDoubleFault: sw.faultDuringDoubleFault === 'intercept-first',
   });
   const chain = [...steps];
@@ -252,17 +268,15 @@ export function deliverNested(c: NestedCase, sw: SvmSwitches = APM_SVM): NestedR
     case 'handler':
       return { outcomes: [{ level: 'L2', ...handlerEntry(end.event) }], chain };
     case 'intercepted': {
-      const e = end.event;
-      let info = end.delivering ? exitIntInfoOf(end.delivering) : 0n;
-      if (e.kind === 'exception' && e.vector === DF && end.replaced && sw.doubleFaultExitIntInfo === 'replaced-event') info = exitIntInfoOf(end.replaced);
-      const exit = exitFor(e, info);
-      chain[chain.length - 1] = { ...chain[chain.length - 1]!, summary: `${describeEvent(e)} is intercepted: #VMEXIT(${hex(exit.exitCode)})` };
+      const exit = l1.exitFor(end, sw);
+      chain[chain.length - 1] = { ...chain[chain.length - 1]!, summary: `${describeEvent(end.event)} is intercepted: #VMEXIT(${hex(exit.exitCode)})` };
       return { outcomes: [exit], chain };
     }
-    case 'shutdown':
-      if (c.intercepts.shutdown) {
+    case 'shutdown': {
+      const asked = l1.tripleFault(c.intercepts);
+      if (asked) {
         note('shutdown-intercepted', 'L2 shuts down and L1 intercepts SHUTDOWN: #VMEXIT(0x7f)', end.doubleFault);
-        return { outcomes: [shutdownExit], chain };
+        return { outcomes: [asked], chain };
       }
       if (sw.l2ShutdownWithoutIntercept === 'vmexit') {
         note('shutdown-not-intercepted', 'L2 shuts down; L1 does not intercept SHUTDOWN, but the host exits to L1 anyway: #VMEXIT(0x7f)', end.doubleFault);
@@ -270,6 +284,7 @@ export function deliverNested(c: NestedCase, sw: SvmSwitches = APM_SVM): NestedR
       }
       note('shutdown-not-intercepted', 'L2 shuts down and L1 does not intercept SHUTDOWN: the machine (L1) shuts down', end.doubleFault);
       return { outcomes: [{ level: 'L1', kind: 'shutdown' }], chain };
+    }
   }
 }
 

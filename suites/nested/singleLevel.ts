@@ -7,17 +7,21 @@
  * the guest's 256 present DPL-0 interrupt gates); the guest's catch records the vector, error
  * code, RIP and CR2 its handler saw, and how many exceptions its handlers took.
  *
- * The switches follow the host's vendor (APM on AMD, SDM otherwise); with a good IDT the only
- * delivery fault is INT n's gate-DPL #GP, whose EXT is 0 under both, so they agree here.
+ * The switches follow the host's vendor (APM on AMD, SDM otherwise). The delivery faults here are
+ * INT n's gate-DPL #GP, whose EXT is 0 under both, and a step's not-present stack (its `stack`):
+ * the frame push's #PF, which has no EXT bit, and the #DF (error code 0) that follows when that #PF
+ * goes on the same stack; so they agree.
  */
 import fc from 'fast-check';
-import { encodeStep, singleLevelCaseArb, singleLevelOps, type ExceptionStep, type SingleLevelCase } from '../../generators/nested.js';
+import { encodeStep, singleLevelCaseArb, singleLevelOps, type ExceptionStep, type SingleLevelCase, type SingleLevelStack } from '../../generators/nested.js';
 import { recordsOf, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
-import { THREAD_STATE } from '../../harness/guest/abi.js';
-import { GP, PF, UD, mnemonic } from '../../models/nested/classes.js';
+import { LAYOUT, THREAD_STATE } from '../../harness/guest/abi.js';
+import { DF, GP, PF, UD, mnemonic } from '../../models/nested/classes.js';
 import {
   APM_EXCEPTIONS,
+  GOOD_GATE,
+  OK_STACK,
   PF_U,
   SDM_EXCEPTIONS,
   deliver,
@@ -28,7 +32,9 @@ import {
   type DeliveryStep,
   type ExceptionSwitches,
   type HandlerEntry,
+  type IdtSetup,
   type InstructionContext,
+  type StackSetup,
 } from '../../models/nested/exceptions.js';
 import type { Check } from '../../ir/checks.js';
 import { NO_FAULT } from '../../ir/ops.js';
@@ -61,14 +67,27 @@ export interface StepPrediction {
   readonly chain: readonly DeliveryStep[];
 }
 
-/** The guest's IDT (main.c setup_idt): 256 present 64-bit interrupt gates, DPL 0; every stack is good. */
-const GUEST_IDT = goodIdt();
+const IST1 = { ...GOOD_GATE, ist: 1 };
+/** The guest's IDT (main.c setup_idt): 256 present 64-bit interrupt gates, DPL 0; NMI, #DF and #MC on IST 1; every stack is good. */
+const GUEST_IDT: IdtSetup = { ...goodIdt({ 2: IST1, 8: IST1, 18: IST1 }), istStacks: { 1: OK_STACK } };
+const NOT_PRESENT: StackSetup = Object.freeze({ kind: 'not-present', rsp: BigInt(LAYOUT.notPresentStack) });
+
+/**
+ * The guest's IDT for a step's stack (generators/nested.ts SingleLevelStack): the stack an IST-0
+ * gate pushes onto (RSP0 from CPL 3, the current RSP at CPL 0) at LAYOUT.notPresentStack, and
+ * for the '-pf-ist' set-ups the #PF gate on IST 1 (execStack bit 1).
+ */
+export function guestIdt(stack: SingleLevelStack | undefined): IdtSetup {
+  if (stack === undefined) return GUEST_IDT;
+  const pfIst = stack === 'rsp0-pf-ist' || stack === 'rsp-pf-ist';
+  return { ...GUEST_IDT, gates: pfIst ? { ...GUEST_IDT.gates, 14: IST1 } : GUEST_IDT.gates, stack: NOT_PRESENT };
+}
 
 /** The guest state an instruction's exception depends on (main.c enable_sse, entry.S). */
 export function instructionContext(s: ExceptionStep, cpl: 0 | 3, cr0: CaseCr0 = {}): InstructionContext {
   return {
     cpl,
-    cr0: { am: cr0.alignmentCheck ?? false, ts: cr0.taskSwitched ?? false, mp: true },
+    cr0: { am: cr0.alignmentCheck ?? false, ts: cr0.taskSwitched ?? false, mp: true, ne: true },
     cr4: { osxmmexcpt: true },
     // Only misaligned-load's own code sets RFLAGS.AC (the interpreter clears it after each op).
     rflags: { ac: s.instruction === 'misaligned-load', tf: s.instruction === 'single-step' },
@@ -85,22 +104,33 @@ export function predictStep(s: ExceptionStep, cpl: 0 | 3, f: SingleLevelFacts, c
   if (!raised) return { entry: null, ripOffset: null, chain: [] };
   if (f.variant.gpAsUd && raised.source === 'instruction' && raised.vector === GP) raised = { vector: UD, source: 'instruction' };
   if (f.variant.pageFaultUserBit === false && raised.vector === PF && raised.errorCode !== undefined) raised = { ...raised, errorCode: raised.errorCode & ~PF_U };
-  const r = deliver(raised, { idt: GUEST_IDT, cpl }, f.switches);
+  const r = deliver(raised, { idt: guestIdt(s.stack), cpl }, f.switches);
   const out = r.outcomes[0];
   if (!out || out.kind !== 'handler') throw new Error(`predictStep: ${s.instruction} does not enter a handler with the guest's IDT`);
   const entry: HandlerEntry = out;
   const faulted = r.chain.some((c) => c.rule !== 'raised' && c.rule !== 'handler-entered');
   // A trap (INT n, INT3, the single-step #DB) reports the RIP after its instruction; a fault, and
-  // a fault raised while vectoring, the RIP of the instruction (SDM §6.5; APM §8.2).
+  // a fault raised while vectoring, the RIP of the instruction (SDM §6.5; APM §8.2). The #DB trap
+  // has completed its instruction either way, so a fault vectoring it reports the next one too.
+  // #DF: no claim (SDM Interrupt 8, "Saved Instruction Pointer: The saved contents of CS and EIP
+  // registers are undefined"; APM §8.2.9 likewise leaves the saved rIP undefined).
   const enc = encodeStep(s, cr0.taskSwitched);
-  const trap = !faulted && (raised.source === 'software-int' || s.instruction === 'single-step');
-  return { entry, ripOffset: trap ? enc.after : enc.at, chain: r.chain };
+  const trap = s.instruction === 'single-step' || (!faulted && raised.source === 'software-int');
+  return { entry, ripOffset: entry.vector === DF ? null : trap ? enc.after : enc.at, chain: r.chain };
 }
 
+const STACK_TEXT: Readonly<Record<SingleLevelStack, string>> = Object.freeze({
+  rsp0: 'RSP0 not present',
+  'rsp0-pf-ist': 'RSP0 not present, #PF on IST 1',
+  rsp: 'RSP not present',
+  'rsp-pf-ist': 'RSP not present, #PF on IST 1',
+});
+
 export function describeStep(s: ExceptionStep): string {
-  if (s.instruction === 'int-n') return `INT ${hex(s.intVector ?? 0)}`;
-  if (s.address !== undefined) return `${s.instruction} ${hex(s.address)}`;
-  return s.instruction;
+  const stack = s.stack === undefined ? '' : ` (${STACK_TEXT[s.stack]})`;
+  if (s.instruction === 'int-n') return `INT ${hex(s.intVector ?? 0)}${stack}`;
+  if (s.address !== undefined) return `${s.instruction} ${hex(s.address)}${stack}`;
+  return `${s.instruction}${stack}`;
 }
 
 function describeEntry(e: HandlerEntry | null): string {
@@ -228,7 +258,8 @@ export async function observeSingleLevel(c: SingleLevelCase, f: SingleLevelFacts
     { role: 'workload' },
   );
   if (!run.ok) return run;
-  const records = recordsOf(run.value.records[0] ?? [], 'exec');
+  const all = run.value.records[0] ?? [];
+  const records = [...recordsOf(all, 'exec'), ...(recordsOf(all, 'execStack') as unknown as RecordOf<'exec'>[])];
   const steps = c.steps.map((step, index) => {
     const record = records.find((r) => r.opIndex === index);
     return { index, step, predicted: predictStep(step, c.cpl, f, c), ...(record ? { record } : {}) };
@@ -236,6 +267,14 @@ export async function observeSingleLevel(c: SingleLevelCase, f: SingleLevelFacts
   env.metrics.add('exceptionCases');
   env.metrics.add('faultingInstructions', c.steps.length);
   env.metrics.add('handlerEntries', records.reduce((n, r) => n + Number(r.fields.exceptionsAfter - r.fields.exceptionsBefore), 0));
+  for (const j of steps) {
+    if (j.step.stack !== undefined) env.metrics.add('notPresentStackSteps');
+    if (j.predicted.entry) env.metrics.add(`vector.${mnemonic(j.predicted.entry.vector).replace('#', '')}`);
+    for (const c of j.predicted.chain) {
+      if (c.rule === 'stack-push-fault') env.metrics.add('stackPushFaults');
+      if (c.rule === 'double-fault') env.metrics.add('doubleFaults');
+    }
+  }
   return { ok: true, value: { c, steps, threadState: Number(run.value.vm.threads[0]?.status.state ?? -1n), recordCount: (run.value.records[0] ?? []).length } };
 }
 

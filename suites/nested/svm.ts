@@ -14,14 +14,16 @@
  * The switches are the APM's (SVM is AMD's architecture): models/nested/svm.ts APM_SVM.
  */
 import fc from 'fast-check';
-import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVectorOf, svmCaseArb, svmCaseOps, svmRunOp, type L2TssSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
+import { FULL_IDT_LIMIT, KVM_NESTED_EXCEPTIONS_CASE, L2_TR_SELECTOR, firstVectorOf, svmCaseArb, svmRunOp, type L2TssSetup, type SvmCase, type SvmRun } from '../../generators/nestedSvm.js';
 import { encodeStep } from '../../generators/nested.js';
 import { recordsOf, NO_FAULT, type RecordOf } from '../../ir/ops.js';
 import { DEFAULT_CANARY } from '../../ir/program.js';
-import { THREAD_STATE } from '../../harness/guest/abi.js';
+import { LAYOUT, THREAD_STATE } from '../../harness/guest/abi.js';
 import { mnemonic, vectorInfo } from '../../models/nested/classes.js';
 import { GOOD_GATE, OK_STACK, describeErrorCode, hex, raisedBy, type DeliverySetup, type DeliveryStep, type GateSetup, type RaisedEvent, type StackSetup } from '../../models/nested/exceptions.js';
-import { APM_SVM, SVM_EXIT, decodeEventInj, deliverNested, type NestedOutcome, type SvmSwitches } from '../../models/nested/svm.js';
+import { APM_SVM, SVM_EXIT, SVM_L1, decodeEventInj, deliverNested, type NestedOutcome, type SvmIntercepts, type SvmSwitches, type VmExit } from '../../models/nested/svm.js';
+import type { L1Backend } from '../../models/nested/l1.js';
+import type { Op } from '../../ir/ops.js';
 import type { Check } from '../../ir/checks.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type ReproPlan } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
@@ -58,20 +60,24 @@ export function svmSkipReason(env: Pick<PropertyEnv, 'host' | 'options'>): strin
 
 const bit = (mask: number, v: number) => v < 32 && ((mask >>> v) & 1) === 1;
 
-/** A TSS stack slot as the model sees it: beyond TR.limit (#TS), non-canonical (#SS), or good. */
+/** svm.c's not-present stack pointer as the model sees it: the frame push faults. */
+export const NOT_PRESENT_STACK: StackSetup = Object.freeze({ kind: 'not-present', rsp: BigInt(LAYOUT.notPresentStack) });
+
+/** A TSS stack slot as the model sees it: beyond TR.limit (#TS), non-canonical (#SS), not present (#PF), or good. */
 function slot(tss: L2TssSetup, which: 'rsp0' | 'ist1'): StackSetup {
   if (tss.limitCut) return { kind: 'ts', tssSelector: L2_TR_SELECTOR };
-  return tss[which] === 'non-canonical' ? { kind: 'ss' } : OK_STACK;
+  return tss[which] === 'non-canonical' ? { kind: 'ss' } : tss[which] === 'not-present' ? NOT_PRESENT_STACK : OK_STACK;
 }
 
 /**
  * L2's IDT, stacks and CPL as the model sees them (svm.c): 256 gates, DPL 0, P and IST as the set-up
  * says; an IST-0 gate uses the current stack at CPL 0 (no TSS read) and RSP0 from CPL 3.
  */
-export function l2SetupOf(r: Pick<SvmRun, 'idt' | 'tss' | 'cpl'>): DeliverySetup {
+export function l2SetupOf(r: Pick<SvmRun, 'idt' | 'tss' | 'cpl' | 'rsp'>): DeliverySetup {
   const gates: Record<number, GateSetup> = {};
   for (let v = 0; v < 256; v++) gates[v] = { ...GOOD_GATE, present: !bit(r.idt.notPresent, v), ist: bit(r.idt.ist, v) ? 1 : 0 };
-  return { idt: { limit: r.idt.limit, gates, stack: r.cpl === 3 ? slot(r.tss, 'rsp0') : OK_STACK, istStacks: { 1: slot(r.tss, 'ist1') } }, cpl: r.cpl };
+  const current = r.rsp === 'not-present' ? NOT_PRESENT_STACK : OK_STACK;
+  return { idt: { limit: r.idt.limit, gates, stack: r.cpl === 3 ? slot(r.tss, 'rsp0') : current, istStacks: { 1: slot(r.tss, 'ist1') } }, cpl: r.cpl };
 }
 
 export interface RunPrediction {
@@ -129,7 +135,7 @@ function describeEvent(r: SvmRun): string {
 function describeSetup(r: SvmRun): string {
   const vecs = (mask: number) => Array.from({ length: 32 }, (_, v) => v).filter((v) => bit(mask, v)).map((v) => mnemonic(v)).join(',') || 'none';
   const tss = [r.tss.rsp0 !== 'ok' ? `RSP0 ${r.tss.rsp0}` : '', r.tss.ist1 !== 'ok' ? `IST1 ${r.tss.ist1}` : '', r.tss.limitCut ? 'TR.limit 3' : ''].filter(Boolean).join(', ');
-  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 at CPL ${r.cpl}, IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.idt.ist ? ` IST1 ${vecs(r.idt.ist)}` : ''}${tss ? `; TSS ${tss}` : ''}${r.npt ? '; NPT' : ''}`;
+  return `intercepts ${vecs(r.intercepts.exceptions)}${r.intercepts.intn ? '+INTn' : ''}${r.intercepts.shutdown ? '+SHUTDOWN' : ''}; L2 at CPL ${r.cpl}${r.rsp && r.cpl === 0 ? ` on RSP ${r.rsp}` : ''}, IDT limit ${hex(r.idt.limit)}${r.idt.notPresent ? ` not-present ${vecs(r.idt.notPresent)}` : ''}${r.idt.ist ? ` IST1 ${vecs(r.idt.ist)}` : ''}${tss ? `; TSS ${tss}` : ''}${r.npt ? '; NPT' : ''}`;
 }
 
 export function describeOutcome(o: NestedOutcome | null): string {
@@ -200,10 +206,31 @@ export interface SvmObservation {
   readonly sharedRuns: number;
 }
 
+/**
+ * The suite's side of an L1 backend (models/nested/l1.ts): the model's backend, the guest op that
+ * runs one L2 event under it, the decoder of that op's record, and why a host cannot run it. SVM's
+ * is the only one; a VMX runtime would bring a vmxRun op (a VMCS, VMLAUNCH) and its decoder (exit
+ * reason, qualification, interruption and IDT-vectoring information) with the same shape, and
+ * only once it has run on a VMX host.
+ */
+export interface L1Runtime<Controls, Exit, Switches, Run, Rec, Observed> {
+  readonly backend: L1Backend<Controls, Exit, Switches>;
+  op(run: Run): Op;
+  observed(rec: Rec): Observed;
+  skipReason(env: Pick<PropertyEnv, 'host' | 'options'>): string | null;
+}
+
+export const SVM_RUNTIME: L1Runtime<SvmIntercepts, VmExit, SvmSwitches, SvmRun, RecordOf<'svmRun'>, ObservedOutcome> = Object.freeze({
+  backend: SVM_L1,
+  op: svmRunOp,
+  observed: observedOf,
+  skipReason: svmSkipReason,
+});
+
 type Recorded = JudgedRun & { readonly record: RecordOf<'svmRun'>; readonly seen: ObservedOutcome };
 
 function* recorded(o: SvmObservation): Iterable<Recorded> {
-  for (const j of o.runs) if (j.record) yield { ...j, record: j.record, seen: observedOf(j.record) } as Recorded;
+  for (const j of o.runs) if (j.record) yield { ...j, record: j.record, seen: SVM_RUNTIME.observed(j.record) } as Recorded;
 }
 
 type Seen = JudgedRun & { readonly seen: ObservedOutcome };
@@ -211,7 +238,7 @@ type Seen = JudgedRun & { readonly seen: ObservedOutcome };
 /** Every run with what it did: its record's outcome, or the VM's shutdown. */
 function* judged(o: SvmObservation): Iterable<Seen> {
   for (const j of o.runs) {
-    if (j.record) yield { ...j, seen: observedOf(j.record) };
+    if (j.record) yield { ...j, seen: SVM_RUNTIME.observed(j.record) };
     else if (j.shutDown) yield { ...j, seen: { kind: 'l1-shutdown' } };
   }
 }
@@ -355,7 +382,7 @@ export function l1VariantOf(env: PropertyEnv): L1Variant {
 
 /** The op L1 really runs: the case's, unless the mutant's L1 drops an intercept bit. */
 function opsFor(c: SvmCase, l1: L1Variant) {
-  const ops = svmCaseOps(c);
+  const ops = c.runs.map((r) => SVM_RUNTIME.op(r));
   const v = l1.dropInterceptVector;
   if (v === undefined) return ops;
   return ops.map((op) => (op.op === 'svmRun' ? { ...op, exceptions: (op.exceptions & ~(1 << v)) >>> 0 } : op));
@@ -369,6 +396,7 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   if (p?.kind === 'handler') env.metrics.add('l2HandlerEntries');
   for (const step of j.predicted.chain) {
     if (step.rule === 'triple-fault') env.metrics.add('tripleFaults');
+    if (step.rule === 'stack-push-fault') env.metrics.add('stackPushFaults');
     if (step.rule !== 'double-fault') continue;
     env.metrics.add('doubleFaults');
     // "contributory #SS(..) then contributory #GP(..): #DF" → df.contributory+contributory
@@ -378,6 +406,7 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   const v = firstVectorOf(j.run.event);
   if (v !== null && v < 32) {
     env.metrics.add(`class.${vectorInfo(v).defaultClass}`);
+    env.metrics.add(`event.${mnemonic(v).replace('#', '')}`);
     env.metrics.add(bit(j.run.intercepts.exceptions, v) ? 'intercept.own-vector' : 'intercept.not-own-vector');
   }
   if (j.run.idt.limit !== FULL_IDT_LIMIT) env.metrics.add(j.run.idt.limit === 0 ? 'idt.empty' : 'idt.cut');
@@ -387,7 +416,11 @@ function countMetrics(env: PropertyEnv, j: JudgedRun): void {
   if (!j.run.intercepts.shutdown) env.metrics.add('shutdown.not-intercepted');
   if (j.run.idt.ist !== 0) env.metrics.add('idt.ist-gates');
   if (j.run.tss.limitCut) env.metrics.add('tss.limit-cut');
-  else if (j.run.tss.rsp0 !== 'ok' || j.run.tss.ist1 !== 'ok') env.metrics.add('tss.non-canonical-stack');
+  else {
+    if (j.run.tss.rsp0 === 'non-canonical' || j.run.tss.ist1 === 'non-canonical') env.metrics.add('tss.non-canonical-stack');
+    if (j.run.tss.rsp0 === 'not-present' || j.run.tss.ist1 === 'not-present') env.metrics.add('tss.not-present-stack');
+  }
+  if (j.run.rsp === 'not-present' && j.run.cpl === 0) env.metrics.add('l2.rsp-not-present');
 }
 
 /**
@@ -480,7 +513,7 @@ export const svmDelivery = defineProperty({
   family: 'nested',
   statement:
     "An event in an SVM guest (L2) — an exception an instruction raises or an EVENTINJ — ends in exactly the place models/nested/svm.ts predicts: L2's own handler (vector, error code, RIP, CR2) or one #VMEXIT to L1 (EXITCODE, EXITINFO1/2, EXITINTINFO, RIP), #DF and SHUTDOWN included; L1 goes on after each",
-  skip: svmSkipReason,
+  skip: (env) => SVM_RUNTIME.skipReason(env),
   facts: async (env: PropertyEnv): Promise<SvmFacts> => ({ switches: APM_SVM, l1: l1VariantOf(env) }),
   arbitrary: (): fc.Arbitrary<SvmCase> => svmCaseArb(),
   examples: () => [KVM_NESTED_EXCEPTIONS_CASE],

@@ -55,7 +55,7 @@ static void record_fault(u8 *payload, struct cpu *c)
 	struct record_header *h = (struct record_header *)(payload - RECORD_HEADER_BYTES);
 	h->fault_vector = (u8)c->fault.vector;
 	h->error_code = (u32)c->fault.error;
-	if (h->opcode == OP_EXEC) { /* exec also records where the fault was, CR2 and the handler count */
+	if (h->opcode == OP_EXEC || h->opcode == OP_EXEC_STACK) { /* exec also records where the fault was, CR2 and the handler count */
 		struct res_exec *r = (struct res_exec *)payload;
 		r->fault_rip = c->fault.rip;
 		r->cr2 = c->fault.cr2;
@@ -75,6 +75,9 @@ static __attribute__((noinline)) int run_caught(struct ctx *x, exec_fn fn, const
 	struct catch_frame cf;
 	if (catch_set(&cf)) {
 		clear_ac(); /* an exec op's code may have set RFLAGS.AC: the interpreter runs without it */
+		stack_setup_undo(x->cpu); /* an execStack op's RSP0 and #PF gate */
+		if (x->cpu->fault.vector == 16) /* #MF: the code's x87 exception stays pending; FNINIT (x87 ran at this CPL) */
+			asm volatile("fninit");
 		record_fault(res, x->cpu);
 		return 0;
 	}
@@ -213,6 +216,16 @@ static inline void exec_exec(struct ctx *x, const struct op_exec *o, struct res_
 	r->rdx = rdx;
 	r->rflags = flags;
 	r->exceptions_after = x->cpu->exceptions;
+}
+
+_Static_assert(sizeof(struct res_exec_stack) == sizeof(struct res_exec), "execStack records what exec records");
+
+static inline void exec_exec_stack(struct ctx *x, const struct op_exec_stack *o, struct res_exec_stack *r)
+{
+	const struct op_exec plain = { .lo = o->lo, .hi = o->hi };
+	stack_setup(x->cpu, o->stack);
+	exec_exec(x, &plain, (struct res_exec *)r);
+	stack_setup_undo(x->cpu);
 }
 
 static inline void exec_rdmsr(struct ctx *x, const struct op_rdmsr *o, struct res_rdmsr *r)

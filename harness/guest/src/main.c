@@ -56,6 +56,27 @@ static void setup_idt(void)
 	set_idt_entry(6, (u64)ud_entry, 0);
 }
 
+/* The execStack op's set-ups. Ring 3 may call these: the TSS and the IDT lie in user pages. */
+void stack_setup(struct cpu *c, u32 stack)
+{
+	c->stack_armed = stack;
+	if (stack & 1)
+		c->tss.rsp[0] = LAYOUT_NOT_PRESENT_STACK;
+	if (stack & 2)
+		idt[14 * 2] |= 1ull << 32; /* IST 1 */
+	barrier();
+}
+
+void stack_setup_undo(struct cpu *c)
+{
+	if (!c->stack_armed)
+		return;
+	c->tss.rsp[0] = (u64)c + CPU_RSP0_TOP;
+	idt[14 * 2] &= ~(7ull << 32);
+	barrier();
+	c->stack_armed = 0;
+}
+
 static void setup_tss(struct cpu *c)
 {
 	u64 base = (u64)&c->tss;
@@ -86,13 +107,14 @@ static void lapic_x2apic_on(struct cpu *c)
 	apic_write(c, APIC_REG_SVR, 0x100 | SPURIOUS_VECTOR);
 }
 
-/* SSE on (CR0.MP, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
+/* SSE on (CR0.MP, CR0.NE, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
  * never does (-mgeneral-regs-only). CR0.AM and CR0.TS as the program asks (PROGRAM_FLAG_ALIGNMENT_CHECK, _TASK_SWITCHED). */
 static void enable_sse(void)
 {
 	u64 cr0, cr4;
 	asm volatile("mov %%cr0, %0" : "=r"(cr0));
-	cr0 = (cr0 & ~(1ul << 2)) | (1ul << 1);
+	/* MP, not EM; NE: an unmasked x87 exception is #MF, not the external FERR# line. */
+	cr0 = (cr0 & ~(1ul << 2)) | (1ul << 1) | (1ul << 5);
 	if (PROGRAM->flags & PROGRAM_FLAG_ALIGNMENT_CHECK)
 		cr0 |= 1ul << 18; /* AM */
 	else

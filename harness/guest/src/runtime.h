@@ -89,6 +89,7 @@ struct cpu {
 	u8 *irq_log;
 	volatile struct steal_time *steal;	/* this vCPU's steal time area, when enabled (PROGRAM_FLAGS.stealTime) */
 	u8 isr_action[256];		/* per vector: ISR_ACTION_* (the isrAction op) */
+	u32 stack_armed;		/* an execStack set-up is in place (stack_setup) */
 	struct tss tss;
 };
 
@@ -186,3 +187,6 @@ void run_thread(struct cpu *c, u32 index);
 
 /* main.c */
 extern volatile u32 nthreads;
+/* execStack: bit 0, RSP0 = LAYOUT_NOT_PRESENT_STACK; bit 1, the #PF gate on IST 1. Undo puts both back (idempotent). */
+void stack_setup(struct cpu *c, u32 stack);
+void stack_setup_undo(struct cpu *c);

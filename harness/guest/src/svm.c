@@ -136,8 +136,9 @@ void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r)
 	memset((void *)&l2_report, 0, sizeof(l2_report));
 
 	memset(&l2_tss, 0, sizeof(l2_tss));
-	l2_tss.rsp[0] = (o->stack & 1) ? NON_CANONICAL_STACK : (u64)l2_stack_top;
-	l2_tss.ist[0] = (o->stack & 2) ? NON_CANONICAL_STACK : (u64)l2_stack_top;
+	/* Bits 3-5: canonical but not mapped, so the frame push faults (#PF during delivery). */
+	l2_tss.rsp[0] = (o->stack & 1) ? NON_CANONICAL_STACK : (o->stack & 8) ? LAYOUT_NOT_PRESENT_STACK : (u64)l2_stack_top;
+	l2_tss.ist[0] = (o->stack & 2) ? NON_CANONICAL_STACK : (o->stack & 16) ? LAYOUT_NOT_PRESENT_STACK : (u64)l2_stack_top;
 	l2_tss.iomap_base = 104;
 
 	memset(vmcb, 0, sizeof(vmcb));
@@ -190,7 +191,7 @@ void svm_run_l2(const struct op_svm_run *o, struct res_svm_run *r)
 	V64(VMCB_RIP) = (u64)l2_code_buf;
 	/* With NRIPS, an injected software interrupt (and INT3/INTO) pushes NextRIP, not RIP: make them one. */
 	V64(VMCB_NEXT_RIP) = (u64)l2_code_buf;
-	V64(VMCB_RSP) = o->l2_cpl == 3 ? (u64)l2_user_stack_top : (u64)l2_stack_top;
+	V64(VMCB_RSP) = o->l2_cpl == 3 ? (u64)l2_user_stack_top : (o->stack & 32) ? LAYOUT_NOT_PRESENT_STACK : (u64)l2_stack_top;
 	V64(VMCB_RAX) = 0;
 	V64(VMCB_CR2) = 0;
 	V64(VMCB_G_PAT) = rdmsr(MSR_PAT);
