@@ -339,7 +339,7 @@ export function parseMigrationStream(bytes: Uint8Array): MigrationStream {
       const desc = di >= 0 ? descs.splice(di, 1)[0]! : null;
       const lay = desc?.fields ? layoutVmsd(desc as VmdescVmsd) : null;
       if (lay) r.at = s.dataStart + lay.end;
-      else r.at = scanFooter(b, s, tail?.eof ?? b.length);
+      else r.at = scanFooter(b, s);
       s = { ...s, dataEnd: r.at };
       devices.push({ section: s, desc, fields: lay?.fields ?? [] });
     }
@@ -350,11 +350,12 @@ export function parseMigrationStream(bytes: Uint8Array): MigrationStream {
 }
 
 /** For a section without a description: the first footer of its id that a section header or the EOF follows. */
-function scanFooter(b: Buffer, s: StreamSection, eof: number): number {
-  for (let q = b.indexOf(SECTION.footer, s.dataStart); q >= 0 && q + 5 <= eof; q = b.indexOf(SECTION.footer, q + 1)) {
+function scanFooter(b: Buffer, s: StreamSection): number {
+  for (let q = b.indexOf(SECTION.footer, s.dataStart); q >= 0 && q + 5 < b.length; q = b.indexOf(SECTION.footer, q + 1)) {
     if (b.readUInt32BE(q + 1) !== s.sectionId) continue;
     const next = q + 5;
-    if (next === eof) return q;
+    // The EOF: the stream's last byte, or the VMDESCRIPTION's type after it.
+    if (b[next] === SECTION.eof && (next + 1 === b.length || b[next + 1] === SECTION.vmdescription)) return q;
     if (b[next] === SECTION.full && next + 6 <= b.length) {
       const n = b[next + 5]!;
       const name = b.subarray(next + 6, next + 6 + n);
