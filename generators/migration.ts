@@ -73,8 +73,9 @@ export interface MigrationCase {
   /** A→B, then B (resumed, run, stopped) → C. */
   readonly pingPong: boolean;
   /**
-   * Per hop (A→B, B→C): over a socket, or saved into a file and restored from it (a file has one
-   * channel and no return path: never with multifd or postcopy). Absent in cases saved before it
+   * Per hop (A→B, B→C): live over a socket, or saved into a file (the guest stopped first, as a
+   * save does) and restored from it (a file has one channel and no return path: never with
+   * multifd or postcopy). Absent in cases saved before it
    * existed: every hop over a socket.
    */
   readonly via?: readonly HopVia[];

@@ -295,20 +295,23 @@ export class VmHandle {
 
   /**
    * Save this VM into a file and restore `dst` (started with `restoreFile`) from it: the source
-   * migrates (live, with the case's capabilities) into a unix socket in `dst`'s private directory
-   * whose every byte the harness writes to `dst`'s restore file; once the source completed and the
-   * file is whole, `dst` loads it with `migrate-incoming fd:3`. Resolves with the source's final
+   * stops (as a save does: unless `live`, which lets precopy iterate into the file, every re-sent
+   * page appended: measured 873 MB for a 64 MiB guest dirtying 100 MB/s), then migrates, with the
+   * case's capabilities, into a unix socket in `dst`'s private directory whose every byte the
+   * harness writes to `dst`'s restore file; once the source completed and the file is whole,
+   * `dst` loads it with `migrate-incoming fd:3`. Resolves with the source's final
    * query-migrate plus `restoreMs` (migrate-incoming until the destination left 'inmigrate') and
    * `savedBytes` (the file's size); afterwards as migrateTo. No multifd and no postcopy: a file
    * is one channel with no return path.
    */
-  async migrateViaFile(dst: VmHandle, opts: Omit<MigrateOptions, 'uri' | 'intercept' | 'postcopyAfterMs'> = {}): Promise<MigrationInfo & { readonly restoreMs: number; readonly savedBytes: number }> {
+  async migrateViaFile(dst: VmHandle, opts: Omit<MigrateOptions, 'uri' | 'intercept' | 'postcopyAfterMs'> & { readonly live?: boolean } = {}): Promise<MigrationInfo & { readonly restoreMs: number; readonly savedBytes: number }> {
     if (dst === this) throw new Error(`${this.name}: cannot migrate to itself`);
     if (!dst.vm.restorePath || dst.incoming !== 'defer') throw new Error(`${dst.name} was not started to restore from a file (give its spec incoming: 'defer', restoreFile: true)`);
     if (opts.capabilities?.multifd || opts.capabilities?.['postcopy-ram']) throw new Error('a save to a file is one channel without a return path: no multifd, no postcopy');
     const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
     const resume = opts.resume ?? (await this.status()) === 'running';
     await this.setMigrationOptions([this, dst], opts);
+    if (!opts.live && (await this.status()) === 'running') await this.stop();
     const sink = await saveSink(join(dst.vm.dir, `save-${++dst.migrations}.sock`), dst.vm.restorePath);
     let info: MigrationInfo;
     try {

@@ -47,7 +47,7 @@ for (const saveFirst of [true, false]) {
     async ({ src, dst }) => {
       await src.untilMarker(0, 7n);
       await sleep(500);
-      await src.migrateViaFile(dst, { resume: false });
+      await src.migrateViaFile(dst, { resume: false, live: true });
       const sent = readFileSync(dst.vm.restorePath!);
       await sleep(1000); // the destination waits, loaded, before it resumes
       let saved: Buffer | null = null;

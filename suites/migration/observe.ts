@@ -329,6 +329,7 @@ async function migrateHop(
   try {
     if (via === 'file') {
       const { postcopyAfterMs: _, ...opts } = migrateOptions(c);
+      // A save stops the guest first (VmHandle.migrateViaFile), so the file holds each page once.
       info = await src.migrateViaFile(dst, { ...opts, resume: false, timeoutMs });
     } else {
       info = await src.migrateTo(dst, { ...migrateOptions(c), resume: false, timeoutMs, ...(x.intercept ? { intercept: x.intercept } : {}) });
