@@ -204,6 +204,17 @@ describe('PageRecordMutator on synthetic streams', () => {
       }),
       { numRuns: 200 },
     );
+    // A later record that names its block (PAGE alone, then u8 length and idstr, as the first page
+    // of a pass after the ROM blocks): replayed after it too, as PAGE|CONTINUE.
+    const named = Buffer.concat([header(P, 0x08), Buffer.from([4]), Buffer.from('ram0'), pageData(5)]);
+    const s2 = Buffer.concat([PREFIX, r1!, filler(90), named, SUFFIX]);
+    const m2 = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'replay-stale' } });
+    expect(run(m2, splitAt(s2, [HEADER_AT + 4, s2.length - SUFFIX.length - 3000])).equals(Buffer.concat([PREFIX, r1!, filler(90), named, r1!, SUFFIX]))).toBe(true);
+    expect(m2.mutated?.replays).toBe(1);
+    // The other mutations leave such a record alone (the next CONTINUE would land in the wrong block).
+    const m3 = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'drop-record' } });
+    const s3 = Buffer.concat([PREFIX, named, SUFFIX]);
+    expect(run(m3, [s3]).equals(s3)).toBe(true);
     // A page sent once: nothing to replay after, the stream comes out as it went in.
     const once = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'replay-stale' } });
     expect(run(once, [STREAM]).equals(STREAM)).toBe(true);

@@ -102,8 +102,9 @@ export class PageRecordMutator {
   /** replay-stale: the first record found (header and data), and how often it went out again. */
   private stale: Buffer | null = null;
   private replays = 0;
-  /** What must stay held: a header, a page of data, and a magic's worth for a match still arriving. */
+  /** What must stay held: a header (replay-stale: and an idstr), a page of data, and a magic's worth for a match still arriving. */
   private readonly hold: number;
+  private readonly idstrRoom: number;
 
   constructor(o: Pick<StreamProxyOptions, 'pages' | 'magic' | 'mutation'>) {
     if (o.magic.length !== 8) throw new Error(`the magic must be 8 bytes (got ${o.magic.length})`);
@@ -119,7 +120,25 @@ export class PageRecordMutator {
     this.pages = new Set(o.pages.map(BigInt));
     this.magic = Buffer.from(o.magic);
     this.mutation = o.mutation;
-    this.hold = HEADER_BYTES + TARGET_PAGE_BYTES + this.magic.length;
+    this.idstrRoom = o.mutation.kind === 'replay-stale' ? 256 : 0;
+    this.hold = HEADER_BYTES + this.idstrRoom + TARGET_PAGE_BYTES + this.magic.length;
+  }
+
+  /**
+   * Where the header of a record whose data starts at held[at] is, or -1: right before it with
+   * PAGE|CONTINUE, or (replay-stale only) PAGE alone with a block idstr between (u8 length, name):
+   * the first page of a block after a page of another, as each later pass of QEMU's RAM begins
+   * once the bulk stage sent the ROM blocks. Corrupting or dropping such a record would leave the
+   * next CONTINUE in the wrong block, so only a replay, which adds a CONTINUE copy after it, uses it.
+   */
+  private headerOf(at: number): number {
+    if (at >= HEADER_BYTES && this.accepts(this.held.readBigUInt64BE(at - HEADER_BYTES))) return at - HEADER_BYTES;
+    for (let n = 1; n <= this.idstrRoom - 1 && at - 1 - n - HEADER_BYTES >= 0; n++) {
+      if (this.held[at - 1 - n] !== n) continue;
+      const h = this.held.readBigUInt64BE(at - 1 - n - HEADER_BYTES);
+      if ((h & FLAGS_MASK) === BigInt(RAM_SAVE_FLAG_PAGE) && this.pages.has(h & ~FLAGS_MASK)) return at - 1 - n - HEADER_BYTES;
+    }
+    return -1;
   }
 
   get mutated(): MutationDone | null {
@@ -141,7 +160,8 @@ export class PageRecordMutator {
         break;
       }
       // A match with no room for a header behind it can only be at the stream's very start.
-      if (at < HEADER_BYTES || !this.accepts(this.held.readBigUInt64BE(at - HEADER_BYTES))) {
+      const headerAt = this.headerOf(at);
+      if (headerAt < 0) {
         this.scanFrom = at + 1;
         continue;
       }
@@ -150,10 +170,10 @@ export class PageRecordMutator {
         break;
       }
       if (this.mutation.kind !== 'replay-stale') return this.apply(at);
-      outs.push(this.replay(at));
+      outs.push(this.replay(at, headerAt));
     }
-    // Keep the last `hold` bytes, and never a header of a magic still to be judged.
-    const cut = Math.max(0, Math.min(this.held.length - this.hold, this.scanFrom - HEADER_BYTES));
+    // Keep the last `hold` bytes, and never a header (and idstr) of a magic still to be judged.
+    const cut = Math.max(0, Math.min(this.held.length - this.hold, this.scanFrom - HEADER_BYTES - this.idstrRoom));
     outs.push(this.held.subarray(0, cut));
     this.held = this.held.subarray(cut);
     this.heldAt += cut;
@@ -162,18 +182,20 @@ export class PageRecordMutator {
   }
 
   /**
-   * replay-stale, at a record whose magic is at held[at] (header and page held): the first one is
-   * kept and goes on unchanged; after each later one of the same page the kept copy goes out
-   * again (its PAGE|CONTINUE header stays valid: the record before it is of the same block). Lets
+   * replay-stale, at a record whose magic is at held[at] (header at held[headerAt], page held):
+   * the first one is kept and goes on unchanged; after each later one of the same page the kept
+   * copy goes out again (as PAGE|CONTINUE, valid: the record before it is of the same block). Lets
    * go of everything up to the record's end and keeps scanning the rest.
    */
-  private replay(at: number): Buffer {
-    const headerAt = at - HEADER_BYTES;
+  private replay(at: number, headerAt: number): Buffer {
     const end = at + TARGET_PAGE_BYTES;
     const page = Number(this.held.readBigUInt64BE(headerAt) & ~FLAGS_MASK);
     let out = this.held.subarray(0, end);
     if (!this.stale) {
-      this.stale = Buffer.from(this.held.subarray(headerAt, end));
+      // Kept as PAGE|CONTINUE: it always follows a record of its own block.
+      this.stale = Buffer.alloc(HEADER_BYTES + TARGET_PAGE_BYTES);
+      this.stale.writeBigUInt64BE(BigInt(page) | WANT_FLAGS);
+      this.held.copy(this.stale, HEADER_BYTES, at, end);
       this.result = { page, streamOffset: this.heldAt + headerAt, kind: 'replay-stale' };
     } else if (page === this.result!.page) {
       out = Buffer.concat([out, this.stale]);
