@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { encodeProgram } from '../harness/bytecode.js';
 import { layoutProblems } from '../models/migration/dirty.js';
-import { ARENA_BASE, layoutWorkload, migrationCaseArb, migrationProgram, workingSetPages } from './migration.js';
+import { ARENA_BASE, hopVia, layoutWorkload, migrationCaseArb, migrationProgram, workingSetPages } from './migration.js';
 
 const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, kvmclock: true, tscDeadline: true };
 const TSC_HZ = 2e9;
@@ -36,11 +36,27 @@ describe('migration cases', () => {
     );
   });
 
+  it('a case with a hop through a file has neither multifd nor postcopy (one channel, no return path); both kinds of hop occur', () => {
+    const seen = new Set<string>();
+    fc.assert(
+      fc.property(migrationCaseArb(lim), (c) => {
+        const hops = [0, ...(c.pingPong ? [1] : [])].map((i) => hopVia(c, i));
+        hops.forEach((v) => seen.add(v));
+        if (hops.includes('file')) expect([c.stream.multifdChannels, c.stream.postcopy]).toEqual([null, null]);
+      }),
+      { numRuns: 300 },
+    );
+    expect([...seen].sort()).toEqual(['file', 'socket']);
+    // A case saved before hops had a kind goes over a socket.
+    expect(hopVia({ via: undefined } as never, 0)).toBe('socket');
+  });
+
   it('for a stream proxy, generate plain precopy, one hop, the smallest RAM', () => {
     fc.assert(
       fc.property(migrationCaseArb({ ...lim, plainStream: true }), (c) => {
         expect(c.stream).toEqual({ multifdChannels: null, xbzrleCacheMiB: null, autoConverge: false, maxBandwidthMiBs: null, downtimeLimitMs: 300, postcopy: null });
         expect([c.cancelFirst, c.pingPong, c.ramMiB]).toEqual([false, false, 64]);
+        expect(hopVia(c, 0)).toBe('socket');
       }),
     );
   });

@@ -2,7 +2,8 @@
  * Migration cases: a dirtying workload (models/migration/dirty.ts) and the parameters of the
  * migration that moves it: dirty bitmap or dirty ring, multifd and its channels, xbzrle and its
  * cache, auto-converge, max-bandwidth and downtime-limit, postcopy (and preempt), a first attempt
- * that cannot converge and is cancelled before the retry, ping-pong A→B→C, RAM size and vCPUs.
+ * that cannot converge and is cancelled before the retry, ping-pong A→B→C, RAM size and vCPUs,
+ * and how each hop goes: live over a unix socket, or saved into a file and restored from it.
  *
  * The workload is data, not a command sequence: per thread, regions (how many pages, how far
  * apart, where in the page, which store instruction, how often per loop: a hot set is a region
@@ -59,6 +60,9 @@ export interface StreamParams {
   readonly postcopy: { readonly afterMs: number; readonly preempt: boolean } | null;
 }
 
+/** How one hop moves the guest: live over a unix socket, or saved into a file and restored from it. */
+export type HopVia = 'socket' | 'file';
+
 export interface MigrationCase {
   readonly cpus: 1 | 2;
   readonly ramMiB: number;
@@ -68,6 +72,13 @@ export interface MigrationCase {
   readonly cancelFirst: boolean;
   /** A→B, then B (resumed, run, stopped) → C. */
   readonly pingPong: boolean;
+  /**
+   * Per hop (A→B, B→C): live over a socket, or saved into a file (the guest stopped first, as a
+   * save does) and restored from it (a file has one channel and no return path: never with
+   * multifd or postcopy). Absent in cases saved before it
+   * existed: every hop over a socket.
+   */
+  readonly via?: readonly HopVia[];
   /** How long the guest dirties before the migration starts, and how long the destination runs after. */
   readonly warmupMs: number;
   readonly runAfterMs: number;
@@ -138,6 +149,7 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     stream,
     cancelFirst: lim.plainStream ? fc.constant(false) : fc.boolean(),
     pingPong: lim.plainStream ? fc.constant(false) : fc.boolean(),
+    via: lim.plainStream ? fc.constant<HopVia[]>(['socket', 'socket']) : fc.array(fc.constantFrom<HopVia>('socket', 'socket', 'file'), { minLength: 2, maxLength: 2 }),
     warmupMs: fc.integer({ min: 0, max: 200 }),
     runAfterMs: fc.integer({ min: 20, max: 200 }),
     sentinels: fc.integer({ min: 1, max: 8 }),
@@ -145,7 +157,22 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     kvmclock: lim.kvmclock ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
     maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
-  }).map((c) => ({ ...c, threads: c.threads.slice(0, c.cpus), maskedForMs: c.deadlineMs === null ? null : c.maskedForMs }));
+  }).map((c) => ({
+    ...c,
+    threads: c.threads.slice(0, c.cpus),
+    maskedForMs: c.deadlineMs === null ? null : c.maskedForMs,
+  })).map((c) => {
+    // A hop through a file takes one channel and has no return path: such a case runs without
+    // multifd and postcopy (only the hops it makes count: a second hop needs ping-pong).
+    const hops = c.pingPong ? 2 : 1;
+    if (!c.via.slice(0, hops).includes('file')) return c;
+    return { ...c, stream: { ...c.stream, multifdChannels: null, postcopy: null } };
+  });
+}
+
+/** How hop `i` of a case goes (a case saved before `via` existed: over a socket). */
+export function hopVia(c: MigrationCase, i: number): HopVia {
+  return c.via?.[i] ?? 'socket';
 }
 
 /** Where a region's first counter goes, relative to its first page. */

@@ -16,6 +16,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
+import { GUEST_ABI_VERSION, LAYOUT, MAILBOX_MAGIC } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
 import { PageRecordMutator, interceptMigration, startStreamProxy, type PageMutation } from './migrationProxy.js';
 import { compareRam, withVms } from './session.js';
@@ -189,6 +190,37 @@ describe('PageRecordMutator on synthetic streams', () => {
     );
   });
 
+  it('replay-stale sends the first record of the page again after each later one, whatever the chunks; other pages pass', () => {
+    const [r1, r2, r3] = [1, 2, 3].map((seed) => record(P, pageData(seed)));
+    const other = record(P + PAGE, pageData(4));
+    const stream = Buffer.concat([PREFIX, r1!, filler(70), other, r2!, filler(5000, 5), r3!, SUFFIX]);
+    const want = Buffer.concat([PREFIX, r1!, filler(70), other, r2!, r1!, filler(5000, 5), r3!, r1!, SUFFIX]);
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.integer({ min: 1, max: stream.length - 1 }), { maxLength: 12 }), (points) => {
+        const m = new PageRecordMutator({ pages: [P, P + PAGE], magic: MAGIC, mutation: { kind: 'replay-stale' } });
+        const out = run(m, splitAt(stream, [...points].sort((a, b) => a - b)));
+        expect(out.equals(want)).toBe(true);
+        expect(m.mutated).toEqual({ page: P, streamOffset: HEADER_AT, kind: 'replay-stale', replays: 2 });
+      }),
+      { numRuns: 200 },
+    );
+    // A later record that names its block (PAGE alone, then u8 length and idstr, as the first page
+    // of a pass after the ROM blocks): replayed after it too, as PAGE|CONTINUE.
+    const named = Buffer.concat([header(P, 0x08), Buffer.from([4]), Buffer.from('ram0'), pageData(5)]);
+    const s2 = Buffer.concat([PREFIX, r1!, filler(90), named, SUFFIX]);
+    const m2 = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'replay-stale' } });
+    expect(run(m2, splitAt(s2, [HEADER_AT + 4, s2.length - SUFFIX.length - 3000])).equals(Buffer.concat([PREFIX, r1!, filler(90), named, r1!, SUFFIX]))).toBe(true);
+    expect(m2.mutated?.replays).toBe(1);
+    // The other mutations leave such a record alone (the next CONTINUE would land in the wrong block).
+    const m3 = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'drop-record' } });
+    const s3 = Buffer.concat([PREFIX, named, SUFFIX]);
+    expect(run(m3, [s3]).equals(s3)).toBe(true);
+    // A page sent once: nothing to replay after, the stream comes out as it went in.
+    const once = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'replay-stale' } });
+    expect(run(once, [STREAM]).equals(STREAM)).toBe(true);
+    expect(once.mutated?.replays).toBe(0);
+  });
+
   it('holds back no more than a record until the mutation, and nothing after it', () => {
     const m = new PageRecordMutator({ pages: [P], magic: MAGIC, mutation: { kind: 'corrupt-byte', offset: 3 } });
     const first = m.push(filler(20_000));
@@ -315,6 +347,10 @@ describe('startStreamProxy over unix sockets (a stand-in destination)', () => {
 // --- on real QEMU/KVM ---------------------------------------------------------------------------
 
 const CANDIDATES = [0, 1, 2, 3].map((i) => 0x0300_0000 + i * PAGE);
+/** The mailbox page's first 8 bytes: its magic and the ABI version (little-endian u32s). */
+const MAILBOX_HEAD = Buffer.alloc(8);
+MAILBOX_HEAD.writeUInt32LE(MAILBOX_MAGIC, 0);
+MAILBOX_HEAD.writeUInt32LE(GUEST_ABI_VERSION, 4);
 const DIRTY_BASE = 0x0200_0000n;
 /** Magic at offset 0 of each candidate page, marker 7, then dirty other pages forever. */
 const MAGIC_THEN_DIRTY: Program = {
@@ -382,6 +418,26 @@ describe('on real KVM: the RAM oracle sees what the proxy did', () => {
     expect(r.srcPage!.subarray(0, 8).equals(MAGIC)).toBe(true);
     expect([r.srcPage![1234], r.dstPage![1234]]).toEqual([before, after]);
     expect(diffPositions(r.srcPage!, r.dstPage!)).toEqual([1234]);
+  });
+
+  it('replay-stale: the page the guest keeps changing (its mailbox) loads stale, and only that page differs', async () => {
+    // The mailbox starts with its magic and ABI version and holds every thread's ops_done.
+    const r = await withVms(
+      { src: { config: defaultMachineConfig(), program: MAGIC_THEN_DIRTY }, dst: { config: defaultMachineConfig(), incoming: 'defer' } },
+      async ({ src, dst }) => {
+        await src.untilMarker(0, 7n);
+        const via = interceptMigration({ pages: [LAYOUT.mailbox], magic: MAILBOX_HEAD, mutation: { kind: 'replay-stale' } });
+        expect((await src.migrateTo(dst, { resume: false, intercept: via.intercept, parameters: { 'downtime-limit': 300 } })).status).toBe('completed');
+        const [s, d] = [(await src.vm.readMailbox()).threads[0]!, (await dst.vm.readMailbox()).threads[0]!];
+        return { cmp: await compareRam(src, dst), mutated: via.proxy!.mutated, srcOps: s.ops_done!, dstOps: d.ops_done! };
+      },
+      { guestElf },
+    );
+    expect(r.mutated).toMatchObject({ page: LAYOUT.mailbox, kind: 'replay-stale' });
+    expect(r.mutated!.replays).toBeGreaterThan(0);
+    expect(r.cmp).toMatchObject({ identical: false, differingPages: 1 });
+    expect(r.cmp.firstDifference! & ~(PAGE - 1)).toBe(LAYOUT.mailbox);
+    expect(r.dstOps).toBeLessThan(r.srcOps); // the copy sent first, before the guest went on
   });
 
   it('drop-record: exactly one page differs, and the destination never got it (zero)', async () => {

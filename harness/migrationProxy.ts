@@ -5,7 +5,9 @@
  * proxy sits between the source and the destination's `migrate-incoming unix:PATH` socket, applies
  * ONE mutation to ONE page record of a page the test chose, and passes every other byte through
  * unchanged, in both directions (the destination's return path included), so the migration itself
- * still completes and only the oracle can tell.
+ * still completes and only the oracle can tell. Or it REPLAYS one: it keeps the first record of
+ * the page and sends that stale copy again right after every later record of the same page, so
+ * the destination's last word on a page the guest keeps changing (its mailbox) is an old one.
  *
  * The stream format it relies on (QEMU 7.2 precopy; no multifd, xbzrle or compression), from
  * migration/ram.c save_page_header / save_normal_page and ram_load_precopy: inside a RAM section a
@@ -26,7 +28,10 @@ import { join } from 'node:path';
 
 export type PageMutation =
   | { kind: 'corrupt-byte'; offset: number } // XOR 0xff into byte `offset` (0..4095) of the page data
-  | { kind: 'drop-record' }; // remove the whole record (8-byte header + 4096 data bytes)
+  | { kind: 'drop-record' } // remove the whole record (8-byte header + 4096 data bytes)
+  // keep a copy of the first record and send it again right after every later record of that page:
+  // the destination loads the stale copy last (for a page the guest keeps changing)
+  | { kind: 'replay-stale' };
 
 export interface StreamProxyOptions {
   /** unix socket path to listen on (inside a private 0700 dir the caller owns) */
@@ -50,6 +55,8 @@ export interface MutationDone {
   /** corrupt-byte: the byte before and after the XOR. */
   readonly before?: number;
   readonly after?: number;
+  /** replay-stale: how many times the stale copy went out again (after each later record of the page). */
+  readonly replays?: number;
 }
 
 export interface StreamProxy {
@@ -92,8 +99,12 @@ export class PageRecordMutator {
   private scanFrom = 0;
   private result: MutationDone | null = null;
   private ended = false;
-  /** What must stay held: a header, a page of data, and a magic's worth for a match still arriving. */
+  /** replay-stale: the first record found (header and data), and how often it went out again. */
+  private stale: Buffer | null = null;
+  private replays = 0;
+  /** What must stay held: a header (replay-stale: and an idstr), a page of data, and a magic's worth for a match still arriving. */
   private readonly hold: number;
+  private readonly idstrRoom: number;
 
   constructor(o: Pick<StreamProxyOptions, 'pages' | 'magic' | 'mutation'>) {
     if (o.magic.length !== 8) throw new Error(`the magic must be 8 bytes (got ${o.magic.length})`);
@@ -103,25 +114,45 @@ export class PageRecordMutator {
     if (o.mutation.kind === 'corrupt-byte') {
       const off = o.mutation.offset;
       if (!Number.isInteger(off) || off < 0 || off >= TARGET_PAGE_BYTES) throw new Error(`corrupt-byte offset ${off} is outside the page (0..4095)`);
-    } else if (o.mutation.kind !== 'drop-record') {
+    } else if (o.mutation.kind !== 'drop-record' && o.mutation.kind !== 'replay-stale') {
       throw new Error(`unknown mutation ${(o.mutation as { kind: string }).kind}`);
     }
     this.pages = new Set(o.pages.map(BigInt));
     this.magic = Buffer.from(o.magic);
     this.mutation = o.mutation;
-    this.hold = HEADER_BYTES + TARGET_PAGE_BYTES + this.magic.length;
+    this.idstrRoom = o.mutation.kind === 'replay-stale' ? 256 : 0;
+    this.hold = HEADER_BYTES + this.idstrRoom + TARGET_PAGE_BYTES + this.magic.length;
+  }
+
+  /**
+   * Where the header of a record whose data starts at held[at] is, or -1: right before it with
+   * PAGE|CONTINUE, or (replay-stale only) PAGE alone with a block idstr between (u8 length, name):
+   * the first page of a block after a page of another, as each later pass of QEMU's RAM begins
+   * once the bulk stage sent the ROM blocks. Corrupting or dropping such a record would leave the
+   * next CONTINUE in the wrong block, so only a replay, which adds a CONTINUE copy after it, uses it.
+   */
+  private headerOf(at: number): number {
+    if (at >= HEADER_BYTES && this.accepts(this.held.readBigUInt64BE(at - HEADER_BYTES))) return at - HEADER_BYTES;
+    for (let n = 1; n <= this.idstrRoom - 1 && at - 1 - n - HEADER_BYTES >= 0; n++) {
+      if (this.held[at - 1 - n] !== n) continue;
+      const h = this.held.readBigUInt64BE(at - 1 - n - HEADER_BYTES);
+      if ((h & FLAGS_MASK) === BigInt(RAM_SAVE_FLAG_PAGE) && this.pages.has(h & ~FLAGS_MASK)) return at - 1 - n - HEADER_BYTES;
+    }
+    return -1;
   }
 
   get mutated(): MutationDone | null {
-    return this.result;
+    return this.result && this.mutation.kind === 'replay-stale' ? { ...this.result, replays: this.replays } : this.result;
   }
 
   /** Feed the next chunk of the stream; returns the bytes that may go on now (possibly none). */
   push(chunk: Buffer): Buffer {
     if (this.ended) throw new Error('PageRecordMutator: push after end');
-    if (this.result || this.pages.size === 0) return chunk;
+    // replay-stale watches the whole stream for later records of its page; the others mutate once.
+    if ((this.result && this.mutation.kind !== 'replay-stale') || this.pages.size === 0) return chunk;
     // Always a copy: the mutation writes into it, and the caller's chunk stays as it was.
     this.held = Buffer.concat([this.held, chunk]);
+    const outs: Buffer[] = [];
     for (;;) {
       const at = this.held.indexOf(this.magic, this.scanFrom);
       if (at < 0) {
@@ -129,7 +160,8 @@ export class PageRecordMutator {
         break;
       }
       // A match with no room for a header behind it can only be at the stream's very start.
-      if (at < HEADER_BYTES || !this.accepts(this.held.readBigUInt64BE(at - HEADER_BYTES))) {
+      const headerAt = this.headerOf(at);
+      if (headerAt < 0) {
         this.scanFrom = at + 1;
         continue;
       }
@@ -137,14 +169,41 @@ export class PageRecordMutator {
         this.scanFrom = at; // judge it again once its page data is all here
         break;
       }
-      return this.apply(at);
+      if (this.mutation.kind !== 'replay-stale') return this.apply(at);
+      outs.push(this.replay(at, headerAt));
     }
-    // Keep the last `hold` bytes, and never a header of a magic still to be judged.
-    const cut = Math.max(0, Math.min(this.held.length - this.hold, this.scanFrom - HEADER_BYTES));
-    const out = this.held.subarray(0, cut);
+    // Keep the last `hold` bytes, and never a header (and idstr) of a magic still to be judged.
+    const cut = Math.max(0, Math.min(this.held.length - this.hold, this.scanFrom - HEADER_BYTES - this.idstrRoom));
+    outs.push(this.held.subarray(0, cut));
     this.held = this.held.subarray(cut);
     this.heldAt += cut;
     this.scanFrom -= cut;
+    return outs.length === 1 ? outs[0]! : Buffer.concat(outs);
+  }
+
+  /**
+   * replay-stale, at a record whose magic is at held[at] (header at held[headerAt], page held):
+   * the first one is kept and goes on unchanged; after each later one of the same page the kept
+   * copy goes out again (as PAGE|CONTINUE, valid: the record before it is of the same block). Lets
+   * go of everything up to the record's end and keeps scanning the rest.
+   */
+  private replay(at: number, headerAt: number): Buffer {
+    const end = at + TARGET_PAGE_BYTES;
+    const page = Number(this.held.readBigUInt64BE(headerAt) & ~FLAGS_MASK);
+    let out = this.held.subarray(0, end);
+    if (!this.stale) {
+      // Kept as PAGE|CONTINUE: it always follows a record of its own block.
+      this.stale = Buffer.alloc(HEADER_BYTES + TARGET_PAGE_BYTES);
+      this.stale.writeBigUInt64BE(BigInt(page) | WANT_FLAGS);
+      this.held.copy(this.stale, HEADER_BYTES, at, end);
+      this.result = { page, streamOffset: this.heldAt + headerAt, kind: 'replay-stale' };
+    } else if (page === this.result!.page) {
+      out = Buffer.concat([out, this.stale]);
+      this.replays++;
+    }
+    this.held = this.held.subarray(end);
+    this.heldAt += end;
+    this.scanFrom = 0;
     return out;
   }
 

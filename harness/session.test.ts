@@ -7,7 +7,8 @@
  * real KVM: two VMs at once, a live migration of a guest that dirties memory in a loop that never
  * ends, a destination left waiting, failures, and that nothing a session started survives it.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
@@ -16,6 +17,7 @@ import { buildGuest } from './guest/build.js';
 import { useOwnRunRoot } from './testing/runRoot.js';
 import type { QmpEvent } from './qmp.js';
 import { liveResources, processesMatching } from './runtime.js';
+import { parseMigrationStream } from './migrationStream.js';
 import { MigrationError, compareRam, withVms } from './session.js';
 import { VmSetupError, defaultMachineConfig } from './vm.js';
 import { classifyRunState, watchVm, type WatchTarget } from './watchdog.js';
@@ -304,6 +306,45 @@ describe('a session of several VMs', () => {
         // The source did not run after the hook looked: the destination starts from that point.
         expect((await src.snapshot()).threads[0]!.ops_done).toBe(atSwitchover!.ops);
         await dst.untilThread(0, (t) => t.ops_done! > atSwitchover!.ops);
+      },
+      { guestElf },
+    );
+  });
+});
+
+describe('(e) save into a file and restore from it, without a shell', () => {
+  it('the source stops and saves into the restore file, the destination loads it through fd 3, both stopped hold the same RAM; saved again before it resumes, it still runs on', async () => {
+    const cfg = defaultMachineConfig();
+    await withVms(
+      { src: { config: cfg, program: DIRTY_LOOP }, dst: { config: cfg, incoming: 'defer', restoreFile: true } },
+      async ({ src, dst }) => {
+        // QEMU holds the restore file as its fd 3, read-only; nothing of it is on its command line.
+        const fd3 = readlinkSync(`/proc/${dst.vm.pid}/fd/3`);
+        expect(fd3).toBe(dst.vm.restorePath);
+        expect(statSync(dst.vm.restorePath!).mode & 0o777).toBe(0o600);
+        const flags = parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/${dst.vm.pid}/fdinfo/3`, 'latin1'))![1]!, 8);
+        expect(flags & 0o3, 'O_ACCMODE').toBe(0); // O_RDONLY
+        await src.untilMarker(0, 7n);
+        await src.untilThread(0, (t) => t.ops_done! > 1000n);
+        const info = await src.migrateViaFile(dst, { resume: false, parameters: { 'downtime-limit': 300 } });
+        expect(info.status).toBe('completed');
+        // Stopped first: every page goes once (1 MiB dirtied, the rest zero records), never the RAM again and again.
+        expect(info.savedBytes).toBeLessThan(4 << 20);
+        expect(info.savedBytes).toBe(statSync(dst.vm.restorePath!).size);
+        expect(info.restoreMs).toBeGreaterThan(0);
+        expect([await src.status(), await dst.status()]).toEqual(['postmigrate', 'paused']);
+        expect(await compareRam(src, dst)).toMatchObject({ identical: true });
+        const at = (await dst.snapshot()).threads[0]!.ops_done!;
+        // The save's socket is gone once it is done; only the file stays, in the private directory.
+        expect(readdirSync(dst.vm.dir).filter((f) => f.endsWith('.sock'))).toEqual([]);
+        // Saved again before it resumes: the stream parses; a migrated-away source refuses (QEMU 7.2).
+        const saved = join(dst.vm.dir, 'again.bin');
+        const again = await dst.saveState(saved, join(dst.vm.dir, 'again.sock'));
+        expect(again.savedBytes).toBe(statSync(saved).size);
+        expect(parseMigrationStream(readFileSync(saved)).devices.map((d) => d.section.idstr)).toContain('cpu');
+        await expect(src.saveState(join(src.vm.dir, 'x.bin'), join(src.vm.dir, 'x.sock'))).rejects.toThrow(/paused due to previous migration/);
+        await dst.cont();
+        await dst.untilThread(0, (t) => t.ops_done! > at + 1000n);
       },
       { guestElf },
     );

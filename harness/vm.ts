@@ -294,7 +294,18 @@ export interface StartOptions {
   readonly prepare?: (dir: string) => Promise<readonly string[]>;
   /** Read KVM's statistics once the VM is created (Vm.kvmStatsAtStart); default: under KVM. */
   readonly kvmStats?: boolean;
+  /**
+   * Hand QEMU, as its fd 3, a read-only descriptor of `restore.bin` in the VM's private directory
+   * (created empty, 0600): whatever is saved there later restores with `migrate-incoming fd:3`.
+   * QEMU 7.2's incoming `fd:` takes a number (migration/fd.c: strtol); its outgoing `fd:` takes only
+   * a name registered with `getfd`, which needs SCM_RIGHTS over the monitor (measured: `migrate
+   * fd:3` answers "File descriptor named '3' has not been found"), so saves go through a socket.
+   */
+  readonly restoreFile?: boolean;
 }
+
+/** The fd number a VM started with `restoreFile` reads its restore file on. */
+export const RESTORE_FD = 3;
 
 export class Vm implements WatchTarget {
   private stdoutText = '';
@@ -314,6 +325,8 @@ export class Vm implements WatchTarget {
     private readonly proc: ResultPromise,
     readonly qmp: QmpClient,
     readonly startedAt: number,
+    /** The file QEMU reads as fd RESTORE_FD (StartOptions.restoreFile), or null. */
+    readonly restorePath: string | null = null,
   ) {
     proc.stdout?.on('data', (b: Buffer) => {
       if (this.stdoutText.length < MAX_CAPTURE) this.stdoutText += b.toString('latin1');
@@ -354,15 +367,18 @@ export class Vm implements WatchTarget {
         ...(opts.prepare ? await opts.prepare(dir) : []),
       ];
       const listener = await listenQmp(qmpSocket);
-      // setpriv makes the kernel SIGKILL QEMU when we die, however we die.
-      proc = execa('setpriv', ['--pdeathsig', 'KILL', '--', cfg.qemu, ...args], {
-        stdin: 'ignore',
-        stdout: 'pipe',
-        stderr: 'pipe',
-        buffer: false,
-        reject: false,
-        cleanup: true,
-      });
+      const restorePath = opts.restoreFile ? join(dir, 'restore.bin') : null;
+      // Only QEMU keeps the descriptor: ours is closed once it is spawned (or failed to be).
+      const restore = restorePath ? await writeFile(restorePath, new Uint8Array(), { mode: 0o600 }).then(() => open(restorePath, 'r')) : null;
+      try {
+        // setpriv makes the kernel SIGKILL QEMU when we die, however we die; it keeps fd 3 open for QEMU.
+        // execa passes a bare fd number in stdio[3] to spawn as it is (QEMU's fd 3 is a dup of it;
+        // measured), though its types admit numbers for fds 0-2 only.
+        const stdio = (restore ? ['ignore', 'pipe', 'pipe', restore.fd] : ['ignore', 'pipe', 'pipe']) as unknown as ['ignore', 'pipe', 'pipe'];
+        proc = execa('setpriv', ['--pdeathsig', 'KILL', '--', cfg.qemu, ...args], { stdio, buffer: false, reject: false, cleanup: true });
+      } finally {
+        await restore?.close();
+      }
       if (proc.pid) trackPid(proc.pid);
       // Until the Vm exists (and captures it), keep what QEMU says: a failed start explains itself.
       let stderr = '';
@@ -388,7 +404,7 @@ export class Vm implements WatchTarget {
       if (!qmp) throw await refused();
       // The Vm captures QEMU's output from here on; the guest runs only after `cont`.
       proc.stderr?.off('data', early);
-      const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now());
+      const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now(), restorePath);
       vm.stderrText = stderr;
       try {
         // QEMU connects to QMP early; it can still abort while it sets the vCPUs up (a KVM that

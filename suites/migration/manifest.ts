@@ -19,6 +19,8 @@ export const migration = defineFamily({
   metrics: [
     { key: 'migrationCases', label: 'migration cases' },
     { key: 'migrations', label: 'migrations' },
+    { key: 'migrationsViaSocket', label: 'over a socket' },
+    { key: 'migrationsViaFile', label: 'saved and restored through a file' },
     { key: 'migrationsCompleted', label: 'completed' },
     { key: 'migrationsNotConverged', label: 'did not converge (no claim)' },
   ],

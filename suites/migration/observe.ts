@@ -10,7 +10,12 @@
  * vcpu_load_state): the source stops and sends (migrateTo, resume: false), the destination holds
  * what it loaded, both are read, and only then does the guest go on.
  */
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { compareDeviceState, parseMigrationStream, type FieldDifference, type StreamComparison } from '../../harness/migrationStream.js';
+import { hopVia, type HopVia } from '../../generators/migration.js';
+import { STREAM_EXCLUSIONS } from './streamExclusions.js';
 import { layoutWorkload, LOOPING_MARK, migrationProgram, workingSetPages, type MigrationCase } from '../../generators/migration.js';
 import { captureVmState, diffVmState, type VmStateDifference } from '../../harness/vmState.js';
 import { compareRam, MigrationError, withVms, type MigrateOptions, type MigrationInfo, type PageDifference, type StreamIntercept, type VmHandle, type VmSpec } from '../../harness/session.js';
@@ -88,6 +93,7 @@ if (!cannotCompleteWithin(firstPassBytes(64 << 20), HOPELESS.bandwidth, HOPELESS
 export interface Hop {
   readonly from: string;
   readonly to: string;
+  readonly via: HopVia;
   readonly prediction: Convergence;
   readonly info: MigrationInfo | null;
   /** Why it did not complete (QEMU's words), or null. */
@@ -102,6 +108,18 @@ export interface Hop {
     readonly kvmclockUpdates: readonly PvclockUpdate[];
   } | null;
   readonly state: readonly VmStateDifference[] | null;
+  /**
+   * A hop through a file, observed with the stream oracle: the source's stream (the file) against
+   * the loaded, not yet resumed destination saved again, device section by device section; the
+   * differences STREAM_EXCLUSIONS allow are kept apart with their reasons. Null otherwise.
+   */
+  readonly stream?: {
+    readonly compared: StreamComparison['compared'];
+    readonly onlyIn: StreamComparison['onlyIn'];
+    readonly differences: readonly FieldDifference[];
+    readonly allowed: readonly FieldDifference[];
+    readonly error?: string;
+  } | null;
   readonly stateEvidence?: { readonly source: Readonly<Record<string, string>>; readonly destination: Readonly<Record<string, string>> };
   /** Each thread's ops_done on the source at its switchover, and on the destination before it runs. */
   readonly progress: { readonly source: readonly number[]; readonly destination: readonly number[] } | null;
@@ -218,14 +236,26 @@ async function opsDone(vm: VmHandle, threads: number): Promise<number[]> {
 /** The migration stream interceptor of the run's mutant (a page-record proxy), if any. */
 export type InterceptFor = (w: DirtyWorkload) => ((dstUri: string, dstDir: string) => Promise<StreamIntercept>) | undefined;
 
-export async function observeMigration(c: MigrationCase, facts: MigrationFacts, env: PropertyEnv, interceptFor?: InterceptFor): Promise<Observation<MigrationObservation>> {
+export interface ObserveOptions {
+  readonly interceptFor?: InterceptFor;
+  /**
+   * After each hop through a file, save the loaded destination before it resumes and compare the
+   * streams' device sections. Its save has effects of its own on QEMU 7.2 (kvmclock's pre_save
+   * re-reads KVM's clock for a VM that has not run since it loaded, and `cont` then sets that
+   * value), so only the switchover property, whose rules are all judged before the resume, asks.
+   */
+  readonly streamOracle?: boolean;
+}
+
+export async function observeMigration(c: MigrationCase, facts: MigrationFacts, env: PropertyEnv, o: ObserveOptions = {}): Promise<Observation<MigrationObservation>> {
+  const interceptFor = o.interceptFor;
   const { workload } = layoutWorkload(c);
   const program = migrationProgram(c, workload, facts.tscHz);
   const nthreads = program.threads.length;
   const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: c.ramMiB, ...(c.tracking.kind === 'ring' ? { accelProps: [`dirty-ring-size=${c.tracking.size}`] } : {}) });
-  const specs: Record<string, VmSpec> = { a: { config: cfg, program }, b: { config: cfg, incoming: 'defer' } };
+  const specs: Record<string, VmSpec> = { a: { config: cfg, program }, b: { config: cfg, incoming: 'defer', ...(hopVia(c, 0) === 'file' ? { restoreFile: true } : {}) } };
   if (c.cancelFirst) specs.a0 = { config: cfg, incoming: 'defer' };
-  if (c.pingPong) specs.c = { config: cfg, incoming: 'defer' };
+  if (c.pingPong) specs.c = { config: cfg, incoming: 'defer', ...(hopVia(c, 1) === 'file' ? { restoreFile: true } : {}) };
   const ws = workingSetPages(workload);
   const opts = migrateOptions(c);
   const prediction = predictConvergence({
@@ -236,7 +266,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   });
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
-  for (const [k, on] of Object.entries({ multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock })) {
+  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
   const stderr: Record<string, string> = {};
@@ -268,8 +298,8 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
         }
         const hops: Hop[] = [];
         const route = c.pingPong ? [['a', 'b'], ['b', 'c']] : [['a', 'b']];
-        for (const [from, to] of route as [string, string][]) {
-          const hop = await migrateHop(vms[from]!, vms[to]!, { c, workload, program, tscHz: facts.tscHz, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
+        for (const [i, [from, to]] of (route as [string, string][]).entries()) {
+          const hop = await migrateHop(vms[from]!, vms[to]!, { c, via: hopVia(c, i), streamOracle: o.streamOracle === true, workload, program, tscHz: facts.tscHz, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
           hops.push(hop);
           if (!hop.resumed) break;
         }
@@ -290,26 +320,34 @@ async function untilRunning(vm: VmHandle): Promise<void> {
 async function migrateHop(
   src: VmHandle,
   dst: VmHandle,
-  x: { c: MigrationCase; workload: DirtyWorkload; program: Program; tscHz: number; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
+  x: { c: MigrationCase; via: HopVia; streamOracle: boolean; workload: DirtyWorkload; program: Program; tscHz: number; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
 ): Promise<Hop> {
-  const { c, workload, nthreads, prediction, env } = x;
-  const base = { from: src.name, to: dst.name, prediction };
+  const { c, workload, nthreads, prediction, env, via } = x;
+  const base = { from: src.name, to: dst.name, via, prediction };
   const timeoutMs = prediction === 'converges' ? 60_000 : 20_000;
   let info: MigrationInfo;
   try {
-    info = await src.migrateTo(dst, { ...migrateOptions(c), resume: false, timeoutMs, ...(x.intercept ? { intercept: x.intercept } : {}) });
+    if (via === 'file') {
+      const { postcopyAfterMs: _, ...opts } = migrateOptions(c);
+      // A save stops the guest first (VmHandle.migrateViaFile), so the file holds each page once.
+      info = await src.migrateViaFile(dst, { ...opts, resume: false, timeoutMs });
+    } else {
+      info = await src.migrateTo(dst, { ...migrateOptions(c), resume: false, timeoutMs, ...(x.intercept ? { intercept: x.intercept } : {}) });
+    }
   } catch (e) {
     if (!(e instanceof MigrationError)) throw e;
     env.metrics.add('migrations');
+    env.metrics.add(via === 'file' ? 'migrationsViaFile' : 'migrationsViaSocket');
     const gaveUp = prediction !== 'converges' && /did not end within/.test(e.message);
     if (gaveUp) env.metrics.add('migrationsNotConverged');
     env.metrics.sample('migration.completed', 0, { ...caseLabels(c), prediction });
     return { ...base, info: e.info, error: e.message, gaveUp, ram: null, state: null, progress: null, resumed: null };
   }
   env.metrics.add('migrations');
+  env.metrics.add(via === 'file' ? 'migrationsViaFile' : 'migrationsViaSocket');
   env.metrics.add('migrationsCompleted');
-  env.metrics.sample('migration.completed', 1, { ...caseLabels(c), prediction });
-  for (const f of figureSamples(c, info, workingSetPages(workload))) env.metrics.sample(f.series, f.value, f.labels);
+  env.metrics.sample('migration.completed', 1, { ...caseLabels(c), via, prediction });
+  for (const f of figureSamples(c, info, workingSetPages(workload), via)) env.metrics.sample(f.series, f.value, f.labels);
   // Both stopped: the source at completion, the destination with everything loaded.
   // RAM from the files and state through QMP: independent, so read together.
   const [ram, sa, sb] = await Promise.all([
@@ -320,6 +358,8 @@ async function migrateHop(
   if (ram.kvmclockUpdates.length) env.metrics.add('migration.kvmclockUpdatedOnLoad');
   const state = diffVmState(sa, sb);
   const progress = { source: await opsDone(src, nthreads), destination: await opsDone(dst, nthreads) };
+  const stream = via === 'file' && x.streamOracle ? await streamOracle(dst) : null;
+  if (stream && !stream.error) env.metrics.add('migration.streamsCompared');
   // Resume the destination: it must run on from there, and stop when told.
   await dst.cont();
   await sleep(c.runAfterMs);
@@ -353,6 +393,7 @@ async function migrateHop(
     gaveUp: false,
     ram,
     state,
+    stream,
     ...(state.length ? { stateEvidence: { source: sa.raw, destination: sb.raw } } : {}),
     progress,
     resumed: {
@@ -366,6 +407,26 @@ async function migrateHop(
       vectors,
     },
   };
+}
+
+/**
+ * The stream oracle of a hop through a file: the destination's restore file is exactly what the
+ * source sent; save the destination (loaded, stopped, not yet resumed) beside it and compare the
+ * two streams' device sections field by field (harness/migrationStream.ts). The second save is
+ * removed once read.
+ */
+async function streamOracle(dst: VmHandle): Promise<NonNullable<Hop['stream']>> {
+  const file = join(dst.vm.dir, 'saved-at-switchover.bin');
+  try {
+    await dst.saveState(file, join(dst.vm.dir, 'save-at-switchover.sock'), { timeoutMs: 30_000 });
+    const [a, b] = await Promise.all([readFile(dst.vm.restorePath!), readFile(file)]);
+    const r = compareDeviceState(a, parseMigrationStream(a), b, parseMigrationStream(b), STREAM_EXCLUSIONS);
+    return { compared: r.compared, onlyIn: r.onlyIn, differences: r.differences.filter((d) => !d.excluded), allowed: r.differences.filter((d) => d.excluded) };
+  } catch (e) {
+    return { compared: [], onlyIn: { a: [], b: [] }, differences: [], allowed: [], error: e instanceof Error ? e.message : String(e) };
+  } finally {
+    await rm(file, { force: true });
+  }
 }
 
 /** What a case asked of the migration, as measurement labels: success rate and figures per configuration. */
@@ -387,8 +448,8 @@ function caseLabels(c: MigrationCase): Record<string, string | number> {
  * highest dirty rate QEMU measured while it ran (dirtyRateBps, bytes/s; 0: QEMU measured none):
  * what a report plots downtime and bytes against.
  */
-export function figureSamples(c: MigrationCase, info: MigrationInfo, workingSetPages: number): { series: string; value: number; labels: Record<string, string | number> }[] {
-  const labels = { ...caseLabels(c), workingSetPages, dirtyRateBps: Math.round(info.dirtyRateReached ?? 0) };
+export function figureSamples(c: MigrationCase, info: MigrationInfo & { restoreMs?: number; savedBytes?: number }, workingSetPages: number, via: HopVia = 'socket'): { series: string; value: number; labels: Record<string, string | number> }[] {
+  const labels = { ...caseLabels(c), via, workingSetPages, dirtyRateBps: Math.round(info.dirtyRateReached ?? 0) };
   const figures: Record<string, number | undefined> = {
     totalTimeMs: info['total-time'],
     downtimeMs: info.downtime,
@@ -398,6 +459,9 @@ export function figureSamples(c: MigrationCase, info: MigrationInfo, workingSetP
     mbps: info.ram?.mbps,
     pagesPerSecond: info.ram?.['pages-per-second'] as number | undefined,
     throttlePercent: info.throttleReached ?? 0,
+    // A hop through a file: how long the destination took to load it, and its size.
+    restoreMs: info.restoreMs,
+    savedBytes: info.savedBytes,
   };
   return Object.entries(figures).flatMap(([k, v]) => (typeof v === 'number' ? [{ series: `migration.${k}`, value: v, labels }] : []));
 }

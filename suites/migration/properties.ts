@@ -2,7 +2,8 @@
  * Migration properties. Both observe the same kind of case (observe.ts): a dirtying workload
  * migrated live with generated parameters; each makes its own claim about it.
  *  - migration.switchover: with the source stopped at completion and the destination loaded but
- *    not resumed, both hold the same guest RAM, byte for byte, and the same vCPU and device state;
+ *    not resumed, both hold the same guest RAM, byte for byte, and the same vCPU and device state
+ *    (through QMP/HMP, and for a hop through a file, the device sections of the two streams);
  *    a migration that should converge completes, one that cannot complete in time does not.
  *  - migration.resume: the destination then runs the guest on from there and stops when told,
  *    the source stays where it stopped, and what the workload wrote is what the model says
@@ -38,9 +39,11 @@ function arbitrary(_facts: MigrationFacts, env: PropertyEnv): fc.Arbitrary<Migra
   });
 }
 
-function observe(c: MigrationCase, f: MigrationFacts, env: PropertyEnv) {
-  const m = env.mutant?.migrationIntercept;
-  return observeMigration(c, f, env, m ? (w) => m({ pages: w.sentinels, magic: w.magic }) : undefined);
+function observer(streamOracle: boolean) {
+  return (c: MigrationCase, f: MigrationFacts, env: PropertyEnv) => {
+    const m = env.mutant?.migrationIntercept;
+    return observeMigration(c, f, env, { streamOracle, ...(m ? { interceptFor: (w) => m({ pages: w.sentinels, magic: w.magic }) } : {}) });
+  };
 }
 
 function where(h: Hop): string {
@@ -87,6 +90,28 @@ const stateIdentical: Rule<MigrationObservation> = rule('vCPU and device state i
       { differences: h.state },
       { evidence: { ...h.stateEvidence, qemu: words(o) } },
     );
+  }
+});
+
+const streamsIdentical: Rule<MigrationObservation> = rule('device sections of the two streams identical at switchover', function* (o) {
+  for (const h of o.hops) {
+    const s = h.stream;
+    if (!s) continue;
+    if (s.error) {
+      yield difference(`${where(h)}: the streams of the switchover could not be saved and read: ${s.error}`, 'the destination saves, and both streams parse', s.error, { evidence: { qemu: words(o) } });
+      continue;
+    }
+    for (const [side, missing] of [['source', s.onlyIn.b], ['destination', s.onlyIn.a]] as const) {
+      if (missing.length) yield difference(`${where(h)}: the ${side}'s stream has no section ${missing.join(', ')}`, 'the same device sections in both streams', { missing, side }, { evidence: { compared: s.compared } });
+    }
+    for (const d of s.differences) {
+      yield difference(
+        `${where(h)}: device section ${d.section} field ${d.field} differs between the stream the source sent and the destination saved before resuming (source ${d.a}, destination ${d.b})`,
+        { section: d.section, field: d.field, value: d.a },
+        { section: d.section, field: d.field, value: d.b },
+        { evidence: { compared: s.compared, allowed: s.allowed, qemu: words(o) } },
+      );
+    }
   }
 });
 
@@ -144,14 +169,15 @@ const vectorsKept: Rule<MigrationObservation> = rule('vector registers keep thei
   }
 });
 
-function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[]) {
-  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, facts, arbitrary, observe, rules });
+function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[], streamOracle = false) {
+  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, facts, arbitrary, observe: observer(streamOracle), rules });
 }
 
 export const migrationSwitchover = migrationProperty(
   'migration.switchover',
-  'A live migration of a guest that dirties memory (generated writers, layouts and rates; dirty bitmap or ring; multifd, xbzrle, auto-converge, postcopy, bandwidth and downtime limits; cancel-then-retry; ping-pong) completes when the model says it converges, and one capped so that it cannot complete before its cancel does not; at the switchover the stopped source and the loaded destination hold byte-identical guest RAM (where the destination KVM may only have completed a later update of an enabled kvmclock area, which msr.rst allows at any time), the same vCPU and device state and the same guest progress',
-  [hopeless, completes, ramIdentical, stateIdentical, progressIdentical],
+  'A live migration of a guest that dirties memory (generated writers, layouts and rates; dirty bitmap or ring; multifd, xbzrle, auto-converge, postcopy, bandwidth and downtime limits; cancel-then-retry; ping-pong) completes when the model says it converges, and one capped so that it cannot complete before its cancel does not; at the switchover the stopped source and the loaded destination hold byte-identical guest RAM (where the destination KVM may only have completed a later update of an enabled kvmclock area, which msr.rst allows at any time), the same vCPU and device state and the same guest progress; after a hop through a file, the device sections of the stream the source saved equal those of the destination saved again before it resumes, field by field (suites/migration/streamExclusions.ts names the fields that may differ, and why)',
+  [hopeless, completes, ramIdentical, stateIdentical, streamsIdentical, progressIdentical],
+  true,
 );
 
 export const migrationResume = migrationProperty(

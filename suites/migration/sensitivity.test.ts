@@ -1,7 +1,8 @@
 /**
  * The migration oracles can fail (mutants.ts): a proxy between source and destination that flips
  * one byte of a page record, or drops the record, of a page written once before the migration,
- * makes migration.switchover fail on real KVM (RAM differs at the switchover: the page, the
+ * makes migration.switchover fail on real KVM (and so does a proxy that replays a stale record of
+ * the guest's mailbox page after each fresh one) (RAM differs at the switchover: the page, the
  * offset, both sides' bytes) and migration.resume fail (the page is not what the model says), each
  * with a shrunk counterexample that `kvmprop replay` fails again: the proxy hits every migration.
  * A time model with its clock wrong (a deadline taken as a second later) makes the time rule of
@@ -16,6 +17,7 @@ import { readCounterexample } from '../../reports/counterexample.js';
 import { defaultOptions, PROJECT_ROOT } from '../lib/options.js';
 import { propertyEnv, runProperty } from '../lib/runner.js';
 import { propertyById } from '../registry.js';
+import { LAYOUT } from '../../harness/guest/abi.js';
 import { CORRUPT_OFFSET } from './mutants.js';
 
 const out = mkdtempSync(join(tmpdir(), 'kvmprop-migration-sensitivity-'));
@@ -55,6 +57,16 @@ describe('migration properties fail on a broken stream', () => {
     expect(r.reason).toMatch(/before its deadline/);
     expect((c.workload as { deadlineMs: number | null }).deadlineMs).not.toBeNull();
     await replays(file, 'migration.resume');
+  }, 600_000);
+
+  it('stream-replay-stale-page-record: the switchover RAM differs in the mailbox page, shrunk and replayed', async () => {
+    const { r, file, c } = await failing('migration.switchover', 'stream-replay-stale-page-record');
+    expect(r.rule).toBe('RAM identical at switchover');
+    expect(r.reason).toMatch(new RegExp(`1 page\\(s\\) of guest RAM differ .*page 0x${LAYOUT.mailbox.toString(16)} \\+`));
+    const w = c.workload as { threads: { regions: unknown[] }[]; sentinels: number };
+    expect(w.threads.length).toBe(1);
+    expect(w.threads[0]!.regions.length).toBe(1);
+    await replays(file, 'migration.switchover');
   }, 600_000);
 
   it('stream-drop-page-record: the destination lacks the page the model says is there, shrunk and replayed', async () => {
