@@ -98,6 +98,10 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
   const machine = timerMachine(env, extraFamilyArgs);
   const b = new ProgramBuilder({ maxThreads: 1 });
   for (const leaf of [0x1, 0x4000_0000, 0x4000_0001, 0x4000_0010, 0x15, 0x16]) b.thread(0).op({ op: 'cpuid', leaf, subleaf: 0, cpl: 0 });
+  // Under TCG the guest's TSC rate is QEMU's own, which no CPUID leaf states: measure it against a
+  // second clock, the RTC's seconds (two seconds; the op gives up after 2^40 cycles unchanged).
+  const calibrate = env.options.accel === 'tcg';
+  if (calibrate) for (let i = 0; i < 3; i++) b.thread(0).op({ op: 'rtcSecondsEdge', timeoutCycles: 1n << 40n });
   const [noise, o] = await Promise.all([measureHostNoise(), observeProgram(env, b.build(), { role: 'facts', config: machine })]);
   if (!o.ok) throw new Error(`the timer facts VM did not run: ${o.difference.summary}`);
   const q = recordsOf(o.value.records[0] ?? [], 'cpuid');
@@ -117,7 +121,16 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
   const khz = env.host.kvm.vcpuTscKhz;
   let tscHz: number;
   let tscSource: string;
-  if (rates) {
+  const edges = calibrate ? recordsOf(o.value.records[0] ?? [], 'rtcSecondsEdge').map((r) => r.fields) : [];
+  if (calibrate) {
+    if (edges.length !== 3 || edges.some((e) => e.timedOut !== 0n)) throw new Error('calibrating the TCG guest TSC: the RTC seconds did not change three times');
+    const a = edges[0]!;
+    const z = edges[2]!;
+    const lo = Number(z.tscBefore! - a.tscAfter!);
+    const hi = Number(z.tscAfter! - a.tscBefore!);
+    tscHz = (lo + hi) / 4;
+    tscSource = `calibrated against the RTC's seconds over 2 s: ${(tscHz / 1e6).toFixed(3)} MHz ±${(((hi - lo) / (lo + hi)) * 1e6).toFixed(0)} ppm (the stamps)`;
+  } else if (rates) {
     tscHz = Number(rates.tscHz);
     tscSource = rates.source;
   } else if (khz) {
