@@ -8,27 +8,31 @@ import type { Vm } from '../../harness/vm.js';
 import type { Mutant } from '../lib/family.js';
 
 /**
- * Pause a workload VM through QMP for STOP_MS, let it run only for the round trip of `cont` and
- * the next `stop`, and again, for as long as it runs: an injected delay. Where a stop lands in the
- * guest's program is up to the host's timing, so a very short case is not hit every time.
+ * Pause a workload VM through QMP for STOP_MS, let it run for RUN_MS, and again, for as long as it
+ * runs: an injected delay. Where a stop lands in the guest's program is up to the host's timing, so
+ * a very short case is not hit every time.
+ *
+ * 50 ms, not the 20 it was: the case's bounds now allow the host's measured waits (a host CPU's
+ * longest steal, in 10 ms steps; the main loop's longest wait), which on a loaded host reached
+ * 20 ms. And the VM runs 20 ms between pauses, not only for a QMP round trip: with 50 ms pauses
+ * and no run between them a case took seconds, and the sensitivity test four minutes.
  */
-// 50 ms, not the 20 it was: the case's bounds now allow the host's measured waits (the steal of a
-// host CPU, in 10 ms steps; the main loop's longest wait), which on a loaded host reached 20 ms and
-// let a 20 ms pause pass 40 cases (fresh-clone CI under load).
 const STOP_MS = 50;
+const RUN_MS = 20;
 
 async function stopAndGo(vm: Vm, done: AbortSignal): Promise<void> {
   while (!done.aborted && !vm.hasExited) {
     await vm.qmp.execute('stop');
     await sleep(STOP_MS);
     await vm.qmp.execute('cont');
+    await sleep(RUN_MS);
   }
 }
 
 export const TIMER_MUTANTS: readonly Mutant[] = [
   {
     name: 'vcpu-stop-cont',
-    description: `QMP stop for ${STOP_MS} ms, cont, and stop again at once, for as long as a workload VM runs: the guest's TSC runs on, timers expire while it cannot take interrupts, and every interrupt due in a pause comes up to ${STOP_MS} ms late.`,
+    description: `QMP stop for ${STOP_MS} ms, cont for ${RUN_MS} ms, and again, for as long as a workload VM runs: the guest's TSC runs on, timers expire while it cannot take interrupts, and every interrupt due in a pause comes up to ${STOP_MS} ms late.`,
     breaks: ['timers.lapic.schedule', 'timers.rtc.periodic'],
     roles: ['workload'],
     during: stopAndGo,
