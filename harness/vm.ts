@@ -182,14 +182,6 @@ export interface HostWait {
   /** KVM's in-kernel PIT worker thread (`kvm-pit/PID`, which injects its ticks), ns; absent without one. */
   readonly pitNs?: number;
   /**
-   * Steal time of the host's own CPUs (the `steal` column of /proc/stat, per CPU, ns), where the
-   * host is itself a virtual machine: its hypervisor took the CPU from every thread on it at once,
-   * KVM's timers and QEMU's included, and no run_delay above shows it. Between two readings
-   * (hostWaitBetween), one entry: the most any one CPU lost. /proc/stat counts in USER_HZ (100 on
-   * x86 Linux), so it moves in steps of 10 ms. Absent where /proc/stat cannot be read.
-   */
-  readonly cpuStealNs?: readonly number[];
-  /**
    * The longest single wait of QEMU's main loop thread while the guest ran, ns (runVm samples its
    * run_delay every few ms: the kernel adds a wait to run_delay when the thread gets the CPU back,
    * so one wait shows as one step). The main loop runs the timers QEMU emulates (the RTC, a
@@ -200,40 +192,40 @@ export interface HostWait {
   /**
    * The largest single step of any host CPU's steal while the guest ran (sampled with
    * mainLongestWaitNs), ns: one stall of the host by its own hypervisor, to within the 10 ms of
-   * /proc/stat (a step may also be small steals adding up to the next 10 ms). Not cpuStealNs, the
-   * total: a case of a second on this host accrues 40-120 ms of steal in small pieces.
+   * /proc/stat, which counts in USER_HZ (a step may also be small steals adding up to the next
+   * 10 ms). Where the host is itself a VM, its hypervisor takes the CPU from every thread on it at
+   * once, KVM's timers and QEMU's included, and no run_delay shows it. Not the case's total steal:
+   * a case of a second on this host accrues 40-120 ms of it in small pieces.
    */
   readonly cpuLongestStealNs?: number;
 }
 
-/** How often runVm samples the main loop thread's run_delay (mainLongestWaitNs). */
+/** How often runVm samples the main loop's run_delay and the host's steal (mainLongestWaitNs, cpuLongestStealNs). */
 const MAIN_WAIT_SAMPLE_MS = 2;
 
 /**
- * Sample a thread's run_delay and the host CPUs' steal until `done`; the largest step of each
- * between two samples, ns (steal: of any one CPU), or null where it could not be read.
+ * Read each counter (a list of cumulative ns values) every MAIN_WAIT_SAMPLE_MS until `done`; per
+ * counter, the largest step of any of its values between two readings, ns, or null once it could
+ * not be read.
  */
-async function longestWaits(pid: number, done: AbortSignal): Promise<{ mainNs: number | null; stealNs: number | null }> {
-  let prev = await runDelayNs(pid, pid);
-  let prevSteal = await cpuStealNs();
-  let main: number | null = prev === null ? null : 0;
-  let steal: number | null = prevSteal === null ? null : 0;
-  while (!done.aborted && (main !== null || steal !== null)) {
+async function largestSteps(counters: readonly (() => Promise<readonly number[] | null>)[], done: AbortSignal): Promise<(number | null)[]> {
+  const prev = await Promise.all(counters.map((read) => read()));
+  const largest: (number | null)[] = prev.map((p) => (p === null ? null : 0));
+  while (!done.aborted && largest.some((l) => l !== null)) {
     await sleep(MAIN_WAIT_SAMPLE_MS);
-    const now = main === null ? null : await runDelayNs(pid, pid);
-    if (now === null) main = null;
-    else {
-      main = Math.max(main!, now - prev!);
-      prev = now;
-    }
-    const nowSteal = steal === null ? null : await cpuStealNs();
-    if (nowSteal === null || !prevSteal || nowSteal.length !== prevSteal.length) steal = null;
-    else {
-      steal = Math.max(steal!, ...nowSteal.map((v, i) => v - prevSteal![i]!));
-      prevSteal = nowSteal;
+    for (let k = 0; k < counters.length; k++) {
+      if (largest[k] === null) continue;
+      const now = await counters[k]!();
+      const before = prev[k]!;
+      if (now === null || now.length !== before.length) {
+        largest[k] = null;
+        continue;
+      }
+      largest[k] = Math.max(largest[k]!, ...now.map((v, i) => v - before[i]!));
+      prev[k] = now;
     }
   }
-  return { mainNs: main, stealNs: steal };
+  return largest;
 }
 
 /** USER_HZ: the unit of /proc/stat (fixed at 100 on x86 Linux, whatever the kernel's HZ). */
@@ -265,10 +257,7 @@ async function runDelayNs(pid: number, tid: number): Promise<number | null> {
 export function hostWaitBetween(before: HostWait | null, after: HostWait | null): HostWait | null {
   if (!before || !after || before.vcpusNs.length !== after.vcpusNs.length) return null;
   const pit = before.pitNs !== undefined && after.pitNs !== undefined ? { pitNs: Math.max(0, after.pitNs - before.pitNs) } : {};
-  const b = before.cpuStealNs;
-  const a = after.cpuStealNs;
-  const steal = b && a && b.length === a.length ? { cpuStealNs: [Math.max(0, ...a.map((v, i) => v - b[i]!))] } : {};
-  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs), ...pit, ...steal };
+  return { vcpusNs: after.vcpusNs.map((v, i) => Math.max(0, v - before.vcpusNs[i]!)), mainNs: Math.max(0, after.mainNs - before.mainNs), ...pit };
 }
 
 /** The pid of KVM's PIT worker kthread for the VM of QEMU `pid` (comm `kvm-pit/PID`), or null. */
@@ -593,8 +582,7 @@ export class Vm implements WatchTarget {
     // KVM creates the kthread with the in-kernel PIT (KVM_CREATE_PIT2, at VM creation): one scan of /proc per VM.
     if (this.pitTid === undefined) this.pitTid = await kvmPitThread(pid);
     const pit = this.pitTid === null ? null : await runDelayNs(this.pitTid, this.pitTid);
-    const steal = await cpuStealNs();
-    return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }), ...(steal === null ? {} : { cpuStealNs: steal }) };
+    return { vcpusNs: vcpus as number[], mainNs: main, ...(pit === null ? {} : { pitNs: pit }) };
   }
 
   async collect(outcome: VmOutcome, program: ProgramImage | undefined, nthreads: number, hostWait: HostWait | null = null, kvmStats: KvmStatsRun | null = null): Promise<VmRunResult> {
@@ -672,6 +660,8 @@ export async function runVm(
      * QMP); its errors are ignored, since the VM may end under it.
      */
     during?: (vm: Vm, done: AbortSignal) => Promise<void>;
+    /** Sample QEMU's main loop and the host CPUs' steal while the guest runs (HostWait.mainLongestWaitNs, cpuLongestStealNs). */
+    sampleHostWaits?: boolean;
   },
 ): Promise<VmRunResult> {
   const vm = await Vm.start(cfg, { guestElf: opts.guestElf, program: opts.program, label: opts.label ?? 'vm', ...(opts.prepare ? { prepare: opts.prepare } : {}) });
@@ -680,17 +670,21 @@ export async function runVm(
   try {
     const waitBefore = await vm.hostWait();
     const sampled = new AbortController();
-    const waits = vm.pid ? longestWaits(vm.pid, sampled.signal) : Promise.resolve({ mainNs: null, stealNs: null });
+    const pid = vm.pid;
+    const waits =
+      opts.sampleHostWaits && pid
+        ? largestSteps([() => runDelayNs(pid, pid).then((v) => (v === null ? null : [v])), cpuStealNs], sampled.signal)
+        : Promise.resolve([null, null]);
     const outcome = await vm.waitForOutcome({ nthreads: opts.nthreads, timeoutMs: opts.timeoutMs ?? 60_000, stallMs: opts.stallMs ?? 2000 });
     sampled.abort();
     done.abort();
     await beside;
     const kvmStats = await vm.kvmStatsRun();
     const between = hostWaitBetween(waitBefore, vm.hostWaitAtFinish);
-    const longest = await waits;
+    const [mainWait, steal] = await waits;
     const sampledWaits = {
-      ...(longest.mainNs === null ? {} : { mainLongestWaitNs: longest.mainNs }),
-      ...(longest.stealNs === null ? {} : { cpuLongestStealNs: longest.stealNs }),
+      ...(mainWait == null ? {} : { mainLongestWaitNs: mainWait }),
+      ...(steal == null ? {} : { cpuLongestStealNs: steal }),
     };
     return await vm.collect(outcome, opts.program, opts.nthreads, between ? { ...between, ...sampledWaits } : between, kvmStats);
   } finally {

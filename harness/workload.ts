@@ -51,6 +51,8 @@ export async function runWorkload(cfg: MachineConfig, program: Program, opts: Wo
     ...(opts.stallMs ? { stallMs: opts.stallMs } : {}),
     ...(opts.prepare ? { prepare: opts.prepare } : {}),
     ...(opts.during ? { during: opts.during } : {}),
+    // The programs that log steal time are those whose judges allow the host's waits.
+    ...(program.stealTime ? { sampleHostWaits: true } : {}),
   });
   const records: OpRecord[][] = [];
   let decodeError: string | undefined;

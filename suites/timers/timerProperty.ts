@@ -42,7 +42,7 @@ export interface TimerCaseResult {
   readonly workerWaitUs: number;
   /** Which thread that was. */
   readonly worker: string;
-  /** Of which the steal time of the host's own CPUs (the host is a VM; harness/vm.ts HostWait.cpuStealNs), µs: added to the lateness bound too. */
+  /** Of which the steal time of the host's own CPUs (its longest single stall; the host is a VM; harness/vm.ts HostWait.cpuLongestStealNs), µs: added to the lateness bound too. */
   readonly hostStealUs: number;
 }
 
