@@ -381,6 +381,14 @@ export const rtcRegA = (rs: number) => 0x20 | (rs & 0xf);
  * RTC schedules. `slowRates`: only RS 8–15 (256 Hz down to 2 Hz) and off — for driftfix=slew,
  * where a re-injection backlog at 1–8 kHz would keep the vCPU in its ISR.
  */
+/** One stamped RTC register write: the index (port 0x70), then the data (0x71). */
+function rtcRegisterWrite(m: TimerSchedule, b: ProgramBuilder, t: number, kind: 'writeA' | 'writeB', reg: number, value: number): void {
+  bracketed(m, b, t, { source: 'rtc', kind, value }, [
+    { op: 'pioOut', port: 0x70, width: 1, value: reg },
+    { op: 'pioOut', port: 0x71, width: 1, value },
+  ]);
+}
+
 export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
   const t = 0;
   // The index (port 0x70) and data (0x71) writes are one access: the ISR selects register C to
@@ -392,10 +400,7 @@ export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrar
     ensureRtcRouted(m, b);
     const masked = m.threads[t]!.interrupts;
     if (masked) bracketed(m, b, t, { source: 'control', kind: 'cli' }, [{ op: 'cli' }]);
-    bracketed(m, b, t, { source: 'rtc', kind, value }, [
-      { op: 'pioOut', port: 0x70, width: 1, value: reg },
-      { op: 'pioOut', port: 0x71, width: 1, value },
-    ]);
+    rtcRegisterWrite(m, b, t, kind, reg, value);
     if (masked) bracketed(m, b, t, { source: 'control', kind: 'sti' }, [{ op: 'sti' }]);
   };
   // Windows flips between 64 and 1024 Hz (RS 10 and 6); every other rate, and the same rate again, too.
@@ -438,12 +443,8 @@ export function rtcCommands(lim: ScheduleLimits, slowRates = false): fc.Arbitrar
  */
 export function rtcClockCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<TimerSchedule>>[] {
   const t = 0;
-  const write = (m: TimerSchedule, b: ProgramBuilder, kind: 'writeA' | 'writeB', reg: number, value: number) => {
-    bracketed(m, b, t, { source: 'rtc', kind, value }, [
-      { op: 'pioOut', port: 0x70, width: 1, value: reg },
-      { op: 'pioOut', port: 0x71, width: 1, value },
-    ]);
-  };
+  // No periodic interrupt here, so no ISR selects register C between the index and the data.
+  const write = (m: TimerSchedule, b: ProgramBuilder, kind: 'writeA' | 'writeB', reg: number, value: number) => rtcRegisterWrite(m, b, t, kind, reg, value);
   // A change is due within a second; 1.2 s before the op gives up (then the rate rule says so).
   const timeoutCycles = BigInt(Math.round(lim.tscHz * 1.2));
   return weightedCommands([

@@ -69,11 +69,27 @@ export function timeOfDay(e: Pick<RtcSecondsEdge, 'seconds' | 'minutes' | 'hours
 
 const modeOf = (regB: number) => regB & 0x06;
 
+/** Consecutive changes whose times of day compare: both valid, in one data mode (or 'reencodes'); with the seconds between them. */
+function comparablePairs(edges: readonly RtcSecondsEdge[], dataModeChange: RtcClockOptions['dataModeChange'] = 'no-prediction') {
+  const tod = edges.map((e) => (e.timedOut ? null : timeOfDay(e)));
+  const pairs: { a: RtcSecondsEdge; b: RtcSecondsEdge; from: number; to: number; steps: number }[] = [];
+  for (let k = 0; k + 1 < edges.length; k++) {
+    const a = edges[k]!;
+    const b = edges[k + 1]!;
+    const ta = tod[k];
+    const tb = tod[k + 1];
+    if (!ta || !tb || 'invalid' in ta || 'invalid' in tb) continue;
+    if (modeOf(a.regB) !== modeOf(b.regB) && dataModeChange === 'no-prediction') continue;
+    pairs.push({ a, b, from: ta.s, to: tb.s, steps: (((tb.s - ta.s) % DAY) + DAY) % DAY });
+  }
+  return { tod, pairs };
+}
+
 export function judgeRtcClock(edges: readonly RtcSecondsEdge[], opts: RtcClockOptions): TimerDifference[] {
   const diffs: TimerDifference[] = [];
   const tscHz = Number(opts.tscHz);
   const tol = opts.tolerancePpm / 1e6;
-  const tod = edges.map((e) => (e.timedOut ? null : timeOfDay(e)));
+  const { tod, pairs } = comparablePairs(edges, opts.dataModeChange);
   edges.forEach((e, k) => {
     if (e.timedOut) {
       // The op gives up after 1.2 s unchanged (from its first read); a shorter span breaks nothing.
@@ -90,16 +106,9 @@ export function judgeRtcClock(edges: readonly RtcSecondsEdge[], opts: RtcClockOp
     const t = tod[k]!;
     if ('invalid' in t) diffs.push({ rule: 'rtc-clock-advance', summary: `RTC: after the change at TSC [${hex(e.tscBefore)}, ${hex(e.tscAfter)}], ${t.invalid} (register B 0x${e.regB.toString(16)})`, expected: 'valid time registers', observed: { seconds: e.seconds, minutes: e.minutes, hours: e.hours, regB: e.regB }, eventIndex: e.eventIndex });
   });
-  for (let k = 0; k + 1 < edges.length; k++) {
-    const a = edges[k]!;
-    const b = edges[k + 1]!;
-    const ta = tod[k];
-    const tb = tod[k + 1];
-    if (!ta || !tb || 'invalid' in ta || 'invalid' in tb) continue;
-    if (modeOf(a.regB) !== modeOf(b.regB) && (opts.dataModeChange ?? 'no-prediction') === 'no-prediction') continue;
-    const steps = (((tb.s - ta.s) % DAY) + DAY) % DAY;
+  for (const { a, b, from, to, steps } of pairs) {
     if (steps === 0) {
-      diffs.push({ rule: 'rtc-clock-advance', summary: `RTC: the time of day read ${ta.s} s after midnight at both changes (TSC ${hex(a.tscAfter)} and ${hex(b.tscAfter)}): it did not advance`, expected: 'a later time of day', observed: { from: ta.s, to: tb.s }, eventIndex: b.eventIndex });
+      diffs.push({ rule: 'rtc-clock-advance', summary: `RTC: the time of day read ${from} s after midnight at both changes (TSC ${hex(a.tscAfter)} and ${hex(b.tscAfter)}): it did not advance`, expected: 'a later time of day', observed: { from, to }, eventIndex: b.eventIndex });
       continue;
     }
     const lo = Number(b.tscBefore - a.tscAfter) / tscHz;
@@ -109,7 +118,7 @@ export function judgeRtcClock(edges: readonly RtcSecondsEdge[], opts: RtcClockOp
       const mid = (lo + hi) / 2;
       diffs.push({
         rule: 'rtc-clock-rate',
-        summary: `RTC: ${steps} s of time of day (${ta.s} → ${tb.s} s after midnight) took ${lo.toFixed(6)}..${hi.toFixed(6)} s of TSC time (the RTC runs ${(Math.abs(steps / mid - 1) * 100).toFixed(2)}% ${steps / mid > 1 ? 'fast' : 'slow'}; allowed ±${opts.tolerancePpm} ppm)`,
+        summary: `RTC: ${steps} s of time of day (${from} → ${to} s after midnight) took ${lo.toFixed(6)}..${hi.toFixed(6)} s of TSC time (the RTC runs ${(Math.abs(steps / mid - 1) * 100).toFixed(2)}% ${steps / mid > 1 ? 'fast' : 'slow'}; allowed ±${opts.tolerancePpm} ppm)`,
         expected: { seconds: steps, tolerancePpm: opts.tolerancePpm },
         observed: { tscSeconds: { lo, hi } },
         eventIndex: b.eventIndex,
@@ -119,19 +128,12 @@ export function judgeRtcClock(edges: readonly RtcSecondsEdge[], opts: RtcClockOp
   return diffs;
 }
 
-/** Per compared pair: how far the RTC's second is from the TSC's, ppm, from the interval's midpoint. */
+/** Per pair in one data mode: how far the RTC's second is from the TSC's, ppm, from the interval's midpoint. */
 export function rtcSecondErrorPpm(edges: readonly RtcSecondsEdge[], tscHz: number): { ppm: number; widthUs: number }[] {
-  const out: { ppm: number; widthUs: number }[] = [];
-  for (let k = 0; k + 1 < edges.length; k++) {
-    const a = edges[k]!;
-    const b = edges[k + 1]!;
-    const ta = a.timedOut ? null : timeOfDay(a);
-    const tb = b.timedOut ? null : timeOfDay(b);
-    if (!ta || !tb || 'invalid' in ta || 'invalid' in tb || modeOf(a.regB) !== modeOf(b.regB)) continue;
-    const steps = (((tb.s - ta.s) % DAY) + DAY) % DAY;
-    if (steps === 0) continue;
-    const mid = (Number(b.tscBefore - a.tscAfter) + Number(b.tscAfter - a.tscBefore)) / 2 / tscHz;
-    out.push({ ppm: (mid / steps - 1) * 1e6, widthUs: (Number(b.tscAfter - b.tscBefore) + Number(a.tscAfter - a.tscBefore)) / tscHz * 1e6 });
-  }
-  return out;
+  return comparablePairs(edges)
+    .pairs.filter((p) => p.steps !== 0)
+    .map(({ a, b, steps }) => {
+      const mid = (Number(b.tscBefore - a.tscAfter) + Number(b.tscAfter - a.tscBefore)) / 2 / tscHz;
+      return { ppm: (mid / steps - 1) * 1e6, widthUs: ((Number(b.tscAfter - b.tscBefore) + Number(a.tscAfter - a.tscBefore)) / tscHz) * 1e6 };
+    });
 }
