@@ -472,15 +472,21 @@ export class Vm implements WatchTarget {
 
   /** Read guest-physical memory (RAM below 2 GiB maps 1:1 onto the RAM file). */
   async readPhys(addr: number, len: number): Promise<Uint8Array> {
-    if (!this.ramFd) this.ramFd = await open(this.ramPath, 'r');
     const buf = new Uint8Array(len);
+    await this.readPhysInto(addr, buf, len);
+    return buf;
+  }
+
+  /** readPhys into the caller's buffer (a loop over a large range reuses one, with no copy); resolves with the bytes read. */
+  async readPhysInto(addr: number, buf: Uint8Array, len: number): Promise<number> {
+    if (!this.ramFd) this.ramFd = await open(this.ramPath, 'r');
     let got = 0;
     while (got < len) {
       const { bytesRead } = await this.ramFd.read(buf, got, len - got, addr + got);
       if (bytesRead === 0) break;
       got += bytesRead;
     }
-    return buf;
+    return got;
   }
 
   async readMailbox(): Promise<{ mailbox: Record<string, bigint>; threads: Record<string, bigint>[] }> {
