@@ -86,6 +86,13 @@ export interface MigrationCase {
   readonly threads: readonly ThreadSpec[];
   /** Every thread also watches kvmclock (TSC always) for steps back across the switchovers. */
   readonly kvmclock: boolean;
+  /**
+   * Every vCPU enables KVM steal time (a page KVM itself writes for the guest at each entry after
+   * the vCPU waited to run: Linux Documentation/virt/kvm/x86/msr.rst MSR_KVM_STEAL_TIME) and every
+   * thread watches it: the steal a guest was told of never shrinks across a switchover. Absent in
+   * cases saved before it existed: off.
+   */
+  readonly stealTime?: boolean;
   /** vCPU 0 arms a TSC deadline this far ahead before the migration (it may fall before, during or after it). */
   readonly deadlineMs: number | null;
   /**
@@ -155,6 +162,7 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     sentinels: fc.integer({ min: 1, max: 8 }),
     threads: fc.array(threadArb, { minLength: 2, maxLength: 2 }),
     kvmclock: lim.kvmclock ? fc.boolean() : fc.constant(false),
+    stealTime: lim.kvmclock ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
     maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
   }).map((c) => ({
@@ -212,8 +220,9 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
   // The clock watches' page, after the sentinels (its words change as the guest runs).
   const watchPage = cursor + (c.sentinels + 1) * PAGE;
   const watches: ClockWatch[] = threads.flatMap((_, t) => [
-    { thread: t, kind: 'tsc' as const, slot: watchPage + t * 64 },
-    ...(c.kvmclock ? [{ thread: t, kind: 'kvmclock' as const, slot: watchPage + t * 64 + 32 }] : []),
+    { thread: t, kind: 'tsc' as const, slot: watchPage + t * 128 },
+    ...(c.kvmclock ? [{ thread: t, kind: 'kvmclock' as const, slot: watchPage + t * 128 + 32 }] : []),
+    ...(c.stealTime ? [{ thread: t, kind: 'steal' as const, slot: watchPage + t * 128 + 64 }] : []),
   ]);
   return {
     workload: {
@@ -235,6 +244,14 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
     },
     dropped,
   };
+}
+
+/** clockWatch's kind operand for each watched clock (ir/ops.ts). */
+const WATCH_KINDS = { tsc: 0, kvmclock: 1, steal: 2 } as const;
+
+/** The guest-physical address of vCPU t's steal time area (harness/guest/abi.ts LAYOUT.stealTime, PROGRAM_FLAGS.stealTime). */
+export function stealTimeOf(t: number): number {
+  return LAYOUT.stealTime + t * LAYOUT.stealTimeStride;
 }
 
 /** The guest-physical address of vCPU t's kvmclock area (harness/guest/abi.ts LAYOUT.pvclock). */
@@ -292,14 +309,14 @@ export function migrationProgram(c: MigrationCase, w: DirtyWorkload, tscHz: numb
       if (s.kind === 'delay') return { op: 'delayTsc', cycles: delayCycles };
       if (s.kind === 'watch') {
         const x = watches[wi++]!;
-        return { op: 'clockWatch', slot: BigInt(x.slot), kind: x.kind === 'tsc' ? 0 : 1, clock: BigInt(pvclockOf(ti)) };
+        return { op: 'clockWatch', slot: BigInt(x.slot), kind: WATCH_KINDS[x.kind], clock: BigInt(x.kind === 'steal' ? stealTimeOf(ti) : pvclockOf(ti)) };
       }
       const r = w.regions[s.region]!;
       return { op: 'dirtyWrite', base: BigInt(r.base), pages: r.pages, stride: r.stride, writer: WRITER_CODES[r.writer] };
     });
     return [...prelude, { op: 'loopBegin', count: 0 }, ...body, { op: 'loopEnd' }];
   });
-  return { threads, canary: DEFAULT_CANARY };
+  return { threads, canary: DEFAULT_CANARY, ...(c.stealTime ? { stealTime: true } : {}) };
 }
 
 /** Distinct pages one loop of the workload writes: what precopy must re-send each iteration. */

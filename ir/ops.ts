@@ -233,10 +233,11 @@ export const OPS = {
     0x46,
     [['slot', 'u64'], ['kind', 'u8'], ['clock', 'u64']],
     null,
-    'Read a clock (kind 0: RDTSC; 1: kvmclock, the pvclock area at clock, read as kvmclockRead does) and update the ' +
+    'Read a clock (kind 0: RDTSC; 1: kvmclock, the pvclock area at clock, read as kvmclockRead does; 2: the steal ' +
+      'time area at clock, its steal ns read while version is even and unchanged, as Linux does) and update the ' +
       'watch at slot (u64s: last value, times it went back, the largest step back, samples). The watch lives in guest ' +
       'RAM, so across a migration it compares the destination\'s clock with the source\'s last reading.',
-    { allowed: { kind: [0, 1] } },
+    { allowed: { kind: [0, 1, 2] } },
   ),
   fillXmm: op(
     0x47,

@@ -31,7 +31,7 @@ export type BodyStep = { readonly kind: 'pass'; readonly region: number } | { re
 /** A clock watch (ir/ops.ts clockWatch): four u64 at slot, last reading, steps back, the largest step back, samples. */
 export interface ClockWatch {
   readonly thread: number;
-  readonly kind: 'tsc' | 'kvmclock';
+  readonly kind: 'tsc' | 'kvmclock' | 'steal';
   readonly slot: number;
 }
 

@@ -5,7 +5,10 @@
  *    reading is compared with the source's last one. TSC: KVM and QEMU carry the guest TSC over
  *    (SDM Vol. 3B §17.17: the TSC increases monotonically); kvmclock: the pvclock ABI promises a
  *    monotonic clock with PVCLOCK_TSC_STABLE_BIT (Linux Documentation/virt/kvm/x86/msr.rst), and
- *    QEMU's kvmclock device migrates its value for exactly this (hw/i386/kvm/clock.c).
+ *    QEMU's kvmclock device migrates its value for exactly this (hw/i386/kvm/clock.c); steal time:
+ *    KVM only adds to `steal` (record_steal_time(): the vCPU task's run_delay since the last
+ *    update), and QEMU migrates MSR_KVM_STEAL_TIME, whose write on the destination restarts the
+ *    accounting from there, so the guest's own page carries the total over.
  *  - a TSC deadline armed before the switchover interrupts exactly once, not before the deadline
  *    (SDM Vol. 3A §10.5.4.1: one interrupt when the TSC reaches the deadline, then the MSR reads
  *    0 and the timer is disarmed), and not later than `graceTsc` after it while the guest runs.
@@ -14,7 +17,7 @@
  */
 export interface WatchReading {
   readonly thread: number;
-  readonly kind: 'tsc' | 'kvmclock';
+  readonly kind: 'tsc' | 'kvmclock' | 'steal';
   readonly last: bigint;
   readonly backwards: bigint;
   readonly worstBack: bigint;
@@ -28,12 +31,14 @@ export interface TimeDifference {
   readonly observed: unknown;
 }
 
+const WATCHED = { tsc: 'TSC', kvmclock: 'kvmclock', steal: 'steal time' } as const;
+
 export function judgeWatches(readings: readonly WatchReading[]): TimeDifference[] {
   return readings
     .filter((r) => r.backwards !== 0n)
     .map((r) => ({
       rule: 'clock-monotonic' as const,
-      summary: `vCPU ${r.thread}'s ${r.kind === 'tsc' ? 'TSC' : 'kvmclock'} went back ${r.backwards} time(s) in ${r.samples} readings, at worst by ${r.worstBack} ${r.kind === 'tsc' ? 'cycles' : 'ns'}`,
+      summary: `vCPU ${r.thread}'s ${WATCHED[r.kind]} went back ${r.backwards} time(s) in ${r.samples} readings, at worst by ${r.worstBack} ${r.kind === 'tsc' ? 'cycles' : 'ns'}`,
       expected: { backwards: 0 },
       observed: { backwards: r.backwards.toString(), worstBack: r.worstBack.toString(), samples: r.samples.toString() },
     }));

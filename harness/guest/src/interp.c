@@ -471,6 +471,17 @@ static inline void exec_clock_watch(struct ctx *x, const struct op_clock_watch *
 		struct pvclock_sample s;
 		pvclock_sample((volatile struct pvclock_info *)o->clock, &s);
 		now = s.ns;
+	} else if (o->kind == 2) {
+		/* kvm_steal_time: steal (u64) then version (u32), odd while KVM writes it. */
+		volatile u64 *steal = (volatile u64 *)o->clock;
+		volatile u32 *version = (volatile u32 *)(o->clock + 8);
+		u32 v;
+		do {
+			v = *version;
+			barrier();
+			now = *steal;
+			barrier();
+		} while ((v & 1) || v != *version);
 	} else {
 		now = rdtsc();
 	}
