@@ -433,6 +433,33 @@ describe('a TDCR write whose stamps span several periods (the vCPU descheduled i
   });
 });
 
+describe('a TDCR write that races a periodic expiry (seed 701)', () => {
+  // Periodic 10 000 counts at ÷64 = 1 280 000 TSC per period. Half way, ÷1: the remaining 5 000
+  // counts take 10 000 TSC (the ÷1 period itself is raised to the 200 µs floor). Then ÷64 again,
+  // with stamps 20 000 TSC wide around that expiry.
+  const DIV64 = 0x9;
+  const P = 1_280_000n;
+  const arm = T0 + 10_000n;
+  const t1 = arm + P / 2n;
+  const t2 = t1 + 5_000n;
+  const events = [...setup(PERIODIC, DIV64), at(arm, { kind: 'tmict', value: 10_000 }), at(t1, { kind: 'tdcr', value: DIV1 }), at(t2, { kind: 'tdcr', value: DIV64 }, 20_000n)];
+  const end = t1 + 2_000_000n;
+
+  it('the write came just before the expiry: it was rescaled, and the next follows a ÷64 period later', () => {
+    const first = t2 + 4_000n + 64n * 1_000n; // written 1 000 TSC before the ÷1 expiry
+    expect(judge(events, end, [irq(first + 50n), irq(first + P + 50n)])).toEqual([]);
+  });
+
+  it('the write came just after it: the expiry at ÷1, then nothing within the window', () => {
+    expect(judge(events, end, [irq(t1 + 10_150n)])).toEqual([]);
+  });
+
+  it('a third interrupt is still one too many', () => {
+    const first = t2 + 4_000n + 64n * 1_000n;
+    expect(rules(judge(events, end, [irq(first + 50n), irq(first + P + 50n), irq(first + P + 60_000n)]))).toContain('exact-count');
+  });
+});
+
 describe('a TDCR write whose stamps span a one-shot expiry (seed 507)', () => {
   // One-shot 1 000 000 counts at ÷1 (expiry at arm + 2 000 000); TDCR ÷8 with stamps from arm +
   // 1 500 000 to arm + 3 000 000. Written early, the rest (500 000 TSC) runs 8× slower: expiry at

@@ -657,10 +657,13 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         if (!hasPending(armed) || armed !== c) break;
         let iv = nextOf(c);
         let spans = false;
+        /** The racing expiry (fired at its own time or rescaled), when one raced the write. */
+        let raced: Interval | null = null;
         if (iv.lo <= w.hi) {
           // The expiry races the write: it fires in either branch, at its own time or rescaled.
           const rescaledHi = w.hi + durHi(maxB(iv.hi - w.lo, 0n), r, ppb);
-          deliver(c, { lo: minB(iv.lo, w.lo), hi: maxB(iv.hi, rescaledHi) }, true);
+          raced = { lo: minB(iv.lo, w.lo), hi: maxB(iv.hi, rescaledHi) };
+          deliver(c, raced, true);
           c.emitted++;
           if (mode === 'one-shot') {
             // Under 'refires', an expiry that may have come before the write (its window opens
@@ -691,11 +694,18 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         const base = spans ? { lo: w.lo, hi: w.hi + durHi(1n, { num: c.period.num * r.num, den: c.period.den * r.den }, ppb) } : rescaleInterval(iv, w, r, ppb);
         // KVM rescales from its target, which a late callback moved up to targetLag past the phase.
         const rescaled = c.targetLag > 0n ? { lo: base.lo, hi: base.hi + durHi(1n, { num: c.targetLag * r.num, den: r.den }, ppb) } : base;
-        c.anchor = rescaled;
+        const p = periodOf(c.tmict, nd, mode === 'periodic');
+        // A periodic expiry that raced the write and came after it was itself rescaled, and the
+        // next one follows it by a period at the new divide; one that came before the write left
+        // the next old-rate expiry to be rescaled (base). Either may be the case (seed 701: ÷1 →
+        // ÷64 1.8 µs before the expiry; the next came one ÷64 period after the rescaled one,
+        // where the other branch put it 12 ms out).
+        c.anchor = raced && !spans && mode === 'periodic'
+          ? { lo: minB(rescaled.lo, raced.lo + durLo(1n, p.period, ppb)), hi: maxB(rescaled.hi, raced.hi + durHi(1n, p.period, ppb)) }
+          : rescaled;
         c.k = 0n;
         c.divide = nd;
         c.pendingDivide = null;
-        const p = periodOf(c.tmict, nd, mode === 'periodic');
         c.period = mode === 'periodic' ? p.period : { num: c.tmict * nd * tscHz, den: busHz };
         c.periodCounts = mode === 'periodic' ? p.counts : c.tmict;
         c.lastRead?.rescales.push({ lo: w.lo, hi: w.hi, num: r.num, den: r.den });
