@@ -548,6 +548,18 @@ describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => 
     // The variant allows the re-fire, it does not demand it.
     expect(judge(ev, arm + 20_000_000n, seen.slice(0, 1), [], sw)).toEqual([]);
   });
+  it("'refires' also explains a re-fire after a masked one-shot → periodic switch that raced the expiry (seed 703)", () => {
+    // A masked one-shot of 2 000 000 TSC; LVTT to periodic, unmasked, with stamps 1 500 000 wide
+    // around the expiry: the held expiry is delivered at the unmask, and KVM leaves the count at 0.
+    // Then a TDCR write fires it again (before a count still running would have reached 0), and a
+    // TMICT write re-arms.
+    const ev = [...setup(MASKED | ONE_SHOT), at(arm, { kind: 'tmict', value: 1_000_000 }), at(arm + 1_500_000n, { kind: 'lvtt', value: PERIODIC }, 1_500_000n), at(arm + 3_200_000n, { kind: 'tdcr', value: DIV2 }, 100_000n), at(arm + 3_400_000n, { kind: 'tmict', value: 1_000_000 })];
+    const seen = [irq(arm + 2_500_000n), irq(arm + 3_250_000n)];
+    const sw = { ...KVM_LAPIC, tdcrAfterOneShotExpiry: 'refires' as const };
+    expect(rules(judge(ev, arm + 7_000_000n, seen)).length).toBeGreaterThan(0); // a rule under every preset
+    expect(judge(ev, arm + 7_000_000n, seen, [], sw)).toEqual([]);
+    expect(judge(ev, arm + 7_000_000n, seen.slice(0, 1), [], sw)).toEqual([]);
+  });
   it("'refires' also explains a re-fire after a periodic → one-shot switch that raced the expiry (seed 303)", () => {
     // Periodic 1 000 000 counts at ÷1 (2 000 000 TSC); LVTT to one-shot with its stamps around the
     // second expiry, so the count may have ended there; then a TDCR write, and an interrupt inside it.

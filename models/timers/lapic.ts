@@ -624,6 +624,8 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
       case 'tdcr': {
         const nd = BigInt(divideOf(ev.value));
         if (nd === divide) break; // KVM: nothing happens unless the divisor changes
+        /** Under 'refires', a write that may have restarted a periodic timer that a racing switch left at 0. */
+        let refiredFrom: Interval | null = null;
         divide = nd;
         const c = armed && armed.kind === 'count' ? armed : null;
         if (c && (mode === 'one-shot' || mode === 'periodic') && c.tmict !== 0n && switches.tdcrAfterOneShotExpiry === 'refires') {
@@ -642,9 +644,14 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
             }
             break;
           }
-          // A one-shot that a racing periodic → one-shot switch may have ended (lvtt: 'uncertain'):
-          // if it did, the write re-fires it; if not, it counts on, rescaled below.
-          if (c.uncertain && mode === 'one-shot') deliver(c, { lo: w.lo, hi: w.hi }, false);
+          // A one-shot that a racing mode switch may have ended (lvtt: 'uncertain'): if it did, the
+          // write re-fires it (in periodic mode, after a one-shot → periodic switch that KVM leaves
+          // at 0, restart_apic_timer() then goes on one period at a time from the write: seed 703,
+          // the switch's stamps spanned 12.9 ms and the expiry); if not, it counts on, rescaled below.
+          if (c.uncertain) {
+            deliver(c, { lo: w.lo, hi: w.hi }, false);
+            if (mode === 'periodic') refiredFrom = w;
+          }
         }
         if (!c || c.expired || c.tmict === 0n || (mode !== 'one-shot' && mode !== 'periodic')) break;
         if (switches.tdcrMidCount === 'next-reload') {
@@ -700,8 +707,9 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         // the next old-rate expiry to be rescaled (base). Either may be the case (seed 701: ÷1 →
         // ÷64 1.8 µs before the expiry; the next came one ÷64 period after the rescaled one,
         // where the other branch put it 12 ms out).
-        c.anchor = raced && !spans && mode === 'periodic'
-          ? { lo: minB(rescaled.lo, raced.lo + durLo(1n, p.period, ppb)), hi: maxB(rescaled.hi, raced.hi + durHi(1n, p.period, ppb)) }
+        const restart = raced && !spans && mode === 'periodic' ? raced : refiredFrom;
+        c.anchor = restart
+          ? { lo: minB(rescaled.lo, restart.lo + durLo(1n, p.period, ppb)), hi: maxB(rescaled.hi, restart.hi + durHi(1n, p.period, ppb)) }
           : rescaled;
         c.k = 0n;
         c.divide = nd;
