@@ -6,7 +6,7 @@
  * and how each hop goes: live over a unix socket, or saved into a file and restored from it.
  *
  * The workload is data, not a command sequence: per thread, regions (how many pages, how far
- * apart, where in the page, which store instruction, how often per loop: a hot set is a region
+ * apart, where in the page, in address order or scattered, which store instruction, how often per loop: a hot set is a region
  * passed several times) and a delay per loop (the dirty rate). `layoutWorkload` places the regions
  * in the arena deterministically, so a shrunk case places them the same way again.
  */
@@ -14,7 +14,7 @@ import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { LAYOUT } from '../harness/guest/abi.js';
-import { WRITER_CODES, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
+import { scatterStep, WRITER_CODES, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
 import { APIC_LVTT, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE } from './timers.js';
 
 export const PAGE = 4096;
@@ -39,6 +39,12 @@ export interface RegionSpec {
   readonly passes: number;
   /** Untouched pages before it. */
   readonly gapPages: number;
+  /**
+   * Null or absent: a pass writes the counters in address order. A number: in a scattered order
+   * (models/migration/dirty.ts scatterStep), as a random-access writer does. Absent in cases saved
+   * before it existed.
+   */
+  readonly scatter?: number | null;
 }
 
 export interface ThreadSpec {
@@ -127,6 +133,7 @@ function regionArb(): fc.Arbitrary<RegionSpec> {
     writer: fc.constantFrom(...writers),
     passes: fc.oneof({ weight: 4, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.integer({ min: 2, max: 8 }) }),
     gapPages: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 600 })),
+    scatter: fc.oneof({ weight: 2, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 0xffff }) }),
   }).map((r) => ({ ...r, pages: Math.min(r.pages, Math.floor(8192 / r.stridePages)) })); // at most 32 MiB apart end to end
 }
 
@@ -211,7 +218,8 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
         continue;
       }
       cursor = Math.ceil(end / PAGE) * PAGE;
-      const index = regions.push({ base, pages: r.pages, stride, writer }) - 1;
+      const step = r.scatter ? scatterStep(r.pages, r.scatter) : 1;
+      const index = regions.push({ base, pages: r.pages, stride, writer, ...(step !== 1 ? { step } : {}) }) - 1;
       for (let p = 0; p < r.passes; p++) body.push({ kind: 'pass', region: index });
     }
     return { delayUs: t.delayUs, body };
@@ -312,7 +320,7 @@ export function migrationProgram(c: MigrationCase, w: DirtyWorkload, tscHz: numb
         return { op: 'clockWatch', slot: BigInt(x.slot), kind: WATCH_KINDS[x.kind], clock: BigInt(x.kind === 'steal' ? stealTimeOf(ti) : pvclockOf(ti)) };
       }
       const r = w.regions[s.region]!;
-      return { op: 'dirtyWrite', base: BigInt(r.base), pages: r.pages, stride: r.stride, writer: WRITER_CODES[r.writer] };
+      return { op: 'dirtyWrite', base: BigInt(r.base), pages: r.pages, stride: r.stride, writer: WRITER_CODES[r.writer], step: r.step ?? 1 };
     });
     return [...prelude, { op: 'loopBegin', count: 0 }, ...body, { op: 'loopEnd' }];
   });

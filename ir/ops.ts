@@ -222,9 +222,11 @@ export const OPS = {
   ),
   dirtyWrite: op(
     0x45,
-    [['base', 'u64'], ['pages', 'u32'], ['stride', 'u32'], ['writer', 'u8']],
+    [['base', 'u64'], ['pages', 'u32'], ['stride', 'u32'], ['writer', 'u8'], ['step', 'u32']],
     null,
-    'Add 1 to the u64 at base + i*stride for i below pages, each with the store instruction writer names: 0 MOV, ' +
+    'Add 1 to the u64 at base + j*stride for j below pages, visiting j = (i*step) mod pages for i = 0, 1, ... (step ' +
+      'coprime with pages: every counter once per pass; 1: in address order, more: scattered over the region), each ' +
+      'with the store instruction writer names: 0 MOV, ' +
       '1 LOCK ADD, 2 MOVNTI (non-temporal; SFENCE after the pass), 3 REP STOSQ, 4 REP MOVSQ (from a stack copy). A ' +
       "migration's dirty tracking must see every kind; an address may straddle two pages (not with LOCK: a split lock).",
     { allowed: { writer: [0, 1, 2, 3, 4] } },

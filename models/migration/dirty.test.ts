@@ -1,6 +1,6 @@
 /** The dirtying workload's model (dirty.ts) and the convergence prediction (convergence.ts). */
 import { describe, expect, it } from 'vitest';
-import { expectedCounters, judgeCounters, layoutProblems, progressOf, type DirtyWorkload } from './dirty.js';
+import { expectedCounters, judgeCounters, layoutProblems, progressOf, scatterStep, visitIndex, type DirtyWorkload } from './dirty.js';
 import { predictConvergence } from './convergence.js';
 
 // Thread 0: prelude of 3 ops; body: pass over region 0, pass over region 1, pass over region 0 again (a hot set), delay.
@@ -138,5 +138,30 @@ describe('kvmclock areas at the switchover', async () => {
     const torn = Buffer.from(src);
     torn.writeUInt32LE(5, 0);
     expect(explainPvclockPage(page, src, torn, [page])).toMatchObject({ explained: false, why: expect.stringMatching(/mid-update/) });
+  });
+});
+
+describe('a scattered pass (counters visited as (i*step) mod pages)', () => {
+  const sw: DirtyWorkload = { ...w, regions: [{ base: 0x200_0000, pages: 5, stride: 4096, writer: 'mov', step: 2 }], threads: [{ preludeOps: 3, body: [{ kind: 'pass', region: 0 }] }] };
+
+  it('visits every counter once, out of address order', () => {
+    const r = sw.regions[0]!;
+    expect(Array.from({ length: 5 }, (_, i) => visitIndex(r, i))).toEqual([0, 2, 4, 1, 3]);
+    for (const [pages, scatter] of [[1, 9], [2, 7], [3, 3], [4, 2], [512, 256], [4095, 4096], [6, 0xffff]] as const) {
+      const k = scatterStep(pages, scatter);
+      const seen = new Set(Array.from({ length: pages }, (_, i) => (i * k) % pages));
+      expect(seen.size).toBe(pages);
+      expect(layoutProblems({ ...sw, regions: [{ ...r, pages, step: k }] })).toEqual([]);
+    }
+    expect(layoutProblems({ ...sw, regions: [{ ...r, pages: 4, step: 2 }] })).toEqual(['region 0: step 2 is not coprime with its 4 pages: a pass would skip counters']);
+  });
+
+  it('puts the edge of a pass in progress in visit order, not address order', () => {
+    const e = expectedCounters(sw, [4]); // the prelude and loopBegin done: the first pass in progress
+    const reading = (vals: bigint[]) => (addr: number) => vals[(addr - 0x200_0000) / 4096]!;
+    // Visited so far: counters 0 and 2 (by address): they read 1, the rest 0.
+    expect(judgeCounters(e, reading([1n, 0n, 1n, 0n, 0n]))).toEqual([]);
+    // The first two by address written instead: counter 1 is past the edge in visit order.
+    expect(judgeCounters(e, reading([1n, 1n, 0n, 0n, 0n])).map((d) => d.addr)).toEqual([0x200_1000]);
   });
 });

@@ -23,6 +23,17 @@ export interface DirtyRegion {
   readonly pages: number;
   readonly stride: number;
   readonly writer: WriterKind;
+  /**
+   * The order a pass visits the counters in: the i-th store goes to counter (i*step) mod pages
+   * (step coprime with pages). Absent or 1: in address order; larger: scattered, as a random
+   * access pattern is, so that no run of consecutive pages is written in order.
+   */
+  readonly step?: number;
+}
+
+/** The counter index the i-th store of a pass over r goes to. */
+export function visitIndex(r: DirtyRegion, i: number): number {
+  return Number((BigInt(i) * BigInt(r.step ?? 1)) % BigInt(r.pages));
 }
 
 /** A step of the loop body: a pass over a region, a busy-wait or a clock watch (neither changes a counter). */
@@ -98,7 +109,8 @@ export function expectedCounters(w: DirtyWorkload, opsDone: readonly number[]): 
   return w.regions.flatMap((r, ri) =>
     Array.from({ length: r.pages }, (_, i): CounterExpectation => {
       const e = edges[ri];
-      return { addr: r.base + i * r.stride, value: counts[ri]!, ...(e ? { edge: { region: ri, thread: e.thread, index: i } } : {}) };
+      // In visit order: the edge of a pass in progress is the first counter the pass has not reached.
+      return { addr: r.base + visitIndex(r, i) * r.stride, value: counts[ri]!, ...(e ? { edge: { region: ri, thread: e.thread, index: i } } : {}) };
     }),
   );
 }
@@ -171,6 +183,18 @@ export function layoutProblems(w: DirtyWorkload): string[] {
   w.regions.forEach((r, i) => {
     if (r.writer === 'lock-add' && Math.floor(r.base / 64) !== Math.floor((r.base + 7) / 64)) out.push(`region ${i}: a locked add across a cache line is a split lock`);
     if (r.stride < 8) out.push(`region ${i}: stride ${r.stride} makes its counters overlap`);
+    if (gcd(r.step ?? 1, r.pages) !== 1 || (r.step ?? 1) < 1) out.push(`region ${i}: step ${r.step} is not coprime with its ${r.pages} pages: a pass would skip counters`);
   });
   return out;
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
+}
+
+/** A step coprime with pages near `scatter` mod pages (1 for a region of 1 or 2 pages: no other order exists). */
+export function scatterStep(pages: number, scatter: number): number {
+  if (pages <= 2) return 1;
+  for (let k = Math.max(2, scatter % pages); ; k = k + 1 >= pages ? 2 : k + 1) if (gcd(k, pages) === 1) return k;
 }

@@ -270,9 +270,10 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   });
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
-  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true })) {
+  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
+  for (const w of new Set(workload.regions.map((r) => r.writer))) env.metrics.add(`migration.writer.${w}`);
   const stderr: Record<string, string> = {};
   try {
     return await withVms(

@@ -523,8 +523,12 @@ static inline void exec_dirty_pages(struct ctx *x, const struct op_dirty_pages *
 
 static inline void exec_dirty_write(struct ctx *x, const struct op_dirty_write *o)
 {
+	u64 j = 0; /* (i * step) mod pages, stepped without a division */
 	for (u64 i = 0; i < o->pages; i++) {
-		volatile u64 *p = (volatile u64 *)(o->base + i * (u64)o->stride);
+		volatile u64 *p = (volatile u64 *)(o->base + j * (u64)o->stride);
+		j += o->step;
+		if (j >= o->pages)
+			j -= o->pages;
 		u64 next = *p + 1;
 		switch (o->writer) {
 		case 0:
