@@ -10,7 +10,7 @@
  *    (models/migration/dirty.ts) for the progress the destination reports.
  */
 import type fc from 'fast-check';
-import { migrationCaseArb, type MigrationCase } from '../../generators/migration.js';
+import { migrationCaseArb, writersNotGenerated, type MigrationCase } from '../../generators/migration.js';
 import { runRootFilesystem } from '../../harness/runtime.js';
 import { filteredBits } from '../../models/cpuid/features.js';
 import { factsFor } from '../lib/run.js';
@@ -178,7 +178,16 @@ const vectorsKept: Rule<MigrationObservation> = rule('vector registers keep thei
 });
 
 function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[], streamOracle = false) {
-  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, facts, arbitrary, observe: observer(streamOracle), rules });
+  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({
+    id,
+    family: 'migration',
+    statement,
+    facts,
+    arbitrary,
+    notGenerated: (f) => writersNotGenerated({ avx: f.avx === true, avx512: f.avx512 === true }),
+    observe: observer(streamOracle),
+    rules,
+  });
 }
 
 export const migrationSwitchover = migrationProperty(
