@@ -291,7 +291,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   });
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
-  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true })) {
+  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512') })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
   const stderr: Record<string, string> = {};
