@@ -131,6 +131,7 @@ export function summarize(results: ResultsFile, file: string, o: RunOptions): st
   }
   for (const p of results.properties) lines.push(line(p));
   lines.push(...kvmSummaryLines(results.properties));
+  for (const n of results.notGenerated ?? []) lines.push(`${n.family}: not generated: ${n.what} (${n.why})`);
   for (const p of results.properties.filter((x) => x.status === 'fail')) lines.push('', formatFailure(p, o));
   for (const e of results.errors) lines.push(`ERROR ${e}`);
   const t = results.totals;

@@ -2,8 +2,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { encodeProgram } from '../harness/bytecode.js';
-import { layoutProblems } from '../models/migration/dirty.js';
-import { ARENA_BASE, hopVia, layoutWorkload, migrationCaseArb, migrationProgram, workingSetPages } from './migration.js';
+import { isVectorWriter, layoutProblems, writerBytes, type WriterKind } from '../models/migration/dirty.js';
+import { ARENA_BASE, hopVia, layoutWorkload, migrationCaseArb, migrationProgram, PAGE, workingSetPages, writersFor, writersNotGenerated } from './migration.js';
 
 const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, kvmclock: true, tscDeadline: true };
 const TSC_HZ = 2e9;
@@ -59,6 +59,49 @@ describe('migration cases', () => {
         expect(hopVia(c, 0)).toBe('socket');
       }),
     );
+  });
+
+  it('draw a vector writer only where the vCPU has it, and turn AVX state on exactly then', () => {
+    const drawn = (l: typeof lim & { avx?: boolean; avx512?: boolean }) => {
+      const seen = new Set<WriterKind>();
+      fc.assert(
+        fc.property(migrationCaseArb(l), (c) => {
+          c.threads.forEach((t) => t.regions.forEach((r) => seen.add(r.writer)));
+          const { workload } = layoutWorkload(c);
+          expect(layoutProblems(workload)).toEqual([]);
+          const p = migrationProgram(c, workload, TSC_HZ);
+          expect(p.avxState === true).toBe(workload.regions.some((r) => isVectorWriter(r.writer)));
+          encodeProgram(p);
+        }),
+        { numRuns: 100 },
+      );
+      return [...seen].filter(isVectorWriter).sort();
+    };
+    expect(drawn(lim)).toEqual([]);
+    expect(drawn({ ...lim, avx: true })).toEqual(['avx']);
+    expect(drawn({ ...lim, avx: true, avx512: true })).toEqual(['avx', 'avx512']);
+    expect(drawn({ ...lim, avx512: true })).toEqual([]); // AVX512F without AVX state to hold it: neither
+    expect(writersFor({ avx: true, avx512: true })).toHaveLength(7);
+    expect(writersNotGenerated({ avx: true, avx512: false })).toEqual([{ what: "dirtyWrite writer 'avx512' (VMOVDQU64 zmm)", why: "the vCPU's CPUID has no AVX512F" }]);
+    expect(writersNotGenerated({ avx: false }).map((n) => n.why)).toEqual(["the vCPU's CPUID has no XSAVE or no AVX", "the vCPU's CPUID has no XSAVE or no AVX"]);
+    expect(writersNotGenerated({ avx: true, avx512: true })).toEqual([]);
+  });
+
+  it("lay the next region past a vector store's whole span, and count the page it reaches into", () => {
+    const c = fc.sample(migrationCaseArb(lim), { seed: 1, numRuns: 1 })[0]!;
+    for (const writer of ['mov', 'avx', 'avx512'] as const) {
+      const lastWord = { pages: 2, stridePages: 1, placement: 'in-page' as const, offset: PAGE - 8, writer, passes: 1, gapPages: 0 };
+      const next = { pages: 1, stridePages: 1, placement: 'page-start' as const, offset: 8, writer: 'mov' as const, passes: 1, gapPages: 0 };
+      const { workload } = layoutWorkload({ ...c, ramMiB: 64, threads: [{ delayUs: 0, regions: [lastWord, next] }] });
+      const [a, b] = workload.regions;
+      const spanEnd = a!.base + a!.stride + writerBytes(writer);
+      // A scalar word ends at its page's end: the next region starts there; a vector span reaches into the page after.
+      expect(b!.base).toBe(Math.ceil(spanEnd / PAGE) * PAGE);
+      expect(b!.base - (a!.base + a!.stride + 8)).toBe(writer === 'mov' ? 0 : PAGE);
+      expect(layoutProblems(workload)).toEqual([]);
+      // Counters at the last word of 2 pages, plus (vector) the page each span reaches into, plus the next region's.
+      expect(workingSetPages(workload)).toBe(writer === 'mov' ? 3 : 4);
+    }
   });
 
   it('place a region whose end would pass the arena nowhere, and say so', () => {

@@ -14,7 +14,7 @@ import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { LAYOUT } from '../harness/guest/abi.js';
-import { scatterStep, WRITER_CODES, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
+import { scatterStep, WRITER_CODES, isVectorWriter, writerBytes, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
 import { APIC_LVTT, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE } from './timers.js';
 
 export const PAGE = 4096;
@@ -120,11 +120,27 @@ export interface CaseLimits {
   readonly tscDeadline: boolean;
   /** Only plain precopy (a stream proxy that understands nothing else), one hop, the smallest RAM. */
   readonly plainStream?: boolean;
+  /** The vCPU's CPUID has XSAVE and AVX (the 'avx' writer), and AVX512F too ('avx512'): from QEMU's facts, not the host's. */
+  readonly avx?: boolean;
+  readonly avx512?: boolean;
 }
 
-const writers: readonly WriterKind[] = ['mov', 'lock-add', 'movnti', 'rep-stosq', 'rep-movsq'];
+const SCALAR_WRITERS: readonly WriterKind[] = ['mov', 'lock-add', 'movnti', 'rep-stosq', 'rep-movsq'];
 
-function regionArb(): fc.Arbitrary<RegionSpec> {
+/** The store instructions a case may draw: the scalar kinds always, a vector kind where the vCPU has it. */
+export function writersFor(lim: Pick<CaseLimits, 'avx' | 'avx512'>): WriterKind[] {
+  return [...SCALAR_WRITERS, ...(lim.avx ? (['avx'] as const) : []), ...(lim.avx && lim.avx512 ? (['avx512'] as const) : [])];
+}
+
+/** The writers a case cannot draw under these limits, each with why (a run says so once: family notGenerated). */
+export function writersNotGenerated(lim: Pick<CaseLimits, 'avx' | 'avx512'>): { what: string; why: string }[] {
+  const out: { what: string; why: string }[] = [];
+  if (!lim.avx) out.push({ what: "dirtyWrite writer 'avx' (VMOVDQU ymm)", why: "the vCPU's CPUID has no XSAVE or no AVX" });
+  if (!(lim.avx && lim.avx512)) out.push({ what: "dirtyWrite writer 'avx512' (VMOVDQU64 zmm)", why: lim.avx ? "the vCPU's CPUID has no AVX512F" : "the vCPU's CPUID has no XSAVE or no AVX" });
+  return out;
+}
+
+function regionArb(writers: readonly WriterKind[]): fc.Arbitrary<RegionSpec> {
   return fc.record({
     pages: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 1, max: 64 }) }, { weight: 2, arbitrary: fc.integer({ min: 65, max: 2048 }) }, { weight: 1, arbitrary: fc.integer({ min: 2049, max: 8192 }) }),
     stridePages: fc.constantFrom(1, 1, 1, 2, 16, 512),
@@ -138,7 +154,7 @@ function regionArb(): fc.Arbitrary<RegionSpec> {
 }
 
 export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
-  const threadArb = fc.record({ regions: fc.array(regionArb(), { minLength: 1, maxLength: 4 }), delayUs: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 2000 })) });
+  const threadArb = fc.record({ regions: fc.array(regionArb(writersFor(lim)), { minLength: 1, maxLength: 4 }), delayUs: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 2000 })) });
   const tracking: fc.Arbitrary<DirtyTracking> = lim.dirtyRing
     ? fc.oneof(fc.constant({ kind: 'bitmap' as const }), fc.constantFrom(4096, 16384, 65536).map((size) => ({ kind: 'ring' as const, size })))
     : fc.constant({ kind: 'bitmap' as const });
@@ -212,7 +228,10 @@ export function layoutWorkload(c: MigrationCase): { workload: DirtyWorkload; dro
       const writer = r.writer === 'lock-add' && r.placement === 'straddle' ? 'mov' : r.writer;
       const start = cursor + r.gapPages * PAGE;
       const base = start + offsetOf(r);
-      const end = base + (r.pages - 1) * stride + 8;
+      // The whole span of the last store (32 or 64 bytes for a vector writer): the next region,
+      // the sentinels and the watch page start past it, so a read-modify-write vector store never
+      // rewrites a byte another writer may change meanwhile (models/migration/dirty.ts spanOverlaps).
+      const end = base + (r.pages - 1) * stride + writerBytes(writer);
       if (end > arenaEnd - (c.sentinels + 2) * PAGE) { // room for the sentinels and the watch page
         dropped++;
         continue;
@@ -324,7 +343,9 @@ export function migrationProgram(c: MigrationCase, w: DirtyWorkload, tscHz: numb
     });
     return [...prelude, { op: 'loopBegin', count: 0 }, ...body, { op: 'loopEnd' }];
   });
-  return { threads, canary: DEFAULT_CANARY, ...(c.stealTime ? { stealTime: true } : {}) };
+  // AVX state only where a writer needs it: CR4.OSXSAVE and XCR0 show in CPUID and `info registers`.
+  const avxState = w.regions.some((r) => isVectorWriter(r.writer));
+  return { threads, canary: DEFAULT_CANARY, ...(c.stealTime ? { stealTime: true } : {}), ...(avxState ? { avxState: true } : {}) };
 }
 
 /** Distinct pages one loop of the workload writes: what precopy must re-send each iteration. */
@@ -334,7 +355,7 @@ export function workingSetPages(w: DirtyWorkload): number {
     for (let i = 0; i < r.pages; i++) {
       const a = r.base + i * r.stride;
       pages.add(Math.floor(a / PAGE));
-      pages.add(Math.floor((a + 7) / PAGE));
+      pages.add(Math.floor((a + writerBytes(r.writer) - 1) / PAGE));
     }
   }
   return pages.size;

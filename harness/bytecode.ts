@@ -217,6 +217,7 @@ export function encodeProgram(p: Program): ProgramImage {
   if (p.stealTime) flags |= PROGRAM_FLAGS.stealTime;
   if (p.alignmentCheck) flags |= PROGRAM_FLAGS.alignmentCheck;
   if (p.taskSwitched) flags |= PROGRAM_FLAGS.taskSwitched;
+  if (p.avxState) flags |= PROGRAM_FLAGS.avxState;
   // prog_header, in abi.ts order.
   view.setUint32(0, PROGRAM_MAGIC, true);
   view.setUint32(4, GUEST_ABI_VERSION, true);

@@ -227,9 +227,11 @@ export const OPS = {
     'Add 1 to the u64 at base + j*stride for j below pages, visiting j = (i*step) mod pages for i = 0, 1, ... (step ' +
       'coprime with pages: every counter once per pass; 1: in address order, more: scattered over the region), each ' +
       'with the store instruction writer names: 0 MOV, ' +
-      '1 LOCK ADD, 2 MOVNTI (non-temporal; SFENCE after the pass), 3 REP STOSQ, 4 REP MOVSQ (from a stack copy). A ' +
-      "migration's dirty tracking must see every kind; an address may straddle two pages (not with LOCK: a split lock).",
-    { allowed: { writer: [0, 1, 2, 3, 4] } },
+      '1 LOCK ADD, 2 MOVNTI (non-temporal; SFENCE after the pass), 3 REP STOSQ, 4 REP MOVSQ (from a stack copy), ' +
+      '5 VMOVDQU ymm (32 bytes from the counter read, 1 added to the low qword, all 32 stored back), 6 the same ' +
+      'with VMOVDQU64 zmm (64 bytes); 5 and 6 need PROGRAM_FLAGS.avxState and the vCPU feature (else #UD) and keep ' +
+      "YMM0/ZMM0. A migration's dirty tracking must see every kind; an address may straddle two pages (not with LOCK: a split lock).",
+    { allowed: { writer: [0, 1, 2, 3, 4, 5, 6] } },
   ),
   clockWatch: op(
     0x46,

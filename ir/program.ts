@@ -24,6 +24,8 @@ export interface Program {
   readonly alignmentCheck?: boolean;
   /** Set CR0.TS on every vCPU (abi.ts PROGRAM_FLAGS.taskSwitched): the first x87/SSE instruction raises #NM. */
   readonly taskSwitched?: boolean;
+  /** Every vCPU turns AVX state on where CPUID has it (abi.ts PROGRAM_FLAGS.avxState): CR4.OSXSAVE, XCR0. */
+  readonly avxState?: boolean;
   /** Every vCPU enables KVM steal time and logs it with each interrupt (abi.ts PROGRAM_FLAGS.stealTime). */
   readonly stealTime?: boolean;
   /** Switch every vCPU to x2APIC mode before its thread starts. */

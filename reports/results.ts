@@ -43,6 +43,7 @@ export function assembleResults(args: {
     else errors.push(`${e.id}: no result recorded (the run stopped before this property finished)`);
   }
   const totals = tally(properties);
+  const notGenerated = [...new Map(properties.flatMap((p) => (p.notGenerated ?? []).map((n) => ({ family: p.family, ...n }))).map((n) => [JSON.stringify(n), n])).values()];
   return {
     schema: RESULTS_SCHEMA,
     version: RESULTS_VERSION,
@@ -54,6 +55,7 @@ export function assembleResults(args: {
     hostId: args.hostId,
     findings: args.findings,
     properties,
+    ...(notGenerated.length ? { notGenerated } : {}),
     totals,
     metrics: sumMetrics(properties),
     status: totals.fail > 0 || errors.length > 0 || args.findings.some((f) => f.status === 'fail') ? 'fail' : 'pass',

@@ -36,6 +36,8 @@ export interface PropertyResult {
   readonly durationMs: number;
   /** What the property exercised, e.g. cpuidQueries, deviceReads, vms. */
   readonly metrics: Readonly<Record<string, number>>;
+  /** What its generator could not draw on this host, each with why (PropertyDef.notGenerated); absent when nothing. */
+  readonly notGenerated?: readonly NotGenerated[];
   /**
    * Samples the property measured, by series, each with the labels it was taken under (timer
    * lateness per kind and mode, RTC/PIT counts per window): what reports plot and the gate compares.
@@ -79,6 +81,12 @@ export interface ClaimResult {
 }
 
 /** One measured value and what it was measured under (timer kind, mode, divide, configuration...). */
+/** A kind of case a generator leaves out on this host: `what`, and `why` (the vCPU lacks a feature, the host a file system). */
+export interface NotGenerated {
+  readonly what: string;
+  readonly why: string;
+}
+
 export interface MeasurementSample {
   readonly value: number;
   readonly labels?: Readonly<Record<string, string | number>>;
@@ -128,6 +136,8 @@ export interface ResultsFile {
   /** Host-level findings (the vCPU model, a machine that does not start); see HostFinding. */
   readonly findings: readonly HostFinding[];
   readonly properties: readonly PropertyResult[];
+  /** Each family's PropertyResult.notGenerated, once per family (its properties share generators); absent when none. */
+  readonly notGenerated?: readonly (NotGenerated & { readonly family: string })[];
   readonly totals: Readonly<Record<PropertyStatus, number>>;
   readonly metrics: Readonly<Record<string, number>>;
   /** 'fail' exactly when a property failed (known deviations do not fail a run). */

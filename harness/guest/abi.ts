@@ -19,8 +19,9 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * check_desc after the threads' code; mailbox.checks_failed (was pad0); EXIT_VALUE.checksFailed.
  * 7: LAYOUT.notPresentStack, a stack pointer whose frame pushes fault (svmRun stack bits 3-5, execStack);
  * CR0.NE set on every vCPU (an unmasked x87 exception is #MF).
+ * 8: AVX state on request (PROGRAM_FLAGS.avxState: CR4.OSXSAVE and XCR0); dirtyWrite writers 5 (AVX) and 6 (AVX-512).
  */
-export const GUEST_ABI_VERSION = 7;
+export const GUEST_ABI_VERSION = 8;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -109,6 +110,15 @@ export const PROGRAM_FLAGS = {
    * ops use neither (fillXmm, an exec of SSE code expecting to run) may set it.
    */
   taskSwitched: 1n << 6n,
+  /**
+   * Where the vCPU's CPUID has XSAVE and AVX: set CR4.OSXSAVE and XCR0 = x87|SSE|AVX on every vCPU,
+   * plus opmask|ZMM_Hi256|Hi16_ZMM where CPUID.7.0:EBX has AVX512F and CPUID.0xD.0:EAX allows all
+   * three (SDM Vol. 1 13.3). Off by default: CR4.OSXSAVE shows in CPUID.1:ECX[27] and XCR0 in
+   * CPUID.0xD.0:EBX, which the CPUID-comparing families read as the plain boot state. Only programs
+   * whose ops use AVX (dirtyWrite writers 5 and 6) set it; QEMU's `info registers` then prints
+   * YMMnn (ZMMnn with AVX-512) instead of XMMnn.
+   */
+  avxState: 1n << 7n,
 } as const;
 
 /**

@@ -1,6 +1,6 @@
 /** The dirtying workload's model (dirty.ts) and the convergence prediction (convergence.ts). */
 import { describe, expect, it } from 'vitest';
-import { expectedCounters, judgeCounters, layoutProblems, progressOf, scatterStep, visitIndex, type DirtyWorkload } from './dirty.js';
+import { expectedCounters, judgeCounters, layoutProblems, progressOf, scatterStep, spanOverlaps, visitIndex, WRITER_CODES, writerBytes, type DirtyWorkload } from './dirty.js';
 import { predictConvergence } from './convergence.js';
 
 // Thread 0: prelude of 3 ops; body: pass over region 0, pass over region 1, pass over region 0 again (a hot set), delay.
@@ -69,6 +69,30 @@ describe('the counters the model expects', () => {
     expect(layoutProblems({ ...w, regions: [...w.regions, { base: 0x200_0004, pages: 1, stride: 4096, writer: 'mov' }] })).toEqual(['0x2000004 overlaps the word before it']);
     expect(layoutProblems({ ...w, regions: [{ base: 0x200_003c, pages: 1, stride: 4096, writer: 'lock-add' }] })[0]).toMatch(/split lock/);
     expect(layoutProblems({ ...w, sentinels: [0x400_0000] })[0]).toMatch(/outside the arena/);
+  });
+
+  it('a vector store covers 32 (ymm) or 64 (zmm) bytes from its counter, which no other writer may change', () => {
+    expect([writerBytes('mov'), writerBytes('rep-movsq'), writerBytes('avx'), writerBytes('avx512')]).toEqual([8, 8, 32, 64]);
+    expect([WRITER_CODES.avx, WRITER_CODES.avx512]).toEqual([5, 6]);
+    // Region 1's last counter at 0x2102ffc with a ymm store runs to 0x210301c: a counter at 0x2103010 lies under it.
+    const avx: DirtyWorkload = { ...w, regions: [w.regions[0]!, { ...w.regions[1]!, writer: 'avx' }] };
+    expect(layoutProblems(avx)).toEqual([]);
+    const under = { ...avx, regions: [...avx.regions, { base: 0x210_3010, pages: 1, stride: 4096, writer: 'mov' as const }] };
+    expect(spanOverlaps(under)).toEqual([{ region: 1, addr: 0x210_3010, other: 'region 2' }]);
+    expect(layoutProblems(under)).toEqual(['region 1: a store at 0x2103010 covers region 2, which another writer changes']);
+    // Past it (0x210301c) is free; a zmm store reaches 0x210303c and covers it again.
+    expect(layoutProblems({ ...avx, regions: [...avx.regions, { base: 0x210_3020, pages: 1, stride: 4096, writer: 'mov' }] })).toEqual([]);
+    const zmm = { ...avx, regions: [w.regions[0]!, { ...w.regions[1]!, writer: 'avx512' as const }, { base: 0x210_3020, pages: 1, stride: 4096, writer: 'mov' as const }] };
+    expect(layoutProblems(zmm)).toEqual(['region 1: a store at 0x2103020 covers region 2, which another writer changes']);
+    // Sentinels and reserved spans count too; a store past the arena's end is named.
+    expect(spanOverlaps({ ...avx, sentinels: [0x210_3000] })).toEqual([{ region: 1, addr: 0x210_3000, other: 'sentinel 0' }]);
+    expect(spanOverlaps({ ...avx, reserved: [{ addr: 0x210_3018, len: 4096 }] })).toEqual([{ region: 1, addr: 0x210_3018, other: 'reserved 0' }]);
+    expect(layoutProblems({ ...avx, arenaEnd: 0x210_3010 })).toContain('region 1: its last store ends at 0x210301c, past the arena');
+  });
+
+  it('the model of a vector writer is the scalar one: +1 per pass on the counter, the rest of its span unchanged', () => {
+    const avx: DirtyWorkload = { ...w, regions: w.regions.map((r) => ({ ...r, writer: 'avx' as const })) };
+    expect(expectedCounters(avx, [9])).toEqual(expectedCounters(w, [9]));
   });
 });
 

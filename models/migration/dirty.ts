@@ -14,8 +14,58 @@
  */
 
 /** The store instruction a pass uses (ir/ops.ts dirtyWrite: writer). */
-export type WriterKind = 'mov' | 'lock-add' | 'movnti' | 'rep-stosq' | 'rep-movsq';
-export const WRITER_CODES: Readonly<Record<WriterKind, number>> = { mov: 0, 'lock-add': 1, movnti: 2, 'rep-stosq': 3, 'rep-movsq': 4 };
+export type WriterKind = 'mov' | 'lock-add' | 'movnti' | 'rep-stosq' | 'rep-movsq' | 'avx' | 'avx512';
+export const WRITER_CODES: Readonly<Record<WriterKind, number>> = { mov: 0, 'lock-add': 1, movnti: 2, 'rep-stosq': 3, 'rep-movsq': 4, avx: 5, avx512: 6 };
+
+/**
+ * The bytes one store of a writer covers, from the counter's address: 8 for the scalar kinds; 32
+ * for 'avx' (VMOVDQU ymm) and 64 for 'avx512' (VMOVDQU64 zmm), which read that span, add 1 to its
+ * low qword and store it all back. So the other bytes keep their values only while nobody else
+ * writes them meanwhile: no other region's counter, sentinel or watch may lie in a span
+ * (`spanOverlaps`), and every page a span touches is dirtied, even where no byte changes.
+ */
+export function writerBytes(w: WriterKind): number {
+  return w === 'avx' ? 32 : w === 'avx512' ? 64 : 8;
+}
+
+/** The vector writers: they need the vCPU's AVX (AVX512F) and the guest's AVX state (ir/program.ts avxState). */
+export function isVectorWriter(w: WriterKind): boolean {
+  return w === 'avx' || w === 'avx512';
+}
+
+/** [addr, addr + len) of every store of a region. */
+export function regionSpans(r: DirtyRegion): { addr: number; len: number }[] {
+  return Array.from({ length: r.pages }, (_, i) => ({ addr: r.base + i * r.stride, len: writerBytes(r.writer) }));
+}
+
+/**
+ * Pairs of spans that overlap though different writers may write them concurrently: a vector
+ * store's span of one region and another region's counter or span, a sentinel's words or a
+ * reserved span (two overlapping words are layoutProblems' own finding). Empty for a
+ * workload whose read-modify-write stores give back every byte the model predicts.
+ */
+export function spanOverlaps(w: DirtyWorkload): { region: number; addr: number; other: string }[] {
+  type Span = { lo: number; hi: number; who: string; region: number | null };
+  const spans: Span[] = [
+    ...w.regions.flatMap((r, ri) => regionSpans(r).map((s) => ({ lo: s.addr, hi: s.addr + s.len, who: `region ${ri}`, region: ri }))),
+    ...w.sentinels.map((p, i) => ({ lo: p, hi: p + 16, who: `sentinel ${i}`, region: null })),
+    ...w.reserved.map((x, i) => ({ lo: x.addr, hi: x.addr + x.len, who: `reserved ${i}`, region: null })),
+  ].sort((a, b) => a.lo - b.lo);
+  const out: { region: number; addr: number; other: string }[] = [];
+  // Sorted by start: a span overlaps a later one iff that one starts before it ends.
+  for (let i = 0; i < spans.length; i++) {
+    const a = spans[i]!;
+    for (let j = i + 1; j < spans.length && spans[j]!.lo < a.hi; j++) {
+      const b = spans[j]!;
+      if (a.region !== null && a.region === b.region) continue; // one region, one thread, in order
+      if (a.hi - a.lo <= 8 && b.hi - b.lo <= 8) continue; // two words: layoutProblems' own overlap check
+      const r = a.region ?? b.region;
+      if (r === null) continue;
+      out.push({ region: r, addr: Math.max(a.lo, b.lo), other: a.region === r ? b.who : a.who });
+    }
+  }
+  return out;
+}
 
 /** A region one pass dirties: a u64 counter at base + i * stride for i below pages. */
 export interface DirtyRegion {
@@ -171,7 +221,7 @@ export function unpredictedOrKnown(w: DirtyWorkload): { addr: number; len: numbe
   return [...knownSpans(w), ...w.reserved].sort((a, b) => a.addr - b.addr);
 }
 
-/** Two regions (or a sentinel) whose counters overlap, or one outside the arena: a generator bug. */
+/** Two regions (or a sentinel) whose counters overlap, a store span over another writer's bytes, or one outside the arena: a generator bug. */
 export function layoutProblems(w: DirtyWorkload): string[] {
   const spans = unpredictedOrKnown(w);
   const out: string[] = [];
@@ -182,9 +232,12 @@ export function layoutProblems(w: DirtyWorkload): string[] {
   }
   w.regions.forEach((r, i) => {
     if (r.writer === 'lock-add' && Math.floor(r.base / 64) !== Math.floor((r.base + 7) / 64)) out.push(`region ${i}: a locked add across a cache line is a split lock`);
-    if (r.stride < 8) out.push(`region ${i}: stride ${r.stride} makes its counters overlap`);
+    if (r.stride < writerBytes(r.writer)) out.push(`region ${i}: stride ${r.stride} makes its stores overlap`);
+    const last = r.base + (r.pages - 1) * r.stride + writerBytes(r.writer);
+    if (last > w.arenaEnd) out.push(`region ${i}: its last store ends at 0x${last.toString(16)}, past the arena`);
     if (gcd(r.step ?? 1, r.pages) !== 1 || (r.step ?? 1) < 1) out.push(`region ${i}: step ${r.step} is not coprime with its ${r.pages} pages: a pass would skip counters`);
   });
+  for (const o of spanOverlaps(w)) out.push(`region ${o.region}: a store at 0x${o.addr.toString(16)} covers ${o.other}, which another writer changes`);
   return out;
 }
 

@@ -13,7 +13,7 @@ import type { HostFingerprint } from '../../harness/fingerprint.js';
 import type { MachineConfig } from '../../harness/vm.js';
 import type { RunOptions } from './options.js';
 import type { Mutant } from './family.js';
-import type { MeasurementSample } from '../../reports/schema.js';
+import type { MeasurementSample, NotGenerated } from '../../reports/schema.js';
 import type { Histogram } from '../../harness/kvmStats.js';
 import type { Program } from '../../ir/program.js';
 import type { VmRole } from './run.js';
@@ -95,6 +95,12 @@ export interface PropertyDef<W, F, O> {
   /** Facts the generator and the model need, gathered once per run. */
   facts(env: PropertyEnv): Promise<F>;
   arbitrary(facts: F, env: PropertyEnv): fc.Arbitrary<W>;
+  /**
+   * What `arbitrary` leaves out under these facts, each with why (a writer the vCPU cannot run):
+   * recorded in the property's result and said once per family in results.json and the summary,
+   * so a kind of case this host never generates is not silently missing.
+   */
+  notGenerated?(facts: F, env: PropertyEnv): readonly NotGenerated[];
   /** Fixed cases that run before the generated ones (a peer suite's sequence, say), within --runs. */
   examples?(facts: F, env: PropertyEnv): readonly W[];
   /** Run the case on the real system. */

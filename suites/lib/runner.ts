@@ -237,8 +237,10 @@ export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: 
   } catch (e) {
     return record(def, env, { status: 'fail', reason: `could not gather host facts: ${describeError(e)}`, numRuns: 0 }, t0);
   }
+  const notGenerated = def.notGenerated?.(facts, env) ?? [];
   const run = await runCases(def, facts, env, waiver);
-  return persist(def, env, run, classify(run, waiver), t0);
+  const outcome = classify(run, waiver);
+  return persist(def, env, run, notGenerated.length ? { ...outcome, notGenerated } : outcome, t0);
 }
 
 /** Re-check one saved case with nothing waived: the first difference, as it is. */

@@ -34,6 +34,27 @@ import type { Observation, PropertyEnv } from '../lib/property.js';
 
 export interface MigrationFacts {
   readonly tscHz: number;
+  /**
+   * The vCPU's CPUID (QEMU's expansion of the CPU model, less what the accelerator filtered out)
+   * has XSAVE and AVX, and AVX512F: the vector writers a case may draw. Absent in facts saved
+   * before they existed: none.
+   */
+  readonly avx?: boolean;
+  readonly avx512?: boolean;
+}
+
+/**
+ * XMMi of a vCPU as `info registers` shows it ("high low"). With AVX state on (a vector writer:
+ * XCR0 has AVX) QEMU 7.2 prints YMMnn instead, four qwords high to low (ZMMnn, eight, with
+ * AVX-512; target/i386/cpu-dump.c): XMMi is the last two.
+ */
+export function xmmOf(items: readonly { section: string; key: string; value: string }[], cpu: number, i: number): string | null {
+  const n = String(i).padStart(2, '0');
+  const find = (key: string) => items.find((it) => it.section === `cpu${cpu}.registers` && it.key === key)?.value;
+  const xmm = find(`XMM${n}`);
+  if (xmm !== undefined) return xmm;
+  const wide = find(`YMM${n}`) ?? find(`ZMM${n}`);
+  return wide === undefined ? null : wide.split(' ').slice(-2).join(' ');
 }
 
 /** How late the deadline's interrupt may come while vCPU 0 runs with interrupts on. */
@@ -270,7 +291,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   });
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
-  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
+  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512'), scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
   for (const w of new Set(workload.regions.map((r) => r.writer))) env.metrics.add(`migration.writer.${w}`);
@@ -390,7 +411,7 @@ async function migrateHop(
   const vectors = Array.from({ length: nthreads }, (_, cpu) =>
     Array.from({ length: 16 }, (_, i) => {
       const reg = `XMM${String(i).padStart(2, '0')}`;
-      const observed = after.items.find((it) => it.section === `cpu${cpu}.registers` && it.key === reg)?.value ?? null;
+      const observed = xmmOf(after.items, cpu, i);
       return { cpu, reg, expected: xmmPattern(cpu, i), observed };
     }).filter((v) => v.observed !== v.expected),
   ).flat();

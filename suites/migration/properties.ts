@@ -10,22 +10,30 @@
  *    (models/migration/dirty.ts) for the progress the destination reports.
  */
 import type fc from 'fast-check';
-import { migrationCaseArb, type MigrationCase } from '../../generators/migration.js';
+import { migrationCaseArb, writersNotGenerated, type MigrationCase } from '../../generators/migration.js';
 import { runRootFilesystem } from '../../harness/runtime.js';
+import { filteredBits } from '../../models/cpuid/features.js';
+import { factsFor } from '../lib/run.js';
 import { defineProperty, difference, rule, type Difference, type PropertyEnv, type Rule } from '../lib/property.js';
 import { HOPELESS, observeMigration, type Hop, type MigrationFacts, type MigrationObservation } from './observe.js';
 
 /** RAM sizes a case draws from (MiB); larger ones under --runs big enough to afford them. */
 export const RAM_SIZES = [64, 64, 128, 256, 1024] as const;
 
-function facts(env: PropertyEnv): Promise<MigrationFacts> {
+async function facts(env: PropertyEnv): Promise<MigrationFacts> {
   const khz = env.host.kvm.vcpuTscKhz;
-  // Only the delays between passes use it (a dirty rate, not a measurement): a rough rate will do.
-  return Promise.resolve({ tscHz: khz ? khz * 1000 : 2e9 });
+  // The vector writers need the vCPU's features, which QEMU's facts tell (not the host's /proc/cpuinfo).
+  const m = await factsFor(env);
+  const has = (prop: string, leaf: number, reg: 'ebx' | 'ecx', bit: number) => m.cpu.props[prop] === true && ((filteredBits(m.filteredFeatures, leaf, 0, reg) >>> bit) & 1) === 0;
+  const avx = has('xsave', 1, 'ecx', 26) && has('avx', 1, 'ecx', 28);
+  // Only the delays between passes use the rate (a dirty rate, not a measurement): a rough one will do.
+  return { tscHz: khz ? khz * 1000 : 2e9, avx, avx512: avx && has('avx512f', 7, 'ebx', 16) };
 }
 
-function arbitrary(_facts: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
+function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
   return migrationCaseArb({
+    avx: f.avx === true,
+    avx512: f.avx512 === true,
     ramMiB: RAM_SIZES,
     maxCpus: 2,
     dirtyRing: env.options.accel === 'kvm' && env.host.kvm.dirtyRing === true,
@@ -170,7 +178,16 @@ const vectorsKept: Rule<MigrationObservation> = rule('vector registers keep thei
 });
 
 function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[], streamOracle = false) {
-  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({ id, family: 'migration', statement, facts, arbitrary, observe: observer(streamOracle), rules });
+  return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({
+    id,
+    family: 'migration',
+    statement,
+    facts,
+    arbitrary,
+    notGenerated: (f) => writersNotGenerated({ avx: f.avx === true, avx512: f.avx512 === true }),
+    observe: observer(streamOracle),
+    rules,
+  });
 }
 
 export const migrationSwitchover = migrationProperty(

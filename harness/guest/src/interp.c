@@ -523,6 +523,9 @@ static inline void exec_dirty_pages(struct ctx *x, const struct op_dirty_pages *
 
 static inline void exec_dirty_write(struct ctx *x, const struct op_dirty_write *o)
 {
+	/* The vector writers' addend (1 in the low qword only) and where they keep YMM0/ZMM0 meanwhile. */
+	static const u64 one[8] = { 1 };
+	u8 save[64];
 	u64 j = 0; /* (i * step) mod pages, stepped without a division */
 	for (u64 i = 0; i < o->pages; i++) {
 		volatile u64 *p = (volatile u64 *)(o->base + j * (u64)o->stride);
@@ -546,6 +549,31 @@ static inline void exec_dirty_write(struct ctx *x, const struct op_dirty_write *
 			__asm__ volatile("rep stosq" : "+D"(dst), "+c"(n) : "a"(next) : "memory");
 			break;
 		}
+		case 5:
+			/* VMOVDQU ymm: the 32 bytes at p read, 1 added to the low qword (the counter), all 32
+			 * written back: the other 24 bytes get their own values again (nobody else writes them:
+			 * generators/migration.ts layoutWorkload keeps every region's whole access span apart).
+			 * YMM0 is put back, so the registers fillXmm loaded keep their pattern. */
+			__asm__ volatile("vmovdqu %%ymm0, %[save]\n\t"
+					 "vmovdqu %[m], %%ymm0\n\t"
+					 "vpaddq %[one], %%ymm0, %%ymm0\n\t"
+					 "vmovdqu %%ymm0, %[m]\n\t"
+					 "vmovdqu %[save], %%ymm0"
+					 : [m] "+m"(*(u8(*)[32])p), [save] "=m"(save)
+					 : [one] "m"(one)
+					 : "memory");
+			break;
+		case 6:
+			/* The same with ZMM0 and VMOVDQU64: 64 bytes. */
+			__asm__ volatile("vmovdqu64 %%zmm0, %[save]\n\t"
+					 "vmovdqu64 %[m], %%zmm0\n\t"
+					 "vpaddq %[one], %%zmm0, %%zmm0\n\t"
+					 "vmovdqu64 %%zmm0, %[m]\n\t"
+					 "vmovdqu64 %[save], %%zmm0"
+					 : [m] "+m"(*(u8(*)[64])p), [save] "=m"(save)
+					 : [one] "m"(one)
+					 : "memory");
+			break;
 		default: {
 			u64 src[1] = { next };
 			const u64 *s = src;

@@ -107,6 +107,36 @@ static void lapic_x2apic_on(struct cpu *c)
 	apic_write(c, APIC_REG_SVR, 0x100 | SPURIOUS_VECTOR);
 }
 
+/*
+ * AVX state on request (PROGRAM_FLAG_AVX_STATE), where CPUID.1:ECX has XSAVE (26) and AVX (28):
+ * CR4.OSXSAVE (bit 18), then XCR0 = x87|SSE|AVX (bits 0-2), plus opmask|ZMM_Hi256|Hi16_ZMM (5-7)
+ * where CPUID.7.0:EBX has AVX512F (16) and CPUID.0xD.0:EAX (the XCR0 bits the processor supports)
+ * has all three (SDM Vol. 1 13.3: XCR0 takes AVX only with SSE, and 5-7 only all together with AVX).
+ * Without XSAVE or AVX nothing changes: an AVX writer then raises #UD, a fault the host sees.
+ */
+static void enable_avx_state(void)
+{
+	u32 a, b, cx, d;
+	cpuid4(1, 0, &a, &b, &cx, &d);
+	if (!(cx & (1u << 26)) || !(cx & (1u << 28)))
+		return;
+	u64 cr4;
+	asm volatile("mov %%cr4, %0" : "=r"(cr4));
+	cr4 |= 1ul << 18;
+	asm volatile("mov %0, %%cr4" ::"r"(cr4));
+	u32 max;
+	cpuid4(0, 0, &max, &b, &cx, &d);
+	u64 xcr0 = 0x7;
+	if (max >= 0xd) {
+		u32 sa, sb, sc, sd;
+		cpuid4(0xd, 0, &sa, &sb, &sc, &sd);
+		cpuid4(7, 0, &a, &b, &cx, &d);
+		if ((b & (1u << 16)) && (sa & 0xe0) == 0xe0)
+			xcr0 |= 0xe0;
+	}
+	asm volatile("xsetbv" ::"c"(0u), "a"((u32)xcr0), "d"((u32)(xcr0 >> 32)));
+}
+
 /* SSE on (CR0.MP, CR0.NE, CR4.OSFXSR|OSXMMEXCPT) so workload code may use XMM registers. The compiled C
  * never does (-mgeneral-regs-only). CR0.AM and CR0.TS as the program asks (PROGRAM_FLAG_ALIGNMENT_CHECK, _TASK_SWITCHED). */
 static void enable_sse(void)
@@ -127,6 +157,8 @@ static void enable_sse(void)
 	asm volatile("mov %%cr4, %0" : "=r"(cr4));
 	cr4 |= (1ul << 9) | (1ul << 10);
 	asm volatile("mov %0, %%cr4" ::"r"(cr4));
+	if (PROGRAM->flags & PROGRAM_FLAG_AVX_STATE)
+		enable_avx_state();
 }
 
 /*
