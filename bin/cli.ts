@@ -131,6 +131,10 @@ export function summarize(results: ResultsFile, file: string, o: RunOptions): st
   }
   for (const p of results.properties) lines.push(line(p));
   lines.push(...kvmSummaryLines(results.properties));
+  // What a property could not do on this host: each note once, with the properties it concerns.
+  const notes = new Map<string, string[]>();
+  for (const p of results.properties) for (const n of p.notes ?? []) notes.set(n, [...(notes.get(n) ?? []), p.id]);
+  for (const [n, ids] of notes) lines.push(`NOTE            ${n} (${ids.join(', ')})`);
   for (const p of results.properties.filter((x) => x.status === 'fail')) lines.push('', formatFailure(p, o));
   for (const e of results.errors) lines.push(`ERROR ${e}`);
   const t = results.totals;

@@ -14,6 +14,7 @@ import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { LAYOUT } from '../harness/guest/abi.js';
+import type { RamBackend } from '../harness/ramMap.js';
 import { WRITER_CODES, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
 import { APIC_LVTT, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE } from './timers.js';
 
@@ -101,6 +102,11 @@ export interface MigrationCase {
    * the switchover, and must be delivered once, after STI.
    */
   readonly maskedForMs: number | null;
+  /**
+   * What backs guest RAM on every VM of the case (MachineConfig.ramBackend): the source, each
+   * destination, a file hop's restore. Absent in cases saved before it existed: 'file'.
+   */
+  readonly ramBackend?: RamBackend;
 }
 
 export interface CaseLimits {
@@ -114,6 +120,18 @@ export interface CaseLimits {
   readonly tscDeadline: boolean;
   /** Only plain precopy (a stream proxy that understands nothing else), one hop, the smallest RAM. */
   readonly plainStream?: boolean;
+  /**
+   * The RAM backends the host runs ('file' first: what a case shrinks to). 'hugetlbfs' only with
+   * `hugePagesMiB`, the host's free 2 MiB huge pages in MiB: a case that would need more (all its
+   * VMs at once) runs on 'file'. Absent: 'file' only.
+   */
+  readonly ramBackends?: readonly RamBackend[];
+  readonly hugePagesMiB?: number;
+}
+
+/** How many VMs of a case hold its RAM at once: source, destination, the cancelled one, ping-pong's third. */
+export function vmsOf(c: Pick<MigrationCase, 'cancelFirst' | 'pingPong'>): number {
+  return 2 + (c.cancelFirst ? 1 : 0) + (c.pingPong ? 1 : 0);
 }
 
 const writers: readonly WriterKind[] = ['mov', 'lock-add', 'movnti', 'rep-stosq', 'rep-movsq'];
@@ -165,10 +183,13 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     stealTime: lim.kvmclock ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
     maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
+    ramBackend: lim.plainStream || !lim.ramBackends?.length ? fc.constant<RamBackend>('file') : fc.constantFrom(...lim.ramBackends),
   }).map((c) => ({
     ...c,
     threads: c.threads.slice(0, c.cpus),
     maskedForMs: c.deadlineMs === null ? null : c.maskedForMs,
+    // Huge pages the host cannot hold for every VM of the case at once: the case runs on a file.
+    ramBackend: c.ramBackend === 'hugetlbfs' && vmsOf(c) * c.ramMiB > (lim.hugePagesMiB ?? 0) ? 'file' : c.ramBackend,
   })).map((c) => {
     // A hop through a file takes one channel and has no return path: such a case runs without
     // multifd and postcopy (only the hops it makes count: a second hop needs ping-pong).

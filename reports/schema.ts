@@ -46,6 +46,8 @@ export interface PropertyResult {
    * and the family's coverage claims about it, judged. Absent where nothing was measured or claimed.
    */
   readonly kvm?: KvmReport;
+  /** What the property could not do on this host (a parameter value it could not generate, and why); absent: nothing. */
+  readonly notes?: readonly string[];
 }
 
 /** A property's KVM statistics and coverage claims (suites/lib/coverage.ts). */
@@ -155,6 +157,7 @@ export function validateResults(x: unknown): string[] {
       if (q?.status === 'fail' && typeof q.counterexample !== 'string' && typeof q.reason !== 'string') errs.push(`properties[${i}] failed without a counterexample or reason`);
       if (q?.status === 'skip' && typeof q.reason !== 'string') errs.push(`properties[${i}] skipped without a reason`);
       if (q?.kvm !== undefined) errs.push(...kvmReportProblems(q.kvm, `properties[${i}].kvm`));
+      if (q?.notes !== undefined && !(Array.isArray(q.notes) && q.notes.every((n: unknown) => typeof n === 'string'))) errs.push(`properties[${i}].notes is not a list of strings`);
     });
   }
   if (!Array.isArray(r.findings)) errs.push('findings is not an array');

@@ -69,6 +69,14 @@ export class Metrics {
     const s = (this.samples[series] ??= []);
     if (s.length < Metrics.MAX_SAMPLES) s.push(labels ? { value, labels } : { value });
   }
+  /**
+   * What the property could not do on this host that it otherwise would (a parameter value it
+   * could not generate, and why), each said once: results' `notes` and the run summary.
+   */
+  readonly notes: string[] = [];
+  note(text: string): void {
+    if (!this.notes.includes(text)) this.notes.push(text);
+  }
   /** KVM's instant and peak values (the largest seen) and histograms (summed) over the property's VMs (suites/lib/coverage.ts). */
   readonly kvm: { readonly levels: Record<string, number>; readonly histograms: Record<string, Histogram> } = { levels: {}, histograms: {} };
   static readonly MAX_SAMPLES = 20_000;

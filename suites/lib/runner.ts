@@ -213,7 +213,7 @@ function record(def: AnyProperty, env: PropertyEnv, r: Outcome, t0: number): Pro
   // A skipped property ran nothing: it has no coverage to speak of. Claims warn, they never fail it.
   const claims = r.status === 'skip' ? [] : judgeClaims(familyNamed(def.family)?.coverage ?? [], def.id, env.metrics.counts, env.host, env.options);
   const kvm = kvmReport(env.metrics, claims);
-  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts, ...measurements, ...(kvm ? { kvm } : {}) };
+  const result: PropertyResult = { id: def.id, family: def.family, statement: def.statement, seed: env.options.seed, ...r, durationMs: Date.now() - t0, metrics: env.metrics.counts, ...measurements, ...(env.metrics.notes.length ? { notes: [...env.metrics.notes] } : {}), ...(kvm ? { kvm } : {}) };
   writePropertyRecord(env.options.out, result);
   return result;
 }

@@ -11,6 +11,8 @@
  */
 import type fc from 'fast-check';
 import { migrationCaseArb, type MigrationCase } from '../../generators/migration.js';
+import { readFileSync } from 'node:fs';
+import { freeHugePages2M, type RamBackend } from '../../harness/ramMap.js';
 import { runRootFilesystem } from '../../harness/runtime.js';
 import { defineProperty, difference, rule, type Difference, type PropertyEnv, type Rule } from '../lib/property.js';
 import { HOPELESS, observeMigration, type Hop, type MigrationFacts, type MigrationObservation } from './observe.js';
@@ -21,11 +23,38 @@ export const RAM_SIZES = [64, 64, 128, 256, 1024] as const;
 function facts(env: PropertyEnv): Promise<MigrationFacts> {
   const khz = env.host.kvm.vcpuTscKhz;
   // Only the delays between passes use it (a dirty rate, not a measurement): a rough rate will do.
-  return Promise.resolve({ tscHz: khz ? khz * 1000 : 2e9 });
+  return Promise.resolve({ tscHz: khz ? khz * 1000 : 2e9, hugePagesFreeMiB: hugePagesFreeMiB() });
 }
 
-function arbitrary(_facts: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
+function hugePagesFreeMiB(): number {
+  try {
+    return freeHugePages2M(readFileSync('/proc/meminfo', 'utf8')) * 2;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The RAM backends this host can run (harness/ramMap.ts): a file, anonymous memory (THP under
+ * `madvise`), memfd everywhere; hugetlbfs where the free 2 MiB pages hold the smallest case (both
+ * VMs). What the host cannot run is said once in the property's notes.
+ */
+export function ramBackendsFor(hugePagesMiB: number, minRamMiB: number): { backends: RamBackend[]; notes: string[] } {
+  const need = 2 * minRamMiB;
+  if (hugePagesMiB >= need) return { backends: ['file', 'anonymous', 'memfd', 'hugetlbfs'], notes: [] };
+  return {
+    backends: ['file', 'anonymous', 'memfd'],
+    notes: [`not generated: guest RAM on hugetlbfs (the host has ${hugePagesMiB} MiB of free 2 MiB huge pages, /proc/meminfo HugePages_Free; a case needs ${need} MiB at least, its two VMs' RAM)`],
+  };
+}
+
+function arbitrary(facts: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
+  const ram = ramBackendsFor(facts.hugePagesFreeMiB ?? 0, Math.min(...RAM_SIZES));
+  const plain = !!(env.mutant?.migrationIntercept || env.mutant?.modelVariant?.migrationTime);
+  if (!plain) for (const n of ram.notes) env.metrics.note(n);
   return migrationCaseArb({
+    ramBackends: ram.backends,
+    hugePagesMiB: facts.hugePagesFreeMiB ?? 0,
     ramMiB: RAM_SIZES,
     maxCpus: 2,
     dirtyRing: env.options.accel === 'kvm' && env.host.kvm.dirtyRing === true,
