@@ -53,8 +53,9 @@ describe.each(BACKENDS)('guest RAM backed by %s', (ramBackend) => {
       const src = await vm.ramSource();
       if (ramBackend === 'file') expect(src).toMatchObject({ path: vm.ramPath, base: 0 });
       else {
-        expect(src.path).toBe(`/proc/${vm.pid}/mem`);
-        expect((await vm.ramMappingNow())?.start).toBe(src.base);
+        const m = (await vm.ramMappingNow())!;
+        expect(m.end - m.start).toBe(RAM_MIB << 20);
+        expect(src).toMatchObject(ramBackend === 'anonymous' ? { path: `/proc/${vm.pid}/mem`, base: m.start } : { path: `/proc/${vm.pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`, base: 0 });
       }
     } finally {
       await vm.dispose();

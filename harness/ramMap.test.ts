@@ -1,6 +1,6 @@
 /** Finding QEMU's RAM block in its smaps (harness/ramMap.ts), on excerpts measured on this host. */
 import { describe, expect, it } from 'vitest';
-import { checkKnownBytes, freeHugePages2M, parseSmaps, pickRam, ramCandidates, RamLocateError } from './ramMap.js';
+import { checkKnownBytes, freeHugePages2M, parseSmaps, pickRam, ramCandidates, RamLocateError, ramReadPath } from './ramMap.js';
 
 const MiB64 = 64 << 20;
 
@@ -35,7 +35,7 @@ describe('QEMU RAM block in smaps', () => {
   it('parses mappings, their VmFlags and THP figures', () => {
     const maps = parseSmaps(anonymous);
     expect(maps).toHaveLength(5);
-    expect(maps[2]).toMatchObject({ start: RAM, end: RAM + MiB64, perms: 'rw-p', path: '', anonHugeBytes: 6144 * 1024 });
+    expect(maps[2]).toMatchObject({ start: RAM, end: RAM + MiB64, perms: 'rw-p', offset: 0, path: '', anonHugeBytes: 6144 * 1024 });
     expect(maps[2]!.flags).toContain('hg');
     expect(maps[4]!.path).toBe('/usr/lib/x86_64-linux-gnu/libslirp.so.0.4.0');
     expect(parseSmaps(memfd)[0]!.path).toBe('/memfd:memory-backend-memfd (deleted)');
@@ -76,6 +76,11 @@ describe('QEMU RAM block in smaps', () => {
     })();
     expect(e?.message).toMatch(/2 anonymous .*cannot tell which is guest RAM/);
     expect(e?.message).not.toContain('\n');
+  });
+
+  it('reads a memfd through its own file, anonymous memory through /proc/<pid>/mem', () => {
+    expect(ramReadPath(7, parseSmaps(memfd)[0]!)).toEqual({ path: `/proc/7/map_files/${MEMFD.toString(16)}-${(MEMFD + MiB64).toString(16)}`, base: 0 });
+    expect(ramReadPath(7, pickRam(parseSmaps(anonymous), 'anonymous', MiB64, 7))).toEqual({ path: '/proc/7/mem', base: RAM });
   });
 
   it('checks known bytes and says where they first differ', () => {

@@ -22,6 +22,8 @@ export interface Mapping {
   readonly start: number;
   readonly end: number;
   readonly perms: string;
+  /** Offset in the file it maps (0 for anonymous memory). */
+  readonly offset: number;
   /** The pathname column ('' for an anonymous mapping). */
   readonly path: string;
   readonly flags: readonly string[];
@@ -30,17 +32,17 @@ export interface Mapping {
   readonly shmemPmdBytes: number;
 }
 
-const HEADER = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+ ?(.*)$/;
+const HEADER = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) \S+ \S+ ?(.*)$/;
 
 /** /proc/<pid>/smaps (or maps: then no flags and no huge-page figures) as mappings. */
 export function parseSmaps(text: string): Mapping[] {
   const out: Mapping[] = [];
-  let cur: { start: number; end: number; perms: string; path: string; flags: string[]; anonHugeBytes: number; shmemPmdBytes: number } | null = null;
+  let cur: { start: number; end: number; perms: string; offset: number; path: string; flags: string[]; anonHugeBytes: number; shmemPmdBytes: number } | null = null;
   for (const line of text.split('\n')) {
     const m = HEADER.exec(line);
     if (m) {
       if (cur) out.push(cur);
-      cur = { start: parseInt(m[1]!, 16), end: parseInt(m[2]!, 16), perms: m[3]!, path: m[4]!.trim(), flags: [], anonHugeBytes: 0, shmemPmdBytes: 0 };
+      cur = { start: parseInt(m[1]!, 16), end: parseInt(m[2]!, 16), perms: m[3]!, offset: parseInt(m[4]!, 16), path: m[5]!.trim(), flags: [], anonHugeBytes: 0, shmemPmdBytes: 0 };
       continue;
     }
     if (!cur) continue;
@@ -89,6 +91,17 @@ export function checkKnownBytes(got: Uint8Array, expected: Uint8Array, guestAddr
 
 export class RamLocateError extends Error {
   override name = 'RamLocateError';
+}
+
+/**
+ * What to pread for a RAM block found in QEMU's mappings: a memfd's own file through
+ * /proc/<pid>/map_files (page-cache reads, as fast as the RAM file's, and holes read as zeroes
+ * without allocating them, which a read fault through /proc/<pid>/mem would); anonymous memory
+ * only through /proc/<pid>/mem.
+ */
+export function ramReadPath(pid: number, m: Mapping): { path: string; base: number } {
+  if (m.path === MEMFD_NAME) return { path: `/proc/${pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`, base: m.offset };
+  return { path: `/proc/${pid}/mem`, base: m.start };
 }
 
 /** Read QEMU's smaps and pick its RAM block. */

@@ -30,7 +30,7 @@ import type { ProgramImage } from './bytecode.js';
 import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU, type IrqLog } from './irqLog.js';
 import { qemuWords, watchVm, type VmOutcome, type WatchOptions, type WatchTarget } from './watchdog.js';
 import { readKvmStats, statsDelta, type KvmStatsReading } from './kvmStats.js';
-import { checkKnownBytes, locateRam, parseSmaps, RamLocateError, type Mapping, type RamBackend } from './ramMap.js';
+import { checkKnownBytes, locateRam, parseSmaps, RamLocateError, ramReadPath, type Mapping, type RamBackend } from './ramMap.js';
 export type { RamBackend } from './ramMap.js';
 
 // These moved to the watchdog; importers keep finding them here.
@@ -546,19 +546,20 @@ export class Vm implements WatchTarget {
     const pid = this.proc.pid;
     if (this.exited || !pid) throw new RamLocateError(`guest RAM (${backend}) went with QEMU (it exited): only 'file' RAM can be read afterwards`);
     this.ramMapping ??= await locateRam(pid, backend, this.config.ramMiB << 20);
-    return { path: `/proc/${pid}/mem`, base: this.ramMapping.start };
+    return ramReadPath(pid, this.ramMapping);
   }
 
   /** The RAM block's mapping in QEMU (null for 'file', or before the first read), read again for its huge-page figures. */
   async ramMappingNow(): Promise<Mapping | null> {
     if (this.ramBackend === 'file' || this.exited || !this.proc.pid) return null;
-    const { base } = await this.ramSource();
+    await this.ramSource();
+    const start = this.ramMapping?.start;
     const maps = parseSmaps(await readFile(`/proc/${this.proc.pid}/smaps`, 'utf8').catch(() => ''));
-    return maps.find((m) => m.start === base) ?? null;
+    return maps.find((m) => m.start === start) ?? null;
   }
 
   private async ramHandle(): Promise<Awaited<ReturnType<typeof open>>> {
-    if (this.ramFd && this.exited && this.ramBackend !== 'file' && this.ramBase !== 0) {
+    if (this.ramFd && this.exited && this.ramBackend !== 'file' && this.ramFdPath !== this.ramPath) {
       // QEMU's memory went with it: from here on the copy taken when the guest finished, if any.
       await this.ramFd.close().catch(() => undefined);
       this.ramFd = null;
