@@ -14,6 +14,7 @@ import fc from 'fast-check';
 import type { Op } from '../ir/ops.js';
 import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { LAYOUT } from '../harness/guest/abi.js';
+import type { RamBackend } from '../harness/ramMap.js';
 import { scatterStep, WRITER_CODES, isVectorWriter, writerBytes, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
 import { APIC_LVTT, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE } from './timers.js';
 
@@ -107,6 +108,11 @@ export interface MigrationCase {
    * the switchover, and must be delivered once, after STI.
    */
   readonly maskedForMs: number | null;
+  /**
+   * What backs guest RAM on every VM of the case (MachineConfig.ramBackend): the source, each
+   * destination, a file hop's restore. Absent in cases saved before it existed: 'file'.
+   */
+  readonly ramBackend?: RamBackend;
 }
 
 export interface CaseLimits {
@@ -123,6 +129,18 @@ export interface CaseLimits {
   /** The vCPU's CPUID has XSAVE and AVX (the 'avx' writer), and AVX512F too ('avx512'): from QEMU's facts, not the host's. */
   readonly avx?: boolean;
   readonly avx512?: boolean;
+  /**
+   * The RAM backends the host runs ('file' first: what a case shrinks to). 'hugetlbfs' only with
+   * `hugePagesMiB`, the host's free 2 MiB huge pages in MiB: a case that would need more (all its
+   * VMs at once) runs on 'file'. Absent: 'file' only.
+   */
+  readonly ramBackends?: readonly RamBackend[];
+  readonly hugePagesMiB?: number;
+}
+
+/** How many VMs of a case hold its RAM at once: source, destination, the cancelled one, ping-pong's third. */
+export function vmsOf(c: Pick<MigrationCase, 'cancelFirst' | 'pingPong'>): number {
+  return 2 + (c.cancelFirst ? 1 : 0) + (c.pingPong ? 1 : 0);
 }
 
 const SCALAR_WRITERS: readonly WriterKind[] = ['mov', 'lock-add', 'movnti', 'rep-stosq', 'rep-movsq'];
@@ -188,10 +206,13 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     stealTime: lim.kvmclock ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
     maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
+    ramBackend: lim.plainStream || !lim.ramBackends?.length ? fc.constant<RamBackend>('file') : fc.constantFrom(...lim.ramBackends),
   }).map((c) => ({
     ...c,
     threads: c.threads.slice(0, c.cpus),
     maskedForMs: c.deadlineMs === null ? null : c.maskedForMs,
+    // Huge pages the host cannot hold for every VM of the case at once: the case runs on a file.
+    ramBackend: c.ramBackend === 'hugetlbfs' && vmsOf(c) * c.ramMiB > (lim.hugePagesMiB ?? 0) ? 'file' : c.ramBackend,
   })).map((c) => {
     // A hop through a file takes one channel and has no return path: such a case runs without
     // multifd and postcopy (only the hops it makes count: a second hop needs ping-pong).

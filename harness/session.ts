@@ -20,7 +20,7 @@ import { encodeProgram, type ProgramImage } from './bytecode.js';
 import { LAYOUT, THREAD_STATE } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
 import { QmpError } from './qmp.js';
-import { RESTORE_FD, Vm, type KvmStatsRun, type MachineConfig, type StartOptions } from './vm.js';
+import { RESTORE_FD, Vm, type KvmStatsRun, type MachineConfig, type RamSource, type StartOptions } from './vm.js';
 import { qemuWords, watchVm, type WatchOptions, type WatchOutcome } from './watchdog.js';
 
 export interface VmSpec {
@@ -202,7 +202,7 @@ export class VmHandle {
   /** sha256 (hex) of guest RAM, all of it or [addr, addr + len): the RAM file, read directly. */
   async ramDigest(range: { addr: number; len: number } = { addr: 0, len: this.vm.config.ramMiB << 20 }): Promise<string> {
     const hash = createHash('sha256');
-    await forEachRamChunk([this.vm.ramPath], range, ([chunk]) => void hash.update(chunk!));
+    await forEachRamChunk([await this.vm.ramSource()], range, ([chunk]) => void hash.update(chunk!));
     return hash.digest('hex');
   }
 
@@ -436,6 +436,8 @@ export class VmHandle {
 
   private async handOver<I extends MigrationInfo>(dst: VmHandle, resume: boolean, info: I): Promise<I> {
     dst.program ??= this.program;
+    // The destination holds its source's RAM now: a RAM block found in its mappings must show the program.
+    if (dst.program) dst.vm.expectRam(LAYOUT.program, dst.program.image);
     if (!dst.nthreads) dst.nthreads = this.nthreads;
     if (resume && (await dst.status()) !== 'running') await dst.cont();
     return info;
@@ -525,7 +527,7 @@ export async function compareRam(
   pageBytes = 4096,
   opts: { details?: number } = {},
 ): Promise<RamComparison> {
-  return compareRamFiles(a.vm.ramPath, b.vm.ramPath, Math.max(a.vm.config.ramMiB, b.vm.config.ramMiB) << 20, pageBytes, opts);
+  return compareRamFiles(await a.vm.ramSource(), await b.vm.ramSource(), Math.max(a.vm.config.ramMiB, b.vm.config.ramMiB) << 20, pageBytes, opts);
 }
 
 export interface RamComparison {
@@ -536,8 +538,8 @@ export interface RamComparison {
   readonly pages: PageDifference[];
 }
 
-/** compareRam over two RAM files of `len` bytes (what compareRam runs, and the bench times). */
-export async function compareRamFiles(pathA: string, pathB: string, len: number, pageBytes = 4096, opts: { details?: number } = {}): Promise<RamComparison> {
+/** compareRam over two RAM files (or RamSources: QEMU's RAM block) of `len` bytes (what compareRam runs, and the bench times). */
+export async function compareRamFiles(pathA: string | RamSource, pathB: string | RamSource, len: number, pageBytes = 4096, opts: { details?: number } = {}): Promise<RamComparison> {
   let differingPages = 0;
   let firstDifference: number | null = null;
   const pages: PageDifference[] = [];
@@ -570,9 +572,10 @@ export async function compareRamFiles(pathA: string, pathB: string, len: number,
  * buffer per read ran at 0.4 GiB/s here, reused 256 KiB ones at over 2 GiB/s. `fn` must be done
  * with a chunk when it returns.
  */
-async function forEachRamChunk(paths: readonly string[], range: { addr: number; len: number }, fn: (chunks: Buffer[], at: number) => void): Promise<void> {
+async function forEachRamChunk(sources: readonly (string | RamSource)[], range: { addr: number; len: number }, fn: (chunks: Buffer[], at: number) => void): Promise<void> {
   const CHUNK = 256 << 10;
-  const files = await Promise.all(paths.map((p) => open(p, 'r')));
+  const paths = sources.map((s) => (typeof s === 'string' ? { path: s, base: 0, len: Infinity } : s));
+  const files = await Promise.all(paths.map((p) => open(p.path, 'r')));
   const bufs = paths.map(() => Buffer.allocUnsafe(CHUNK));
   try {
     for (let at = range.addr; at < range.addr + range.len; at += CHUNK) {
@@ -581,8 +584,10 @@ async function forEachRamChunk(paths: readonly string[], range: { addr: number; 
         files.map(async (f, i) => {
           const buf = bufs[i]!.subarray(0, n);
           let got = 0;
-          while (got < n) {
-            const { bytesRead } = await f.read(buf, got, n - got, at + got);
+          // QEMU's RAM block ends where the guest's RAM does (past it, /proc/<pid>/mem says EIO).
+          const want = Math.max(0, Math.min(n, paths[i]!.len - at));
+          while (got < want) {
+            const { bytesRead } = await f.read(buf, got, want - got, paths[i]!.base + at + got);
             if (bytesRead === 0) break;
             got += bytesRead;
           }

@@ -10,7 +10,9 @@
  *  - the guest resets (triple fault): with -no-reboot QEMU shuts down with reason 'guest-reset';
  *  - QEMU itself exits or crashes: its exit status and stderr;
  *  - and, last, the overall timeout.
- * Guest RAM is a shared file in the VM's private directory, read directly by the host.
+ * Guest RAM is a shared file in the VM's private directory, read directly by the host; or, with
+ * another MachineConfig.ramBackend, QEMU's own RAM block, read through /proc/<pid>/mem (copied into
+ * that file when the guest finishes, so a VM's results outlive QEMU either way).
  * Under KVM, KVM's own statistics (harness/kvmStats.ts) are read once the VM is created, before
  * `cont`, and again when the guest has finished and waits for the host (guestFinished, before the
  * exit handshake's ack); the run result carries the difference (VmRunResult.kvmStats).
@@ -28,6 +30,8 @@ import type { ProgramImage } from './bytecode.js';
 import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU, type IrqLog } from './irqLog.js';
 import { qemuWords, watchVm, type VmOutcome, type WatchOptions, type WatchTarget } from './watchdog.js';
 import { readKvmStats, statsDelta, type KvmStatsReading } from './kvmStats.js';
+import { checkKnownBytes, locateRam, parseSmaps, RamLocateError, ramReadPath, type Mapping, type RamBackend } from './ramMap.js';
+export type { RamBackend } from './ramMap.js';
 
 // These moved to the watchdog; importers keep finding them here.
 export { internalErrorDump, qemuWords } from './watchdog.js';
@@ -55,6 +59,22 @@ export interface MachineConfig {
   readonly machineProps?: readonly string[];
   /** Arguments a family needs (-rtc driftfix=slew), placed before extraArgs so the user's still win. */
   readonly familyArgs?: readonly string[];
+  /**
+   * What backs guest RAM (default 'file': a shared file in the VM's private directory, read as a
+   * file). 'anonymous': memory-backend-ram (QEMU madvises MADV_HUGEPAGE, so under THP `madvise`
+   * this is the transparent-huge-page case); 'memfd': memory-backend-memfd, share=on;
+   * 'hugetlbfs': memfd with hugetlb=on (2 MiB pages; only where the host has them free). The
+   * harness reads the last three through /proc/<QEMU pid>/mem (harness/ramMap.ts), and only while
+   * QEMU lives.
+   */
+  readonly ramBackend?: RamBackend;
+}
+
+/** Where a VM's guest-physical memory can be pread: `path` from offset `base`, `len` bytes of it (Vm.ramSource). */
+export interface RamSource {
+  readonly path: string;
+  readonly base: number;
+  readonly len: number;
 }
 
 export const MACHINE_TYPES: readonly MachineType[] = ['microvm', 'pc', 'q35'];
@@ -92,7 +112,7 @@ export function qemuArgs(
     '-cpu', cfg.cpuModel,
     '-smp', String(cfg.cpus),
     '-m', `${cfg.ramMiB}M`,
-    '-object', `memory-backend-file,id=ram0,size=${cfg.ramMiB}M,mem-path=${files.ram},share=on`,
+    '-object', ramObject(cfg, files.ram),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-S',
     '-chardev', `socket,id=qmp,path=${files.qmpSocket}`,
@@ -107,6 +127,21 @@ export function qemuArgs(
   if (opts.incoming) args.push('-incoming', opts.incoming);
   args.push(...(cfg.familyArgs ?? []), ...cfg.extraArgs);
   return args;
+}
+
+/** The -object that backs guest RAM (MachineConfig.ramBackend). */
+export function ramObject(cfg: Pick<MachineConfig, 'ramMiB' | 'ramBackend'>, ramPath: string): string {
+  const size = `id=ram0,size=${cfg.ramMiB}M`;
+  switch (cfg.ramBackend ?? 'file') {
+    case 'file':
+      return `memory-backend-file,${size},mem-path=${ramPath},share=on`;
+    case 'anonymous':
+      return `memory-backend-ram,${size}`;
+    case 'memfd':
+      return `memory-backend-memfd,${size},share=on`;
+    case 'hugetlbfs':
+      return `memory-backend-memfd,${size},share=on,hugetlb=on,hugetlbsize=2M`;
+  }
 }
 
 /**
@@ -322,6 +357,15 @@ export class Vm implements WatchTarget {
   private exitInfo: { exitCode: number | null; signal: string | null } = { exitCode: null, signal: null };
   private readonly exitPromise: Promise<void>;
   private ramFd: Awaited<ReturnType<typeof open>> | null = null;
+  /** Where guest-physical 0 is in what ramFd reads: 0 in the RAM file, QEMU's mapping in /proc/<pid>/mem. */
+  private ramBase = 0;
+  private ramFdPath = '';
+  private ramMapping: Mapping | null = null;
+  /** Bytes the guest must hold once it runs (the program image at LAYOUT.program): checked once, on a read after expectRam. */
+  private ramExpected: { addr: number; bytes: Uint8Array } | null = null;
+  private ramChecked = false;
+  /** Non-file RAM copied into ramPath when the guest finished (guestFinished): what reads use once QEMU is gone. */
+  private ramSnapshot = false;
   /** KVM's statistics once the VM was created, before its guest first ran; null: not read, or none (TCG). */
   kvmStatsAtStart: KvmStatsReading | null = null;
 
@@ -413,6 +457,7 @@ export class Vm implements WatchTarget {
       // The Vm captures QEMU's output from here on; the guest runs only after `cont`.
       proc.stderr?.off('data', early);
       const vm = new Vm(cfg, dir, ramPath, args, proc, qmp, Date.now(), restorePath);
+      if (program && opts.program) vm.expectRam(LAYOUT.program, opts.program.image);
       vm.stderrText = stderr;
       try {
         // QEMU connects to QMP early; it can still abort while it sets the vCPUs up (a KVM that
@@ -470,7 +515,73 @@ export class Vm implements WatchTarget {
     return this.exitInfo;
   }
 
-  /** Read guest-physical memory (RAM below 2 GiB maps 1:1 onto the RAM file). */
+  /**
+   * Say what the guest holds at `addr` from now on (a destination, once its stream arrived: the
+   * program image its source loaded). A RAM block found in QEMU's mappings is checked against it
+   * on the next read, once; a mismatch is an error (the mapping is not guest RAM).
+   */
+  expectRam(addr: number, bytes: Uint8Array): void {
+    if (this.ramExpected) return;
+    this.ramExpected = { addr, bytes: bytes.subarray(0, Math.min(bytes.length, 4096)) };
+    this.ramChecked = false;
+  }
+
+  get ramBackend(): RamBackend {
+    return this.config.ramBackend ?? 'file';
+  }
+
+  /**
+   * What to pread for guest-physical memory: the RAM file from 0, or /proc/<QEMU pid>/mem from the
+   * RAM block's host address (found on first use, harness/ramMap.ts). Throws one line where QEMU is
+   * gone (non-file RAM goes with it) or its RAM block cannot be told.
+   */
+  async ramSource(): Promise<RamSource> {
+    await this.ramHandle();
+    return { path: this.ramFdPath, base: this.ramBase, len: this.config.ramMiB << 20 };
+  }
+
+  private async locate(): Promise<{ path: string; base: number }> {
+    const backend = this.ramBackend;
+    if (backend === 'file' || (this.exited && this.ramSnapshot)) return { path: this.ramPath, base: 0 };
+    const pid = this.proc.pid;
+    if (this.exited || !pid) throw new RamLocateError(`guest RAM (${backend}) went with QEMU (it exited): only 'file' RAM can be read afterwards`);
+    this.ramMapping ??= await locateRam(pid, backend, this.config.ramMiB << 20);
+    return ramReadPath(pid, this.ramMapping);
+  }
+
+  /** The RAM block's mapping in QEMU (null for 'file', or before the first read), read again for its huge-page figures. */
+  async ramMappingNow(): Promise<Mapping | null> {
+    if (this.ramBackend === 'file' || this.exited || !this.proc.pid) return null;
+    await this.ramSource();
+    const start = this.ramMapping?.start;
+    const maps = parseSmaps(await readFile(`/proc/${this.proc.pid}/smaps`, 'utf8').catch(() => ''));
+    return maps.find((m) => m.start === start) ?? null;
+  }
+
+  private async ramHandle(): Promise<Awaited<ReturnType<typeof open>>> {
+    if (this.ramFd && this.exited && this.ramBackend !== 'file' && this.ramFdPath !== this.ramPath) {
+      // QEMU's memory went with it: from here on the copy taken when the guest finished, if any.
+      await this.ramFd.close().catch(() => undefined);
+      this.ramFd = null;
+    }
+    if (!this.ramFd) {
+      const { path, base } = await this.locate();
+      this.ramFd = await open(path, 'r');
+      this.ramBase = base;
+      this.ramFdPath = path;
+    }
+    if (this.ramExpected && !this.ramChecked && this.ramBackend !== 'file') {
+      const { addr, bytes } = this.ramExpected;
+      const got = Buffer.alloc(bytes.length);
+      const { bytesRead } = await this.ramFd.read(got, 0, bytes.length, this.ramBase + addr);
+      const why = checkKnownBytes(got.subarray(0, bytesRead), bytes, addr);
+      if (why) throw new RamLocateError(`guest RAM (${this.ramBackend}) of QEMU pid ${this.proc.pid}: the mapping at 0x${this.ramBase.toString(16)} is not guest RAM: ${why}`);
+      this.ramChecked = true;
+    }
+    return this.ramFd;
+  }
+
+  /** Read guest-physical memory (RAM below 2 GiB maps 1:1 onto the RAM file, or QEMU's RAM block). */
   async readPhys(addr: number, len: number): Promise<Uint8Array> {
     const buf = new Uint8Array(len);
     await this.readPhysInto(addr, buf, len);
@@ -479,10 +590,10 @@ export class Vm implements WatchTarget {
 
   /** readPhys into the caller's buffer (a loop over a large range reuses one, with no copy); resolves with the bytes read. */
   async readPhysInto(addr: number, buf: Uint8Array, len: number): Promise<number> {
-    if (!this.ramFd) this.ramFd = await open(this.ramPath, 'r');
+    const fd = await this.ramHandle();
     let got = 0;
     while (got < len) {
-      const { bytesRead } = await this.ramFd.read(buf, got, len - got, addr + got);
+      const { bytesRead } = await fd.read(buf, got, len - got, this.ramBase + addr + got);
       if (bytesRead === 0) break;
       got += bytesRead;
     }
@@ -541,14 +652,36 @@ export class Vm implements WatchTarget {
     this.finishedHostWait = await this.hostWait();
     // Only where the start was read: under TCG there is nothing to ask for.
     if (this.kvmStatsAtStart) this.finishedKvmStats = await readKvmStats(this.qmp);
-    const fd = await open(this.ramPath, 'r+');
-    try {
-      const ack = new Uint8Array(4);
-      new DataView(ack.buffer).setUint32(0, 1, true);
-      await fd.write(ack, 0, 4, LAYOUT.mailbox + fieldOffset('mailbox', 'exit_ack'));
-    } finally {
-      await fd.close();
+    // The guest waits for the ack and writes nothing meanwhile: its RAM is final, copy it out
+    // while QEMU still holds it (results are collected after QEMU exited).
+    if (this.ramBackend !== 'file') await this.copyRamOut();
+    const { path, base } = await this.locate();
+    // The ack goes to the guest, and to the copy of its RAM too (the copy is what reads see later).
+    for (const [p, at] of [[path, base], ...(this.ramSnapshot ? [[this.ramPath, 0] as const] : [])] as const) {
+      const fd = await open(p, 'r+');
+      try {
+        const ack = new Uint8Array(4);
+        new DataView(ack.buffer).setUint32(0, 1, true);
+        await fd.write(ack, 0, 4, at + LAYOUT.mailbox + fieldOffset('mailbox', 'exit_ack'));
+      } finally {
+        await fd.close();
+      }
     }
+  }
+
+  private async copyRamOut(): Promise<void> {
+    const CHUNK = 1 << 20;
+    const buf = Buffer.allocUnsafe(CHUNK);
+    const out = await open(this.ramPath, 'w', 0o600);
+    try {
+      for (let at = 0; at < this.config.ramMiB << 20; at += CHUNK) {
+        const n = await this.readPhysInto(at, buf, CHUNK);
+        await out.write(buf, 0, n, at);
+      }
+    } finally {
+      await out.close();
+    }
+    this.ramSnapshot = true;
   }
 
   /** KVM's statistics now, or null (none: TCG; QEMU gone or not answering). */

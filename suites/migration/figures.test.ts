@@ -10,7 +10,7 @@ describe('migration figure samples', () => {
   it('label every figure with the case, the working set and the dirty rate QEMU measured', () => {
     const info = { status: 'completed', 'total-time': 420, downtime: 12, ram: { transferred: 5_000_000, 'dirty-sync-count': 3, mbps: 800 }, throttleReached: 0, dirtyRateReached: 123_456.7 } as unknown as MigrationInfo;
     const s = figureSamples(c, info, 96);
-    const labels = { tracking: 'ring-4096', multifd: 2, xbzrle: 'off', autoConverge: 'off', postcopy: 'off', ramMiB: 64, cpus: 1, via: 'socket', workingSetPages: 96, dirtyRateBps: 123_457 };
+    const labels = { tracking: 'ring-4096', multifd: 2, xbzrle: 'off', autoConverge: 'off', postcopy: 'off', ramMiB: 64, cpus: 1, ramBackend: 'file', via: 'socket', workingSetPages: 96, dirtyRateBps: 123_457 };
     expect(s.map((x) => [x.series, x.value])).toEqual([
       ['migration.totalTimeMs', 420],
       ['migration.downtimeMs', 12],

@@ -41,6 +41,8 @@ export interface MigrationFacts {
    */
   readonly avx?: boolean;
   readonly avx512?: boolean;
+  /** The host's free 2 MiB huge pages, in MiB (/proc/meminfo): whether hugetlbfs RAM can be generated. */
+  readonly hugePagesFreeMiB?: number;
 }
 
 /**
@@ -277,7 +279,9 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   const { workload } = layoutWorkload(c);
   const program = migrationProgram(c, workload, facts.tscHz);
   const nthreads = program.threads.length;
-  const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: c.ramMiB, ...(c.tracking.kind === 'ring' ? { accelProps: [`dirty-ring-size=${c.tracking.size}`] } : {}) });
+  // Every VM of the case (source, destinations, a file hop's restore) has the case's RAM backend.
+  const ramBackend = c.ramBackend ?? 'file';
+  const cfg = machineConfig(env.options, { cpus: c.cpus, ramMiB: c.ramMiB, ...(c.tracking.kind === 'ring' ? { accelProps: [`dirty-ring-size=${c.tracking.size}`] } : {}), ...(ramBackend === 'file' ? {} : { ramBackend }) });
   const specs: Record<string, VmSpec> = { a: { config: cfg, program }, b: { config: cfg, incoming: 'defer', ...(hopVia(c, 0) === 'file' ? { restoreFile: true } : {}) } };
   if (c.cancelFirst) specs.a0 = { config: cfg, incoming: 'defer' };
   if (c.pingPong) specs.c = { config: cfg, incoming: 'defer', ...(hopVia(c, 1) === 'file' ? { restoreFile: true } : {}) };
@@ -291,6 +295,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   });
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
+  env.metrics.add(`migration.ram.${ramBackend}`);
   for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512'), scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
@@ -373,7 +378,13 @@ async function migrateHop(
   env.metrics.add(via === 'file' ? 'migrationsViaFile' : 'migrationsViaSocket');
   env.metrics.add('migrationsCompleted');
   env.metrics.sample('migration.completed', 1, { ...caseLabels(c), via, prediction });
-  for (const f of figureSamples(c, info, workingSetPages(workload), via)) env.metrics.sample(f.series, f.value, f.labels);
+  // Both stopped: how much of the source's RAM block THP backed at the switchover (the 2 MiB
+  // mappings whose write protection and dirty logging the case drove); none for a file.
+  const thpBytes = await src.vm
+    .ramMappingNow()
+    .then((m) => (m ? m.anonHugeBytes + m.shmemPmdBytes : undefined))
+    .catch(() => undefined);
+  for (const f of figureSamples(c, { ...info, ...(thpBytes === undefined ? {} : { thpBytes }) }, workingSetPages(workload), via)) env.metrics.sample(f.series, f.value, f.labels);
   // Both stopped: the source at completion, the destination with everything loaded.
   // RAM from the files and state through QMP: independent, so read together.
   const [ram, sa, sb] = await Promise.all([
@@ -468,6 +479,7 @@ function caseLabels(c: MigrationCase): Record<string, string | number> {
     postcopy: c.stream.postcopy ? (c.stream.postcopy.preempt ? 'preempt' : 'on') : 'off',
     ramMiB: c.ramMiB,
     cpus: c.cpus,
+    ramBackend: c.ramBackend ?? 'file',
   };
 }
 
@@ -477,7 +489,7 @@ function caseLabels(c: MigrationCase): Record<string, string | number> {
  * highest dirty rate QEMU measured while it ran (dirtyRateBps, bytes/s; 0: QEMU measured none):
  * what a report plots downtime and bytes against.
  */
-export function figureSamples(c: MigrationCase, info: MigrationInfo & { restoreMs?: number; savedBytes?: number }, workingSetPages: number, via: HopVia = 'socket'): { series: string; value: number; labels: Record<string, string | number> }[] {
+export function figureSamples(c: MigrationCase, info: MigrationInfo & { restoreMs?: number; savedBytes?: number; thpBytes?: number }, workingSetPages: number, via: HopVia = 'socket'): { series: string; value: number; labels: Record<string, string | number> }[] {
   const labels = { ...caseLabels(c), via, workingSetPages, dirtyRateBps: Math.round(info.dirtyRateReached ?? 0) };
   const figures: Record<string, number | undefined> = {
     totalTimeMs: info['total-time'],
@@ -491,6 +503,8 @@ export function figureSamples(c: MigrationCase, info: MigrationInfo & { restoreM
     // A hop through a file: how long the destination took to load it, and its size.
     restoreMs: info.restoreMs,
     savedBytes: info.savedBytes,
+    // RAM QEMU maps itself (anonymous, memfd): the bytes of it THP backed at the switchover (smaps).
+    thpBytes: info.thpBytes,
   };
   return Object.entries(figures).flatMap(([k, v]) => (typeof v === 'number' ? [{ series: `migration.${k}`, value: v, labels }] : []));
 }

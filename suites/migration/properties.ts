@@ -11,6 +11,8 @@
  */
 import type fc from 'fast-check';
 import { migrationCaseArb, writersNotGenerated, type MigrationCase } from '../../generators/migration.js';
+import { readFileSync } from 'node:fs';
+import { freeHugePages2M, type RamBackend } from '../../harness/ramMap.js';
 import { runRootFilesystem } from '../../harness/runtime.js';
 import { filteredBits } from '../../models/cpuid/features.js';
 import { factsFor } from '../lib/run.js';
@@ -27,13 +29,38 @@ async function facts(env: PropertyEnv): Promise<MigrationFacts> {
   const has = (prop: string, leaf: number, reg: 'ebx' | 'ecx', bit: number) => m.cpu.props[prop] === true && ((filteredBits(m.filteredFeatures, leaf, 0, reg) >>> bit) & 1) === 0;
   const avx = has('xsave', 1, 'ecx', 26) && has('avx', 1, 'ecx', 28);
   // Only the delays between passes use the rate (a dirty rate, not a measurement): a rough one will do.
-  return { tscHz: khz ? khz * 1000 : 2e9, avx, avx512: avx && has('avx512f', 7, 'ebx', 16) };
+  return { tscHz: khz ? khz * 1000 : 2e9, avx, avx512: avx && has('avx512f', 7, 'ebx', 16), hugePagesFreeMiB: hugePagesFreeMiB() };
+}
+
+function hugePagesFreeMiB(): number {
+  try {
+    return freeHugePages2M(readFileSync('/proc/meminfo', 'utf8')) * 2;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The RAM backends this host can run (harness/ramMap.ts): a file, anonymous memory (THP under
+ * `madvise`), memfd everywhere; hugetlbfs where the free 2 MiB pages hold the smallest case (both
+ * VMs). What the host cannot run is said once, in the family's not-generated list.
+ */
+export function ramBackendsFor(hugePagesMiB: number, minRamMiB: number): { backends: RamBackend[]; notGenerated: { what: string; why: string }[] } {
+  const need = 2 * minRamMiB;
+  if (hugePagesMiB >= need) return { backends: ['file', 'anonymous', 'memfd', 'hugetlbfs'], notGenerated: [] };
+  return {
+    backends: ['file', 'anonymous', 'memfd'],
+    notGenerated: [{ what: 'guest RAM on hugetlbfs', why: `the host has ${hugePagesMiB} MiB of free 2 MiB huge pages (/proc/meminfo HugePages_Free); a case needs ${need} MiB at least, its two VMs' RAM` }],
+  };
 }
 
 function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationCase> {
+  const ram = ramBackendsFor(f.hugePagesFreeMiB ?? 0, Math.min(...RAM_SIZES));
   return migrationCaseArb({
     avx: f.avx === true,
     avx512: f.avx512 === true,
+    ramBackends: ram.backends,
+    hugePagesMiB: f.hugePagesFreeMiB ?? 0,
     ramMiB: RAM_SIZES,
     maxCpus: 2,
     dirtyRing: env.options.accel === 'kvm' && env.host.kvm.dirtyRing === true,
@@ -184,7 +211,7 @@ function migrationProperty(id: string, statement: string, rules: readonly Rule<M
     statement,
     facts,
     arbitrary,
-    notGenerated: (f) => writersNotGenerated({ avx: f.avx === true, avx512: f.avx512 === true }),
+    notGenerated: (f) => [...writersNotGenerated({ avx: f.avx === true, avx512: f.avx512 === true }), ...ramBackendsFor(f.hugePagesFreeMiB ?? 0, Math.min(...RAM_SIZES)).notGenerated],
     observe: observer(streamOracle),
     rules,
   });
