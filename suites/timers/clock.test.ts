@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { defaultOptions } from '../lib/options.js';
 import type { PropertyEnv } from '../lib/property.js';
-import { latenessBoundNs, pitImplOf, quantile } from './clock.js';
+import { latenessBoundNs, pitImplOf, quantile, vcpuLimitOf } from './clock.js';
 import { attributeRootCauses, latenessOf } from './timerProperty.js';
 import type { TimerDifference } from '../../models/timers/common.js';
 
@@ -18,6 +18,13 @@ describe('timer facts', () => {
     expect(quantile([], 0.9)).toBeNull();
     expect(quantile([5, 1, 4, 2, 3], 0.9)).toBe(5);
     expect(quantile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9)).toBe(9);
+  });
+  it('one vCPU only where QEMU 7.2.22 runs its own APIC under KVM', () => {
+    expect(vcpuLimitOf({ accel: 'kvm', kernelIrqchip: 'off' }, '7.2.22')?.max).toBe(1);
+    expect(vcpuLimitOf({ accel: 'kvm', kernelIrqchip: 'off' }, '7.2.21')).toBeUndefined();
+    expect(vcpuLimitOf({ accel: 'kvm', kernelIrqchip: 'split' }, '7.2.22')).toBeUndefined();
+    expect(vcpuLimitOf({ accel: 'kvm' }, '7.2.22')).toBeUndefined();
+    expect(vcpuLimitOf({ accel: 'tcg' }, '7.2.22')).toBeUndefined();
   });
   it("whose PIT: KVM's only with the whole irqchip in the kernel", () => {
     expect(pitImplOf(env({ accel: 'kvm' }))).toBe('kvm');

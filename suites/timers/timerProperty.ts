@@ -85,8 +85,10 @@ export const LATENESS_QUANTILE = 0.9;
 export const MIN_LATENESS_SAMPLES = 5;
 
 export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWorkload<TimerSchedule>, TimerFacts, TimerObservation> {
+  /** The vCPUs a case runs on: the property's, or fewer where the host cannot run that many (TimerFacts.vcpuLimit). */
+  const threadsOf = (f: TimerFacts) => Math.min(spec.threads, f.vcpuLimit?.max ?? spec.threads);
   const limits = (f: TimerFacts): ScheduleLimits => ({
-    threads: spec.threads,
+    threads: threadsOf(f),
     maxWaitUs: spec.maxWaitUs,
     tscHz: f.tscHz,
     apicBusHz: f.apicBusHz,
@@ -139,8 +141,10 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     skip: (env) => spec.skip?.(env) ?? null,
     arbitrary: (f, env) => commandsArb(spec.commands(limits(f)), { maxCommands: spec.maxCommands, size: '+1', ...(env.options.replayPath ? { replayPath: env.options.replayPath } : {}) }),
     async observe(w, f, env): Promise<Observation<TimerObservation>> {
-      return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(spec.threads), { maxThreads: spec.threads, threads: spec.threads }, async (built) => {
-        const o = await observeProgram(env, { ...built.program, stealTime: true }, { role: 'workload', config: { ...f.machine, cpus: spec.threads } });
+      const threads = threadsOf(f);
+      if (f.vcpuLimit) env.metrics.sample('timers.vcpus', threads, { reason: f.vcpuLimit.reason });
+      return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(threads), { maxThreads: threads, threads }, async (built) => {
+        const o = await observeProgram(env, { ...built.program, stealTime: true }, { role: 'workload', config: { ...f.machine, cpus: threads } });
         if (!o.ok) return { verdict: o, blame: null };
         const views = threadViews(o.value);
         const results: TimerCaseResult[] = [];
@@ -152,7 +156,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
         const mainWait = inMainLoop ? (o.value.vm.hostWait?.mainLongestWaitNs ?? 0) : 0;
         const slack = (t: number) => hostSlackNs(views, t, pitWorker + hostSteal + mainWait);
         const judgedWith = (t: number) => withSourceRate(withHostSlack(f, slack(t)), env, spec.source);
-        const timelines = Array.from({ length: spec.threads }, (_, t) => timelineOf(built.model, views, spec.source, t)).filter((t) => t.used);
+        const timelines = Array.from({ length: threads }, (_, t) => timelineOf(built.model, views, spec.source, t)).filter((t) => t.used);
         const judged: { thread: number; timeline: SourceTimeline; judgement: Judgement; lost: number }[] = spec.judgeCase
           ? timelines.length
             ? [{ thread: -1, timeline: timelines[0]!, judgement: spec.judgeCase(timelines, views, judgedWith(-1), env), lost: 0 }]
