@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { ObservedInterrupt } from './common.js';
 import {
   KVM_LAPIC,
+  QEMU_USERSPACE_LAPIC,
   SDM_LAPIC,
   decodeLvtt,
   divideOf,
@@ -569,5 +570,24 @@ describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => 
     const sw = { ...KVM_LAPIC, tdcrAfterOneShotExpiry: 'refires' as const };
     expect(rules(judge(ev, lvttAt + 20_000_000n, seen)).length).toBeGreaterThan(0); // a count rule under every preset
     expect(judge(ev, lvttAt + 20_000_000n, seen, [], sw)).toEqual([]);
+  });
+});
+
+describe('tscDeadlineMode (a root-cause variant, never a preset)', () => {
+  // The shrunk case of seed 1 under --kernel-irqchip off: a one-shot count, then LVTT → TSC-deadline
+  // (which disarms it, SDM §10.5.4.1), and the count's interrupt comes anyway.
+  const arm = T0 + 10_000n;
+  const events = [...setup(ONE_SHOT), at(arm, { kind: 'tmict', value: 1_000_000 }), at(arm + 100_000n, { kind: 'lvtt', value: DEADLINE })];
+  const end = arm + 10_000_000n;
+  const delivered = [irq(arm + 2_000_000n + 1000n)];
+
+  it('every preset disarms the count at the switch to TSC-deadline', () => {
+    for (const sw of [KVM_LAPIC, SDM_LAPIC, QEMU_USERSPACE_LAPIC]) expect(sw.tscDeadlineMode ?? 'implemented').toBe('implemented');
+    expect(rules(judge(events, end, delivered, [], QEMU_USERSPACE_LAPIC))).toEqual(['spurious-after-disarm']);
+  });
+  it("'ignored' (QEMU's hw/intc/apic.c reads only LVTT bit 17) keeps the one-shot counting, and explains the observation", () => {
+    const sw = { ...QEMU_USERSPACE_LAPIC, tscDeadlineMode: 'ignored' as const };
+    expect(predictLapic(CLOCK, tl(events, end), sw).interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_000n]);
+    expect(judge(events, end, delivered, [], sw)).toEqual([]);
   });
 });

@@ -218,6 +218,17 @@ export interface LapicSwitches {
    *    the next TMICT write. Needs LapicPredictOptions.deliveries.
    */
   readonly periodicLateCallback?: 'keeps-phase' | 'target-to-now';
+  /**
+   * LVTT's TSC-deadline mode (bits 18:17 = 10) where CPUID.01H:ECX[24] advertises it.
+   *  - 'implemented' (SDM §10.5.4.1; KVM's LAPIC). Every preset.
+   *  - 'ignored' (QEMU's userspace APIC, hw/intc/apic.c, kernel-irqchip=off: apic_next_timer() and
+   *    apic_get_current_count() read only APIC_LVT_TIMER_PERIODIC (bit 17), so bit 18 changes
+   *    nothing and a running count goes on as one-shot; IA32_TSC_DEADLINE goes to KVM, which has
+   *    no LAPIC to arm and reads 0). QEMU 7.2 nevertheless advertises TSC-deadline under KVM when
+   *    KVM_GET_SUPPORTED_CPUID lists it. Not a reading of the manual: the property layer predicts
+   *    with it only to name the root cause of a difference.
+   */
+  readonly tscDeadlineMode?: 'implemented' | 'ignored';
 }
 
 export const KVM_LAPIC: LapicSwitches = Object.freeze({
@@ -363,7 +374,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
   const busHz = toBig(clock.apicBusHz, 'apicBusHz');
   const minPeriodNs = toBig(clock.minPeriodNs, 'minPeriodNs');
   const ppb = ppbOf(clock.skewPpm);
-  const deadlineSupported = clock.tscDeadline ?? true;
+  const deadlineSupported = (clock.tscDeadline ?? true) && switches.tscDeadlineMode !== 'ignored';
   const race = options.raceTsc ?? 0n;
   const events = timeline.events;
   const enabled = enabledAfter(events, timeline.interruptsEnabled ?? true);

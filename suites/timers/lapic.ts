@@ -60,7 +60,7 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
   const prediction = predict({});
   const reads = t.events.flatMap((e, eventIndex) => (e.read === undefined || e.faulted ? [] : [{ eventIndex, value: e.read }]));
   const judgeOpts = { latenessTsc: lostAfter, isrEntryTsc: isrEntryTsc(f) };
-  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), LAPIC_ROOT_CAUSES, (v) => judgeLapic(predict(v), observed, reads, judgeOpts));
+  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), f.lapicImpl === 'qemu' ? QEMU_LAPIC_ROOT_CAUSES : LAPIC_ROOT_CAUSES, (v) => judgeLapic(predict(v), observed, reads, judgeOpts));
   // Lateness labels: the mode and divide in force when the interrupt was armed.
   let lvtt = 0x10000;
   let tdcr = 0;
@@ -88,6 +88,11 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
 /** Root causes a LAPIC count difference can be attributed to (timerProperty.ts attributeRootCauses). */
 const LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches> }[] = [
   { label: 'a TDCR write re-fired an expired one-shot timer', variant: { tdcrAfterOneShotExpiry: 'refires' } },
+];
+
+/** Root causes of QEMU's own APIC (kernel-irqchip=off, TCG), tried only where it counts the timer. */
+const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches> }[] = [
+  { label: "QEMU's APIC ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)", variant: { tscDeadlineMode: 'ignored' } },
 ];
 
 export const lapicSchedule = timerProperty({
