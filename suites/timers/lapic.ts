@@ -91,8 +91,14 @@ const LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Pa
 ];
 
 /** Root causes of QEMU's own APIC (kernel-irqchip=off, TCG), tried only where it counts the timer. */
-const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches> }[] = [
+const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches>; readonly rules?: ReadonlySet<string> }[] = [
   { label: "QEMU's APIC ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)", variant: { tscDeadlineMode: 'ignored' } },
+  // Tried on TMCCT differences too: a recount shows in reads before (or without) any interrupt.
+  {
+    label: "QEMU's APIC recounted the timer from the TMICT load at the new divide after a TDCR write",
+    variant: { tdcrMidCount: 'from-load' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
+  },
 ];
 
 export const lapicSchedule = timerProperty({

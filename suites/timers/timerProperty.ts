@@ -258,17 +258,19 @@ export const COUNT_RULES: ReadonlySet<string> = new Set(['exact-count', 'spuriou
  * variant (never the reference); when judging with one switched on leaves no count difference, the
  * differences of every rule the variant leaves clean are labelled with it, so a known deviation can
  * name exactly that cause and nothing else. Differences no variant explains keep their plain
- * summary (and fail).
+ * summary (and fail). A cause with `rules` is tried on differences of those rules instead of the
+ * count rules, and must leave none of them (QEMU's TDCR recount shows in TMCCT reads alone).
  */
 export function attributeRootCauses<V>(
   diffs: readonly TimerDifference[],
-  causes: readonly { readonly label: string; readonly variant: V }[],
+  causes: readonly { readonly label: string; readonly variant: V; readonly rules?: ReadonlySet<string> }[],
   judgeWith: (variant: V) => readonly TimerDifference[],
 ): TimerDifference[] {
-  if (!diffs.some((d) => COUNT_RULES.has(d.rule))) return [...diffs];
   for (const cause of causes) {
+    const trigger = cause.rules ?? COUNT_RULES;
+    if (!diffs.some((d) => trigger.has(d.rule))) continue;
     const rest = judgeWith(cause.variant);
-    if (rest.some((d) => COUNT_RULES.has(d.rule))) continue;
+    if (rest.some((d) => trigger.has(d.rule) || COUNT_RULES.has(d.rule))) continue;
     // The cause also explains what follows from it in other rules (a TMCCT read of the count it
     // restarted): those rules it leaves without a difference are labelled too.
     const explained = new Set(diffs.map((d) => d.rule).filter((r) => !rest.some((x) => x.rule === r)));
