@@ -43,6 +43,12 @@ describe('judging helpers', () => {
     const out = attributeRootCauses([d('exact-count'), d('tmcct-range'), d('tsc-deadline-msr')], [{ label: 'cause', variant: 0 }], () => [d('tsc-deadline-msr')]);
     expect(out.map((x) => `${x.rule} ${x.summary}`)).toEqual(['exact-count cause: x', 'tmcct-range cause: x', 'tsc-deadline-msr x']);
   });
+  it('tries a cause with its own rules on differences of those rules alone (a TMCCT-only recount)', () => {
+    const tm = new Set(['tmcct-range']);
+    expect(attributeRootCauses([d('tmcct-range')], [{ label: 'count-only', variant: 0 }], () => [])[0]!.summary).toBe('x');
+    expect(attributeRootCauses([d('tmcct-range')], [{ label: 'recount', variant: 0, rules: tm }], () => [])[0]!.summary).toBe('recount: x');
+    expect(attributeRootCauses([d('tmcct-range')], [{ label: 'recount', variant: 0, rules: tm }], () => [d('exact-count')])[0]!.summary).toBe('x');
+  });
   it('leaves differences no variant explains as they are', () => {
     expect(attributeRootCauses([d('never-early')], [{ label: 'c', variant: 0 }], () => [d('never-early')])[0]!.summary).toBe('x');
   });
