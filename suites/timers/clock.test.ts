@@ -49,6 +49,10 @@ describe('judging helpers', () => {
     expect(attributeRootCauses([d('tmcct-range')], [{ label: 'recount', variant: 0, rules: tm }], () => [])[0]!.summary).toBe('recount: x');
     expect(attributeRootCauses([d('tmcct-range')], [{ label: 'recount', variant: 0, rules: tm }], () => [d('exact-count')])[0]!.summary).toBe('x');
   });
+  it('prefers a later cause that explains every rule to an earlier one that explains the count alone', () => {
+    const out = attributeRootCauses([d('exact-count'), d('tmcct-range')], [{ label: 'count', variant: 1 }, { label: 'all', variant: 2, rules: new Set(['tmcct-range']) }], (v) => (v === 2 ? [] : [d('tmcct-range')]));
+    expect(out.map((x) => x.summary)).toEqual(['all: x', 'all: x']);
+  });
   it('leaves differences no variant explains as they are', () => {
     expect(attributeRootCauses([d('never-early')], [{ label: 'c', variant: 0 }], () => [d('never-early')])[0]!.summary).toBe('x');
   });
