@@ -92,7 +92,12 @@ const LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Pa
 
 /** Root causes of QEMU's own APIC (kernel-irqchip=off, TCG), tried only where it counts the timer. */
 const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches>; readonly rules?: ReadonlySet<string> }[] = [
-  { label: "QEMU's APIC ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)", variant: { tscDeadlineMode: 'ignored' } },
+  // Tried on a missed immediate deadline too (seed 2: a deadline already past never fires there).
+  {
+    label: "QEMU's APIC ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)",
+    variant: { tscDeadlineMode: 'ignored' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'immediate', 'tsc-deadline-msr']),
+  },
   // Tried on TMCCT differences too: a recount shows in reads before (or without) any interrupt.
   {
     label: "QEMU's APIC recounted the timer from the TMICT load at the new divide after a TDCR write",
