@@ -104,6 +104,13 @@ const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly varian
     variant: { tdcrMidCount: 'from-load' },
     rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
   },
+  // Both at once, where neither alone explains a case (seed 3: a recounted one-shot, then LVTT →
+  // TSC-deadline, and TMCCT still reads the recount).
+  {
+    label: "QEMU's APIC recounted the timer from the TMICT load at the new divide after a TDCR write, and ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)",
+    variant: { tdcrMidCount: 'from-load', tscDeadlineMode: 'ignored' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'immediate', 'tsc-deadline-msr', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
+  },
 ];
 
 export const lapicSchedule = timerProperty({
