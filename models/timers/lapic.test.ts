@@ -645,3 +645,17 @@ describe("tdcrMidCount 'from-load' (QEMU's own APIC; a root-cause variant, never
     expect(p.interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_002n, arm + 4_000_004n, arm + 8_000_008n, arm + 12_000_012n]);
   });
 });
+
+describe("resetDivide 'one' (QEMU apic_init_reset(): count_shift 0 while TDCR reads 0; a root-cause variant)", () => {
+  // TCG seed 2 (shrunk): vCPU 1 arms TMICT with no TDCR write since reset and reads TMCCT.
+  const arm = T0 + 10_000n;
+  const events = [at(T0, { kind: 'lvtt', value: ONE_SHOT }), at(arm, { kind: 'tmict', value: 336_000 }), at(arm + 200_000n, { kind: 'readTmcct' })];
+  const end = arm + 800_000n;
+  const seen = [irq(arm + 672_002n + 1000n)];
+  const read = [{ eventIndex: 2, value: 336_000 - 100_000 }];
+  it('the presets count ÷2 from reset (SDM: TDCR 0 is ÷2); QEMU counts ÷1', () => {
+    for (const sw of [KVM_LAPIC, SDM_LAPIC, QEMU_USERSPACE_LAPIC]) expect(sw.resetDivide ?? 'tdcr').toBe('tdcr');
+    expect(rules(judge(events, end, seen, read, QEMU_USERSPACE_LAPIC))).toContain('tmcct-range');
+    expect(judge(events, end, seen, read, { ...QEMU_USERSPACE_LAPIC, resetDivide: 'one' })).toEqual([]);
+  });
+});

@@ -244,6 +244,15 @@ export interface LapicSwitches {
    *    with it only to name the root cause of a difference.
    */
   readonly tscDeadlineMode?: 'implemented' | 'ignored';
+  /**
+   * The divide in force before the first TDCR write.
+   *  - 'tdcr' (SDM §10.4.7.1: the divide configuration register resets to 0, which Figure 10-10
+   *    reads as ÷2). Every preset.
+   *  - 'one' (QEMU's own APIC, apic_common.c apic_init_reset(): divide_conf = 0 but count_shift =
+   *    0, so the timer counts at ÷1 until the guest writes TDCR). Not a reading of the manual: the
+   *    property layer predicts with it only to name the root cause of a difference.
+   */
+  readonly resetDivide?: 'tdcr' | 'one';
 }
 
 export const KVM_LAPIC: LapicSwitches = Object.freeze({
@@ -406,7 +415,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
   let masked = lv0.masked;
   let vector = lv0.vector;
   if (timeline.initial?.lvtt !== undefined) vectors.add(vector);
-  let divide = BigInt(divideOf(timeline.initial?.tdcr ?? 0));
+  let divide = timeline.initial?.tdcr === undefined && switches.resetDivide === 'one' ? 1n : BigInt(divideOf(timeline.initial?.tdcr ?? 0));
   let tmict = 0n;
   let armed: Count | Deadline | null = null;
   let held: Held | null = null;

@@ -104,6 +104,11 @@ const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly varian
     variant: { tdcrMidCount: 'from-load' },
     rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
   },
+  {
+    label: "QEMU's APIC counted at ÷1 before the first TDCR write (apic_init_reset() count_shift 0; TDCR 0 is ÷2)",
+    variant: { resetDivide: 'one' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
+  },
   // Both at once, where neither alone explains a case (seed 3: a recounted one-shot, then LVTT →
   // TSC-deadline, and TMCCT still reads the recount).
   {
