@@ -24,7 +24,7 @@ import { readCounterexample, CounterexampleError } from '../reports/counterexamp
 import { OutDirError, prepareOutDir } from '../reports/outdir.js';
 import { VCPU_CHOICE_ENV, type VcpuModelChoice } from '../harness/vcpuChoice.js';
 import { HOST_CHECKS, hostFindings, MachineStartError, settleVcpuModel } from '../suites/lib/machine.js';
-import { DeviationsError, loadDeviations } from '../reports/deviations.js';
+import { DeviationsError, loadDeviations, runConfigOf } from '../reports/deviations.js';
 import { assembleResults, writePropertyRecord, writeResults } from '../reports/results.js';
 import { validateResults, type PropertyResult, type ResultsFile, type RunOptionsRecord } from '../reports/schema.js';
 import { defaultOptions, joinDashValues, OptionError, optionsRecord, optionsToEnv, parseRunArgs, PROJECT_ROOT, rerunCommand, runUsage, vcpuModel, type RunOptions } from '../suites/lib/options.js';
@@ -165,7 +165,7 @@ async function cmdRun(argv: readonly string[]): Promise<number> {
   }
   if (choice) host.qemuCpu = { requested: choice.requested, used: choice.used, ...(choice.fallback ? { fallback: choice.fallback } : {}) };
   writeFileSync(join(o.out, 'host.json'), JSON.stringify(host, null, 2) + '\n');
-  const findings = hostFindings({ ...(choice ? { choice } : {}), ...(startError ? { startError } : {}) }, known, host);
+  const findings = hostFindings({ ...(choice ? { choice } : {}), ...(startError ? { startError } : {}) }, known, host, runConfigOf(o));
   if (!startError) for (const f of findings) process.stderr.write(`kvmprop: host finding ${f.check} (${f.status}): ${f.summary}\n  QEMU: ${f.qemuMessage}\n`);
   const expected = selectedProperties(o.families, o.properties);
   const ktap = o.ktap ? new KtapStream((s) => process.stdout.write(s)) : undefined;

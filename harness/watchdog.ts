@@ -30,6 +30,12 @@ export type VmOutcome =
   | { kind: 'completed'; exitCode: number | null }
   | { kind: 'internal-error'; status: string; dump: string; registers: string | null }
   | { kind: 'hang'; thread: number; stalledMs: number; registers: string | null }
+  /**
+   * Every vCPU thread finished its ops, but the guest never got to say so (the BSP's last steps,
+   * its serial lines and the mailbox, did not come): QEMU stopped running the guest. `qmpAnswered`:
+   * whether QEMU's monitor still answered query-status then (not when its main loop is stuck).
+   */
+  | { kind: 'vmm-hang'; stalledMs: number; qmpAnswered: boolean; registers: string | null }
   | { kind: 'guest-reset'; reason: string }
   /** QEMU itself ended while the guest ran: an abort, a crash, an exit; `message` is QEMU's own words. */
   | { kind: 'vmm-crash'; exitCode: number | null; signal: string | null; message: string }
@@ -166,6 +172,8 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
     /** Time spent running while the mailbox said 'booting'. */
     let bootRunMs = 0;
     let lastTick = Date.now();
+    /** Since when every thread has been finished with the mailbox still 'running'. */
+    let finishedSince: number | null = null;
     for (;;) {
       if (opts.signal?.aborted) return { kind: 'aborted', afterMs: Date.now() - started };
       if (t.hasExited) break;
@@ -201,6 +209,19 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
         await Promise.race([t.whenExited, sleep(200)]);
         if (!t.hasExited) await t.kill();
         break;
+      }
+      // Every thread finished (none idle or running) while the mailbox still says 'running': the
+      // BSP's remaining steps take microseconds, so a stall of stallMs is QEMU's, not the guest's.
+      const finished = runs && mailbox.state === BigInt(MAILBOX_STATE.running) && opts.nthreads > 0 && threads.slice(0, opts.nthreads).every((th) => th !== undefined && th.state !== BigInt(THREAD_STATE.running) && th.state !== BigInt(THREAD_STATE.idle));
+      if (!finished) finishedSince = null;
+      else if (finishedSince === null) finishedSince = now;
+      else if (now - finishedSince >= opts.stallMs) {
+        const qmpAnswered = (await queryStatus(t)) !== null;
+        const again = await t.readMailbox();
+        if (!t.hasExited && again.mailbox.state === BigInt(MAILBOX_STATE.running)) {
+          return { kind: 'vmm-hang', stalledMs: Date.now() - finishedSince, qmpAnswered, registers: qmpAnswered ? await t.registers() : null };
+        }
+        finishedSince = null;
       }
       for (let i = 0; i < opts.nthreads; i++) {
         const th = threads[i]!;

@@ -78,6 +78,8 @@ export function describeOutcome(o: VmOutcome): string {
       return o.thread < 0
         ? `the guest hung while booting (no progress for ${o.stalledMs} ms)`
         : `vCPU ${o.thread} made no progress for ${o.stalledMs} ms (an instruction that never returns, or a halted vCPU)`;
+    case 'vmm-hang':
+      return `QEMU stopped running the guest: every vCPU thread finished its ops, but the guest did not complete within ${o.stalledMs} ms after (QMP query-status ${o.qmpAnswered ? 'still answered' : 'unanswered'})`;
     case 'guest-reset':
       return `the guest reset (${o.reason}; a triple fault ends this way)`;
     case 'vmm-crash':

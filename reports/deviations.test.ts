@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { CPU_FLAGS, type HostFingerprint, type QemuCpuChoice } from '../harness/fingerprint.js';
-import { DeviationsError, hostMatches, matchDeviation, parseDeviations, type HostMatch, type KnownDeviation } from './deviations.js';
+import { DeviationsError, hostMatches, matchDeviation, parseDeviations, runConfigOf, type HostMatch, type KnownDeviation } from './deviations.js';
 
 /** The AMD EPYC (Zen 3) host of shared/fixtures/amd-epyc-kvm-pvm, run with -cpu host,-arch-capabilities. */
 function amdHost(): HostFingerprint {
@@ -258,6 +258,15 @@ describe('deviations of one run configuration, and of a family of properties', (
     expect(matchDeviation(file, 'leaks.cpuid.rules', 'QEMU itself died x', fp, { accel: 'tcg' })).toBeUndefined();
     expect(matchDeviation(file, 'leaks.device.stable', 'QEMU itself died x', fp, { accel: 'kvm' })).toBeUndefined();
     expect(matchDeviation(file, 'leaks.device.stable', 'QEMU itself died x', fp)).toBeUndefined();
+  });
+
+  it('kernelIrqchip: matches only a run that gave it (never TCG, never the default)', () => {
+    const off = parseDeviations(JSON.stringify({ version: 1, deviations: [{ ...entry, property: 'timers.*', when: { kernelIrqchip: 'off' } }] }));
+    expect(matchDeviation(off, 'timers.lapic.schedule', 'QEMU itself died x', fp, runConfigOf({ accel: 'kvm', kernelIrqchip: 'off' }))?.id).toBe('qemu-tcg-quirk');
+    expect(matchDeviation(off, 'timers.lapic.schedule', 'QEMU itself died x', fp, runConfigOf({ accel: 'kvm', kernelIrqchip: 'split' }))).toBeUndefined();
+    expect(matchDeviation(off, 'timers.lapic.schedule', 'QEMU itself died x', fp, runConfigOf({ accel: 'kvm' }))).toBeUndefined();
+    expect(matchDeviation(off, 'timers.lapic.schedule', 'QEMU itself died x', fp, runConfigOf({ accel: 'tcg', kernelIrqchip: 'off' }))).toBeUndefined();
+    expect(() => parseDeviations(JSON.stringify({ version: 1, deviations: [{ ...entry, when: { kernelIrqchip: 'of' } }] }))).toThrow(/kernelIrqchip must be on, split or off/);
   });
 
   it('rejects an unknown or empty configuration trait', () => {

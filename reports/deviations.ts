@@ -62,9 +62,21 @@ export interface RunConfigMatch {
   readonly accel?: 'kvm' | 'tcg';
   /** Machine type: microvm, pc or q35. */
   readonly machine?: string;
+  /**
+   * Whose interrupt controllers run under KVM: 'on' (all in the kernel, the default), 'split' (the
+   * LAPIC in the kernel, IOAPIC/PIC/PIT in QEMU) or 'off' (QEMU's own APIC, hw/intc/apic.c), as
+   * given with --kernel-irqchip. A run without it (whose irqchip is the machine's or the family's
+   * default) or under TCG never matches a `kernelIrqchip`.
+   */
+  readonly kernelIrqchip?: 'on' | 'split' | 'off';
 }
 
-const CONFIG_TRAITS: readonly (keyof RunConfigMatch)[] = ['accel', 'machine'];
+const CONFIG_TRAITS: readonly (keyof RunConfigMatch)[] = ['accel', 'machine', 'kernelIrqchip'];
+
+/** The run configuration traits of a run's options (kernelIrqchip only as given, and only under KVM). */
+export function runConfigOf(o: { readonly accel: 'kvm' | 'tcg'; readonly machine?: string; readonly kernelIrqchip?: 'on' | 'split' | 'off' }): RunConfigMatch {
+  return { accel: o.accel, ...(o.machine !== undefined ? { machine: o.machine } : {}), ...(o.accel === 'kvm' && o.kernelIrqchip ? { kernelIrqchip: o.kernelIrqchip } : {}) };
+}
 
 export interface DeviationsFile {
   readonly version: 1;
@@ -108,6 +120,9 @@ export function parseDeviations(text: string, source = 'known deviations'): Devi
       }
       if (d.when.accel !== undefined && d.when.accel !== 'kvm' && d.when.accel !== 'tcg') {
         throw new DeviationsError(`${source}: deviations[${i}].when.accel must be kvm or tcg`);
+      }
+      if (d.when.kernelIrqchip !== undefined && !['on', 'split', 'off'].includes(d.when.kernelIrqchip)) {
+        throw new DeviationsError(`${source}: deviations[${i}].when.kernelIrqchip must be on, split or off`);
       }
     }
     const host = d.host as Record<keyof HostMatch, unknown>;

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { ObservedInterrupt } from './common.js';
 import {
   KVM_LAPIC,
+  QEMU_USERSPACE_LAPIC,
   SDM_LAPIC,
   decodeLvtt,
   divideOf,
@@ -569,5 +570,92 @@ describe('tdcrAfterOneShotExpiry (a root-cause variant, never a preset)', () => 
     const sw = { ...KVM_LAPIC, tdcrAfterOneShotExpiry: 'refires' as const };
     expect(rules(judge(ev, lvttAt + 20_000_000n, seen)).length).toBeGreaterThan(0); // a count rule under every preset
     expect(judge(ev, lvttAt + 20_000_000n, seen, [], sw)).toEqual([]);
+  });
+});
+
+describe('tscDeadlineMode (a root-cause variant, never a preset)', () => {
+  // The shrunk case of seed 1 under --kernel-irqchip off: a one-shot count, then LVTT → TSC-deadline
+  // (which disarms it, SDM §10.5.4.1), and the count's interrupt comes anyway.
+  const arm = T0 + 10_000n;
+  const events = [...setup(ONE_SHOT), at(arm, { kind: 'tmict', value: 1_000_000 }), at(arm + 100_000n, { kind: 'lvtt', value: DEADLINE })];
+  const end = arm + 10_000_000n;
+  const delivered = [irq(arm + 2_000_000n + 1000n)];
+
+  it('every preset disarms the count at the switch to TSC-deadline', () => {
+    for (const sw of [KVM_LAPIC, SDM_LAPIC, QEMU_USERSPACE_LAPIC]) expect(sw.tscDeadlineMode ?? 'implemented').toBe('implemented');
+    expect(rules(judge(events, end, delivered, [], QEMU_USERSPACE_LAPIC))).toEqual(['spurious-after-disarm']);
+  });
+  it("'ignored' (QEMU's hw/intc/apic.c reads only LVTT bit 17) keeps the one-shot counting, and explains the observation", () => {
+    const sw = { ...QEMU_USERSPACE_LAPIC, tscDeadlineMode: 'ignored' as const };
+    expect(predictLapic(CLOCK, tl(events, end), sw).interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_000n]);
+    expect(judge(events, end, delivered, [], sw)).toEqual([]);
+  });
+});
+
+describe("tdcrMidCount 'from-load' (QEMU's own APIC; a root-cause variant, never a preset)", () => {
+  const QEMU_FROM_LOAD: LapicSwitches = { ...QEMU_USERSPACE_LAPIC, tdcrMidCount: 'from-load' };
+  const arm = T0 + 10_000n;
+  // The shrunk case of seed 1 under --kernel-irqchip off: one-shot ÷1 2680 µs, at 1474 µs TDCR ÷2,
+  // read TMCCT then and 1640 µs later. 2 cycles per ns here.
+  const events = [
+    ...setup(ONE_SHOT),
+    at(arm, { kind: 'tmict', value: 2_680_000 }),
+    at(arm + 2_948_000n, { kind: 'tdcr', value: DIV2 }),
+    at(arm + 2_948_200n, { kind: 'readTmcct' }),
+    at(arm + 6_228_000n, { kind: 'readTmcct' }),
+  ];
+  const end = arm + 6_300_000n;
+  // QEMU: d = (now − load) >> 1: 1474 µs → 737 000, 3114 µs → 1 557 000; the armed timer fires at
+  // load + 2 680 001 ns, as if the write had not come.
+  const reads = [
+    { eventIndex: 4, value: 2_680_000 - 737_050 },
+    { eventIndex: 5, value: 2_680_000 - 1_557_000 },
+  ];
+  const delivered = [irq(arm + 5_360_002n + 3000n)];
+
+  it('every preset rescales; the preset judges the jump and the interrupt at the old time', () => {
+    for (const sw of [KVM_LAPIC, SDM_LAPIC, QEMU_USERSPACE_LAPIC]) expect(sw.tdcrMidCount).toBe('rescale');
+    const r = rules(judge(events, end, delivered, reads, QEMU_USERSPACE_LAPIC));
+    expect(r).toContain('tmcct-range');
+    expect(r).toContain('exact-count');
+  });
+  it("'from-load' recounts TMCCT from the load at the new divide and keeps the armed expiry: no difference", () => {
+    const p = predictLapic(CLOCK, tl(events, end), QEMU_FROM_LOAD);
+    expect(p.interrupts.map((e) => e.earliest)).toEqual([arm + 5_360_002n]);
+    expect(judge(events, end, delivered, reads, QEMU_FROM_LOAD)).toEqual([]);
+    // A continuous count (what the SDM and KVM do) is a difference under it.
+    expect(rules(judge(events, end, delivered, [{ eventIndex: 4, value: 603_000 }, reads[1]!], QEMU_FROM_LOAD))).toEqual(['tmcct-range']);
+  });
+  it("'from-load': apic_timer() re-arms a one-shot whose recount at the slower divide is short of IC", () => {
+    const later = arm + 12_000_000n;
+    const p = predictLapic(CLOCK, tl(events.slice(0, 4), later), QEMU_FROM_LOAD);
+    // load + (IC+1) << 1 ns.
+    expect(p.interrupts.map((e) => e.earliest)).toEqual([arm + 5_360_002n, arm + 10_720_004n]);
+  });
+  it("'from-load': a divide change after the one-shot expired makes TMCCT read non-zero again (the TCG counterexample)", () => {
+    const ev = [...setup(ONE_SHOT), at(arm, { kind: 'tmict', value: 2_947_000 }), at(arm + 6_000_000n, { kind: 'tdcr', value: DIV2 }), at(arm + 6_000_200n, { kind: 'readTmcct' })];
+    const seen = [irq(arm + 5_894_002n + 2000n)];
+    const read = [{ eventIndex: 4, value: 2_947_000 - 1_500_025 }];
+    expect(rules(judge(ev, arm + 6_100_000n, seen, read, QEMU_USERSPACE_LAPIC))).toEqual(['tmcct-range']);
+    expect(judge(ev, arm + 6_100_000n, seen, read, QEMU_FROM_LOAD)).toEqual([]);
+  });
+  it("'from-load' periodic: the old expiry, then multiples of (IC+1) × the new divide since the load", () => {
+    const ev = [...setup(PERIODIC), at(arm, { kind: 'tmict', value: 1_000_000 }), at(arm + 3_000_000n, { kind: 'tdcr', value: DIV2 })];
+    const p = predictLapic(CLOCK, tl(ev, arm + 13_000_000n), QEMU_FROM_LOAD);
+    expect(p.interrupts.map((e) => e.earliest)).toEqual([arm + 2_000_002n, arm + 4_000_004n, arm + 8_000_008n, arm + 12_000_012n]);
+  });
+});
+
+describe("resetDivide 'one' (QEMU apic_init_reset(): count_shift 0 while TDCR reads 0; a root-cause variant)", () => {
+  // TCG seed 2 (shrunk): vCPU 1 arms TMICT with no TDCR write since reset and reads TMCCT.
+  const arm = T0 + 10_000n;
+  const events = [at(T0, { kind: 'lvtt', value: ONE_SHOT }), at(arm, { kind: 'tmict', value: 336_000 }), at(arm + 200_000n, { kind: 'readTmcct' })];
+  const end = arm + 800_000n;
+  const seen = [irq(arm + 672_002n + 1000n)];
+  const read = [{ eventIndex: 2, value: 336_000 - 100_000 }];
+  it('the presets count ÷2 from reset (SDM: TDCR 0 is ÷2); QEMU counts ÷1', () => {
+    for (const sw of [KVM_LAPIC, SDM_LAPIC, QEMU_USERSPACE_LAPIC]) expect(sw.resetDivide ?? 'tdcr').toBe('tdcr');
+    expect(rules(judge(events, end, seen, read, QEMU_USERSPACE_LAPIC))).toContain('tmcct-range');
+    expect(judge(events, end, seen, read, { ...QEMU_USERSPACE_LAPIC, resetDivide: 'one' })).toEqual([]);
   });
 });

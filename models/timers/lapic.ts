@@ -154,8 +154,23 @@ export interface LapicSwitches {
    *    change"; update_target_expiration() scales the remaining time by new/old);
    *  - 'next-reload' (KVM before c301b909: the running count keeps the old rate; the new divisor
    *    applies from the next reload).
+   *  - 'from-load' (QEMU's own APIC, hw/intc/apic.c and apic_common.c of v7.2, kernel-irqchip=off
+   *    and TCG): the write (apic_register_write 0x3e) only sets count_shift. TMCCT is recomputed
+   *    from the initial-count load time at the new divide (apic_get_current_count(): d = (now −
+   *    load) >> count_shift; one-shot IC − d or 0, periodic IC − d mod (IC+1)), so it jumps; the
+   *    armed timer still fires at its old time, and only then apic_timer() → apic_next_timer()
+   *    counts again from the load at the new divide: periodic expiries at the multiples of
+   *    (IC+1) << count_shift since the load, and a one-shot whose recomputed count has not reached
+   *    IC fires a second time at load + (IC+1) << count_shift. LVTT writes re-arm the same way
+   *    (apic_timer_update() at the write's time). What the SDM says (Vol. 3A §10.5.4, the Divide
+   *    Configuration Register): "The APIC timer frequency will be the processor's bus clock or core
+   *    crystal clock frequency ... divided by the value specified in the divide configuration
+   *    register"; the count is one down-counter ("the initial count value is then copied into the
+   *    current-count register and count-down begins"), so a divide change changes only the rate.
+   *    Not a reading of the manual: the property layer predicts with it only to name the root
+   *    cause of a difference.
    */
-  readonly tdcrMidCount: 'rescale' | 'next-reload';
+  readonly tdcrMidCount: 'rescale' | 'next-reload' | 'from-load';
   /**
    * LVTT one-shot → periodic after the one-shot reached 0, with no TMICT write. The SDM does not say
    * ("the SDM doesn't clarify what constitutes reprogrammed", Sean Christopherson, kvm list 2019).
@@ -218,6 +233,26 @@ export interface LapicSwitches {
    *    the next TMICT write. Needs LapicPredictOptions.deliveries.
    */
   readonly periodicLateCallback?: 'keeps-phase' | 'target-to-now';
+  /**
+   * LVTT's TSC-deadline mode (bits 18:17 = 10) where CPUID.01H:ECX[24] advertises it.
+   *  - 'implemented' (SDM §10.5.4.1; KVM's LAPIC). Every preset.
+   *  - 'ignored' (QEMU's userspace APIC, hw/intc/apic.c, kernel-irqchip=off: apic_next_timer() and
+   *    apic_get_current_count() read only APIC_LVT_TIMER_PERIODIC (bit 17), so bit 18 changes
+   *    nothing and a running count goes on as one-shot; IA32_TSC_DEADLINE goes to KVM, which has
+   *    no LAPIC to arm and reads 0). QEMU 7.2 nevertheless advertises TSC-deadline under KVM when
+   *    KVM_GET_SUPPORTED_CPUID lists it. Not a reading of the manual: the property layer predicts
+   *    with it only to name the root cause of a difference.
+   */
+  readonly tscDeadlineMode?: 'implemented' | 'ignored';
+  /**
+   * The divide in force before the first TDCR write.
+   *  - 'tdcr' (SDM §10.4.7.1: the divide configuration register resets to 0, which Figure 10-10
+   *    reads as ÷2). Every preset.
+   *  - 'one' (QEMU's own APIC, apic_common.c apic_init_reset(): divide_conf = 0 but count_shift =
+   *    0, so the timer counts at ÷1 until the guest writes TDCR). Not a reading of the manual: the
+   *    property layer predicts with it only to name the root cause of a difference.
+   */
+  readonly resetDivide?: 'tdcr' | 'one';
 }
 
 export const KVM_LAPIC: LapicSwitches = Object.freeze({
@@ -339,6 +374,8 @@ interface Count {
   /** The TMICT write: the phase origin for 'rearms'. */
   load: Interval;
   emitted: number;
+  /** 'from-load': the armed QEMU timer's expiry, in bus ticks after the load (apic_next_timer()'s next_time − load). */
+  q: bigint | null;
   lastRead: { eventIndex: number; window: Interval; tpc: Ratio; rescales: (Interval & Ratio)[]; emitted: number } | null;
 }
 
@@ -363,7 +400,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
   const busHz = toBig(clock.apicBusHz, 'apicBusHz');
   const minPeriodNs = toBig(clock.minPeriodNs, 'minPeriodNs');
   const ppb = ppbOf(clock.skewPpm);
-  const deadlineSupported = clock.tscDeadline ?? true;
+  const deadlineSupported = (clock.tscDeadline ?? true) && switches.tscDeadlineMode !== 'ignored';
   const race = options.raceTsc ?? 0n;
   const events = timeline.events;
   const enabled = enabledAfter(events, timeline.interruptsEnabled ?? true);
@@ -378,7 +415,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
   let masked = lv0.masked;
   let vector = lv0.vector;
   if (timeline.initial?.lvtt !== undefined) vectors.add(vector);
-  let divide = BigInt(divideOf(timeline.initial?.tdcr ?? 0));
+  let divide = timeline.initial?.tdcr === undefined && switches.resetDivide === 'one' ? 1n : BigInt(divideOf(timeline.initial?.tdcr ?? 0));
   let tmict = 0n;
   let armed: Count | Deadline | null = null;
   let held: Held | null = null;
@@ -396,8 +433,36 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
     return { period: { num: minPeriodNs * tscHz, den: 1_000_000_000n }, counts: ceilDiv(minPeriodNs * busHz, 1_000_000_000n * d), clamped: true };
   };
 
+  const fromLoad = switches.tdcrMidCount === 'from-load';
+  const tick: Ratio = { num: tscHz, den: busHz };
   const nextOf = (a: Count | Deadline): Interval =>
-    a.kind === 'deadline' ? a.next : { lo: a.anchor.lo + durLo(a.k, a.period, ppb), hi: a.anchor.hi + durHi(a.k, a.period, ppb) };
+    a.kind === 'deadline'
+      ? a.next
+      : a.q !== null
+        ? { lo: a.load.lo + durLo(a.q, tick, ppb), hi: a.load.hi + durHi(a.q, tick, ppb) }
+        : { lo: a.anchor.lo + durLo(a.k, a.period, ppb), hi: a.anchor.hi + durHi(a.k, a.period, ppb) };
+  /** QEMU apic_next_timer() at `ticks` after the load: the next expiry's ticks after the load, or null (none armed). */
+  const qemuNext = (c: Count, ticks: bigint, asMode: LvttMode): bigint | null => {
+    const d = ticks / c.divide;
+    const n = c.tmict + 1n;
+    if (asMode === 'periodic') return (d / n + 1n) * n * c.divide;
+    return d >= c.tmict ? null : n * c.divide;
+  };
+  /** Bus ticks from the load to a time in w: [least, most]. */
+  const ticksSinceLoad = (c: Count, w: Interval): { lo: bigint; hi: bigint } => ({
+    lo: maxB(0n, floorDiv(maxB(0n, w.lo - c.load.hi) * busHz * (1_000_000_000n - ppb), tscHz * 1_000_000_000n)),
+    hi: ceilDiv(maxB(0n, w.hi - c.load.lo) * busHz * (1_000_000_000n + ppb), tscHz * 1_000_000_000n),
+  });
+  /** QEMU apic_timer_update() at an LVTT write in w: re-arm from the load; unknown if w straddles a change. */
+  const qemuRearm = (c: Count, w: Interval, asMode: LvttMode) => {
+    const t = ticksSinceLoad(c, w);
+    const a = qemuNext(c, t.lo, asMode);
+    const b = qemuNext(c, t.hi, asMode);
+    if (a !== b) c.uncertain = true;
+    c.q = b ?? a;
+    c.expired = c.q === null;
+    if (c.q === null) c.q = (c.tmict + 1n) * c.divide; // expired: reads still recount from the load
+  };
 
   const hasPending = (a: Count | Deadline | null): a is Count | Deadline => {
     if (!a) return false;
@@ -457,6 +522,13 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
     if (lag !== null) {
       a.uncertain = true;
       a.targetLag = maxB(a.targetLag, lag);
+    }
+    if (a.q !== null) {
+      // QEMU apic_timer(): re-arm from the load at the divide in force now.
+      const n = qemuNext(a, a.q, asMode === 'periodic' ? 'periodic' : 'one-shot');
+      if (n === null) a.expired = true;
+      else a.q = n;
+      return;
     }
     if (asMode === 'periodic') {
       if (a.pendingDivide !== null) {
@@ -577,7 +649,13 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         mode = nv.mode;
         masked = nv.masked;
         vector = nv.vector;
-        if (!disarms && modeChanged && armed && armed.kind === 'count') {
+        if (fromLoad && !disarms && (modeChanged || maskOff) && armed && armed.kind === 'count' && armed.q !== null && (nv.mode === 'one-shot' || nv.mode === 'periodic')) {
+          // QEMU apic_register_write() LVTT: apic_timer_update() at the write's time.
+          const c = armed;
+          qemuRearm(c, w, nv.mode);
+          c.lastRead = null;
+          while (hasPending(armed) && nextOf(armed).lo <= w.hi) emitNext(false);
+        } else if (!disarms && modeChanged && armed && armed.kind === 'count') {
           const c = armed;
           if (nv.mode === 'periodic' && oldMode === 'one-shot') {
             if (c.expired) {
@@ -628,6 +706,28 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
         let refiredFrom: Interval | null = null;
         divide = nd;
         const c = armed && armed.kind === 'count' ? armed : null;
+        if (c && c.q !== null) {
+          // QEMU: only count_shift changes; the armed timer fires at its time, and re-arms from the
+          // load at the new divide then. An expiry racing the write re-arms at either divide.
+          advance(w.lo);
+          const od = c.divide;
+          const asMode = mode === 'periodic' ? 'periodic' : 'one-shot';
+          while (hasPending(armed) && armed === c && nextOf(c).lo <= w.hi) {
+            deliver(c, nextOf(c), true);
+            c.emitted++;
+            c.divide = od;
+            const oldNext = qemuNext(c, c.q, asMode);
+            c.divide = nd;
+            const newNext = qemuNext(c, c.q, asMode);
+            if (oldNext !== newNext) c.uncertain = true;
+            const n = newNext ?? oldNext;
+            if (n === null) c.expired = true;
+            else c.q = n;
+          }
+          c.divide = nd;
+          c.lastRead = null;
+          break;
+        }
         if (c && (mode === 'one-shot' || mode === 'periodic') && c.tmict !== 0n && switches.tdcrAfterOneShotExpiry === 'refires') {
           advance(w.lo);
           if (c.expired) {
@@ -744,6 +844,7 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
             targetLag: 0n,
             load: w,
             emitted: 0,
+            q: fromLoad ? (tmict + 1n) * divide : null,
             lastRead: null,
           };
           disarmed = false;
@@ -807,6 +908,20 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
     const c = armed && armed.kind === 'count' ? armed : null;
     if (!c || tmict === 0n) return only(0n, 'TMICT is 0: the timer is stopped and TMCCT reads 0 (SDM §10.5.4)');
     if (c.uncertain) return { ...base, allowed: [{ min: 0n, max: maxB(c.periodCounts, c.tmict) }], rule: 'a mode change raced an expiry: TMCCT anywhere in the count' };
+    if (c.q !== null) {
+      // QEMU apic_get_current_count(): d = (now − load) >> count_shift, at the divide in force now.
+      const t = ticksSinceLoad(c, w);
+      const dLo = t.lo / c.divide;
+      const dHi = t.hi / c.divide;
+      const n = c.tmict + 1n;
+      const rule = `QEMU apic_get_current_count(): d = (now − load) / ${c.divide}, d ∈ [${dLo}, ${dHi}] since the TMICT write of event ${c.armedBy}; ${mode === 'periodic' ? 'IC − d mod (IC+1)' : 'IC − d, 0 once d ≥ IC'}`;
+      let allowed: ReadRange[];
+      if (mode === 'one-shot') allowed = [{ min: dHi >= c.tmict ? 0n : c.tmict - dHi, max: dLo >= c.tmict ? 0n : c.tmict - dLo }];
+      else if (dHi - dLo >= n) allowed = [{ min: 0n, max: c.tmict }];
+      else if (dLo / n === dHi / n) allowed = [{ min: c.tmict - (dHi % n), max: c.tmict - (dLo % n) }];
+      else allowed = [{ min: 0n, max: c.tmict - (dLo % n) }, { min: c.tmict - (dHi % n), max: c.tmict }];
+      return { ...base, allowed, rule };
+    }
     if (c.expired) return only(0n, 'the one-shot reached 0: "the timer remains at its 0 value until reprogrammed" (SDM §10.5.4)');
     const iv = nextOf(c);
     const tpc = tpcOf(c.divide);

@@ -6,7 +6,7 @@
 import { defaultVcpuModel, publishChoice, publishedChoice, type VcpuModelChoice } from '../../harness/vcpuChoice.js';
 import { chooseVcpuModel, MachineStartError } from '../../harness/vcpuModel.js';
 import type { HostFingerprint } from '../../harness/fingerprint.js';
-import type { DeviationsFile } from '../../reports/deviations.js';
+import type { DeviationsFile, RunConfigMatch } from '../../reports/deviations.js';
 import { matchDeviation } from '../../reports/deviations.js';
 import type { HostFinding } from '../../reports/schema.js';
 import { machineConfig, type RunOptions } from './options.js';
@@ -37,10 +37,11 @@ export function hostFindings(
   r: { choice?: VcpuModelChoice; startError?: MachineStartError },
   known: DeviationsFile,
   host: HostFingerprint,
+  config?: RunConfigMatch,
 ): HostFinding[] {
   const out: HostFinding[] = [];
   const classify = (check: string, summary: string) => {
-    const d = matchDeviation(known, check, summary, host);
+    const d = matchDeviation(known, check, summary, host, config);
     return d ? { status: 'known-deviation' as const, deviation: { id: d.id, citation: d.citation } } : { status: 'fail' as const };
   };
   if (r.choice?.fallback) {

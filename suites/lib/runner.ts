@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { buildGuest } from '../../harness/guest/build.js';
 import { collectFingerprint, fingerprintId, type HostFingerprint } from '../../harness/fingerprint.js';
 import { VmSetupError } from '../../harness/vm.js';
-import { loadDeviations, type DeviationsFile } from '../../reports/deviations.js';
+import { loadDeviations, runConfigOf, type DeviationsFile } from '../../reports/deviations.js';
 import { writeCounterexample } from '../../reports/counterexample.js';
 import { writePropertyRecord } from '../../reports/results.js';
 import type { PropertyResult } from '../../reports/schema.js';
@@ -222,7 +222,7 @@ function record(def: AnyProperty, env: PropertyEnv, r: Outcome, t0: number): Pro
 export async function runProperty(def: AnyProperty, base: BaseEnv, deviations?: DeviationsFile): Promise<PropertyResult> {
   const o = base.options;
   const t0 = Date.now();
-  const waiver = new Waiver(deviations ?? loadDeviations(o.deviations), def.id, base.host, { accel: o.accel, machine: o.machine });
+  const waiver = new Waiver(deviations ?? loadDeviations(o.deviations), def.id, base.host, runConfigOf(o));
   const { startFailure, ...rest } = base;
   const env: PropertyEnv = { ...rest, metrics: new Metrics() };
   if (startFailure) {

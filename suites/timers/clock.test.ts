@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { defaultOptions } from '../lib/options.js';
 import type { PropertyEnv } from '../lib/property.js';
-import { latenessBoundNs, pitImplOf, quantile } from './clock.js';
+import { latenessBoundNs, pitImplOf, quantile, vcpuLimitOf } from './clock.js';
 import { attributeRootCauses, latenessOf } from './timerProperty.js';
 import type { TimerDifference } from '../../models/timers/common.js';
 
@@ -19,6 +19,13 @@ describe('timer facts', () => {
     expect(quantile([5, 1, 4, 2, 3], 0.9)).toBe(5);
     expect(quantile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9)).toBe(9);
   });
+  it('one vCPU only where QEMU 7.2.22 runs its own APIC under KVM', () => {
+    expect(vcpuLimitOf({ accel: 'kvm', kernelIrqchip: 'off' }, '7.2.22')?.max).toBe(1);
+    expect(vcpuLimitOf({ accel: 'kvm', kernelIrqchip: 'off' }, '7.2.21')).toBeUndefined();
+    expect(vcpuLimitOf({ accel: 'kvm', kernelIrqchip: 'split' }, '7.2.22')).toBeUndefined();
+    expect(vcpuLimitOf({ accel: 'kvm' }, '7.2.22')).toBeUndefined();
+    expect(vcpuLimitOf({ accel: 'tcg' }, '7.2.22')).toBeUndefined();
+  });
   it("whose PIT: KVM's only with the whole irqchip in the kernel", () => {
     expect(pitImplOf(env({ accel: 'kvm' }))).toBe('kvm');
     expect(pitImplOf(env({ accel: 'kvm', kernelIrqchip: 'split' }))).toBe('qemu');
@@ -35,6 +42,16 @@ describe('judging helpers', () => {
   it('also labels the other rules a cause leaves clean, never those it does not', () => {
     const out = attributeRootCauses([d('exact-count'), d('tmcct-range'), d('tsc-deadline-msr')], [{ label: 'cause', variant: 0 }], () => [d('tsc-deadline-msr')]);
     expect(out.map((x) => `${x.rule} ${x.summary}`)).toEqual(['exact-count cause: x', 'tmcct-range cause: x', 'tsc-deadline-msr x']);
+  });
+  it('tries a cause with its own rules on differences of those rules alone (a TMCCT-only recount)', () => {
+    const tm = new Set(['tmcct-range']);
+    expect(attributeRootCauses([d('tmcct-range')], [{ label: 'count-only', variant: 0 }], () => [])[0]!.summary).toBe('x');
+    expect(attributeRootCauses([d('tmcct-range')], [{ label: 'recount', variant: 0, rules: tm }], () => [])[0]!.summary).toBe('recount: x');
+    expect(attributeRootCauses([d('tmcct-range')], [{ label: 'recount', variant: 0, rules: tm }], () => [d('exact-count')])[0]!.summary).toBe('x');
+  });
+  it('prefers a later cause that explains every rule to an earlier one that explains the count alone', () => {
+    const out = attributeRootCauses([d('exact-count'), d('tmcct-range')], [{ label: 'count', variant: 1 }, { label: 'all', variant: 2, rules: new Set(['tmcct-range']) }], (v) => (v === 2 ? [] : [d('tmcct-range')]));
+    expect(out.map((x) => x.summary)).toEqual(['all: x', 'all: x']);
   });
   it('leaves differences no variant explains as they are', () => {
     expect(attributeRootCauses([d('never-early')], [{ label: 'c', variant: 0 }], () => [d('never-early')])[0]!.summary).toBe('x');

@@ -74,6 +74,23 @@ export interface TimerFacts {
   /** The in-kernel LAPIC/PIT (KVM) or QEMU's own (TCG; the PIT also with kernel-irqchip=split). */
   readonly lapicImpl: 'kvm' | 'qemu';
   readonly pitImpl: 'kvm' | 'qemu';
+  /** At most this many vCPUs run a case on this host and configuration, and why (absent: as many as the property asks). */
+  readonly vcpuLimit?: { readonly max: number; readonly reason: string };
+}
+
+/**
+ * QEMU 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18) took "i386/cpu: Prevent delivering SIPI during SMM in
+ * TCG mode" (its changelog): with kernel-irqchip=off a 2-vCPU guest then never finishes. Measured
+ * here: both threads run their ops to THREAD_DONE, the mailbox stays 'running', and the VM runs
+ * until the timeout (1 vCPU, or kernel-irqchip=on, completes in under a second). Such a host runs
+ * the timer cases on one vCPU, and says so.
+ */
+export function vcpuLimitOf(o: { readonly accel: string; readonly kernelIrqchip?: string }, qemuVersion: string | null | undefined): TimerFacts['vcpuLimit'] {
+  if (o.accel !== 'kvm' || o.kernelIrqchip !== 'off' || !/^7\.2\.22(\D|$)/.test(qemuVersion ?? '')) return undefined;
+  return {
+    max: 1,
+    reason: `QEMU ${qemuVersion} with kernel-irqchip=off does not finish a 2-vCPU guest (its userspace APIC after "i386/cpu: Prevent delivering SIPI during SMM in TCG mode"): cases run on vCPU 0 only`,
+  };
 }
 
 /** The machine a timer VM runs: microvm gets its RTC and PIT; under KVM the guest is told the TSC rate (CPUID 0x4000_0010). */
@@ -147,6 +164,7 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
   const minUs = Number(env.host.kvm.modules.find((m) => m.name === 'kvm')?.parameters.min_timer_period_us ?? '200');
   const bound = env.options.latenessBoundUs === undefined ? latenessBoundNs(noise) : env.options.latenessBoundUs * 1000;
   const kvmFeatures = kvmSig ? Number(leaf(0x4000_0001)?.rax ?? 0n) : 0;
+  const limit = vcpuLimitOf(env.options, env.host.qemu.version);
   return {
     tscHz,
     tscSource,
@@ -166,6 +184,7 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
     machine,
     lapicImpl: kvmLapic ? 'kvm' : 'qemu',
     pitImpl: pitImplOf(env),
+    ...(limit ? { vcpuLimit: limit } : {}),
   };
 }
 

@@ -60,7 +60,7 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
   const prediction = predict({});
   const reads = t.events.flatMap((e, eventIndex) => (e.read === undefined || e.faulted ? [] : [{ eventIndex, value: e.read }]));
   const judgeOpts = { latenessTsc: lostAfter, isrEntryTsc: isrEntryTsc(f) };
-  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), LAPIC_ROOT_CAUSES, (v) => judgeLapic(predict(v), observed, reads, judgeOpts));
+  const differences = attributeRootCauses(judgeLapic(prediction, observed, reads, judgeOpts), f.lapicImpl === 'qemu' ? QEMU_LAPIC_ROOT_CAUSES : LAPIC_ROOT_CAUSES, (v) => judgeLapic(predict(v), observed, reads, judgeOpts));
   // Lateness labels: the mode and divide in force when the interrupt was armed.
   let lvtt = 0x10000;
   let tdcr = 0;
@@ -88,6 +88,34 @@ export function judgeLapicTimeline(t: SourceTimeline, view: ThreadView, f: Timer
 /** Root causes a LAPIC count difference can be attributed to (timerProperty.ts attributeRootCauses). */
 const LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches> }[] = [
   { label: 'a TDCR write re-fired an expired one-shot timer', variant: { tdcrAfterOneShotExpiry: 'refires' } },
+];
+
+/** Root causes of QEMU's own APIC (kernel-irqchip=off, TCG), tried only where it counts the timer. */
+const QEMU_LAPIC_ROOT_CAUSES: readonly { readonly label: string; readonly variant: Partial<LapicSwitches>; readonly rules?: ReadonlySet<string> }[] = [
+  // Tried on a missed immediate deadline too (seed 2: a deadline already past never fires there).
+  {
+    label: "QEMU's APIC ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)",
+    variant: { tscDeadlineMode: 'ignored' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'immediate', 'tsc-deadline-msr']),
+  },
+  // Tried on TMCCT differences too: a recount shows in reads before (or without) any interrupt.
+  {
+    label: "QEMU's APIC recounted the timer from the TMICT load at the new divide after a TDCR write",
+    variant: { tdcrMidCount: 'from-load' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
+  },
+  {
+    label: "QEMU's APIC counted at ÷1 before the first TDCR write (apic_init_reset() count_shift 0; TDCR 0 is ÷2)",
+    variant: { resetDivide: 'one' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
+  },
+  // Both at once, where neither alone explains a case (seed 3: a recounted one-shot, then LVTT →
+  // TSC-deadline, and TMCCT still reads the recount).
+  {
+    label: "QEMU's APIC recounted the timer from the TMICT load at the new divide after a TDCR write, and ignored the TSC-deadline mode CPUID advertises (LVTT bit 18)",
+    variant: { tdcrMidCount: 'from-load', tscDeadlineMode: 'ignored' },
+    rules: new Set(['exact-count', 'spurious-after-disarm', 'never-early', 'immediate', 'tsc-deadline-msr', 'tmcct-range', 'tmcct-continuous-across-tdcr']),
+  },
 ];
 
 export const lapicSchedule = timerProperty({

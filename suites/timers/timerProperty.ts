@@ -98,8 +98,10 @@ export const LATENESS_QUANTILE = 0.9;
 export const MIN_LATENESS_SAMPLES = 5;
 
 export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWorkload<TimerSchedule>, TimerFacts, TimerObservation> {
+  /** The vCPUs a case runs on: the property's, or fewer where the host cannot run that many (TimerFacts.vcpuLimit). */
+  const threadsOf = (f: TimerFacts) => Math.min(spec.threads, f.vcpuLimit?.max ?? spec.threads);
   const limits = (f: TimerFacts): ScheduleLimits => ({
-    threads: spec.threads,
+    threads: threadsOf(f),
     maxWaitUs: spec.maxWaitUs,
     tscHz: f.tscHz,
     apicBusHz: f.apicBusHz,
@@ -152,8 +154,10 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     skip: (env) => spec.skip?.(env) ?? null,
     arbitrary: (f, env) => commandsArb(spec.commands(limits(f)), { maxCommands: spec.maxCommands, size: '+1', ...(env.options.replayPath ? { replayPath: env.options.replayPath } : {}) }),
     async observe(w, f, env): Promise<Observation<TimerObservation>> {
-      return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(spec.threads), { maxThreads: spec.threads, threads: spec.threads }, async (built) => {
-        const o = await observeProgram(env, { ...built.program, stealTime: true }, { role: 'workload', config: { ...f.machine, cpus: spec.threads } });
+      const threads = threadsOf(f);
+      if (f.vcpuLimit) env.metrics.sample('timers.vcpus', threads, { reason: f.vcpuLimit.reason });
+      return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(threads), { maxThreads: threads, threads }, async (built) => {
+        const o = await observeProgram(env, { ...built.program, stealTime: true }, { role: 'workload', config: { ...f.machine, cpus: threads } });
         if (!o.ok) return { verdict: o, blame: null };
         const views = threadViews(o.value);
         const results: TimerCaseResult[] = [];
@@ -164,7 +168,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
         const inMainLoop = spec.source === 'rtc' || (spec.source === 'pit' && f.pitImpl === 'qemu') || (spec.source === 'lapic' && f.lapicImpl === 'qemu');
         const mainWait = inMainLoop ? (o.value.vm.hostWait?.mainLongestWaitNs ?? 0) : 0;
         const slack = (t: number) => hostSlackNs(views, t, pitWorker + hostSteal + mainWait);
-        const timelines = Array.from({ length: spec.threads }, (_, t) => timelineOf(built.model, views, spec.source, t)).filter((t) => t.used);
+        const timelines = Array.from({ length: threads }, (_, t) => timelineOf(built.model, views, spec.source, t)).filter((t) => t.used);
         const judgeAll = (facts: TimerFacts): { thread: number; timeline: SourceTimeline; judgement: Judgement; lost: number }[] => {
           const judgedWith = (t: number) => withSourceRate(withHostSlack(facts, slack(t)), env, spec.source);
           return spec.judgeCase
@@ -295,23 +299,30 @@ export const COUNT_RULES: ReadonlySet<string> = new Set(['exact-count', 'spuriou
  * variant (never the reference); when judging with one switched on leaves no count difference, the
  * differences of every rule the variant leaves clean are labelled with it, so a known deviation can
  * name exactly that cause and nothing else. Differences no variant explains keep their plain
- * summary (and fail).
+ * summary (and fail). A cause with `rules` is tried on differences of those rules instead of the
+ * count rules, and must leave none of them (QEMU's TDCR recount shows in TMCCT reads alone).
  */
 export function attributeRootCauses<V>(
   diffs: readonly TimerDifference[],
-  causes: readonly { readonly label: string; readonly variant: V }[],
+  causes: readonly { readonly label: string; readonly variant: V; readonly rules?: ReadonlySet<string> }[],
   judgeWith: (variant: V) => readonly TimerDifference[],
 ): TimerDifference[] {
-  if (!diffs.some((d) => COUNT_RULES.has(d.rule))) return [...diffs];
-  for (const cause of causes) {
+  const tried = causes.flatMap((cause) => {
+    const trigger = cause.rules ?? COUNT_RULES;
+    if (!diffs.some((d) => trigger.has(d.rule))) return [];
     const rest = judgeWith(cause.variant);
-    if (rest.some((d) => COUNT_RULES.has(d.rule))) continue;
+    if (rest.some((d) => trigger.has(d.rule) || COUNT_RULES.has(d.rule))) return [];
     // The cause also explains what follows from it in other rules (a TMCCT read of the count it
     // restarted): those rules it leaves without a difference are labelled too.
-    const explained = new Set(diffs.map((d) => d.rule).filter((r) => !rest.some((x) => x.rule === r)));
-    return diffs.map((d) => (explained.has(d.rule) ? { ...d, summary: `${cause.label}: ${d.summary}` } : d));
-  }
-  return [...diffs];
+    return [{ cause, explained: new Set(diffs.map((d) => d.rule).filter((r) => !rest.some((x) => x.rule === r))) }];
+  });
+  // A cause that explains every rule with a difference comes before one that explains only the
+  // count (seed 1 under kernel-irqchip=off: ignoring TSC-deadline mode happened to clear the count
+  // difference of a TDCR recount, whose TMCCT reads only the recount explains).
+  const all = new Set(diffs.map((d) => d.rule));
+  const best = tried.find((t) => t.explained.size === all.size) ?? tried[0];
+  if (!best) return [...diffs];
+  return diffs.map((d) => (best.explained.has(d.rule) ? { ...d, summary: `${best.cause.label}: ${d.summary}` } : d));
 }
 
 /** Expected 'once' interrupts and how late the delivery that covers each came (µs after it was due). */
