@@ -32,7 +32,7 @@ describe('migration cases’ RAM backends', () => {
   });
 
   it('offer hugetlbfs only with enough free huge pages, and say so otherwise', () => {
-    expect(ramBackendsFor(0, 64)).toEqual({ backends: ['file', 'anonymous', 'memfd'], notes: [expect.stringMatching(/^not generated: guest RAM on hugetlbfs \(the host has 0 MiB of free 2 MiB huge pages.*needs 128 MiB/)] });
-    expect(ramBackendsFor(128, 64)).toEqual({ backends: ['file', 'anonymous', 'memfd', 'hugetlbfs'], notes: [] });
+    expect(ramBackendsFor(0, 64)).toEqual({ backends: ['file', 'anonymous', 'memfd'], notGenerated: [{ what: 'guest RAM on hugetlbfs', why: expect.stringMatching(/^the host has 0 MiB of free 2 MiB huge pages.*needs 128 MiB/) }] });
+    expect(ramBackendsFor(128, 64)).toEqual({ backends: ['file', 'anonymous', 'memfd', 'hugetlbfs'], notGenerated: [] });
   });
 });
