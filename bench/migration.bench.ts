@@ -17,7 +17,7 @@ import { open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { layoutWorkload, LOOPING_MARK, migrationProgram, type MigrationCase } from '../generators/migration.js';
+import { layoutWorkload, LOOPING_MARK, migrationProgram, plainCase, type MigrationCase } from '../generators/migration.js';
 import { LAYOUT, MAILBOX_THREADS_OFFSET, readStruct, structBytes } from '../harness/guest/abi.js';
 import { encodeProgram } from '../harness/bytecode.js';
 import { QmpClient } from '../harness/qmp.js';
@@ -38,21 +38,11 @@ const ROUNDS = Number(values.rounds ?? 5);
 const OUT = values.out ?? join(PROJECT_ROOT, 'bench', 'results', 'bench-migration.json');
 
 /** 64 MiB, one vCPU rewriting 256 pages (1 MiB) with MOV as fast as it can and watching TSC and kvmclock, a deadline 50 ms out, dirty bitmap, plain precopy. */
-const CASE: MigrationCase = {
-  cpus: 1,
-  ramMiB: 64,
-  tracking: { kind: 'bitmap' },
-  stream: { multifdChannels: null, xbzrleCacheMiB: null, autoConverge: false, maxBandwidthMiBs: null, downtimeLimitMs: 300, postcopy: null },
-  cancelFirst: false,
-  pingPong: false,
-  warmupMs: 0,
-  runAfterMs: 20,
-  sentinels: 1,
+const CASE: MigrationCase = plainCase({
   threads: [{ delayUs: 0, regions: [{ pages: 256, stridePages: 1, placement: 'page-start', offset: 8, writer: 'mov', passes: 1, gapPages: 0 }] }],
   kvmclock: true,
   deadlineMs: 50,
-  maskedForMs: null,
-};
+});
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -222,6 +222,28 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
   });
 }
 
+/**
+ * A hand-written case: one 64 MiB VM over one socket hop, dirty bitmap, plain precopy with a
+ * 300 ms downtime limit, nothing else on, with `over` on top (tests and benchmarks start here).
+ */
+export function plainCase(over: Partial<MigrationCase> & Pick<MigrationCase, 'threads'>): MigrationCase {
+  return {
+    cpus: 1,
+    ramMiB: 64,
+    tracking: { kind: 'bitmap' },
+    stream: { multifdChannels: null, xbzrleCacheMiB: null, autoConverge: false, maxBandwidthMiBs: null, downtimeLimitMs: 300, postcopy: null },
+    cancelFirst: false,
+    pingPong: false,
+    warmupMs: 0,
+    runAfterMs: 20,
+    sentinels: 1,
+    kvmclock: false,
+    deadlineMs: null,
+    maskedForMs: null,
+    ...over,
+  };
+}
+
 /** How hop `i` of a case goes (a case saved before `via` existed: over a socket). */
 export function hopVia(c: MigrationCase, i: number): HopVia {
   return c.via?.[i] ?? 'socket';

@@ -11,7 +11,7 @@
  * the layout and the judge are then still run on a CPU that has it.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { layoutWorkload, LOOPING_MARK, migrationProgram, xmmPattern, type MigrationCase, type RegionSpec } from '../../generators/migration.js';
+import { layoutWorkload, LOOPING_MARK, migrationProgram, plainCase, xmmPattern, type MigrationCase, type RegionSpec } from '../../generators/migration.js';
 import { machineFacts } from '../../harness/facts.js';
 import { buildGuest } from '../../harness/guest/build.js';
 import { withVms } from '../../harness/session.js';
@@ -42,15 +42,8 @@ function region(writer: WriterKind, placement: RegionSpec['placement'], offset =
 }
 
 function vectorCase(writer: WriterKind): MigrationCase {
-  return {
+  return plainCase({
     cpus: 2,
-    ramMiB: 64,
-    tracking: { kind: 'bitmap' },
-    stream: { multifdChannels: null, xbzrleCacheMiB: null, autoConverge: false, maxBandwidthMiBs: null, downtimeLimitMs: 300, postcopy: null },
-    cancelFirst: false,
-    pingPong: false,
-    warmupMs: 0,
-    runAfterMs: 20,
     sentinels: 2,
     // Thread 0: the vector writer at the last word of each page, then a MOV region right after its
     // last span; thread 1: the vector writer across page boundaries and at page starts, concurrently.
@@ -58,10 +51,7 @@ function vectorCase(writer: WriterKind): MigrationCase {
       { regions: [region(writer, 'in-page', 4088), region('mov', 'page-start'), region(writer, 'page-start')], delayUs: 0 },
       { regions: [region(writer, 'straddle'), region('mov', 'in-page', 8), { ...region(writer, 'page-start'), passes: 3 }], delayUs: 0 },
     ],
-    kvmclock: false,
-    deadlineMs: null,
-    maskedForMs: null,
-  };
+  });
 }
 
 async function runVectorWorkload(cfg: MachineConfig, writer: WriterKind): Promise<void> {
