@@ -659,3 +659,23 @@ describe("resetDivide 'one' (QEMU apic_init_reset(): count_shift 0 while TDCR re
     expect(judge(events, end, seen, read, { ...QEMU_USERSPACE_LAPIC, resetDivide: 'one' })).toEqual([]);
   });
 });
+
+describe('an LVTT write that masks and switches periodic → one-shot, racing a period’s end (seed 748)', () => {
+  // Periodic 1 000 000 counts at ÷1 (2 000 000 TSC a period); LVTT to masked one-shot with stamps
+  // 600 000 TSC wide around the second expiry; a TMCCT read 500 000 TSC after it.
+  const arm = T0 + 10_000n;
+  const lvttAt = arm + 4_000_000n - 300_000n;
+  const events = [...setup(PERIODIC), at(arm, { kind: 'tmict', value: 1_000_000 }), at(lvttAt, { kind: 'lvtt', value: MASKED | ONE_SHOT }, 600_000n), at(arm + 4_500_000n, { kind: 'readTmcct' })];
+  const end = arm + 10_000_000n;
+  const seen = [irq(arm + 2_000_050n)];
+
+  it('the write came first: the count ended at that expiry, TMCCT 0', () => {
+    expect(judge(events, end, seen, [{ eventIndex: 4, value: 0 }])).toEqual([]);
+  });
+  it('the expiry came first: the count reloaded, then runs on as a one-shot', () => {
+    expect(judge(events, end, seen, [{ eventIndex: 4, value: 750_000 }])).toEqual([]);
+  });
+  it('a count the timer never held is still outside', () => {
+    expect(rules(judge(events, end, seen, [{ eventIndex: 4, value: 1_000_001 }]))).toContain('tmcct-range');
+  });
+});

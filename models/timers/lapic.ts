@@ -603,7 +603,13 @@ export function predictLapic(clock: LapicClock, timeline: LapicTimeline, switche
             const iv = nextOf(a);
             deliver(a, iv, false, true);
             if (switches.maskedExpiry === 'held' && !held) held = { iv, definite: false, armedBy: a.armedBy };
-            step(a, iv);
+            if (modeChanged) {
+              // Masked and one-shot ↔ periodic in one write (seed 748: periodic → masked one-shot,
+              // the write racing a period's end): the expiry before the write reloads, one after it
+              // may end the count. Either branch, as for an unmasked mode switch below.
+              step(a, iv, 'periodic');
+              if (a.kind === 'count') a.uncertain = nv.mode === 'one-shot' || switches.expiredOneShotToPeriodic === 'stays-zero' || nv.mode === 'reserved';
+            } else step(a, iv);
           }
         } else {
           advance(w.lo);
