@@ -14,7 +14,7 @@ import { emptySchedule, type ScheduleLimits, type TimerSchedule, type TimerSourc
 import type { ObservedInterrupt, TimerDifference, TimerRule } from '../../models/timers/common.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type PropertyDef } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
-import { asDifference, latenessBoundNs, LOST_FACTOR, LOST_FLOOR_NS, measureHostNoise, quantile, timerFacts, type TimerFacts } from './clock.js';
+import { asDifference, latenessBoundNs, LOST_FACTOR, LOST_FLOOR_NS, quantile, recentHostNoise, timerFacts, type TimerFacts } from './clock.js';
 import { threadViews, timelineOf, type SourceTimeline, type ThreadView } from './observe.js';
 
 /** What one source's judge gives for one timeline. */
@@ -190,11 +190,11 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
           return spec.latenessRule && us.length >= MIN_LATENESS_SAMPLES && (quantile(us, LATENESS_QUANTILE) ?? 0) > bounds.latenessBoundUs + (pitWorker + mainWait + hostSteal) / 1000;
         };
         if (env.options.latenessBoundUs === undefined && judged.some((r) => tooLate(r) || r.judgement.differences.some(decidedByBound))) {
-          const fresh = await measureHostNoise();
+          const fresh = await recentHostNoise();
           const freshBound = latenessBoundNs(fresh);
           env.metrics.sample(`latenessRecalibrated.${spec.source}`, Math.round(freshBound / 100) / 10, { firstUs: Math.round(f.latenessBoundNs / 1000) });
           if (freshBound > f.latenessBoundNs) {
-            const source = `${f.latenessSource}; recalibrated after this case failed a timing rule: 8 × host timer-wakeup p99 (${(fresh.p99 / 1000).toFixed(0)} µs over ${fresh.samples} sleeps) + 500 µs`;
+            const source = `${f.latenessSource}; recalibrated after this case failed a timing rule (measured within 10 s of it): 8 × host timer-wakeup p99 (${(fresh.p99 / 1000).toFixed(0)} µs over ${fresh.samples} sleeps) + 500 µs`;
             const again = judgeAll({ ...f, latenessBoundNs: freshBound, lostAfterNs: Math.max(LOST_FLOOR_NS, LOST_FACTOR * freshBound), latenessSource: source, noise: fresh });
             judged = again.map((r, i) => ({
               ...r,
