@@ -64,6 +64,16 @@ export async function recentHostNoise(maxAgeMs = 10_000): Promise<HostNoise> {
 export function latenessBoundNs(noise: HostNoise): number {
   return 8 * noise.p99 + 500_000;
 }
+
+/** How latenessBoundNs came from the noise, in words (the source a failure names). */
+export function latenessBoundWords(noise: HostNoise): string {
+  return `8 × host timer-wakeup p99 (${(noise.p99 / 1000).toFixed(0)} µs over ${noise.samples} sleeps) + 500 µs`;
+}
+
+/** After how long a missing interrupt counts as lost, for a lateness bound (ns). */
+export function lostAfterNsFor(boundNs: number): number {
+  return Math.max(LOST_FLOOR_NS, LOST_FACTOR * boundNs);
+}
 export const LOST_FACTOR = 20;
 /** Least time, ns, after which a missing interrupt counts as lost: a descheduled vCPU thread on a 2-core shared host. */
 export const LOST_FLOOR_NS = 50_000_000;
@@ -193,9 +203,9 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
     latenessBoundNs: bound,
     latenessSource:
       env.options.latenessBoundUs === undefined
-        ? `calibrated: 8 × host timer-wakeup p99 (${(noise.p99 / 1000).toFixed(0)} µs over ${noise.samples} sleeps) + 500 µs`
+        ? `calibrated: ${latenessBoundWords(noise)}`
         : `--lateness-bound-us ${env.options.latenessBoundUs}`,
-    lostAfterNs: Math.max(LOST_FLOOR_NS, LOST_FACTOR * bound),
+    lostAfterNs: lostAfterNsFor(bound),
     machine,
     lapicImpl: kvmLapic ? 'kvm' : 'qemu',
     pitImpl: pitImplOf(env),

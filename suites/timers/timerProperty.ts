@@ -14,7 +14,7 @@ import { emptySchedule, type ScheduleLimits, type TimerSchedule, type TimerSourc
 import type { ObservedInterrupt, TimerDifference, TimerRule } from '../../models/timers/common.js';
 import { defineProperty, difference, rule, type Difference, type Observation, type PropertyEnv, type PropertyDef } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
-import { asDifference, latenessBoundNs, LOST_FACTOR, LOST_FLOOR_NS, quantile, recentHostNoise, timerFacts, type TimerFacts } from './clock.js';
+import { asDifference, latenessBoundNs, latenessBoundWords, lostAfterNsFor, quantile, recentHostNoise, timerFacts, type TimerFacts } from './clock.js';
 import { threadViews, timelineOf, type SourceTimeline, type ThreadView } from './observe.js';
 
 /** What one source's judge gives for one timeline. */
@@ -97,6 +97,12 @@ export const LATENESS_QUANTILE = 0.9;
 /** Fewer samples than this make no quantile: one late interrupt is the exact-count rule's business. */
 export const MIN_LATENESS_SAMPLES = 5;
 
+/** A judgement's lateness samples (µs) and their LATENESS_QUANTILE (null: too few to make one). */
+function latenessQuantile(j: Judgement): { us: number[]; q: number | null } {
+  const us = j.lateness.map((l) => l.us);
+  return { us, q: us.length >= MIN_LATENESS_SAMPLES ? quantile(us, LATENESS_QUANTILE) : null };
+}
+
 export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWorkload<TimerSchedule>, TimerFacts, TimerObservation> {
   /** The vCPUs a case runs on: the property's, or fewer where the host cannot run that many (TimerFacts.vcpuLimit). */
   const threadsOf = (f: TimerFacts) => Math.min(spec.threads, f.vcpuLimit?.max ?? spec.threads);
@@ -126,8 +132,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
   });
   const latenessRule = rule<TimerObservation>('bounded lateness', function* (o) {
     for (const r of o.results) {
-      const us = r.judgement.lateness.map((l) => l.us);
-      const q = us.length >= MIN_LATENESS_SAMPLES ? quantile(us, LATENESS_QUANTILE) : null;
+      const { us, q } = latenessQuantile(r.judgement);
       // The samples are already net of each delivery's steal gap (latenessOf's excuse); a worker
       // thread's delay (KVM's PIT) is known only for the whole case.
       const bound = o.latenessBoundUs + r.workerWaitUs + r.hostStealUs;
@@ -186,16 +191,16 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
         // bound. The other rules keep the first judgement. An injected delay (QMP stop/cont) or a
         // KVM that holds an injection back leaves the host quiet and still fails.
         const tooLate = (r: (typeof judged)[number]) => {
-          const us = r.judgement.lateness.map((l) => l.us);
-          return spec.latenessRule && us.length >= MIN_LATENESS_SAMPLES && (quantile(us, LATENESS_QUANTILE) ?? 0) > bounds.latenessBoundUs + (pitWorker + mainWait + hostSteal) / 1000;
+          const { q } = latenessQuantile(r.judgement);
+          return spec.latenessRule && q !== null && q > bounds.latenessBoundUs + (pitWorker + mainWait + hostSteal) / 1000;
         };
         if (env.options.latenessBoundUs === undefined && judged.some((r) => tooLate(r) || r.judgement.differences.some(decidedByBound))) {
           const fresh = await recentHostNoise();
           const freshBound = latenessBoundNs(fresh);
           env.metrics.sample(`latenessRecalibrated.${spec.source}`, Math.round(freshBound / 100) / 10, { firstUs: Math.round(f.latenessBoundNs / 1000) });
           if (freshBound > f.latenessBoundNs) {
-            const source = `${f.latenessSource}; recalibrated after this case failed a timing rule (measured within 10 s of it): 8 × host timer-wakeup p99 (${(fresh.p99 / 1000).toFixed(0)} µs over ${fresh.samples} sleeps) + 500 µs`;
-            const again = judgeAll({ ...f, latenessBoundNs: freshBound, lostAfterNs: Math.max(LOST_FLOOR_NS, LOST_FACTOR * freshBound), latenessSource: source, noise: fresh });
+            const source = `${f.latenessSource}; recalibrated after this case failed a timing rule (measured within 10 s of it): ${latenessBoundWords(fresh)}`;
+            const again = judgeAll({ ...f, latenessBoundNs: freshBound, lostAfterNs: lostAfterNsFor(freshBound), latenessSource: source, noise: fresh });
             judged = again.map((r, i) => ({
               ...r,
               judgement: { ...r.judgement, differences: [...judged[i]!.judgement.differences.filter((d) => !decidedByBound(d)), ...r.judgement.differences.filter(decidedByBound)] },
