@@ -86,6 +86,24 @@ async function deadlineWritten(vm: VmHandle, program: Program): Promise<{ deadli
   return { deadline: (r.fields as Record<string, bigint>).written!, ...(unmask ? { unmaskedAt: (unmask.fields as Record<string, bigint>).tsc! } : {}) };
 }
 
+/**
+ * Keep the destination running until a deadline armed before the migration has interrupted or is
+ * past due by the grace: only then does judgeDeadline decide "delivered" (a case whose run after
+ * resume ends sooner would leave a lost interrupt unjudged). The written value, not a model's.
+ */
+async function untilDeadlineDecided(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz: number, timeoutMs = 3000): Promise<void> {
+  const written = await deadlineWritten(vm, program);
+  if (written === null || !w.watches.some((x) => x.thread === 0 && x.kind === 'tsc')) return;
+  const start = written.unmaskedAt !== undefined && written.unmaskedAt > written.deadline ? written.unmaskedAt : written.deadline;
+  const due = start + BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000));
+  for (const until = Date.now() + timeoutMs; Date.now() < until; await sleep(10)) {
+    const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
+    if (log.entries.some((e) => e.vector === DEADLINE_VECTOR)) return;
+    const tsc0 = (await readWatches(vm, w)).find((x) => x.thread === 0 && x.kind === 'tsc');
+    if (!tsc0 || tsc0.last >= due) return;
+  }
+}
+
 async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz: number, env: PropertyEnv): Promise<{ watches: WatchReading[]; time: TimeDifference[] }> {
   const watches = await readWatches(vm, w);
   const time = judgeWatches(watches);
@@ -400,6 +418,7 @@ async function migrateHop(
   // Resume the destination: it must run on from there, and stop when told.
   await dst.cont();
   await sleep(c.runAfterMs);
+  await untilDeadlineDecided(dst, workload, x.program, x.tscHz);
   let ranWhy: string | null = null;
   for (let t = 0; t < nthreads; t++) {
     const from = BigInt(progress.destination[t]!);
