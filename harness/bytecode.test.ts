@@ -197,9 +197,9 @@ describe('encodeProgram', () => {
   });
 
   it('rejects a program larger than the guest takes', () => {
-    // dirtyPages is 17 bytes and records nothing: 500k of them are 8.5 MB > 8 MiB.
-    const big: Op[] = new Array<Op>(500_000).fill({ op: 'dirtyPages', base: 0x200000n, pages: 1, stride: 4096 });
-    expect(() => encodeProgram({ threads: [big], canary: 1n })).toThrow(/the guest takes at most 8388608/);
+    // dirtyPages is 17 bytes and records nothing: 250k of them are 4.25 MB > LAYOUT.programMax.
+    const big: Op[] = new Array<Op>(250_000).fill({ op: 'dirtyPages', base: 0x200000n, pages: 1, stride: 4096 });
+    expect(() => encodeProgram({ threads: [big], canary: 1n })).toThrow(new RegExp(`the guest takes at most ${LAYOUT.programMax}`));
   });
 });
 

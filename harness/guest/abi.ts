@@ -20,8 +20,10 @@ import { FIELD_BYTES, type Field } from '../../ir/ops.js';
  * 7: LAYOUT.notPresentStack, a stack pointer whose frame pushes fault (svmRun stack bits 3-5, execStack);
  * CR0.NE set on every vCPU (an unmasked x87 exception is #MF).
  * 8: AVX state on request (PROGRAM_FLAGS.avxState: CR4.OSXSAVE and XCR0); dirtyWrite writers 5 (AVX) and 6 (AVX-512).
+ * 9: interrupt logs moved to 12 MiB with 256 KiB each (16 316 entries, was 4 031 in 64 KiB at 7 MiB);
+ * the program area is 4 MiB.
  */
-export const GUEST_ABI_VERSION = 8;
+export const GUEST_ABI_VERSION = 9;
 
 export const LAYOUT = {
   /** Real-mode trampoline the BSP copies for application processors (INIT-SIPI-SIPI vector 0x08). */
@@ -50,12 +52,17 @@ export const LAYOUT = {
    */
   stealTime: 0x0069_0000,
   stealTimeStride: 64,
-  /** Per-vCPU interrupt logs: counts per vector and a ring of (TSC, vector). */
-  irqLog: 0x0070_0000,
-  irqLogStride: 0x0001_0000,
   /** Host → guest program (header + per-thread bytecode), loaded with -device loader. */
   program: 0x0080_0000,
-  programMax: 0x0080_0000,
+  programMax: 0x0040_0000,
+  /**
+   * Per-vCPU interrupt logs: counts per vector and a ring of (TSC, vector). 256 KiB each: a
+   * periodic timer at KVM's 200 us floor on a host that takes longer than that to deliver one
+   * starves the guest's loop, and a 2.4 ms wait of seed 763 lasted 2.5 s (about 12 500
+   * interrupts); the old 4 031-entry ring overwrote the first ones, and the judge missed them.
+   */
+  irqLog: 0x00c0_0000,
+  irqLogStride: 0x0004_0000,
   /** Observation streams, one region per thread, placed by the host. */
   observations: 0x0100_0000,
   /** Guest RAM must be at least this large (observations need room above 16 MiB). */
