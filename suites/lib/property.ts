@@ -32,15 +32,21 @@ export interface Difference {
    * re-checks it and, if it fails, saves it as the counterexample.
    */
   readonly witness?: unknown;
+  /**
+   * Decided by a bound on the host's timing (a lateness quantile, a window's tick count): the
+   * runner runs the case once more before it counts as failed (runner.ts runCases).
+   */
+  readonly timing?: boolean;
 }
 
-export function difference(summary: string, expected: unknown, observed: unknown, extras: { evidence?: unknown; witness?: unknown } = {}): Difference {
+export function difference(summary: string, expected: unknown, observed: unknown, extras: { evidence?: unknown; witness?: unknown; timing?: boolean } = {}): Difference {
   return {
     summary,
     expected,
     observed,
     ...(extras.evidence === undefined ? {} : { evidence: extras.evidence }),
     ...(extras.witness === undefined ? {} : { witness: extras.witness }),
+    ...(extras.timing ? { timing: true } : {}),
   };
 }
 

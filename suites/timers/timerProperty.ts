@@ -118,7 +118,10 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     rule<TimerObservation>(name, function* (o) {
       for (const r of o.results) {
         for (const d of r.judgement.differences) {
-          if (rs.includes(d.rule)) yield asDifference(d, r.thread < 0 ? (spec.subject ?? sourceName(r.source)) : `${spec.subject ?? sourceName(r.source)} on vCPU ${r.thread}`, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.judgement.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
+          if (!rs.includes(d.rule)) continue;
+          const where = r.thread < 0 ? (spec.subject ?? sourceName(r.source)) : `${spec.subject ?? sourceName(r.source)} on vCPU ${r.thread}`;
+          const found = asDifference(d, where, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.judgement.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
+          yield decidedByBound(d) ? { ...found, timing: true } : found;
         }
       }
     }),
@@ -142,7 +145,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
           `${sourceName(r.source)} on vCPU ${r.thread}: p${LATENESS_QUANTILE * 100} lateness ${q.toFixed(0)} µs over ${us.length} interrupts exceeds the bound ${bound.toFixed(0)} µs (${o.latenessSource}; each sample net of the steal time before it${r.workerWaitUs > 0 ? `; + ${r.workerWaitUs.toFixed(0)} µs the host kept ${r.worker} waiting` : ''}${r.hostStealUs > 0 ? `; + ${r.hostStealUs.toFixed(0)} µs the host's own hypervisor took its CPUs` : ''}); worst ${worst.us.toFixed(0)} µs (${JSON.stringify(worst.labels)})`,
           { quantile: LATENESS_QUANTILE, boundUs: bound, maxStealGapUs: r.hostWaitUs, hostStealUs: r.hostStealUs },
           { quantileUs: q, samplesUs: us.map((x) => Math.round(x)) },
-          { evidence: { commands: o.ran }, witness: o.saved },
+          { evidence: { commands: o.ran }, witness: o.saved, timing: true },
         );
       }
     }
