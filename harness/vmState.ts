@@ -97,11 +97,30 @@ export async function captureVmState(qmp: QmpLike, cpus: number): Promise<VmStat
   const raw: Record<string, string> = {};
   const items: VmStateItem[] = [];
 
-  const status = await qmp.execute<{ status: string; running: boolean }>('query-status');
+  // QMP answers in order and each reply carries its id: every question goes out at once (they
+  // only read; the status is checked before anything is used).
+  const statusQ = qmp.execute<{ status: string; running: boolean }>('query-status');
+  const cpuListQ = qmp.execute<CpuInfoFast[]>('query-cpus-fast');
+  const registersQ = hmp(qmp, 'info registers -a');
+  const lapicQ = Array.from({ length: cpus }, (_, i) => hmp(qmp, 'info lapic', i));
+  const picQ = hmp(qmp, 'info pic');
+  const kvmQ = qmp.execute<{ enabled: boolean; present: boolean }>('query-kvm');
+  const all = Promise.allSettled([statusQ, cpuListQ, registersQ, ...lapicQ, picQ, kvmQ]);
+  const status = await statusQ.catch(async (e: unknown) => {
+    await all;
+    throw e;
+  });
   raw['query-status'] = JSON.stringify(status);
-  if (status.running) throw new VmStateError(`the VM is running (status '${status.status}'): stop it before capturing its state`);
+  if (status.running) {
+    await all;
+    throw new VmStateError(`the VM is running (status '${status.status}'): stop it before capturing its state`);
+  }
+  // Every question settles before an error leaves: none answers into a capture that gave up.
+  const settled = await all;
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 
-  const cpuList = await qmp.execute<CpuInfoFast[]>('query-cpus-fast');
+  const cpuList = await cpuListQ;
   raw['query-cpus-fast'] = JSON.stringify(cpuList);
   const indexes = cpuList.map((c) => c['cpu-index']).sort((x, y) => x - y);
   if (indexes.length !== cpus) throw new VmStateError(`the VM has ${indexes.length} vCPUs (${indexes.join(', ')}), expected ${cpus}`);
@@ -118,7 +137,7 @@ export async function captureVmState(qmp: QmpLike, cpus: number): Promise<VmStat
     identity.set(c['cpu-index'], own);
   }
 
-  const registersText = await hmp(qmp, 'info registers -a');
+  const registersText = await registersQ;
   raw['info registers -a'] = registersText;
   const registers = parseRegisters(registersText);
   const seen = [...new Set(registers.map((i) => cpuOfSection(i.section)))].sort((x, y) => x - y);
@@ -130,16 +149,18 @@ export async function captureVmState(qmp: QmpLike, cpus: number): Promise<VmStat
     items.push(...identity.get(i)!);
     items.push(...registers.filter((r) => r.section === `cpu${i}.registers`));
     const name = `info lapic (cpu-index ${i})`;
-    const text = await hmp(qmp, 'info lapic', i);
+    const asked = lapicQ[i];
+    if (!asked) throw new VmStateError(`query-cpus-fast lists cpu-index ${i}; a VM of ${cpus} vCPUs numbers them from 0`);
+    const text = await asked;
     raw[name] = text;
     items.push(...parseLapic(text, i));
   }
 
-  const picText = await hmp(qmp, 'info pic');
+  const picText = await picQ;
   raw['info pic'] = picText;
   items.push(...parsePic(picText));
 
-  const kvm = await qmp.execute<{ enabled: boolean; present: boolean }>('query-kvm');
+  const kvm = await kvmQ;
   raw['query-kvm'] = JSON.stringify(kvm);
   items.push({ section: 'kvm', key: 'enabled', value: String(kvm.enabled) }, { section: 'kvm', key: 'present', value: String(kvm.present) });
 

@@ -326,7 +326,8 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
         const observed = async (hopeless: MigrationObservation['hopeless'], hops: Hop[]) => {
           for (const [name, h] of Object.entries(vms)) stderr[name] = h.vm.stderr;
           // What KVM counted on each side, read after the case's last observation (a reading kicks every vCPU).
-          for (const [name, h] of Object.entries(vms)) recordKvmStats(env.metrics, await h.kvmStats(), { role: name === 'a' ? 'source' : 'destination', vm: name });
+          const stats = await Promise.all(Object.values(vms).map((h) => h.kvmStats()));
+          Object.keys(vms).forEach((name, i) => recordKvmStats(env.metrics, stats[i]!, { role: name === 'a' ? 'source' : 'destination', vm: name }));
           return { ok: true as const, value: { workload, workingSetPages: ws, firstPassBytes: firstPassBytes(c.ramMiB << 20), hopeless, hops, qemuStderr: stderr } };
         };
         const a = vms.a!;
@@ -425,19 +426,21 @@ async function migrateHop(
     await dst.untilThread(t, (s) => (s.ops_done ?? 0n) > from + 1n, { timeoutMs: 10_000 }).catch((e: unknown) => (ranWhy ??= e instanceof Error ? e.message : String(e)));
   }
   await dst.stop();
-  // Ops done and heartbeats (busy-waits and long passes beat as they go): a running vCPU moves one of them within 10 ms.
+  // Ops done and heartbeats (busy-waits and long passes beat as they go): a running vCPU moves one
+  // of them within 10 ms. The reads of the stopped VMs (RAM files and QMP, independent of each
+  // other) run meanwhile; should the destination still run, 'stopped' fails and they mean nothing.
   const pulse = async () => (await dst.vm.readMailbox()).threads.slice(0, nthreads);
   const beat = await pulse();
-  await sleep(10);
-  const stillBeat = await pulse();
-  const second = stillBeat.map((t) => Number(t.ops_done ?? 0n));
-  // Both VMs stopped: the reads below are independent (RAM files and QMP), so they run together.
-  const [sourceNow, arena, time, after] = await Promise.all([
+  const first = beat.map((t) => Number(t.ops_done ?? 0n));
+  const [, sourceNow, arena, time, after] = await Promise.all([
+    sleep(10),
     opsDone(src, nthreads),
-    judgeArena(dst, workload, second),
+    judgeArena(dst, workload, first),
     judgeTime(dst, workload, x.program, x.tscHz, env),
     captureVmState(dst.vm.qmp, c.cpus),
   ]);
+  const stillBeat = await pulse();
+  const second = stillBeat.map((t) => Number(t.ops_done ?? 0n));
   const vectors = Array.from({ length: nthreads }, (_, cpu) =>
     Array.from({ length: 16 }, (_, i) => {
       const reg = `XMM${String(i).padStart(2, '0')}`;
