@@ -16,7 +16,7 @@ import { DEFAULT_CANARY, type Program } from '../ir/program.js';
 import { LAYOUT } from '../harness/guest/abi.js';
 import type { RamBackend } from '../harness/ramMap.js';
 import { scatterStep, WRITER_CODES, isVectorWriter, writerBytes, type BodyStep, type ClockWatch, type DirtyRegion, type DirtyWorkload, type WriterKind } from '../models/migration/dirty.js';
-import { APIC_LVTT, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE } from './timers.js';
+import { APIC_LVTT, IOAPIC_BASE, LAPIC_VECTOR, lvttValue, MSR_KVM_SYSTEM_TIME_NEW, MSR_TSC_DEADLINE, PIT_VECTOR } from './timers.js';
 
 export const PAGE = 4096;
 /** The arena starts above the guest's own areas (observations end well below 32 MiB here). */
@@ -103,11 +103,19 @@ export interface MigrationCase {
   /** vCPU 0 arms a TSC deadline this far ahead before the migration (it may fall before, during or after it). */
   readonly deadlineMs: number | null;
   /**
-   * With a deadline: vCPU 0 keeps interrupts off this long after arming it (the marker comes first,
-   * so the migration starts meanwhile): a deadline that passes then is pending, perhaps across
-   * the switchover, and must be delivered once, after STI.
+   * With a deadline or a PIT one-shot: vCPU 0 keeps interrupts off this long after arming them
+   * (the marker comes first, so the migration starts meanwhile): an interrupt that comes then is
+   * pending, perhaps across the switchover, and must be delivered once, after STI.
    */
   readonly maskedForMs: number | null;
+  /**
+   * vCPU 0 starts PIT channel 0 in mode 0 (interrupt on terminal count: one rising edge of OUT,
+   * Intel 8254 data sheet) this far ahead, IRQ0 routed through the IOAPIC to it with the 8259s
+   * masked: a device interrupt that may come before, during or after the switchover (pending in
+   * the IOAPIC's and LAPIC's state, or still counting in the PIT's), delivered exactly once.
+   * Absent in cases saved before it existed: none.
+   */
+  readonly pitOneShotMs?: number | null;
   /**
    * What backs guest RAM on every VM of the case (MachineConfig.ramBackend): the source, each
    * destination, a file hop's restore. Absent in cases saved before it existed: 'file'.
@@ -124,6 +132,8 @@ export interface CaseLimits {
   /** kvmclock exists (KVM). */
   readonly kvmclock: boolean;
   readonly tscDeadline: boolean;
+  /** The machine has an 8254 PIT on IRQ0 and an IOAPIC (microvm's defaults). Absent: no PIT cases. */
+  readonly pit?: boolean;
   /** Only plain precopy (a stream proxy that understands nothing else), one hop, the smallest RAM. */
   readonly plainStream?: boolean;
   /** The vCPU's CPUID has XSAVE and AVX (the 'avx' writer), and AVX512F too ('avx512'): from QEMU's facts, not the host's. */
@@ -206,11 +216,12 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     stealTime: lim.kvmclock ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
     maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
+    pitOneShotMs: lim.pit ? fc.option(fc.integer({ min: 1, max: PIT_ONE_SHOT_MAX_MS }), { freq: 3 }) : fc.constant(null),
     ramBackend: lim.plainStream || !lim.ramBackends?.length ? fc.constant<RamBackend>('file') : fc.constantFrom(...lim.ramBackends),
   }).map((c) => ({
     ...c,
     threads: c.threads.slice(0, c.cpus),
-    maskedForMs: c.deadlineMs === null ? null : c.maskedForMs,
+    maskedForMs: c.deadlineMs === null && c.pitOneShotMs === null ? null : c.maskedForMs,
     // Huge pages the host cannot hold for every VM of the case at once: the case runs on a file.
     ramBackend: c.ramBackend === 'hugetlbfs' && vmsOf(c) * c.ramMiB > (lim.hugePagesMiB ?? 0) ? 'file' : c.ramBackend,
   })).map((c) => {
@@ -345,12 +356,74 @@ function preludeOf(c: MigrationCase, sentinels: readonly number[], t: number, ts
   }
   if (c.kvmclock) ops.push({ op: 'wrmsr', msr: MSR_KVM_SYSTEM_TIME_NEW, value: BigInt(pvclockOf(t)) | 1n });
   ops.push({ op: 'fillXmm', seed: xmmSeed(t) });
-  if (t !== 0 || c.deadlineMs === null) return [...ops, { op: 'mark', value: LOOPING_MARK }];
+  const pitMs = c.pitOneShotMs ?? null;
+  if (t !== 0 || (c.deadlineMs === null && pitMs === null)) return [...ops, { op: 'mark', value: LOOPING_MARK }];
   // relative 1: the TSC just before the write plus the distance; the record keeps the value written.
-  ops.push({ op: 'apicWrite', reg: APIC_LVTT, value: BigInt(lvttValue('tsc-deadline', false)) }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative: 1, value: cycles(c.deadlineMs) });
+  if (c.deadlineMs !== null) ops.push({ op: 'apicWrite', reg: APIC_LVTT, value: BigInt(lvttValue('tsc-deadline', false)) }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative: 1, value: cycles(c.deadlineMs) });
+  if (pitMs !== null) ops.push(...pitOneShotOps(pitMs));
   if (c.maskedForMs === null) return [...ops, { op: 'sti' }, { op: 'mark', value: LOOPING_MARK }];
   // Interrupts stay off for a while with the migration under way; the rdtsc record says when they came on.
   return [...ops, { op: 'mark', value: LOOPING_MARK }, { op: 'delayTsc', cycles: cycles(c.maskedForMs) }, { op: 'rdtsc' }, { op: 'sti' }];
+}
+
+/** The 8254's input clock, Hz. */
+export const PIT_HZ = 1_193_182;
+/** A mode 0 count is at most 65535 ticks: 54.9 ms. */
+export const PIT_ONE_SHOT_MAX_MS = 54;
+/** The vector IRQ0 is routed to (the timer family's). */
+export const PIT_ONE_SHOT_VECTOR = PIT_VECTOR;
+
+/** The mode 0 count of a one-shot `ms` ahead. */
+export function pitOneShotCount(ms: number): number {
+  return Math.min(0xffff, Math.max(1, Math.round((ms * PIT_HZ) / 1000)));
+}
+
+/**
+ * PIT channel 0 in mode 0 with the count of `ms`, between two RDTSCs (counting starts with the
+ * count's high byte), then IRQ0 routed: the 8259s masked, IOAPIC pins 0 and 2 (QEMU's userspace
+ * IOAPIC without the ISA override, and KVM's routing with it) fixed to vCPU 0, edge, unmasked.
+ * The mode write drops OUT at once (mode 0), so routing after it sees no edge of the reset mode 3.
+ */
+function pitOneShotOps(ms: number): Op[] {
+  const count = pitOneShotCount(ms);
+  const route = (pin: number): Op[] => [
+    { op: 'mmioWrite', addr: IOAPIC_BASE, width: 4, value: BigInt(0x11 + 2 * pin) },
+    { op: 'mmioWrite', addr: IOAPIC_BASE + 0x10n, width: 4, value: 0n },
+    { op: 'mmioWrite', addr: IOAPIC_BASE, width: 4, value: BigInt(0x10 + 2 * pin) },
+    { op: 'mmioWrite', addr: IOAPIC_BASE + 0x10n, width: 4, value: BigInt(PIT_ONE_SHOT_VECTOR) },
+  ];
+  return [
+    { op: 'pioOut', port: 0x21, width: 1, value: 0xff },
+    { op: 'pioOut', port: 0xa1, width: 1, value: 0xff },
+    { op: 'rdtsc' },
+    { op: 'pioOut', port: 0x43, width: 1, value: 0x30 }, // channel 0, LSB then MSB, mode 0, binary
+    { op: 'pioOut', port: 0x40, width: 1, value: count & 0xff },
+    { op: 'pioOut', port: 0x40, width: 1, value: count >> 8 },
+    { op: 'rdtsc' },
+    ...route(0),
+    ...route(2),
+  ];
+}
+
+/** Where in a thread's prelude (its ops before loopBegin) the stamps the judge reads are: op indexes, or null. */
+export interface PreludeStamps {
+  /** The wrmsrAt that armed the deadline. */
+  readonly deadline: number | null;
+  /** The RDTSCs around the PIT's mode and count writes. */
+  readonly pitBefore: number | null;
+  readonly pitAfter: number | null;
+  /** The RDTSC just before the STI that ends a masked window. */
+  readonly unmask: number | null;
+}
+
+export function preludeStamps(prelude: readonly Op[]): PreludeStamps {
+  const at = (i: number) => prelude[i];
+  const pitBefore = prelude.findIndex((o, i) => o.op === 'rdtsc' && at(i + 1)?.op === 'pioOut' && (at(i + 1) as { port: number }).port === 0x43);
+  const pitAfter = pitBefore < 0 ? -1 : prelude.findIndex((o, i) => i > pitBefore && o.op === 'rdtsc');
+  const unmask = prelude.findIndex((o, i) => o.op === 'rdtsc' && at(i + 1)?.op === 'sti');
+  const deadline = prelude.findIndex((o) => o.op === 'wrmsrAt');
+  const orNull = (i: number) => (i < 0 ? null : i);
+  return { deadline: orNull(deadline), pitBefore: orNull(pitBefore), pitAfter: orNull(pitAfter), unmask: orNull(unmask) };
 }
 
 /** The seed of thread t's vector-register pattern (ir/ops.ts fillXmm). */

@@ -14,6 +14,11 @@
  *    0 and the timer is disarmed), and not later than `graceTsc` after it while the guest runs.
  *    While the guest keeps interrupts off (RFLAGS.IF = 0), an expired deadline stays pending in
  *    the IRR (SDM Vol. 3A §10.8.4) and is delivered once after STI, perhaps across a switchover.
+ *  - a device interrupt armed before the switchover (PIT channel 0 in mode 0: OUT rises once, at
+ *    terminal count, Intel 8254 data sheet; IRQ0 edge-triggered through the IOAPIC, 82093AA data
+ *    sheet) is delivered exactly once, not before its count ran out, not while interrupts are
+ *    off, and not lost: wherever the switchover finds it (counting in the PIT, latched in the
+ *    IOAPIC, pending in the LAPIC's IRR), the destination must carry it on.
  */
 export interface WatchReading {
   readonly thread: number;
@@ -25,7 +30,7 @@ export interface WatchReading {
 }
 
 export interface TimeDifference {
-  readonly rule: 'clock-monotonic' | 'deadline-once' | 'deadline-not-early' | 'deadline-delivered';
+  readonly rule: 'clock-monotonic' | 'deadline-once' | 'deadline-not-early' | 'deadline-delivered' | 'device-once' | 'device-not-early' | 'device-delivered';
   readonly summary: string;
   readonly expected: unknown;
   readonly observed: unknown;
@@ -80,6 +85,42 @@ export function judgeDeadline(o: DeadlineObservation): TimeDifference[] {
       expected: 1,
       observed: 0,
     });
+  }
+  return out;
+}
+
+export interface OneShotObservation {
+  /** What armed it, in words. */
+  readonly source: string;
+  /** No delivery before this TSC. */
+  readonly earliest: bigint;
+  /** It has happened by this TSC; delivery is due within graceTsc after (or after unmaskedAt). */
+  readonly expiryLatest: bigint;
+  readonly nowTsc: bigint;
+  /** TSC at ISR entry of every interrupt with its vector. */
+  readonly interrupts: readonly bigint[];
+  readonly graceTsc: bigint;
+  readonly unmaskedAt?: bigint;
+}
+
+/** A one-shot device interrupt armed before the migration: once, not early, not while IF=0, not lost. */
+export function judgeOneShot(o: OneShotObservation): TimeDifference[] {
+  const out: TimeDifference[] = [];
+  const hex = (v: bigint) => `0x${v.toString(16)}`;
+  if (o.interrupts.length > 1) {
+    out.push({ rule: 'device-once', summary: `${o.source} interrupted ${o.interrupts.length} times; it fires once`, expected: 1, observed: o.interrupts.map(hex) });
+  }
+  const early = o.interrupts.filter((t) => t < o.earliest);
+  if (early.length) {
+    out.push({ rule: 'device-not-early', summary: `${o.source} interrupted at TSC ${hex(early[0]!)}, ${o.earliest - early[0]!} cycles before its count could have run out (${hex(o.earliest)})`, expected: `at or after ${hex(o.earliest)}`, observed: early.map(hex) });
+  }
+  const masked = o.unmaskedAt === undefined ? [] : o.interrupts.filter((t) => t >= o.earliest && t < o.unmaskedAt!);
+  if (masked.length) {
+    out.push({ rule: 'device-not-early', summary: `${o.source} interrupted at TSC ${hex(masked[0]!)}, while interrupts were off (until ${hex(o.unmaskedAt!)})`, expected: `at or after ${hex(o.unmaskedAt!)}`, observed: masked.map(hex) });
+  }
+  const due = (o.unmaskedAt !== undefined && o.unmaskedAt > o.expiryLatest ? o.unmaskedAt : o.expiryLatest) + o.graceTsc;
+  if (o.interrupts.length === 0 && o.nowTsc >= due) {
+    out.push({ rule: 'device-delivered', summary: `${o.source} never interrupted, though it was due by TSC ${hex(due)} and vCPU 0 ran until ${hex(o.nowTsc)}`, expected: 1, observed: 0 });
   }
   return out;
 }

@@ -21,8 +21,8 @@ import { captureVmState, diffVmState, type VmStateDifference } from '../../harne
 import { compareRam, MigrationError, withVms, type MigrateOptions, type MigrationInfo, type PageDifference, type StreamIntercept, type VmHandle, type VmSpec } from '../../harness/session.js';
 import { judgeCounters, expectedCounters, knownSpans, sentinelWords, unpredictedOrKnown, type ArenaDifference, type DirtyWorkload } from '../../models/migration/dirty.js';
 import { cannotCompleteWithin, firstPassBytes, predictConvergence, type Convergence } from '../../models/migration/convergence.js';
-import { judgeDeadline, judgeWatches, type TimeDifference, type WatchReading } from '../../models/migration/time.js';
-import { DEADLINE_VECTOR, pvclockOf, xmmPattern } from '../../generators/migration.js';
+import { judgeDeadline, judgeOneShot, judgeWatches, type TimeDifference, type WatchReading } from '../../models/migration/time.js';
+import { DEADLINE_VECTOR, PIT_HZ, PIT_ONE_SHOT_VECTOR, pitOneShotCount, preludeStamps, pvclockOf, xmmPattern } from '../../generators/migration.js';
 import { explainPvclockPage, type PvclockUpdate } from '../../models/migration/pvclock.js';
 import { decodeRecords } from '../../harness/bytecode.js';
 import { decodeIrqLog, IRQ_LOG_BYTES_PER_VCPU } from '../../harness/irqLog.js';
@@ -72,50 +72,83 @@ async function readWatches(vm: VmHandle, w: DirtyWorkload): Promise<WatchReading
   );
 }
 
-/** The deadline vCPU 0 wrote before its loop (its wrmsrAt record) and when it turned interrupts on (its rdtsc record), or null. */
-async function deadlineWritten(vm: VmHandle, program: Program): Promise<{ deadline: bigint; unmaskedAt?: bigint } | null> {
+/** What vCPU 0 armed before its loop, from its records: the deadline written, the PIT's start (TSC before and after its count went in, the count), when it turned interrupts on; null when it armed nothing. */
+interface Armed {
+  readonly deadline: bigint | null;
+  readonly pit: { readonly before: bigint; readonly after: bigint; readonly count: number } | null;
+  /** TSC just before the STI of a masked window. */
+  readonly unmaskedAt?: bigint;
+}
+
+async function armedBefore(vm: VmHandle, c: MigrationCase, program: Program): Promise<Armed | null> {
   const ops = program.threads[0]!;
   const prelude = ops.slice(0, ops.findIndex((o) => o.op === 'loopBegin'));
-  if (!prelude.some((o) => o.op === 'wrmsrAt')) return null;
+  const at = preludeStamps(prelude);
+  if (at.deadline === null && at.pitBefore === null) return null;
   const region = vm.program!.regions[0]!;
   const used = Number((await vm.vm.readMailbox()).threads[0]!.obs_used ?? 0n);
   const records = decodeRecords(prelude, await vm.vm.readPhys(region.addr, Math.min(used, region.len)), Math.min(used, region.len));
-  const r = records.find((x) => x.op.op === 'wrmsrAt');
-  const unmask = records.find((x) => x.op.op === 'rdtsc');
-  if (!r || r.faultVector !== null) return null;
-  return { deadline: (r.fields as Record<string, bigint>).written!, ...(unmask ? { unmaskedAt: (unmask.fields as Record<string, bigint>).tsc! } : {}) };
+  const rec = (i: number | null) => (i === null ? undefined : records.find((x) => x.opIndex === i && x.faultVector === null));
+  const field = (i: number | null, name: string) => (rec(i)?.fields as Record<string, bigint> | undefined)?.[name];
+  const deadline = field(at.deadline, 'written') ?? null;
+  const before = field(at.pitBefore, 'tsc');
+  const after = field(at.pitAfter, 'tsc');
+  const pit = before !== undefined && after !== undefined && c.pitOneShotMs != null ? { before, after, count: pitOneShotCount(c.pitOneShotMs) } : null;
+  if (deadline === null && pit === null) return null;
+  const unmaskedAt = field(at.unmask, 'tsc');
+  return { deadline, pit, ...(unmaskedAt !== undefined ? { unmaskedAt } : {}) };
+}
+
+/** The PIT one-shot's window in TSC cycles (models/migration/time.ts judgeOneShot). */
+function pitWindow(pit: NonNullable<Armed['pit']>, tscHz: number): { earliest: bigint; expiryLatest: bigint } {
+  const ticks = (n: number) => BigInt(Math.round((n * tscHz) / PIT_HZ));
+  // Counting starts with the count's high byte, between the two stamps; OUT rises after `count`
+  // ticks (one more or less at the edges), and the guest's TSC rate is KVM's claim to 0.1 %.
+  const span = ticks(pit.count);
+  return { earliest: pit.before + span - span / 1000n - ticks(2), expiryLatest: pit.after + span + span / 1000n + ticks(2) };
 }
 
 /**
- * Keep the destination running until a deadline armed before the migration has interrupted or is
- * past due by the grace: only then does judgeDeadline decide "delivered" (a case whose run after
- * resume ends sooner would leave a lost interrupt unjudged). The written value, not a model's.
+ * Keep the destination running until what vCPU 0 armed before the migration (a deadline, a PIT
+ * one-shot) has interrupted or is past due by the grace: only then do the judges decide
+ * "delivered" (a case whose run after resume ends sooner would leave a lost interrupt unjudged).
+ * The values written, not a model's.
  */
-async function untilDeadlineDecided(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz: number, timeoutMs = 3000): Promise<void> {
-  const written = await deadlineWritten(vm, program);
-  if (written === null || !w.watches.some((x) => x.thread === 0 && x.kind === 'tsc')) return;
-  const start = written.unmaskedAt !== undefined && written.unmaskedAt > written.deadline ? written.unmaskedAt : written.deadline;
-  const due = start + BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000));
+async function untilArmedDecided(vm: VmHandle, c: MigrationCase, w: DirtyWorkload, program: Program, tscHz: number, timeoutMs = 3000): Promise<void> {
+  const armed = await armedBefore(vm, c, program);
+  if (armed === null || !w.watches.some((x) => x.thread === 0 && x.kind === 'tsc')) return;
+  const grace = BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000));
+  const after = (t: bigint) => (armed.unmaskedAt !== undefined && armed.unmaskedAt > t ? armed.unmaskedAt : t) + grace;
+  const waits: { vector: number; due: bigint }[] = [
+    ...(armed.deadline !== null ? [{ vector: DEADLINE_VECTOR, due: after(armed.deadline) }] : []),
+    ...(armed.pit ? [{ vector: PIT_ONE_SHOT_VECTOR, due: after(pitWindow(armed.pit, tscHz).expiryLatest) }] : []),
+  ];
   for (const until = Date.now() + timeoutMs; Date.now() < until; await sleep(10)) {
     const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
-    if (log.entries.some((e) => e.vector === DEADLINE_VECTOR)) return;
     const tsc0 = (await readWatches(vm, w)).find((x) => x.thread === 0 && x.kind === 'tsc');
-    if (!tsc0 || tsc0.last >= due) return;
+    if (!tsc0) return;
+    if (waits.every((x) => log.entries.some((e) => e.vector === x.vector) || tsc0.last >= x.due)) return;
   }
 }
 
-async function judgeTime(vm: VmHandle, w: DirtyWorkload, program: Program, tscHz: number, env: PropertyEnv): Promise<{ watches: WatchReading[]; time: TimeDifference[] }> {
+async function judgeTime(vm: VmHandle, c: MigrationCase, w: DirtyWorkload, program: Program, tscHz: number, env: PropertyEnv): Promise<{ watches: WatchReading[]; time: TimeDifference[] }> {
   const watches = await readWatches(vm, w);
   const time = judgeWatches(watches);
-  const written = await deadlineWritten(vm, program);
-  // A model-variant mutant may take the deadline as later than written (mutants.ts migration-model-late-deadline).
-  const shiftMs = Number((env.mutant?.modelVariant?.migrationTime as { deadlineShiftMs?: number } | undefined)?.deadlineShiftMs ?? 0);
-  const deadline = written === null ? null : written.deadline + BigInt(Math.round((shiftMs * tscHz) / 1000));
+  const armed = await armedBefore(vm, c, program);
   const tsc0 = watches.find((x) => x.thread === 0 && x.kind === 'tsc');
-  if (deadline !== null && tsc0 && tsc0.samples > 0n) {
-    const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
-    const interrupts = log.entries.filter((e) => e.vector === DEADLINE_VECTOR).map((e) => e.tsc);
-    time.push(...judgeDeadline({ deadline, nowTsc: tsc0.last, interrupts, graceTsc: BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000)), ...(written!.unmaskedAt !== undefined ? { unmaskedAt: written!.unmaskedAt } : {}) }));
+  if (armed === null || !tsc0 || tsc0.samples === 0n) return { watches, time };
+  const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
+  const of = (vector: number) => log.entries.filter((e) => e.vector === vector).map((e) => e.tsc);
+  const graceTsc = BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000));
+  const unmasked = armed.unmaskedAt !== undefined ? { unmaskedAt: armed.unmaskedAt } : {};
+  if (armed.deadline !== null) {
+    // A model-variant mutant may take the deadline as later than written (mutants.ts migration-model-late-deadline).
+    const shiftMs = Number((env.mutant?.modelVariant?.migrationTime as { deadlineShiftMs?: number } | undefined)?.deadlineShiftMs ?? 0);
+    const deadline = armed.deadline + BigInt(Math.round((shiftMs * tscHz) / 1000));
+    time.push(...judgeDeadline({ deadline, nowTsc: tsc0.last, interrupts: of(DEADLINE_VECTOR), graceTsc, ...unmasked }));
+  }
+  if (armed.pit) {
+    time.push(...judgeOneShot({ source: 'PIT channel 0 (mode 0, IRQ0 through the IOAPIC)', ...pitWindow(armed.pit, tscHz), nowTsc: tsc0.last, interrupts: of(PIT_ONE_SHOT_VECTOR), graceTsc, ...unmasked }));
   }
   return { watches, time };
 }
@@ -314,7 +347,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
   env.metrics.add(`migration.ram.${ramBackend}`);
-  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512'), scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
+  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.deadlineMs !== null && c.maskedForMs !== null, pitOneShot: c.pitOneShotMs != null, maskedPit: c.pitOneShotMs != null && c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512'), scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
   for (const w of new Set(workload.regions.map((r) => r.writer))) env.metrics.add(`migration.writer.${w}`);
@@ -419,7 +452,7 @@ async function migrateHop(
   // Resume the destination: it must run on from there, and stop when told.
   await dst.cont();
   await sleep(c.runAfterMs);
-  await untilDeadlineDecided(dst, workload, x.program, x.tscHz);
+  await untilArmedDecided(dst, c, workload, x.program, x.tscHz);
   let ranWhy: string | null = null;
   for (let t = 0; t < nthreads; t++) {
     const from = BigInt(progress.destination[t]!);
@@ -436,7 +469,7 @@ async function migrateHop(
     sleep(10),
     opsDone(src, nthreads),
     judgeArena(dst, workload, first),
-    judgeTime(dst, workload, x.program, x.tscHz, env),
+    judgeTime(dst, c, workload, x.program, x.tscHz, env),
     captureVmState(dst.vm.qmp, c.cpus),
   ]);
   const stillBeat = await pulse();

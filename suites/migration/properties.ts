@@ -68,6 +68,8 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
     postcopy: runRootFilesystem() === 'tmpfs',
     kvmclock: env.options.accel === 'kvm',
     tscDeadline: env.options.accel === 'tcg' || env.host.kvm.tscDeadline === true,
+    // Every machine we run (microvm, pc, q35) has an 8254 on IRQ0 and an IOAPIC.
+    pit: true,
     // A mutant's run: plain precopy (all a stream proxy understands), one hop, the smallest RAM:
     // cheap cases, which shrink fast.
     ...(env.mutant?.migrationIntercept || env.mutant?.modelVariant?.migrationTime ? { plainStream: true } : {}),
@@ -185,7 +187,7 @@ const modelAfterResume: Rule<MigrationObservation> = rule('RAM matches the model
   }
 });
 
-const timeGoesOn: Rule<MigrationObservation> = rule('time never goes back, and a deadline armed before fires once, not early', function* (o) {
+const timeGoesOn: Rule<MigrationObservation> = rule('time never goes back, and a timer or device interrupt armed before fires once, not early', function* (o) {
   for (const h of o.hops) {
     for (const d of h.resumed?.time ?? []) yield difference(`${where(h)}: ${d.summary}`, d.expected, d.observed, { evidence: { watches: h.resumed!.watches.map((w) => ({ ...w, last: w.last.toString(), backwards: w.backwards.toString(), worstBack: w.worstBack.toString(), samples: w.samples.toString() })), qemu: words(o) } });
   }
@@ -226,7 +228,7 @@ export const migrationSwitchover = migrationProperty(
 
 export const migrationResume = migrationProperty(
   'migration.resume',
-  'After a live migration the destination runs the guest on from where the source stopped and stops when told, the source stays stopped, and the memory the workload wrote is exactly what the model predicts for the progress the destination reports (every counter its count, one +1 edge in the pass in progress, sentinel pages intact, every other byte zero), the vector registers hold the pattern filled before it; TSC and kvmclock never go back across it, and a TSC deadline armed before it interrupts exactly once, not early and not lost',
+  'After a live migration the destination runs the guest on from where the source stopped and stops when told, the source stays stopped, and the memory the workload wrote is exactly what the model predicts for the progress the destination reports (every counter its count, one +1 edge in the pass in progress, sentinel pages intact, every other byte zero), the vector registers hold the pattern filled before it; TSC and kvmclock never go back across it, and a TSC deadline or a PIT one-shot (IRQ0 through the IOAPIC) armed before it interrupts exactly once, not early, not while interrupts are off, and not lost',
   [completes, runsOn, stopStops, modelAfterResume, vectorsKept, timeGoesOn],
 );
 

@@ -53,7 +53,7 @@ describe('migration properties fail on a broken stream', () => {
 
   it('migration-model-late-deadline: a deadline armed before the migration looks early, shrunk to the deadline alone, replayed', async () => {
     const { r, file, c } = await failing('migration.resume', 'migration-model-late-deadline');
-    expect(r.rule).toBe('time never goes back, and a deadline armed before fires once, not early');
+    expect(r.rule).toBe('time never goes back, and a timer or device interrupt armed before fires once, not early');
     expect(r.reason).toMatch(/before its deadline/);
     expect((c.workload as { deadlineMs: number | null }).deadlineMs).not.toBeNull();
     await replays(file, 'migration.resume');
