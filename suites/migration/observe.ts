@@ -115,15 +115,21 @@ function pitWindow(pit: NonNullable<Armed['pit']>, tscHz: number): { earliest: b
  * The values written, not a model's.
  */
 async function untilArmedDecided(vm: VmHandle, c: MigrationCase, w: DirtyWorkload, program: Program, tscHz: number, timeoutMs = 3000): Promise<void> {
-  const armed = await armedBefore(vm, c, program);
-  if (armed === null || !w.watches.some((x) => x.thread === 0 && x.kind === 'tsc')) return;
+  if (!w.watches.some((x) => x.thread === 0 && x.kind === 'tsc')) return;
+  const ops = program.threads[0]!;
+  const masked = preludeStamps(ops.slice(0, ops.findIndex((o) => o.op === 'loopBegin'))).unmask !== null;
   const grace = BigInt(Math.round((DEADLINE_GRACE_MS * tscHz) / 1000));
-  const after = (t: bigint) => (armed.unmaskedAt !== undefined && armed.unmaskedAt > t ? armed.unmaskedAt : t) + grace;
-  const waits: { vector: number; due: bigint }[] = [
-    ...(armed.deadline !== null ? [{ vector: DEADLINE_VECTOR, due: after(armed.deadline) }] : []),
-    ...(armed.pit ? [{ vector: PIT_ONE_SHOT_VECTOR, due: after(pitWindow(armed.pit, tscHz).expiryLatest) }] : []),
-  ];
   for (const until = Date.now() + timeoutMs; Date.now() < until; await sleep(10)) {
+    // Read again each time: a masked window's STI (its stamp) may still be to come, and the due
+    // times count from it.
+    const armed = await armedBefore(vm, c, program);
+    if (armed === null) return;
+    if (masked && armed.unmaskedAt === undefined) continue;
+    const after = (t: bigint) => (armed.unmaskedAt !== undefined && armed.unmaskedAt > t ? armed.unmaskedAt : t) + grace;
+    const waits: { vector: number; due: bigint }[] = [
+      ...(armed.deadline !== null ? [{ vector: DEADLINE_VECTOR, due: after(armed.deadline) }] : []),
+      ...(armed.pit ? [{ vector: PIT_ONE_SHOT_VECTOR, due: after(pitWindow(armed.pit, tscHz).expiryLatest) }] : []),
+    ];
     const log = decodeIrqLog(await vm.vm.readPhys(LAYOUT.irqLog, IRQ_LOG_BYTES_PER_VCPU));
     const tsc0 = (await readWatches(vm, w)).find((x) => x.thread === 0 && x.kind === 'tsc');
     if (!tsc0) return;
