@@ -29,7 +29,12 @@ import { EXIT_VALUE, MAILBOX_STATE, THREAD_STATE, qemuExitStatus } from './guest
 export type VmOutcome =
   | { kind: 'completed'; exitCode: number | null }
   | { kind: 'internal-error'; status: string; dump: string; registers: string | null }
-  | { kind: 'hang'; thread: number; stalledMs: number; registers: string | null }
+  /**
+   * `interrupts`: how many interrupts the stalled vCPU took while its thread made no progress (its
+   * status's irq_total moved by that much): a vCPU that took many was running, in its interrupt
+   * handler, and the thread starved; one that took none was stuck in an instruction or halted.
+   */
+  | { kind: 'hang'; thread: number; stalledMs: number; registers: string | null; interrupts?: number }
   /**
    * Every vCPU thread finished its ops, but the guest never got to say so (the BSP's last steps,
    * its serial lines and the mailbox, did not come): QEMU stopped running the guest. `qmpAnswered`:
@@ -162,7 +167,7 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
   });
   /** Resolves after `ms`, or sooner when QEMU exits or the watch is aborted. */
   const pause = (ms: number) => Promise.race([t.whenExited, aborted, sleep(ms)]);
-  const lastProgress: { value: bigint; at: number }[] = Array.from({ length: opts.nthreads }, () => ({ value: -1n, at: started }));
+  const lastProgress: { value: bigint; at: number; irqs: bigint }[] = Array.from({ length: opts.nthreads }, () => ({ value: -1n, at: started, irqs: 0n }));
   try {
     // The state at the start (the VM may have stopped before anyone watched); without an answer
     // (QEMU on its way out), assume it runs and let its exit speak.
@@ -226,11 +231,11 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
       for (let i = 0; i < opts.nthreads; i++) {
         const th = threads[i]!;
         if (!runs || th.state !== BigInt(THREAD_STATE.running)) {
-          lastProgress[i] = { value: -1n, at: now };
+          lastProgress[i] = { value: -1n, at: now, irqs: th.irq_total ?? 0n };
           continue;
         }
         const value = progressOf(th);
-        if (value !== lastProgress[i]!.value) lastProgress[i] = { value, at: now };
+        if (value !== lastProgress[i]!.value) lastProgress[i] = { value, at: now, irqs: th.irq_total ?? 0n };
         else if (now - lastProgress[i]!.at >= opts.stallMs) {
           // Confirm before calling it a hang: `info registers` kicks every vCPU out of KVM_RUN, and
           // a vCPU that was only descheduled on a busy host moves again within the grace period.
@@ -243,9 +248,10 @@ export async function watchVm(t: WatchTarget, opts: WatchOptions): Promise<Watch
             break;
           }
           if (!t.hasExited && again.state === th.state && progressOf(again) === value) {
-            return { kind: 'hang', thread: i, stalledMs: Date.now() - lastProgress[i]!.at, registers };
+            const interrupts = Number((again.irq_total ?? 0n) - lastProgress[i]!.irqs);
+            return { kind: 'hang', thread: i, stalledMs: Date.now() - lastProgress[i]!.at, registers, interrupts };
           }
-          lastProgress[i] = { value: progressOf(again), at: Date.now() };
+          lastProgress[i] = { value: progressOf(again), at: Date.now(), irqs: again.irq_total ?? 0n };
         }
       }
       if (needQuery) continue;

@@ -20,7 +20,7 @@ import {
 } from './guest/abi.js';
 import { buildGuest } from './guest/build.js';
 import { defaultMachineConfig, parseTap, runVm, type VmRunResult } from './vm.js';
-import { guestProblems, mailboxProblems, runWorkload, type WorkloadRun } from './workload.js';
+import { describeOutcome, guestProblems, interruptBound, mailboxProblems, runWorkload, type WorkloadRun } from './workload.js';
 
 type Fields = Record<string, bigint>;
 const zeros = (name: keyof typeof STRUCTS): Fields => Object.fromEntries(STRUCTS[name].map(([f]) => [f, 0n]));
@@ -141,6 +141,22 @@ function patched(image: ProgramImage, offset: number, value: number): ProgramIma
   new DataView(bytes.buffer).setUint32(offset, value, true);
   return { ...image, image: bytes };
 }
+
+describe('describeOutcome of a hang (synthetic)', () => {
+  const hang = (interrupts?: number) => ({ kind: 'hang' as const, thread: 1, stalledMs: 3000, registers: null, ...(interrupts === undefined ? {} : { interrupts }) });
+  it('a vCPU that took no interrupts is stuck in an instruction or halted', () => {
+    expect(interruptBound(hang(0))).toBe(false);
+    expect(describeOutcome(hang())).toBe('vCPU 1 made no progress for 3000 ms (an instruction that never returns, or a halted vCPU)');
+  });
+  it('one that took an interrupt a millisecond or more often was running its handler: interrupt-bound, with the rate', () => {
+    expect(interruptBound(hang(15_000))).toBe(true);
+    expect(describeOutcome(hang(15_000))).toBe('vCPU 1 made no progress for 3000 ms while it took 15000 interrupts (one every 200 µs): interrupt-bound, its handler left the thread no time to run');
+  });
+  it('a few interrupts during a stall are named, not blamed', () => {
+    expect(interruptBound(hang(2))).toBe(false);
+    expect(describeOutcome(hang(2))).toMatch(/or a halted vCPU; it took 2 interrupts meanwhile\)$/);
+  });
+});
 
 describe('guestProblems on real KVM, from the mailbox alone', () => {
   it('reports a thread that faulted, naming its vCPU, vector, error and cr2', async () => {

@@ -67,6 +67,14 @@ export async function runWorkload(cfg: MachineConfig, program: Program, opts: Wo
   return { vm, image, records, ...(decodeError ? { decodeError } : {}) };
 }
 
+/**
+ * A hang in which the vCPU kept taking interrupts, one a millisecond or more often: it was running
+ * its interrupt handler, not stuck (watchdog.ts counts them from the thread's irq_total).
+ */
+export function interruptBound(o: VmOutcome): boolean {
+  return o.kind === 'hang' && o.thread >= 0 && (o.interrupts ?? 0) > 0 && (o.stalledMs * 1000) / o.interrupts! <= 1000;
+}
+
 /** One line saying how a VM ended, for failure messages. */
 export function describeOutcome(o: VmOutcome): string {
   switch (o.kind) {
@@ -77,7 +85,9 @@ export function describeOutcome(o: VmOutcome): string {
     case 'hang':
       return o.thread < 0
         ? `the guest hung while booting (no progress for ${o.stalledMs} ms)`
-        : `vCPU ${o.thread} made no progress for ${o.stalledMs} ms (an instruction that never returns, or a halted vCPU)`;
+        : interruptBound(o)
+          ? `vCPU ${o.thread} made no progress for ${o.stalledMs} ms while it took ${o.interrupts} interrupts (one every ${Math.round((o.stalledMs * 1000) / o.interrupts!)} µs): interrupt-bound, its handler left the thread no time to run`
+          : `vCPU ${o.thread} made no progress for ${o.stalledMs} ms (an instruction that never returns, or a halted vCPU${o.interrupts ? `; it took ${o.interrupts} interrupts meanwhile` : ''})`;
     case 'vmm-hang':
       return `QEMU stopped running the guest: every vCPU thread finished its ops, but the guest did not complete within ${o.stalledMs} ms after (QMP query-status ${o.qmpAnswered ? 'still answered' : 'unanswered'})`;
     case 'guest-reset':
