@@ -10,7 +10,7 @@ import type { Program } from '../../ir/program.js';
 import { opIndexAtOffset } from '../../harness/bytecode.js';
 import type { MachineConfig } from '../../harness/vm.js';
 import { machineFacts, type MachineFacts } from '../../harness/facts.js';
-import { describeOutcome, guestProblems, runWorkload, type WorkloadRun } from '../../harness/workload.js';
+import { describeOutcome, guestProblems, interruptBound, runWorkload, type WorkloadRun } from '../../harness/workload.js';
 import { machineConfig } from './options.js';
 import { recordKvmStats } from './coverage.js';
 import { difference, type Observation, type PropertyEnv } from './property.js';
@@ -52,6 +52,12 @@ export function threadPositions(program: Program, run: WorkloadRun): { thread: n
   });
 }
 
+/** The vectors vCPU `vcpu` took during the run, most taken first. */
+export function vectorsTaken(run: WorkloadRun, vcpu: number): { vector: number; count: number }[] {
+  const counts = run.vm.threads[vcpu]?.irqLog.counts ?? new Map<number, number>();
+  return [...counts].map(([vector, count]) => ({ vector, count })).sort((a, b) => b.count - a.count || a.vector - b.vector);
+}
+
 export async function observeProgram(
   env: PropertyEnv,
   program: Program,
@@ -77,13 +83,17 @@ export async function observeProgram(
   const where = threadPositions(program, run);
   const stuck = o.kind === 'hang' && o.thread >= 0 ? where[o.thread] : where.find((w) => w.state === 1) ?? where[0];
   const at = stuck && o.kind !== 'completed' ? ` while vCPU ${stuck.thread} executed op #${stuck.op} ${stuck.what}` : '';
-  const summary = o.kind !== 'completed' ? `${describeOutcome(o)}${at}` : problems[0]!;
+  // An interrupt-bound vCPU: which vectors it took, most first, so the source of the storm is named.
+  const storm = interruptBound(o) && o.kind === 'hang' ? vectorsTaken(run, o.thread) : [];
+  const stormWords = storm.length ? `; vectors taken in all: ${storm.slice(0, 3).map((v) => `${v.vector} ×${v.count}`).join(', ')}` : '';
+  const summary = o.kind !== 'completed' ? `${describeOutcome(o)}${at}${stormWords}` : problems[0]!;
   return {
     ok: false,
     difference: difference(summary, 'the guest runs the workload to completion', problems.join('; '), {
       evidence: {
         outcome: o,
         threads: where,
+        interrupts: run.vm.threads.map((t, vcpu) => ({ vcpu, total: Number(t.irqLog.total), byVector: vectorsTaken(run, vcpu), lastTscs: t.irqLog.entries.slice(-16).map((e) => `0x${e.tsc.toString(16)}:${e.vector}`) })),
         serialTail: tail(run.vm.serial, 20),
         stderrTail: tail(run.vm.stderr, 60),
         qemuArgs: run.vm.args,
