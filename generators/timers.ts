@@ -67,6 +67,9 @@ export interface ThreadState {
   divide: number;
   waitedUs: number;
   kvmclockOn: boolean;
+  /** LVTT as last written (mode, mask), and TMICT's last value as a duration at the divide of its write, µs. */
+  lvtt: { mode: 'one-shot' | 'periodic' | 'tsc-deadline'; masked: boolean };
+  tmictUs: number;
 }
 
 /** The command model: the schedule so far, and the state preconditions need. */
@@ -86,11 +89,19 @@ export interface ScheduleLimits {
   readonly apicBusHz: number;
   readonly tscDeadline: boolean;
   readonly x2apic: boolean;
+  /**
+   * No command leaves an unmasked periodic LAPIC timer with a period below this, µs, counting
+   * KVM's floor (0: no limit). Timer facts set it from the guest's measured interrupt cost
+   * (suites/timers/clock.ts TimerFacts.minPeriodicNs) on hosts too slow for the floor's rate.
+   */
+  readonly minPeriodicUs?: number;
+  /** KVM's min_timer_period_us (0: none): a shorter period runs at this one. */
+  readonly floorUs?: number;
 }
 
 export function emptySchedule(threads: number): TimerSchedule {
   return {
-    threads: Array.from({ length: threads }, () => ({ started: false, interrupts: false, x2apic: false, divide: 1, waitedUs: 0, kvmclockOn: false })),
+    threads: Array.from({ length: threads }, () => ({ started: false, interrupts: false, x2apic: false, divide: 1, waitedUs: 0, kvmclockOn: false, lvtt: { mode: 'one-shot' as const, masked: true }, tmictUs: 0 })),
     events: [],
     pitOn: false,
     rtcRouted: false,
@@ -259,8 +270,38 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
   const writeDeadline = (m: TimerSchedule, b: ProgramBuilder, t: number, relative: 0 | 1, offset: number) =>
     selfStamped(m, b, t, { source: 'lapic', kind: 'tscDeadline', value: offset, mode: relative }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative, value: BigInt.asUintN(64, BigInt(offset)) });
   const setDivide = (m: TimerSchedule, b: ProgramBuilder, t: number, log2: number) => {
-    m.threads[t]!.divide = 1 << log2;
+    const s = m.threads[t]!;
+    s.tmictUs = (s.tmictUs * (1 << log2)) / s.divide;
+    s.divide = 1 << log2;
     apicWrite(m, b, t, 'tdcr', APIC_TDCR, TDCR_BY_DIVIDE[log2]!);
+  };
+  const setLvtt = (m: TimerSchedule, b: ProgramBuilder, t: number, mode: keyof typeof LVTT_MODE_BITS, masked: boolean) => {
+    const s = m.threads[t]!;
+    // KVM and the SDM (§10.5.4.1): a switch into or out of TSC-deadline mode disarms (TMICT 0).
+    if ((mode === 'tsc-deadline') !== (s.lvtt.mode === 'tsc-deadline')) s.tmictUs = 0;
+    s.lvtt = { mode, masked };
+    apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, masked));
+  };
+  const setTmict = (m: TimerSchedule, b: ProgramBuilder, t: number, us: number) => {
+    m.threads[t]!.tmictUs = us;
+    apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us));
+  };
+  /**
+   * Whether vCPU t's LAPIC, with `next` applied, keeps any unmasked periodic count (the last TMICT
+   * at the divide in force, KVM's floor counted) at or above lim.minPeriodicUs. Counted whether or
+   * not the count is still running: a TDCR write restarts an expired one on KVM
+   * (kvm-tdcr-write-refires-expired-oneshot).
+   */
+  const periodOk = (m: Readonly<TimerSchedule>, t: number, next: { mode?: keyof typeof LVTT_MODE_BITS; masked?: boolean; tmictUs?: number; divide?: number }) => {
+    const min = lim.minPeriodicUs ?? 0;
+    if (min <= 0) return true;
+    const s = m.threads[t]!;
+    const mode = next.mode ?? s.lvtt.mode;
+    const masked = next.masked ?? s.lvtt.masked;
+    let us = next.tmictUs ?? s.tmictUs;
+    if (next.divide !== undefined && next.tmictUs === undefined) us = (us * next.divide) / s.divide;
+    if (next.mode !== undefined && next.tmictUs === undefined && (next.mode === 'tsc-deadline') !== (s.lvtt.mode === 'tsc-deadline')) us = 0;
+    return mode !== 'periodic' || masked || us === 0 || Math.max(us, lim.floorUs ?? 0) >= min;
   };
   const ws: Weighted[] = [
     // Arm: LVTT unmasked in a mode, then the divide and count (or the deadline): the common start.
@@ -268,31 +309,31 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
       weight: 4,
       arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.integer({ min: 0, max: 7 }), durations).map(([t, mode, log2, us]) =>
         cmd(`cpu${t} arm ${mode} ${mode === 'tsc-deadline' ? '' : `÷${1 << log2} `}${us}us`, t, (m, b) => {
-          apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, false));
+          setLvtt(m, b, t, mode, false);
           if (mode === 'tsc-deadline') writeDeadline(m, b, t, 1, cycles(us));
           else {
             setDivide(m, b, t, log2);
-            apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us));
+            setTmict(m, b, t, us);
           }
-        }),
+        }, (m) => periodOk(m, t, { mode, masked: false, tmictUs: mode === 'tsc-deadline' ? 0 : us })),
       ),
     },
     {
       weight: 2,
       arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.boolean()).map(([t, mode, masked]) =>
         cmd(`cpu${t} LVTT ${mode}${masked ? ' masked' : ''}`, t, (m, b) => {
-          apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, masked));
-        }),
+          setLvtt(m, b, t, mode, masked);
+        }, (m) => periodOk(m, t, { mode, masked })),
       ),
     },
     {
       weight: 2,
-      arbitrary: fc.tuple(threads, fc.integer({ min: 0, max: 7 })).map(([t, log2]) => cmd(`cpu${t} TDCR ÷${1 << log2}`, t, (m, b) => setDivide(m, b, t, log2))),
+      arbitrary: fc.tuple(threads, fc.integer({ min: 0, max: 7 })).map(([t, log2]) => cmd(`cpu${t} TDCR ÷${1 << log2}`, t, (m, b) => setDivide(m, b, t, log2), (m) => periodOk(m, t, { divide: 1 << log2 }))),
     },
     {
       weight: 2,
       arbitrary: fc.tuple(threads, fc.oneof({ weight: 1, arbitrary: fc.constant(0) }, { weight: 4, arbitrary: durations })).map(([t, us]) =>
-        cmd(us === 0 ? `cpu${t} TMICT 0 (stop)` : `cpu${t} TMICT ${us}us`, t, (m, b) => apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us))),
+        cmd(us === 0 ? `cpu${t} TMICT 0 (stop)` : `cpu${t} TMICT ${us}us`, t, (m, b) => setTmict(m, b, t, us), (m) => periodOk(m, t, { tmictUs: us })),
       ),
     },
     // A divide change in the middle of a running count, then TMCCT at once and again a while later,
@@ -311,15 +352,15 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
           const leftUs = ((us - midUs) * (1 << to2)) / (1 << from);
           const laterUs = Math.max(20, Math.min(2000, Math.round((leftUs * laterPct) / 100)));
           return cmd(`cpu${t} ${mode} ÷${1 << from} ${us}us, at ${midUs}us TDCR ÷${1 << to2}, read TMCCT then and ${laterUs}us later`, t, (m, b) => {
-            apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, false));
+            setLvtt(m, b, t, mode, false);
             setDivide(m, b, t, from);
-            apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us));
+            setTmict(m, b, t, us);
             wait(m, b, t, midUs, lim);
             setDivide(m, b, t, to2);
             bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0);
             wait(m, b, t, laterUs, lim);
             bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0);
-          }, (m) => m.threads[t]!.waitedUs + midUs + laterUs <= lim.maxWaitUs);
+          }, (m) => m.threads[t]!.waitedUs + midUs + laterUs <= lim.maxWaitUs && (mode !== 'periodic' || Math.max(Math.min(us, (us * (1 << to2)) / (1 << from)), lim.floorUs ?? 0) >= (lim.minPeriodicUs ?? 0)));
         }),
     },
     {

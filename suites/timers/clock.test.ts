@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { defaultOptions } from '../lib/options.js';
 import type { PropertyEnv } from '../lib/property.js';
-import { latenessBoundNs, pitImplOf, quantile, vcpuLimitOf } from './clock.js';
+import { INTERRUPT_COST_FACTOR, INTERRUPT_COST_SAMPLES, interruptCostFrom, latenessBoundNs, minPeriodicNsFor, pitImplOf, quantile, vcpuLimitOf } from './clock.js';
 import { attributeRootCauses, latenessOf } from './timerProperty.js';
 import type { TimerDifference } from '../../models/timers/common.js';
 
@@ -30,6 +30,24 @@ describe('timer facts', () => {
     expect(pitImplOf(env({ accel: 'kvm' }))).toBe('kvm');
     expect(pitImplOf(env({ accel: 'kvm', kernelIrqchip: 'split' }))).toBe('qemu');
     expect(pitImplOf(env({ accel: 'tcg' }))).toBe('qemu');
+  });
+});
+
+describe('interrupt cost and the shortest periodic period', () => {
+  // Pairs of (start, end) TSCs: with a one-shot inside the wait, then without, INTERRUPT_COST_SAMPLES times.
+  const samples = (withCycles: (i: number) => number, withoutCycles: number) =>
+    Array.from({ length: INTERRUPT_COST_SAMPLES }, (_, i) => [0n, BigInt(withCycles(i)), 0n, BigInt(withoutCycles)]).flat();
+  it('is the median extra time a wait with an interrupt inside took, ns; an outlier does not move it', () => {
+    // 1 GHz TSC: cycles are ns. 15 samples 30 µs over the 200 µs wait, one 5 ms (the host took the CPU).
+    expect(interruptCostFrom(samples((i) => (i === 3 ? 5_200_000 : 230_000), 200_000), 1e9)).toBe(30_000);
+    expect(interruptCostFrom(samples(() => 190_000, 200_000), 1e9)).toBe(0);
+    expect(interruptCostFrom([1n, 2n], 1e9)).toBeUndefined();
+  });
+  it(`limits periodic timers to ${INTERRUPT_COST_FACTOR} interrupt costs only where that is longer than KVM's floor`, () => {
+    expect(minPeriodicNsFor(30_000, 200_000)).toBe(0);
+    expect(minPeriodicNsFor(210_000, 200_000)).toBe(840_000);
+    expect(minPeriodicNsFor(undefined, 200_000)).toBe(0);
+    expect(minPeriodicNsFor(10_000, 0)).toBe(40_000);
   });
 });
 

@@ -14,6 +14,7 @@ import type { MachineConfig } from '../../harness/vm.js';
 import { ProgramBuilder } from '../../ir/builder.js';
 import { recordsOf } from '../../ir/ops.js';
 import { tscRateFromCpuid } from '../../models/timers/common.js';
+import { APIC_LVTT, APIC_TDCR, APIC_TMICT, LAPIC_VECTOR } from '../../generators/timers.js';
 import { vcpuModel } from '../lib/options.js';
 import { difference, type Difference, type PropertyEnv } from '../lib/property.js';
 import { observeProgram } from '../lib/run.js';
@@ -98,6 +99,22 @@ export interface TimerFacts {
   readonly machine: Partial<MachineConfig>;
   /** The in-kernel LAPIC/PIT (KVM) or QEMU's own (TCG; the PIT also with kernel-irqchip=split). */
   readonly lapicImpl: 'kvm' | 'qemu';
+  /**
+   * What one LAPIC timer interrupt costs the guest's thread on this host, ns: the time a
+   * busy-wait with a one-shot expiring inside it takes beyond the same wait without one (the
+   * host's injection and the guest's handler; median of INTERRUPT_COST_SAMPLES pairs). Absent
+   * under TCG, where QEMU's timers fire on their own schedule.
+   */
+  readonly interruptCostNs?: number;
+  /**
+   * No periodic LAPIC timer fires more often than this, ns (generators/timers.ts
+   * ScheduleLimits.minPeriodicUs): INTERRUPT_COST_FACTOR interrupt costs, or 0 where KVM's floor
+   * (minPeriodNs) is longer anyway. A period the guest cannot keep up with starves its thread:
+   * on an Intel host of this kind a periodic timer at KVM's 200 µs floor made a 2.4 ms wait last
+   * 2.5 s (12 500 interrupts), and two 20-seed loops each lost a seed to a vCPU that made no
+   * progress for 3.5 s. That is the host's speed, not a timer rule broken.
+   */
+  readonly minPeriodicNs: number;
   readonly pitImpl: 'kvm' | 'qemu';
   /** At most this many vCPUs run a case on this host and configuration, and why (absent: as many as the property asks). */
   readonly vcpuLimit?: { readonly max: number; readonly reason: string };
@@ -144,6 +161,9 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
   // second clock, the RTC's seconds (two seconds; the op gives up after 2^40 cycles unchanged).
   const calibrate = env.options.accel === 'tcg';
   if (calibrate) for (let i = 0; i < 3; i++) b.thread(0).op({ op: 'rtcSecondsEdge', timeoutCycles: 1n << 40n });
+  const khzForCost = env.host.kvm.vcpuTscKhz;
+  const measureCost = !calibrate && !!khzForCost;
+  if (measureCost) interruptCostOps(b, khzForCost!);
   const [noise, o] = await Promise.all([measureHostNoise(), observeProgram(env, b.build(), { role: 'facts', config: machine })]);
   if (!o.ok) throw new Error(`the timer facts VM did not run: ${o.difference.summary}`);
   const q = recordsOf(o.value.records[0] ?? [], 'cpuid');
@@ -182,6 +202,7 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
   } else {
     throw new Error('no TSC rate: the guest sees none in CPUID (0x15/0x16/0x4000_0010) and KVM_GET_TSC_KHZ gave none');
   }
+  const interruptCostNs = measureCost ? interruptCostFrom(recordsOf(o.value.records[0] ?? [], 'rdtsc').map((r) => r.fields.tsc!), tscHz) : undefined;
   const kvm = env.options.accel === 'kvm';
   // With kernel-irqchip=off QEMU's own APIC (hw/intc/apic.c) counts the LAPIC timer, as under TCG.
   const kvmLapic = kvm && env.options.kernelIrqchip !== 'off';
@@ -208,9 +229,54 @@ export async function timerFacts(env: PropertyEnv, extraFamilyArgs: readonly str
     lostAfterNs: lostAfterNsFor(bound),
     machine,
     lapicImpl: kvmLapic ? 'kvm' : 'qemu',
+    ...(interruptCostNs === undefined ? {} : { interruptCostNs }),
+    minPeriodicNs: minPeriodicNsFor(interruptCostNs, kvmLapic ? minUs * 1000 : 0),
     pitImpl: pitImplOf(env),
     ...(limit ? { vcpuLimit: limit } : {}),
   };
+}
+
+export const INTERRUPT_COST_SAMPLES = 16;
+/** A periodic timer may take at most 1/INTERRUPT_COST_FACTOR of its vCPU's time (at the measured cost). */
+export const INTERRUPT_COST_FACTOR = 4;
+/** The busy-wait each sample spans, µs, and how far into it the one-shot expires (TMICT at ÷1, 1 GHz). */
+const COST_WAIT_US = 200;
+const COST_TMICT = 20_000;
+
+/**
+ * The facts VM's interrupt-cost samples: LVTT one-shot on LAPIC_VECTOR at ÷1, interrupts on, then
+ * INTERRUPT_COST_SAMPLES pairs of [rdtsc, TMICT, busy-wait, rdtsc], one arming a one-shot that
+ * expires inside the wait and one writing TMICT 0, interleaved so both see the same host.
+ */
+export function interruptCostOps(b: ProgramBuilder, tscKhz: number): void {
+  const t = b.thread(0);
+  const cycles = BigInt(Math.round(COST_WAIT_US * tscKhz / 1000));
+  t.op({ op: 'apicWrite', reg: APIC_LVTT, value: BigInt(LAPIC_VECTOR) });
+  t.op({ op: 'apicWrite', reg: APIC_TDCR, value: 0xbn });
+  t.op({ op: 'sti' });
+  for (let i = 0; i < INTERRUPT_COST_SAMPLES; i++) {
+    for (const tmict of [COST_TMICT, 0]) {
+      t.op({ op: 'rdtsc' });
+      t.op({ op: 'apicWrite', reg: APIC_TMICT, value: BigInt(tmict) });
+      t.op({ op: 'delayTsc', cycles });
+      t.op({ op: 'rdtsc' });
+    }
+  }
+  t.op({ op: 'cli' });
+}
+
+/** The median cost (ns) from interruptCostOps' rdtsc values, in order: with, without, with, ... */
+export function interruptCostFrom(tscs: readonly bigint[], tscHz: number): number | undefined {
+  const spans = (k: number) => Array.from({ length: INTERRUPT_COST_SAMPLES }, (_, i) => Number(tscs[4 * i + 2 * k + 1]! - tscs[4 * i + 2 * k]!));
+  if (tscs.length < 4 * INTERRUPT_COST_SAMPLES) return undefined;
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+  return Math.max(0, Math.round(((med(spans(0)) - med(spans(1))) * 1e9) / tscHz));
+}
+
+/** TimerFacts.minPeriodicNs: INTERRUPT_COST_FACTOR costs where that is longer than KVM's floor, else 0. */
+export function minPeriodicNsFor(costNs: number | undefined, floorNs: number): number {
+  const need = (costNs ?? 0) * INTERRUPT_COST_FACTOR;
+  return need > floorNs ? need : 0;
 }
 
 /**

@@ -113,6 +113,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     apicBusHz: f.apicBusHz,
     tscDeadline: f.tscDeadline,
     x2apic: f.x2apic,
+    ...(f.minPeriodicNs > 0 ? { minPeriodicUs: f.minPeriodicNs / 1000, floorUs: f.minPeriodNs / 1000 } : {}),
   });
   const judgeRules = spec.rules.map(([name, rs]) =>
     rule<TimerObservation>(name, function* (o) {
@@ -164,6 +165,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     async observe(w, f, env): Promise<Observation<TimerObservation>> {
       const threads = threadsOf(f);
       if (f.vcpuLimit) env.metrics.sample('timers.vcpus', threads, { reason: f.vcpuLimit.reason });
+      if (f.interruptCostNs !== undefined) env.metrics.sample('timers.interruptCostUs', Math.round(f.interruptCostNs / 100) / 10, { minPeriodicUs: Math.round(f.minPeriodicNs / 1000) });
       return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(threads), { maxThreads: threads, threads }, async (built) => {
         const o = await observeProgram(env, { ...built.program, stealTime: true }, { role: 'workload', config: { ...f.machine, cpus: threads } });
         if (!o.ok) return { verdict: o, blame: null };
