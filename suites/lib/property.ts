@@ -37,9 +37,16 @@ export interface Difference {
    * runner runs the case once more before it counts as failed (runner.ts runCases).
    */
   readonly timing?: boolean;
+  /**
+   * With `timing`: the host itself kept the case's vCPUs (or the QEMU thread that drives the
+   * timer) from running for longer than the bound at once, measured during the case, in words.
+   * Such a failure says nothing about the system under test either way: a re-run that fails so
+   * is run again after a pause (runner.ts runCases), and only one on a quiet host confirms.
+   */
+  readonly noisyHost?: string;
 }
 
-export function difference(summary: string, expected: unknown, observed: unknown, extras: { evidence?: unknown; witness?: unknown; timing?: boolean } = {}): Difference {
+export function difference(summary: string, expected: unknown, observed: unknown, extras: { evidence?: unknown; witness?: unknown; timing?: boolean; noisyHost?: string } = {}): Difference {
   return {
     summary,
     expected,
@@ -47,6 +54,7 @@ export function difference(summary: string, expected: unknown, observed: unknown
     ...(extras.evidence === undefined ? {} : { evidence: extras.evidence }),
     ...(extras.witness === undefined ? {} : { witness: extras.witness }),
     ...(extras.timing ? { timing: true } : {}),
+    ...(extras.timing && extras.noisyHost ? { noisyHost: extras.noisyHost } : {}),
   };
 }
 
@@ -120,6 +128,8 @@ export interface PropertyDef<W, F, O> {
    * mutant's shrunk case passed 5 replays of 5).
    */
   readonly confirmShrinks?: number;
+  /** The pause before re-running a timing failure on a noisy host (runner.ts NOISY_PAUSE_MS; tests shorten it). */
+  readonly noisyPauseMs?: number;
   /**
    * The case as self-checking programs (ReproPlan), or null when this case's verdict needs the
    * harness (timing, QMP). Absent: the property has no repro support.

@@ -106,3 +106,41 @@ describe('confirmShrinks', () => {
     expect(strict.reason).toBe('n = 20');
   });
 });
+
+describe('a timing failure must show again on a quiet host', () => {
+  // Every case n >= 500 fails a timing bound. `noisyRuns` of its re-runs see a noisy host (and fail
+  // so); what comes after them is `then`: a pass (it was the host) or a failure on a quiet host.
+  const make = (noisyRuns: number, then: 'pass' | 'fail') => {
+    const runsOf = new Map<number, number>();
+    return defineProperty({
+      id: 'toy.timing',
+      family: 'toy',
+      statement: 'n stays below 500, in time',
+      facts: async () => null,
+      arbitrary: () => fc.integer({ min: 0, max: 1000 }),
+      observe: async (n: number) => {
+        const k = (runsOf.get(n) ?? 0) + 1;
+        runsOf.set(n, k);
+        const noisy = n >= 500 && k >= 2 && k <= 1 + noisyRuns;
+        return { ok: true as const, value: { n, fails: n >= 500 && (k === 1 || noisy || then === 'fail'), noisy } };
+      },
+      rules: [
+        rule('in time', function* (o: { n: number; fails: boolean; noisy: boolean }) {
+          if (o.fails) yield difference(`n = ${o.n} late`, '< 500', o.n, { timing: true, ...(o.noisy ? { noisyHost: 'the host kept vCPU 0 from running' } : {}) });
+        }),
+      ],
+      confirmShrinks: 2,
+      noisyPauseMs: 1,
+    });
+  };
+  it('re-runs a failure while its re-runs see a noisy host; one that then passes does not count', async () => {
+    const r = await runProperty(make(2, 'pass'), base({ seed: 7, runs: 30 }));
+    expect(r.status).toBe('pass');
+    expect(r.measurements?.timingRerunOnNoisyHost?.length).toBeGreaterThanOrEqual(2);
+    expect(r.metrics.timingFailuresNotConfirmed).toBeGreaterThan(0);
+  });
+  it('one that fails again on a quiet host counts, and so does a host noisy on every re-run', async () => {
+    expect((await runProperty(make(1, 'fail'), base({ seed: 7, runs: 30 }))).status).toBe('fail');
+    expect((await runProperty(make(100, 'pass'), base({ seed: 7, runs: 30 }))).status).toBe('fail');
+  });
+});

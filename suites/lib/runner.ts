@@ -87,6 +87,10 @@ function describeError(e: unknown): string {
   return String(e);
 }
 
+/** How often a timing failure on a noisy host is re-run, and the pause before each (runCases). */
+export const NOISY_RERUNS = 4;
+export const NOISY_PAUSE_MS = 3000;
+
 export function replayCommand(file: string): string {
   return `npx kvmprop replay ${file}`;
 }
@@ -125,7 +129,17 @@ async function runCases(def: AnyProperty, facts: unknown, env: PropertyEnv, waiv
     // case: a burst of host load (a compiler on the other core: an RTC 6 ms late over 19 ticks,
     // seed 803) passes, a late injection or a lost tick of KVM's does not. Counted either way.
     if (f && !failedOnce && f.difference.timing && (def.confirmShrinks ?? 1) > 1) {
-      const again = await checkCase(def, c, facts, env, waiver);
+      let again = await checkCase(def, c, facts, env, waiver);
+      // A re-run that fails while the host kept the vCPUs from running longer than the bound
+      // (Difference.noisyHost) confirms nothing: seed 1013 of timers.rtc.periodic failed twice in a
+      // row with a vCPU descheduled 6.5 ms at once and steal gaps of 22-40 ms in the cases around
+      // it, and five replays a few minutes later passed. Wait for the burst to pass and run again;
+      // a host noisy every time still fails, as does a system that is late on a quiet one.
+      for (let i = 0; again?.difference.timing && again.difference.noisyHost && i < NOISY_RERUNS; i++) {
+        env.metrics.sample('timingRerunOnNoisyHost', 1, { rule: again.rule, why: again.difference.noisyHost });
+        await new Promise((r) => setTimeout(r, def.noisyPauseMs ?? NOISY_PAUSE_MS));
+        again = await checkCase(def, c, facts, env, waiver);
+      }
       env.metrics.sample('timingFailureConfirmed', again ? 1 : 0, { rule: f.rule });
       if (!again) env.metrics.add('timingFailuresNotConfirmed');
       f = again;

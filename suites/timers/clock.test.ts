@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { defaultOptions } from '../lib/options.js';
 import type { PropertyEnv } from '../lib/property.js';
 import { INTERRUPT_COST_FACTOR, INTERRUPT_COST_SAMPLES, interruptCostFrom, latenessBoundNs, minPeriodicNsFor, pitImplOf, quantile, vcpuLimitOf } from './clock.js';
-import { attributeRootCauses, latenessOf } from './timerProperty.js';
+import { attributeRootCauses, latenessOf, noisyHostOf, type TimerCaseResult } from './timerProperty.js';
 import type { TimerDifference } from '../../models/timers/common.js';
 
 const env = (o: Parameters<typeof defaultOptions>[0]) => ({ options: defaultOptions(o) }) as unknown as PropertyEnv;
@@ -48,6 +48,17 @@ describe('interrupt cost and the shortest periodic period', () => {
     expect(minPeriodicNsFor(210_000, 200_000)).toBe(840_000);
     expect(minPeriodicNsFor(undefined, 200_000)).toBe(0);
     expect(minPeriodicNsFor(10_000, 0)).toBe(40_000);
+  });
+});
+
+describe('a noisy host', () => {
+  const result = (thread: number, hostWaitUs: number) => ({ thread, hostWaitUs }) as unknown as TimerCaseResult;
+  it('is one that stalled the case longer than the lateness bound at once, named by the vCPU', () => {
+    expect(noisyHostOf({ latenessBoundUs: 1821, results: [result(0, 300), result(1, 900)] })).toBeUndefined();
+    expect(noisyHostOf({ latenessBoundUs: 1821, results: [result(0, 300), result(1, 6552)] })).toBe(
+      'the host kept vCPU 1 (or a thread the timer needs, or its own CPUs) from running for 6552 µs at once during the case, over the 1821 µs bound',
+    );
+    expect(noisyHostOf({ latenessBoundUs: 1821, results: [] })).toBeUndefined();
   });
 });
 

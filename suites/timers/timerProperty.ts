@@ -122,7 +122,12 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
           if (!rs.includes(d.rule)) continue;
           const where = r.thread < 0 ? (spec.subject ?? sourceName(r.source)) : `${spec.subject ?? sourceName(r.source)} on vCPU ${r.thread}`;
           const found = asDifference(d, where, { commands: o.ran, timeline: r.timeline.events.map(describeEvent), interrupts: r.judgement.observed.map((x) => `0x${x.tsc.toString(16)} v${x.vector}`) }, o.saved);
-          yield decidedByBound(d) ? { ...found, timing: true } : found;
+          if (!decidedByBound(d)) {
+            yield found;
+            continue;
+          }
+          const noisy = noisyHostOf(o);
+          yield { ...found, timing: true, ...(noisy ? { noisyHost: noisy } : {}) };
         }
       }
     }),
@@ -146,7 +151,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
           `${sourceName(r.source)} on vCPU ${r.thread}: p${LATENESS_QUANTILE * 100} lateness ${q.toFixed(0)} µs over ${us.length} interrupts exceeds the bound ${bound.toFixed(0)} µs (${o.latenessSource}; each sample net of the steal time before it${r.workerWaitUs > 0 ? `; + ${r.workerWaitUs.toFixed(0)} µs the host kept ${r.worker} waiting` : ''}${r.hostStealUs > 0 ? `; + ${r.hostStealUs.toFixed(0)} µs the host's own hypervisor took its CPUs` : ''}); worst ${worst.us.toFixed(0)} µs (${JSON.stringify(worst.labels)})`,
           { quantile: LATENESS_QUANTILE, boundUs: bound, maxStealGapUs: r.hostWaitUs, hostStealUs: r.hostStealUs },
           { quantileUs: q, samplesUs: us.map((x) => Math.round(x)) },
-          { evidence: { commands: o.ran }, witness: o.saved, timing: true },
+          { evidence: { commands: o.ran }, witness: o.saved, timing: true, ...(noisyHostOf(o) ? { noisyHost: noisyHostOf(o)! } : {}) },
         );
       }
     }
@@ -232,6 +237,19 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     },
     rules: [...judgeRules, ...(spec.latenessRule ? [latenessRule] : []), logRule],
   });
+}
+
+/**
+ * Whether the host itself disturbed the case by more than the lateness bound at once (its longest
+ * stall of a vCPU, of the QEMU or KVM thread that drives the timer, or of its own CPUs: a
+ * result's hostWaitUs), in words; undefined on a quiet host. A timing failure on a noisy host is
+ * re-run (Difference.noisyHost). An injected pause (QMP stop/cont) or a KVM that holds an
+ * injection back disturbs none of these.
+ */
+export function noisyHostOf(o: Pick<TimerObservation, 'results' | 'latenessBoundUs'>): string | undefined {
+  const worst = o.results.reduce<TimerCaseResult | null>((a, r) => (!a || r.hostWaitUs > a.hostWaitUs ? r : a), null);
+  if (!worst || worst.hostWaitUs <= o.latenessBoundUs) return undefined;
+  return `the host kept ${worst.thread < 0 ? 'a vCPU' : `vCPU ${worst.thread}`} (or a thread the timer needs, or its own CPUs) from running for ${worst.hostWaitUs.toFixed(0)} µs at once during the case, over the ${o.latenessBoundUs.toFixed(0)} µs bound`;
 }
 
 /**
