@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { encodeProgram } from '../harness/bytecode.js';
 import { isVectorWriter, layoutProblems, writerBytes, type WriterKind } from '../models/migration/dirty.js';
-import { ARENA_BASE, hopVia, layoutWorkload, migrationCaseArb, migrationProgram, PAGE, workingSetPages, writersFor, writersNotGenerated } from './migration.js';
+import { ARENA_BASE, hopVia, layoutWorkload, migrationCaseArb, migrationProgram, MSR_KVM_PV_EOI_EN, PAGE, pvEoiOf, workingSetPages, writersFor, writersNotGenerated } from './migration.js';
 
 const lim = { ramMiB: [64, 128, 1024], maxCpus: 2 as const, dirtyRing: true, postcopy: true, kvmclock: true, tscDeadline: true };
 const TSC_HZ = 2e9;
@@ -85,6 +85,23 @@ describe('migration cases', () => {
     expect(writersNotGenerated({ avx: true, avx512: false })).toEqual([{ what: "dirtyWrite writer 'avx512' (VMOVDQU64 zmm)", why: "the vCPU's CPUID has no AVX512F" }]);
     expect(writersNotGenerated({ avx: false }).map((n) => n.why)).toEqual(["the vCPU's CPUID has no XSAVE or no AVX", "the vCPU's CPUID has no XSAVE or no AVX"]);
     expect(writersNotGenerated({ avx: true, avx512: true })).toEqual([]);
+  });
+
+  it('enable PV EOI on every vCPU, at its own flag, only where the vCPU offers it and the case asks', () => {
+    const pvEoiWrites = (c: Parameters<typeof layoutWorkload>[0]) => {
+      const p = migrationProgram(c, layoutWorkload(c).workload, TSC_HZ);
+      return p.threads.map((ops) => ops.filter((o) => o.op === 'wrmsr' && o.msr === MSR_KVM_PV_EOI_EN).map((o) => (o as { value: bigint }).value));
+    };
+    let on = 0;
+    for (const c of fc.sample(migrationCaseArb({ ...lim, pvEoi: true }), { seed: 4, numRuns: 60 })) {
+      const writes = pvEoiWrites(c);
+      if (c.pvEoi) on++;
+      // bit 0 enables; the flag is 4-byte aligned (msr.rst), one per vCPU.
+      writes.forEach((w, t) => expect(w).toEqual(c.pvEoi ? [BigInt(pvEoiOf(t)) | 1n] : []));
+    }
+    expect(on).toBeGreaterThan(10);
+    expect(pvEoiOf(1) % 4).toBe(0);
+    expect(fc.sample(migrationCaseArb(lim), { seed: 4, numRuns: 60 }).some((c) => c.pvEoi)).toBe(false);
   });
 
   it("lay the next region past a vector store's whole span, and count the page it reaches into", () => {

@@ -100,6 +100,13 @@ export interface MigrationCase {
    * cases saved before it existed: off.
    */
   readonly stealTime?: boolean;
+  /**
+   * Every vCPU enables PV EOI (MSR_KVM_PV_EOI_EN, Linux Documentation/virt/kvm/x86/msr.rst): a
+   * flag in guest RAM that KVM itself sets when it injects an interrupt (the deadline's, the
+   * PIT's) and clears after: another page only KVM writes, which dirty tracking must send.
+   * Absent in cases saved before it existed: off.
+   */
+  readonly pvEoi?: boolean;
   /** vCPU 0 arms a TSC deadline this far ahead before the migration (it may fall before, during or after it). */
   readonly deadlineMs: number | null;
   /**
@@ -131,6 +138,8 @@ export interface CaseLimits {
   readonly postcopy: boolean;
   /** kvmclock exists (KVM). */
   readonly kvmclock: boolean;
+  /** The vCPU's KVM leaf offers PV EOI (QEMU's kvm-pv-eoi). Absent: no PV EOI cases. */
+  readonly pvEoi?: boolean;
   readonly tscDeadline: boolean;
   /** The machine has an 8254 PIT on IRQ0 and an IOAPIC (microvm's defaults). Absent: no PIT cases. */
   readonly pit?: boolean;
@@ -214,6 +223,7 @@ export function migrationCaseArb(lim: CaseLimits): fc.Arbitrary<MigrationCase> {
     threads: fc.array(threadArb, { minLength: 2, maxLength: 2 }),
     kvmclock: lim.kvmclock ? fc.boolean() : fc.constant(false),
     stealTime: lim.kvmclock ? fc.boolean() : fc.constant(false),
+    pvEoi: lim.pvEoi ? fc.boolean() : fc.constant(false),
     deadlineMs: lim.tscDeadline ? fc.option(fc.integer({ min: 1, max: 800 }), { freq: 3 }) : fc.constant(null),
     maskedForMs: fc.option(fc.integer({ min: 1, max: 1500 }), { freq: 2 }),
     pitOneShotMs: lim.pit ? fc.option(fc.integer({ min: 1, max: PIT_ONE_SHOT_MAX_MS }), { freq: 3 }) : fc.constant(null),
@@ -335,6 +345,14 @@ export function stealTimeOf(t: number): number {
   return LAYOUT.stealTime + t * LAYOUT.stealTimeStride;
 }
 
+/** MSR_KVM_PV_EOI_EN (msr.rst): bit 0 enables, bits 63:2 the flag's guest-physical address. */
+export const MSR_KVM_PV_EOI_EN = 0x4b56_4d04;
+
+/** The guest-physical address of vCPU t's PV EOI flag (harness/guest/abi.ts LAYOUT.pvEoi). */
+export function pvEoiOf(t: number): number {
+  return LAYOUT.pvEoi + t * LAYOUT.pvEoiStride;
+}
+
 /** The guest-physical address of vCPU t's kvmclock area (harness/guest/abi.ts LAYOUT.pvclock). */
 export function pvclockOf(t: number): number {
   return LAYOUT.pvclock + t * LAYOUT.pvclockStride;
@@ -355,6 +373,7 @@ function preludeOf(c: MigrationCase, sentinels: readonly number[], t: number, ts
     });
   }
   if (c.kvmclock) ops.push({ op: 'wrmsr', msr: MSR_KVM_SYSTEM_TIME_NEW, value: BigInt(pvclockOf(t)) | 1n });
+  if (c.pvEoi) ops.push({ op: 'wrmsr', msr: MSR_KVM_PV_EOI_EN, value: BigInt(pvEoiOf(t)) | 1n });
   ops.push({ op: 'fillXmm', seed: xmmSeed(t) });
   const pitMs = c.pitOneShotMs ?? null;
   if (t !== 0 || (c.deadlineMs === null && pitMs === null)) return [...ops, { op: 'mark', value: LOOPING_MARK }];

@@ -52,6 +52,14 @@ export const LAYOUT = {
    */
   stealTime: 0x0069_0000,
   stealTimeStride: 64,
+  /**
+   * Per-vCPU PV EOI flags (4 bytes, 4-byte aligned) where a program enables them (the migration
+   * family): MSR_KVM_PV_EOI_EN of vCPU i points at pvEoi + i * pvEoiStride. KVM writes the flag
+   * when it injects an interrupt and clears it at the guest's next exit; the guest's own EOI stays
+   * the APIC write (msr.rst: a guest that leaves the flag set has done no PV EOI).
+   */
+  pvEoi: 0x0069_8000,
+  pvEoiStride: 64,
   /** Host → guest program (header + per-thread bytecode), loaded with -device loader. */
   program: 0x0080_0000,
   programMax: 0x0040_0000,

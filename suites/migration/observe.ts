@@ -2,8 +2,9 @@
  * One migration case, observed: boot the dirtying workload on a source, migrate it (after a
  * cancelled attempt that cannot converge, when the case asks), and at each switchover, with the
  * source stopped at completion and the destination loaded but not resumed, take both sides' RAM
- * and vCPU/device state; then resume the destination, let it run, stop it, and read back what the
- * workload wrote; for ping-pong, move it on once more. Everything a rule needs is in the
+ * and vCPU/device state; then (unless the property judges nothing after it: ObserveOptions.resume)
+ * resume the destination, let it run, stop it, and read back what the workload wrote; for
+ * ping-pong, move it on once more. Everything a rule needs is in the
  * observation; rules (properties.ts) only compare.
  *
  * Four verbs per hop, as in KVM's selftests (vcpu_save_state → release → recreate →
@@ -43,6 +44,8 @@ export interface MigrationFacts {
   readonly avx512?: boolean;
   /** The host's free 2 MiB huge pages, in MiB (/proc/meminfo): whether hugetlbfs RAM can be generated. */
   readonly hugePagesFreeMiB?: number;
+  /** The vCPU offers PV EOI (KVM, QEMU's kvm-pv-eoi): cases may enable it. Absent: none. */
+  readonly pvEoi?: boolean;
 }
 
 /**
@@ -203,6 +206,7 @@ export interface Hop {
   readonly stateEvidence?: { readonly source: Readonly<Record<string, string>>; readonly destination: Readonly<Record<string, string>> };
   /** Each thread's ops_done on the source at its switchover, and on the destination before it runs. */
   readonly progress: { readonly source: readonly number[]; readonly destination: readonly number[] } | null;
+  /** What the resumed destination did; null when the hop failed or was not resumed (ObserveOptions.resume). */
   readonly resumed: {
     /** Every thread of the destination moved past where the source stopped. */
     readonly ran: boolean;
@@ -329,6 +333,13 @@ export interface ObserveOptions {
    * value), so only the switchover property, whose rules are all judged before the resume, asks.
    */
   readonly streamOracle?: boolean;
+  /**
+   * Resume the last hop's destination and read what it did (runs on, stops, the arena, time, the
+   * vector registers). Default true. The switchover property judges everything before the resume
+   * and says false: the resume and its reads are a third of a small case's time (bench/), and a
+   * hop that another follows (ping-pong) is resumed whatever this says, as the next hop needs it.
+   */
+  readonly resume?: boolean;
 }
 
 export async function observeMigration(c: MigrationCase, facts: MigrationFacts, env: PropertyEnv, o: ObserveOptions = {}): Promise<Observation<MigrationObservation>> {
@@ -353,7 +364,7 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
   const intercept = interceptFor?.(workload);
   env.metrics.add('migrationCases');
   env.metrics.add(`migration.ram.${ramBackend}`);
-  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.deadlineMs !== null && c.maskedForMs !== null, pitOneShot: c.pitOneShotMs != null, maskedPit: c.pitOneShotMs != null && c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512'), scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
+  for (const [k, on] of Object.entries({ viaFile: [0, ...(c.pingPong ? [1] : [])].some((i) => hopVia(c, i) === 'file'), multifd: !!c.stream.multifdChannels, xbzrle: !!c.stream.xbzrleCacheMiB, autoConverge: c.stream.autoConverge, postcopy: !!c.stream.postcopy, dirtyRing: c.tracking.kind === 'ring', cancelRetry: c.cancelFirst, pingPong: c.pingPong, twoVcpus: c.cpus === 2, deadline: c.deadlineMs !== null, maskedDeadline: c.deadlineMs !== null && c.maskedForMs !== null, pitOneShot: c.pitOneShotMs != null, maskedPit: c.pitOneShotMs != null && c.maskedForMs !== null, kvmclock: c.kvmclock, stealTime: c.stealTime === true, pvEoi: c.pvEoi === true, avxWriter: workload.regions.some((r) => r.writer === 'avx'), avx512Writer: workload.regions.some((r) => r.writer === 'avx512'), scattered: workload.regions.some((r) => (r.step ?? 1) !== 1) })) {
     if (on) env.metrics.add(`migration.${k}`);
   }
   for (const w of new Set(workload.regions.map((r) => r.writer))) env.metrics.add(`migration.writer.${w}`);
@@ -388,7 +399,9 @@ export async function observeMigration(c: MigrationCase, facts: MigrationFacts, 
         const hops: Hop[] = [];
         const route = c.pingPong ? [['a', 'b'], ['b', 'c']] : [['a', 'b']];
         for (const [i, [from, to]] of (route as [string, string][]).entries()) {
-          const hop = await migrateHop(vms[from]!, vms[to]!, { c, via: hopVia(c, i), streamOracle: o.streamOracle === true, workload, program, tscHz: facts.tscHz, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
+          const last = i === route.length - 1;
+          const resume = !last || o.resume !== false;
+          const hop = await migrateHop(vms[from]!, vms[to]!, { c, via: hopVia(c, i), streamOracle: o.streamOracle === true, resume, workload, program, tscHz: facts.tscHz, nthreads, prediction, env, ...(intercept ? { intercept } : {}) });
           hops.push(hop);
           if (!hop.resumed) break;
         }
@@ -409,7 +422,7 @@ async function untilRunning(vm: VmHandle): Promise<void> {
 async function migrateHop(
   src: VmHandle,
   dst: VmHandle,
-  x: { c: MigrationCase; via: HopVia; streamOracle: boolean; workload: DirtyWorkload; program: Program; tscHz: number; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
+  x: { c: MigrationCase; via: HopVia; streamOracle: boolean; resume: boolean; workload: DirtyWorkload; program: Program; tscHz: number; nthreads: number; prediction: Convergence; env: PropertyEnv; intercept?: MigrateOptions['intercept'] },
 ): Promise<Hop> {
   const { c, workload, nthreads, prediction, env, via } = x;
   const base = { from: src.name, to: dst.name, via, prediction };
@@ -455,6 +468,8 @@ async function migrateHop(
   const progress = { source: await opsDone(src, nthreads), destination: await opsDone(dst, nthreads) };
   const stream = via === 'file' && x.streamOracle ? await streamOracle(dst) : null;
   if (stream && !stream.error) env.metrics.add('migration.streamsCompared');
+  const atSwitchover = { ...base, info, error: null, gaveUp: false, ram, state, stream, ...(state.length ? { stateEvidence: { source: sa.raw, destination: sb.raw } } : {}), progress };
+  if (!x.resume) return { ...atSwitchover, resumed: null };
   // Resume the destination: it must run on from there, and stop when told.
   await dst.cont();
   await sleep(c.runAfterMs);
@@ -488,15 +503,7 @@ async function migrateHop(
     }).filter((v) => v.observed !== v.expected),
   ).flat();
   return {
-    ...base,
-    info,
-    error: null,
-    gaveUp: false,
-    ram,
-    state,
-    stream,
-    ...(state.length ? { stateEvidence: { source: sa.raw, destination: sb.raw } } : {}),
-    progress,
+    ...atSwitchover,
     resumed: {
       ran: ranWhy === null,
       ranWhy,

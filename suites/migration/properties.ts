@@ -29,7 +29,10 @@ async function facts(env: PropertyEnv): Promise<MigrationFacts> {
   const has = (prop: string, leaf: number, reg: 'ebx' | 'ecx', bit: number) => m.cpu.props[prop] === true && ((filteredBits(m.filteredFeatures, leaf, 0, reg) >>> bit) & 1) === 0;
   const avx = has('xsave', 1, 'ecx', 26) && has('avx', 1, 'ecx', 28);
   // Only the delays between passes use the rate (a dirty rate, not a measurement): a rough one will do.
-  return { tscHz: khz ? khz * 1000 : 2e9, avx, avx512: avx && has('avx512f', 7, 'ebx', 16), hugePagesFreeMiB: hugePagesFreeMiB() };
+  // PV EOI where QEMU gives the vCPU KVM's feature bit (kvm-pv-eoi; on by default under KVM) and
+  // KVM has the LAPIC (the flag is its lapic.c's: kvm_lapic_set_pv_eoi).
+  const pvEoi = env.options.accel === 'kvm' && env.options.kernelIrqchip !== 'off' && m.cpu.props['kvm-pv-eoi'] !== false;
+  return { tscHz: khz ? khz * 1000 : 2e9, avx, avx512: avx && has('avx512f', 7, 'ebx', 16), hugePagesFreeMiB: hugePagesFreeMiB(), pvEoi };
 }
 
 function hugePagesFreeMiB(): number {
@@ -67,6 +70,7 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
     // Postcopy needs guest RAM that userfaultfd can track: a tmpfs file (harness/runtime.ts).
     postcopy: runRootFilesystem() === 'tmpfs',
     kvmclock: env.options.accel === 'kvm',
+    pvEoi: f.pvEoi === true,
     tscDeadline: env.options.accel === 'tcg' || env.host.kvm.tscDeadline === true,
     // Every machine we run (microvm, pc, q35) has an 8254 on IRQ0 and an IOAPIC.
     pit: true,
@@ -76,10 +80,11 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
   });
 }
 
+/** The switchover property (streamOracle) judges everything before the resume, so it does not resume the last hop. */
 function observer(streamOracle: boolean) {
   return (c: MigrationCase, f: MigrationFacts, env: PropertyEnv) => {
     const m = env.mutant?.migrationIntercept;
-    return observeMigration(c, f, env, { streamOracle, ...(m ? { interceptFor: (w) => m({ pages: w.sentinels, magic: w.magic }) } : {}) });
+    return observeMigration(c, f, env, { streamOracle, resume: !streamOracle, ...(m ? { interceptFor: (w) => m({ pages: w.sentinels, magic: w.magic }) } : {}) });
   };
 }
 
@@ -213,7 +218,11 @@ function migrationProperty(id: string, statement: string, rules: readonly Rule<M
     statement,
     facts,
     arbitrary,
-    notGenerated: (f) => [...writersNotGenerated({ avx: f.avx === true, avx512: f.avx512 === true }), ...ramBackendsFor(f.hugePagesFreeMiB ?? 0, Math.min(...RAM_SIZES)).notGenerated],
+    notGenerated: (f) => [
+      ...writersNotGenerated({ avx: f.avx === true, avx512: f.avx512 === true }),
+      ...ramBackendsFor(f.hugePagesFreeMiB ?? 0, Math.min(...RAM_SIZES)).notGenerated,
+      ...(f.pvEoi ? [] : [{ what: 'PV EOI (MSR_KVM_PV_EOI_EN)', why: "the vCPU does not offer it (not KVM, or QEMU's kvm-pv-eoi is off)" }]),
+    ],
     observe: observer(streamOracle),
     rules,
   });
