@@ -619,13 +619,14 @@ export async function compareRamFiles(pathA: string | RamSource, pathB: string |
 
 /**
  * Read the same range of several RAM files chunk by chunk (a short file reads as zeroes), the
- * next chunk's reads in flight while `fn` looks at this one. The buffers (two sets) are reused,
- * and small enough to stay in cache while they are compared: a fresh 1 MiB buffer per read ran at
- * 0.4 GiB/s here, reused 256 KiB ones at over 2 GiB/s. `fn` must be done with a chunk when it
- * returns.
+ * next chunk's reads in flight while `fn` looks at this one. The buffers (two sets) are reused:
+ * a fresh 1 MiB buffer per read ran at 0.4 GiB/s on the Intel host, reused 256 KiB ones at over
+ * 2 GiB/s; reused 1 MiB ones, a quarter of the reads, at 3.6-5.4 GiB/s over 1 GiB on the AMD host
+ * (256 KiB: 2.8-3.8 there), which took the 64 MiB bench case's ratio from 1.32 to 1.23-1.25.
+ * `fn` must be done with a chunk when it returns.
  */
 async function forEachRamChunk(sources: readonly (string | RamSource)[], range: { addr: number; len: number }, fn: (chunks: Buffer[], at: number) => void): Promise<void> {
-  const CHUNK = 256 << 10;
+  const CHUNK = 1 << 20;
   const paths = sources.map((s) => (typeof s === 'string' ? { path: s, base: 0, len: Infinity } : s));
   const files = await Promise.all(paths.map((p) => open(p.path, 'r')));
   const sets = [paths.map(() => Buffer.allocUnsafe(CHUNK)), paths.map(() => Buffer.allocUnsafe(CHUNK))];
