@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { defaultOptions } from '../lib/options.js';
 import type { PropertyEnv } from '../lib/property.js';
 import { INTERRUPT_COST_FACTOR, INTERRUPT_COST_SAMPLES, interruptCostFrom, latenessBoundNs, minPeriodicNsFor, pitImplOf, quantile, vcpuLimitOf } from './clock.js';
-import { attributeRootCauses, latenessOf, noisyHostOf, type TimerCaseResult } from './timerProperty.js';
+import { attributeRootCauses, caseKinds, latenessOf, noisyHostOf, type TimerCaseResult } from './timerProperty.js';
 import type { TimerDifference } from '../../models/timers/common.js';
 
 const env = (o: Parameters<typeof defaultOptions>[0]) => ({ options: defaultOptions(o) }) as unknown as PropertyEnv;
@@ -48,6 +48,52 @@ describe('interrupt cost and the shortest periodic period', () => {
     expect(minPeriodicNsFor(210_000, 200_000)).toBe(840_000);
     expect(minPeriodicNsFor(undefined, 200_000)).toBe(0);
     expect(minPeriodicNsFor(10_000, 0)).toBe(40_000);
+  });
+});
+
+describe('the kinds of a case', () => {
+  it('names each LAPIC mode, TDCR write, stop, mask, deadline, RTC rate and PIT mode once', () => {
+    expect(
+      caseKinds([
+        'cpu0 arm periodic ÷4 900us',
+        'cpu1 arm periodic ÷2 300us',
+        'cpu1 LVTT tsc-deadline masked',
+        'cpu0 one-shot ÷8 2000us, at 700us TDCR ÷2, read TMCCT then and 500us later',
+        'cpu0 TDCR ÷16',
+        'cpu0 TMICT 0 (stop)',
+        'cpu1 TSC deadline now-4096',
+        'cpu1 TSC deadline now',
+        'cpu0 TSC deadline now+300us',
+        'cpu0 TSC deadline zero',
+        'cpu1 switch to x2APIC',
+        'RTC rate RS=6 (1024 Hz)',
+        'RTC steady RS=5 (2048 Hz) for 17671us',
+        'PIT steady mode 2, 800us for 20000us',
+        'PIT mode 0, 300us',
+        'PIT reload 500us',
+        'cpu0 read kvmclock ×8',
+        'cpu0 wait 300us',
+      ]),
+    ).toEqual([
+      'kvmclock.reads',
+      'lapic.deadline-ahead',
+      'lapic.deadline-now',
+      'lapic.deadline-past',
+      'lapic.deadline-zero',
+      'lapic.masked',
+      'lapic.one-shot',
+      'lapic.periodic',
+      'lapic.stop',
+      'lapic.tdcr',
+      'lapic.tdcr-mid-count',
+      'lapic.tsc-deadline',
+      'lapic.x2apic',
+      'pit.mode0',
+      'pit.mode2',
+      'pit.reload',
+      'rtc.1024Hz',
+      'rtc.2048Hz',
+    ]);
   });
 });
 

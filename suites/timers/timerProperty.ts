@@ -228,6 +228,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
           for (const s of judgement.samples ?? []) env.metrics.sample(s.series, s.value, s.labels);
         }
         env.metrics.add('timerCases');
+        for (const k of caseKinds(built.ran)) env.metrics.add(`timerCases.${k}`);
         const value: TimerObservation = { results, ...bounds, ran: built.ran, saved: savedCase(built) };
         // No blame: the event a timer difference names (the arming write) comes before the wait in
         // which the interrupt was, or was not, observed; cutting the commands after it would cut
@@ -237,6 +238,33 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     },
     rules: [...judgeRules, ...(spec.latenessRule ? [latenessRule] : []), logRule],
   });
+}
+
+/**
+ * What kinds of timer use a case's commands had, each once (the per-kind case counts a run
+ * reports: metrics timerCases.<kind>): LAPIC modes armed or switched to, mid-count TDCR writes,
+ * stops, masks, deadlines now / zero / in the past, x2APIC; RTC rates; PIT modes; kvmclock reads.
+ */
+export function caseKinds(ran: readonly string[]): string[] {
+  const kinds = new Set<string>();
+  for (const c of ran) {
+    for (const m of c.matchAll(/\b(?:arm|LVTT) (one-shot|periodic|tsc-deadline)\b/g)) kinds.add(`lapic.${m[1]}`);
+    const mid = /^cpu\d (one-shot|periodic) ÷\d+ \d+us, at \d+us TDCR/.exec(c);
+    if (mid) kinds.add(`lapic.${mid[1]}`).add('lapic.tdcr-mid-count');
+    if (/ TDCR ÷\d+$/.test(c)) kinds.add('lapic.tdcr');
+    if (/TMICT 0 \(stop\)/.test(c)) kinds.add('lapic.stop');
+    if (/^cpu\d LVTT .* masked$/.test(c)) kinds.add('lapic.masked');
+    const dl = /TSC deadline (now\+|now-|zero|now$)/.exec(c);
+    if (dl) kinds.add(`lapic.deadline-${dl[1] === 'now+' ? 'ahead' : dl[1] === 'now-' ? 'past' : dl[1] === 'zero' ? 'zero' : 'now'}`);
+    if (/switch to x2APIC/.test(c)) kinds.add('lapic.x2apic');
+    const hz = /^RTC (?:rate|steady) RS=\d+ \((\d+) Hz\)/.exec(c);
+    if (hz) kinds.add(`rtc.${hz[1]}Hz`);
+    const pit = /^PIT (?:steady )?mode (\d)/.exec(c);
+    if (pit) kinds.add(`pit.mode${pit[1]}`);
+    if (/^PIT reload/.test(c)) kinds.add('pit.reload');
+    if (/read kvmclock/.test(c)) kinds.add('kvmclock.reads');
+  }
+  return [...kinds].sort();
 }
 
 /**
