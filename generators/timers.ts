@@ -269,39 +269,43 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
   const durations = timeSpan(50, 3000);
   const writeDeadline = (m: TimerSchedule, b: ProgramBuilder, t: number, relative: 0 | 1, offset: number) =>
     selfStamped(m, b, t, { source: 'lapic', kind: 'tscDeadline', value: offset, mode: relative }, { op: 'wrmsrAt', msr: MSR_TSC_DEADLINE, relative, value: BigInt.asUintN(64, BigInt(offset)) });
+  /**
+   * What a write leaves of vCPU t's LAPIC in the schedule's state: a TDCR write rescales what TMICT
+   * counts to; a switch into or out of TSC-deadline mode disarms (KVM and the SDM §10.5.4.1: TMICT
+   * 0). The setters apply it; periodOk judges it before a command runs.
+   */
+  type Lapic = Pick<ThreadState, 'lvtt' | 'tmictUs' | 'divide'>;
+  const after = (s: Readonly<Lapic>, w: { lvtt?: ThreadState['lvtt']; divide?: number; tmictUs?: number }): Lapic => {
+    let tmictUs = s.tmictUs;
+    if (w.lvtt && (w.lvtt.mode === 'tsc-deadline') !== (s.lvtt.mode === 'tsc-deadline')) tmictUs = 0;
+    if (w.divide !== undefined) tmictUs = (tmictUs * w.divide) / s.divide;
+    if (w.tmictUs !== undefined) tmictUs = w.tmictUs;
+    return { lvtt: w.lvtt ?? s.lvtt, divide: w.divide ?? s.divide, tmictUs };
+  };
+  const apply = (m: TimerSchedule, t: number, w: Parameters<typeof after>[1]) => Object.assign(m.threads[t]!, after(m.threads[t]!, w));
   const setDivide = (m: TimerSchedule, b: ProgramBuilder, t: number, log2: number) => {
-    const s = m.threads[t]!;
-    s.tmictUs = (s.tmictUs * (1 << log2)) / s.divide;
-    s.divide = 1 << log2;
+    apply(m, t, { divide: 1 << log2 });
     apicWrite(m, b, t, 'tdcr', APIC_TDCR, TDCR_BY_DIVIDE[log2]!);
   };
   const setLvtt = (m: TimerSchedule, b: ProgramBuilder, t: number, mode: keyof typeof LVTT_MODE_BITS, masked: boolean) => {
-    const s = m.threads[t]!;
-    // KVM and the SDM (§10.5.4.1): a switch into or out of TSC-deadline mode disarms (TMICT 0).
-    if ((mode === 'tsc-deadline') !== (s.lvtt.mode === 'tsc-deadline')) s.tmictUs = 0;
-    s.lvtt = { mode, masked };
+    apply(m, t, { lvtt: { mode, masked } });
     apicWrite(m, b, t, 'lvtt', APIC_LVTT, lvttValue(mode, masked));
   };
   const setTmict = (m: TimerSchedule, b: ProgramBuilder, t: number, us: number) => {
-    m.threads[t]!.tmictUs = us;
+    apply(m, t, { tmictUs: us });
     apicWrite(m, b, t, 'tmict', APIC_TMICT, tmictFor(m, t, us));
   };
   /**
-   * Whether vCPU t's LAPIC, with `next` applied, keeps any unmasked periodic count (the last TMICT
-   * at the divide in force, KVM's floor counted) at or above lim.minPeriodicUs. Counted whether or
+   * Whether vCPU t's LAPIC, after write `w`, keeps any unmasked periodic count (the last TMICT at
+   * the divide in force, KVM's floor counted) at or above lim.minPeriodicUs. Counted whether or
    * not the count is still running: a TDCR write restarts an expired one on KVM
    * (kvm-tdcr-write-refires-expired-oneshot).
    */
-  const periodOk = (m: Readonly<TimerSchedule>, t: number, next: { mode?: keyof typeof LVTT_MODE_BITS; masked?: boolean; tmictUs?: number; divide?: number }) => {
+  const periodOk = (m: Readonly<TimerSchedule>, t: number, w: Parameters<typeof after>[1]) => {
     const min = lim.minPeriodicUs ?? 0;
     if (min <= 0) return true;
-    const s = m.threads[t]!;
-    const mode = next.mode ?? s.lvtt.mode;
-    const masked = next.masked ?? s.lvtt.masked;
-    let us = next.tmictUs ?? s.tmictUs;
-    if (next.divide !== undefined && next.tmictUs === undefined) us = (us * next.divide) / s.divide;
-    if (next.mode !== undefined && next.tmictUs === undefined && (next.mode === 'tsc-deadline') !== (s.lvtt.mode === 'tsc-deadline')) us = 0;
-    return mode !== 'periodic' || masked || us === 0 || Math.max(us, lim.floorUs ?? 0) >= min;
+    const { lvtt, tmictUs } = after(m.threads[t]!, w);
+    return lvtt.mode !== 'periodic' || lvtt.masked || tmictUs === 0 || Math.max(tmictUs, lim.floorUs ?? 0) >= min;
   };
   const ws: Weighted[] = [
     // Arm: LVTT unmasked in a mode, then the divide and count (or the deadline): the common start.
@@ -315,7 +319,7 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
             setDivide(m, b, t, log2);
             setTmict(m, b, t, us);
           }
-        }, (m) => periodOk(m, t, { mode, masked: false, tmictUs: mode === 'tsc-deadline' ? 0 : us })),
+        }, (m) => periodOk(m, t, { lvtt: { mode, masked: false }, tmictUs: mode === 'tsc-deadline' ? 0 : us })),
       ),
     },
     {
@@ -323,7 +327,7 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
       arbitrary: fc.tuple(threads, fc.constantFrom(...modes), fc.boolean()).map(([t, mode, masked]) =>
         cmd(`cpu${t} LVTT ${mode}${masked ? ' masked' : ''}`, t, (m, b) => {
           setLvtt(m, b, t, mode, masked);
-        }, (m) => periodOk(m, t, { mode, masked })),
+        }, (m) => periodOk(m, t, { lvtt: { mode, masked } })),
       ),
     },
     {
@@ -360,7 +364,7 @@ export function lapicCommands(lim: ScheduleLimits): fc.Arbitrary<ProgramCommand<
             bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0);
             wait(m, b, t, laterUs, lim);
             bracketed(m, b, t, { source: 'lapic', kind: 'readTmcct' }, [{ op: 'apicRead', reg: APIC_TMCCT }], 0);
-          }, (m) => m.threads[t]!.waitedUs + midUs + laterUs <= lim.maxWaitUs && (mode !== 'periodic' || Math.max(Math.min(us, (us * (1 << to2)) / (1 << from)), lim.floorUs ?? 0) >= (lim.minPeriodicUs ?? 0)));
+          }, (m) => m.threads[t]!.waitedUs + midUs + laterUs <= lim.maxWaitUs && periodOk(m, t, { lvtt: { mode, masked: false }, tmictUs: us }) && periodOk(m, t, { lvtt: { mode, masked: false }, tmictUs: (us * (1 << to2)) / (1 << from) }));
         }),
     },
     {
