@@ -267,10 +267,9 @@ export function interruptCostOps(b: ProgramBuilder, tscKhz: number): void {
 
 /** The median cost (ns) from interruptCostOps' rdtsc values, in order: with, without, with, ... */
 export function interruptCostFrom(tscs: readonly bigint[], tscHz: number): number | undefined {
-  const spans = (k: number) => Array.from({ length: INTERRUPT_COST_SAMPLES }, (_, i) => Number(tscs[4 * i + 2 * k + 1]! - tscs[4 * i + 2 * k]!));
   if (tscs.length < 4 * INTERRUPT_COST_SAMPLES) return undefined;
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-  return Math.max(0, Math.round(((med(spans(0)) - med(spans(1))) * 1e9) / tscHz));
+  const median = (k: number) => quantile(Array.from({ length: INTERRUPT_COST_SAMPLES }, (_, i) => Number(tscs[4 * i + 2 * k + 1]! - tscs[4 * i + 2 * k]!)), 0.5)!;
+  return Math.max(0, Math.round(((median(0) - median(1)) * 1e9) / tscHz));
 }
 
 /** TimerFacts.minPeriodicNs: INTERRUPT_COST_FACTOR costs where that is longer than KVM's floor, else 0. */

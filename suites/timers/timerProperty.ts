@@ -117,6 +117,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
   });
   const judgeRules = spec.rules.map(([name, rs]) =>
     rule<TimerObservation>(name, function* (o) {
+      const noisy = noisyHostOf(o);
       for (const r of o.results) {
         for (const d of r.judgement.differences) {
           if (!rs.includes(d.rule)) continue;
@@ -126,7 +127,6 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
             yield found;
             continue;
           }
-          const noisy = noisyHostOf(o);
           yield { ...found, timing: true, ...(noisy ? { noisyHost: noisy } : {}) };
         }
       }
@@ -140,6 +140,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     }
   });
   const latenessRule = rule<TimerObservation>('bounded lateness', function* (o) {
+    const noisy = noisyHostOf(o);
     for (const r of o.results) {
       const { us, q } = latenessQuantile(r.judgement);
       // The samples are already net of each delivery's steal gap (latenessOf's excuse); a worker
@@ -151,7 +152,7 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
           `${sourceName(r.source)} on vCPU ${r.thread}: p${LATENESS_QUANTILE * 100} lateness ${q.toFixed(0)} µs over ${us.length} interrupts exceeds the bound ${bound.toFixed(0)} µs (${o.latenessSource}; each sample net of the steal time before it${r.workerWaitUs > 0 ? `; + ${r.workerWaitUs.toFixed(0)} µs the host kept ${r.worker} waiting` : ''}${r.hostStealUs > 0 ? `; + ${r.hostStealUs.toFixed(0)} µs the host's own hypervisor took its CPUs` : ''}); worst ${worst.us.toFixed(0)} µs (${JSON.stringify(worst.labels)})`,
           { quantile: LATENESS_QUANTILE, boundUs: bound, maxStealGapUs: r.hostWaitUs, hostStealUs: r.hostStealUs },
           { quantileUs: q, samplesUs: us.map((x) => Math.round(x)) },
-          { evidence: { commands: o.ran }, witness: o.saved, timing: true, ...(noisyHostOf(o) ? { noisyHost: noisyHostOf(o)! } : {}) },
+          { evidence: { commands: o.ran }, witness: o.saved, timing: true, ...(noisy ? { noisyHost: noisy } : {}) },
         );
       }
     }
@@ -164,13 +165,16 @@ export function timerProperty(spec: TimerPropertySpec): PropertyDef<CommandsWork
     // Whether an interrupt comes just before or just after its bound is up to the host's noise:
     // a smaller case must fail twice running to become the counterexample.
     confirmShrinks: 2,
-    facts: (env) => timerFacts(env, spec.familyArgs ?? []),
+    facts: async (env) => {
+      const f = await timerFacts(env, spec.familyArgs ?? []);
+      if (f.interruptCostNs !== undefined) env.metrics.sample('timers.interruptCostUs', Math.round(f.interruptCostNs / 100) / 10, { minPeriodicUs: Math.round(f.minPeriodicNs / 1000) });
+      return f;
+    },
     skip: (env) => spec.skip?.(env) ?? null,
     arbitrary: (f, env) => commandsArb(spec.commands(limits(f)), { maxCommands: spec.maxCommands, size: '+1', ...(env.options.replayPath ? { replayPath: env.options.replayPath } : {}) }),
     async observe(w, f, env): Promise<Observation<TimerObservation>> {
       const threads = threadsOf(f);
       if (f.vcpuLimit) env.metrics.sample('timers.vcpus', threads, { reason: f.vcpuLimit.reason });
-      if (f.interruptCostNs !== undefined) env.metrics.sample('timers.interruptCostUs', Math.round(f.interruptCostNs / 100) / 10, { minPeriodicUs: Math.round(f.minPeriodicNs / 1000) });
       return checkCommands<TimerSchedule, Observation<TimerObservation>>(w, () => emptySchedule(threads), { maxThreads: threads, threads }, async (built) => {
         const o = await observeProgram(env, { ...built.program, stealTime: true }, { role: 'workload', config: { ...f.machine, cpus: threads } });
         if (!o.ok) return { verdict: o, blame: null };
