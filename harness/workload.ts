@@ -71,7 +71,7 @@ export async function runWorkload(cfg: MachineConfig, program: Program, opts: Wo
  * A hang in which the vCPU kept taking interrupts, one a millisecond or more often: it was running
  * its interrupt handler, not stuck (watchdog.ts counts them from the thread's irq_total).
  */
-export function interruptBound(o: VmOutcome): boolean {
+export function interruptBound(o: VmOutcome): o is Extract<VmOutcome, { kind: 'hang' }> & { interrupts: number } {
   return o.kind === 'hang' && o.thread >= 0 && (o.interrupts ?? 0) > 0 && (o.stalledMs * 1000) / o.interrupts! <= 1000;
 }
 
@@ -86,7 +86,7 @@ export function describeOutcome(o: VmOutcome): string {
       return o.thread < 0
         ? `the guest hung while booting (no progress for ${o.stalledMs} ms)`
         : interruptBound(o)
-          ? `vCPU ${o.thread} made no progress for ${o.stalledMs} ms while it took ${o.interrupts} interrupts (one every ${Math.round((o.stalledMs * 1000) / o.interrupts!)} µs): interrupt-bound, its handler left the thread no time to run`
+          ? `vCPU ${o.thread} made no progress for ${o.stalledMs} ms while it took ${o.interrupts} interrupts (one every ${Math.round((o.stalledMs * 1000) / o.interrupts)} µs): interrupt-bound, its handler left the thread no time to run`
           : `vCPU ${o.thread} made no progress for ${o.stalledMs} ms (an instruction that never returns, or a halted vCPU${o.interrupts ? `; it took ${o.interrupts} interrupts meanwhile` : ''})`;
     case 'vmm-hang':
       return `QEMU stopped running the guest: every vCPU thread finished its ops, but the guest did not complete within ${o.stalledMs} ms after (QMP query-status ${o.qmpAnswered ? 'still answered' : 'unanswered'})`;

@@ -84,7 +84,7 @@ export async function observeProgram(
   const stuck = o.kind === 'hang' && o.thread >= 0 ? where[o.thread] : where.find((w) => w.state === 1) ?? where[0];
   const at = stuck && o.kind !== 'completed' ? ` while vCPU ${stuck.thread} executed op #${stuck.op} ${stuck.what}` : '';
   // An interrupt-bound vCPU: which vectors it took, most first, so the source of the storm is named.
-  const storm = interruptBound(o) && o.kind === 'hang' ? vectorsTaken(run, o.thread) : [];
+  const storm = interruptBound(o) ? vectorsTaken(run, o.thread) : [];
   const stormWords = storm.length ? `; vectors taken in all: ${storm.slice(0, 3).map((v) => `${v.vector} ×${v.count}`).join(', ')}` : '';
   const summary = o.kind !== 'completed' ? `${describeOutcome(o)}${at}${stormWords}` : problems[0]!;
   return {

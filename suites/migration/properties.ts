@@ -17,7 +17,7 @@ import { runRootFilesystem } from '../../harness/runtime.js';
 import { filteredBits } from '../../models/cpuid/features.js';
 import { factsFor } from '../lib/run.js';
 import { defineProperty, difference, rule, type Difference, type PropertyEnv, type Rule } from '../lib/property.js';
-import { HOPELESS, observeMigration, type Hop, type MigrationFacts, type MigrationObservation } from './observe.js';
+import { HOPELESS, observeMigration, type Hop, type MigrationFacts, type MigrationObservation, type ObserveOptions } from './observe.js';
 
 /** RAM sizes a case draws from (MiB); larger ones under --runs big enough to afford them. */
 export const RAM_SIZES = [64, 64, 128, 256, 1024] as const;
@@ -80,11 +80,13 @@ function arbitrary(f: MigrationFacts, env: PropertyEnv): fc.Arbitrary<MigrationC
   });
 }
 
-/** The switchover property (streamOracle) judges everything before the resume, so it does not resume the last hop. */
-function observer(streamOracle: boolean) {
+/** What a property asks of the observation beyond the common part (ObserveOptions). */
+type Observing = Pick<ObserveOptions, 'streamOracle' | 'resume'>;
+
+function observer(how: Observing) {
   return (c: MigrationCase, f: MigrationFacts, env: PropertyEnv) => {
     const m = env.mutant?.migrationIntercept;
-    return observeMigration(c, f, env, { streamOracle, resume: !streamOracle, ...(m ? { interceptFor: (w) => m({ pages: w.sentinels, magic: w.magic }) } : {}) });
+    return observeMigration(c, f, env, { ...how, ...(m ? { interceptFor: (w) => m({ pages: w.sentinels, magic: w.magic }) } : {}) });
   };
 }
 
@@ -211,7 +213,7 @@ const vectorsKept: Rule<MigrationObservation> = rule('vector registers keep thei
   }
 });
 
-function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[], streamOracle = false) {
+function migrationProperty(id: string, statement: string, rules: readonly Rule<MigrationObservation>[], how: Observing = {}) {
   return defineProperty<MigrationCase, MigrationFacts, MigrationObservation>({
     id,
     family: 'migration',
@@ -223,7 +225,7 @@ function migrationProperty(id: string, statement: string, rules: readonly Rule<M
       ...ramBackendsFor(f.hugePagesFreeMiB ?? 0, Math.min(...RAM_SIZES)).notGenerated,
       ...(f.pvEoi ? [] : [{ what: 'PV EOI (MSR_KVM_PV_EOI_EN)', why: "the vCPU does not offer it (not KVM, or QEMU's kvm-pv-eoi is off)" }]),
     ],
-    observe: observer(streamOracle),
+    observe: observer(how),
     rules,
   });
 }
@@ -232,7 +234,8 @@ export const migrationSwitchover = migrationProperty(
   'migration.switchover',
   'A live migration of a guest that dirties memory (generated writers, layouts and rates; dirty bitmap or ring; multifd, xbzrle, auto-converge, postcopy, bandwidth and downtime limits; cancel-then-retry; ping-pong) completes when the model says it converges, and one capped so that it cannot complete before its cancel does not; at the switchover the stopped source and the loaded destination hold byte-identical guest RAM (where the destination KVM may only have completed a later update of an enabled kvmclock area, which msr.rst allows at any time), the same vCPU and device state and the same guest progress; after a hop through a file, the device sections of the stream the source saved equal those of the destination saved again before it resumes, field by field (suites/migration/streamExclusions.ts names the fields that may differ, and why)',
   [hopeless, completes, ramIdentical, stateIdentical, streamsIdentical, progressIdentical],
-  true,
+  // Every rule is judged before the resume: the last hop is not resumed.
+  { streamOracle: true, resume: false },
 );
 
 export const migrationResume = migrationProperty(
